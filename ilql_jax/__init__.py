@@ -1,0 +1,1 @@
+"""ilql_jax: Implicit Language Q-Learning in JAX/Flax."""

@@ -1,0 +1,515 @@
+"""ILQL losses as pure functions (ILQL_SPEC.md §3).
+
+Conventions (rlax style):
+
+* Arrays are batched ``[B, T]`` (per-position scalars) or ``[B, T, V]``
+  (per-position vectors over the vocabulary). ``t`` indexes the *state*
+  ``h_t``; the action taken there is ``a_t = tokens[t + 1]`` (ILQL_SPEC §1),
+  exactly like LM logits.
+* ``m_t`` is the action mask: 1 iff state ``t`` emits an agent token. Every
+  loss is a masked mean ``Σ_t m_t ℓ_t / N`` with ``N = max(Σ_t m_t, 1)``.
+  Masked positions are removed with ``jnp.where`` (not a multiply), and
+  actions there are replaced by 0 before any gather, so finite garbage -- or
+  an out-of-range token id -- there never reaches a loss value or gradient.
+* ``v_next`` / ``done_next`` are ``V`` and ``done`` read at ``next(t)``
+  (``gather_next``); environment tokens are skipped, not discounted.
+* Everything is computed in float32 whatever the input dtype.
+* Targets are wrapped in an explicit ``jax.lax.stop_gradient``.
+* Each loss returns ``(loss, info)`` with float32 scalar entries.
+
+The vocabulary may be padded (e.g. 50257 -> 50304 so it divides mesh axes);
+``vocab_size`` is the real size and entries ``>= vocab_size`` of the last axis
+are set to ``-inf`` before every ``logsumexp``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Mapping, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Array = chex.Array
+
+__all__ = [
+    "LossConfig",
+    "bc_loss",
+    "bc_only_loss",
+    "cql_loss",
+    "expectile_v_loss",
+    "gather_actions",
+    "gather_next",
+    "ilql_loss",
+    "masked_mean",
+    "next_actions",
+    "q_loss",
+    "td_target",
+]
+
+
+# ---------------------------------------------------------------------------
+# Indexing helpers (ILQL_SPEC §1).
+# ---------------------------------------------------------------------------
+
+
+def next_actions(tokens: Array) -> Array:
+    """Actions ``a_t = tokens[t + 1]`` (ILQL_SPEC §1: state ``h_t`` emits ``x_{t+1}``).
+
+    Args:
+        tokens: int token ids, shape ``[B, T]``.
+
+    Returns:
+        ``[B, T]`` int array: ``tokens`` shifted left by one; the last slot (which
+        has no next token and is never an action) is filled with 0.
+    """
+    chex.assert_rank(tokens, 2)
+    chex.assert_type(tokens, int)
+    pad = jnp.zeros_like(tokens[:, :1])
+    return jnp.concatenate([tokens[:, 1:], pad], axis=1)
+
+
+def gather_actions(x_t: Array, a_t: Array) -> Array:
+    """Reads ``x_t[b, t, a_t[b, t]]``: Q(h_t)[a_t] or logits(h_t)[a_t].
+
+    Args:
+        x_t: per-state vectors over the (possibly padded) vocabulary, ``[B, T, V]``.
+        a_t: int actions, ``[B, T]``.
+
+    Returns:
+        ``[B, T]`` array in the dtype of ``x_t``. An out-of-range action yields NaN
+        (JAX's ``fill`` gather mode), which the losses mask out at ``m_t = 0`` and
+        which surfaces as a NaN loss at a real action (a data bug).
+    """
+    chex.assert_rank([x_t, a_t], [3, 2])
+    chex.assert_type(a_t, int)
+    chex.assert_equal_shape_prefix([x_t, a_t], 2)
+    return jnp.take_along_axis(x_t, a_t[..., None], axis=-1)[..., 0]
+
+
+def gather_next(v_t: Array, next_idx: Array) -> Array:
+    """Reads ``v_t[b, next_idx[b, t]]``: a per-state scalar at ``next(t)``.
+
+    Used for ``V(h_next(t))`` and ``done_next(t) = dones[next(t)]``.
+
+    Args:
+        v_t: per-state scalars, ``[B, T]``.
+        next_idx: int index of the next state, ``[B, T]`` (ILQL_SPEC §1).
+
+    Returns:
+        ``[B, T]`` array in the dtype of ``v_t``.
+    """
+    chex.assert_rank([v_t, next_idx], 2)
+    chex.assert_type(next_idx, int)
+    chex.assert_equal_shape([v_t, next_idx])
+    return jnp.take_along_axis(v_t, next_idx, axis=1)
+
+
+def masked_mean(x_t: Array, m_t: Array) -> Array:
+    """``Σ_t m_t x_t / max(Σ_t m_t, 1)`` in float32; ``x_t`` at ``m_t = 0`` is ignored."""
+    chex.assert_equal_shape([x_t, m_t])
+    m_t = m_t.astype(jnp.float32)
+    x_t = jnp.where(m_t > 0, x_t.astype(jnp.float32), 0.0)
+    return jnp.sum(m_t * x_t) / _num_actions(m_t)
+
+
+def _num_actions(m_t: Array) -> Array:
+    """N = max(Σ m_t, 1) (ILQL_SPEC §3)."""
+    return jnp.maximum(jnp.sum(m_t.astype(jnp.float32)), 1.0)
+
+
+def _mask_padded_vocab(x_t: Array, vocab_size: Optional[int]) -> Array:
+    """Casts to float32 and sets entries ``>= vocab_size`` of the last axis to -inf."""
+    x_t = x_t.astype(jnp.float32)
+    padded = x_t.shape[-1]
+    if vocab_size is None or vocab_size == padded:
+        return x_t
+    if not 0 < vocab_size < padded:
+        raise ValueError(
+            f"vocab_size={vocab_size} must be in (0, {padded}] (last axis of the "
+            "Q / logits tensor)."
+        )
+    valid = jnp.arange(padded) < vocab_size
+    return jnp.where(valid, x_t, -jnp.inf)
+
+
+def _safe_actions(a_t: Array, m_t: Array) -> Array:
+    """Replaces actions at ``m_t = 0`` by 0, so an out-of-range id at a masked
+    position cannot produce a NaN whose (masked) gradient would still be NaN."""
+    return jnp.where(m_t > 0, a_t, jnp.zeros_like(a_t))
+
+
+def _token_nll(
+    logits_t: Array, a_t: Array, vocab_size: Optional[int]
+) -> Array:
+    """``logsumexp_a x_t[a] - x_t[a_t]`` over the real vocabulary, float32 ``[B, T]``."""
+    x_t = _mask_padded_vocab(logits_t, vocab_size)
+    return jax.nn.logsumexp(x_t, axis=-1) - gather_actions(x_t, a_t)
+
+
+# ---------------------------------------------------------------------------
+# Loss terms (ILQL_SPEC §3).
+# ---------------------------------------------------------------------------
+
+
+def td_target(
+    r_t: Array, v_next: Array, done_next: Array, gamma: float
+) -> Array:
+    """One-step TD target (ILQL_SPEC §3):
+
+        y_t = r_t + γ (1 - done_next(t)) · sg(V(h_next(t)))
+
+    ``v_next`` is the *online* V read at ``next(t)`` (there is no target V);
+    it is stop-gradiented here. A sequence cut by ``max_len`` has
+    ``done_next = 0`` and bootstraps from V of its last kept state.
+
+    Args:
+        r_t: rewards, ``[B, T]``.
+        v_next: ``V(h_next(t))``, ``[B, T]``.
+        done_next: ``done(next(t))`` in {0, 1}, ``[B, T]``.
+        gamma: discount γ.
+
+    Returns:
+        float32 ``[B, T]`` targets carrying no gradient.
+    """
+    chex.assert_rank([r_t, v_next, done_next], 2)
+    chex.assert_equal_shape([r_t, v_next, done_next])
+    r_t = r_t.astype(jnp.float32)
+    v_next = jax.lax.stop_gradient(v_next.astype(jnp.float32))
+    not_done = 1.0 - done_next.astype(jnp.float32)
+    return r_t + gamma * not_done * v_next
+
+
+def q_loss(
+    q1_a: Array, q2_a: Array, y_t: Array, m_t: Array
+) -> tuple[Array, dict[str, Array]]:
+    """Double-Q regression to the TD target (ILQL_SPEC §3):
+
+        L_Q = Σ_t m_t [(y_t - Q1(h_t)[a_t])² + (y_t - Q2(h_t)[a_t])²] / N
+
+    This is the *full* squared error (not ``0.5 (x - y)²``) summed over both
+    heads, as in the authors' code, so α_cql values from their configs
+    transfer 1:1. ``y_t`` is stop-gradiented.
+
+    Args:
+        q1_a: online Q1 gathered at ``a_t``, ``[B, T]``.
+        q2_a: online Q2 gathered at ``a_t``, ``[B, T]``.
+        y_t: TD targets (``td_target``), ``[B, T]``.
+        m_t: action mask, ``[B, T]``.
+
+    Returns:
+        ``(loss, info)`` with info keys ``q_loss``, ``q_mean`` (masked mean of
+        Q1 and Q2 at ``a_t``) and ``y_mean`` (masked mean TD target).
+    """
+    chex.assert_rank([q1_a, q2_a, y_t, m_t], 2)
+    chex.assert_equal_shape([q1_a, q2_a, y_t, m_t])
+    q1_a = q1_a.astype(jnp.float32)
+    q2_a = q2_a.astype(jnp.float32)
+    y_t = jax.lax.stop_gradient(y_t.astype(jnp.float32))
+    per_t = jnp.square(y_t - q1_a) + jnp.square(y_t - q2_a)
+    loss = masked_mean(per_t, m_t)
+    info = {
+        "q_loss": loss,
+        "q_mean": masked_mean(0.5 * (q1_a + q2_a), m_t),
+        "y_mean": masked_mean(y_t, m_t),
+    }
+    return loss, info
+
+
+def expectile_v_loss(
+    q_target_a: Array, v_t: Array, m_t: Array, tau: float
+) -> tuple[Array, dict[str, Array]]:
+    """Expectile regression of V towards the target Q (ILQL_SPEC §3):
+
+        u_t = sg(Q̄(h_t)[a_t]) - V(h_t)
+        L_V = Σ_t m_t |τ - 1(u_t < 0)| · u_t² / N
+
+    The weight is τ when ``u ≥ 0`` (V below Q̄) and 1 - τ when ``u < 0``, so
+    τ > 0.5 pushes V towards the upper expectile of Q̄ over in-data actions.
+
+    Args:
+        q_target_a: ``min(Q̄1, Q̄2)`` gathered at ``a_t``, ``[B, T]``;
+            stop-gradiented here.
+        v_t: online ``V(h_t)``, ``[B, T]``.
+        m_t: action mask, ``[B, T]``.
+        tau: expectile τ in (0, 1).
+
+    Returns:
+        ``(loss, info)`` with info keys ``v_loss``, ``v_mean`` (masked),
+        ``adv_mean`` (masked mean of ``u``) and ``adv_pos_frac`` (fraction of
+        actions with ``u > 0``).
+    """
+    chex.assert_rank([q_target_a, v_t, m_t], 2)
+    chex.assert_equal_shape([q_target_a, v_t, m_t])
+    q_target_a = jax.lax.stop_gradient(q_target_a.astype(jnp.float32))
+    v_t = v_t.astype(jnp.float32)
+    u_t = q_target_a - v_t
+    weight = jnp.abs(tau - (u_t < 0).astype(jnp.float32))
+    loss = masked_mean(weight * jnp.square(u_t), m_t)
+    info = {
+        "v_loss": loss,
+        "v_mean": masked_mean(v_t, m_t),
+        "adv_mean": masked_mean(u_t, m_t),
+        "adv_pos_frac": masked_mean((u_t > 0).astype(jnp.float32), m_t),
+    }
+    return loss, info
+
+
+def cql_loss(
+    q1_t: Array,
+    q2_t: Array,
+    a_t: Array,
+    m_t: Array,
+    vocab_size: Optional[int] = None,
+) -> tuple[Array, dict[str, Array]]:
+    """CQL regulariser on both online Q heads (ILQL_SPEC §3):
+
+        L_CQL = Σ_t m_t Σ_i [logsumexp_a Q_i(h_t)[a] - Q_i(h_t)[a_t]] / N
+
+    i.e. the cross-entropy of ``Q_i(h_t, ·)`` used as logits against the data
+    action, summed over the two heads. The logsumexp runs over the real
+    vocabulary only: entries ``>= vocab_size`` (padding) are set to -inf.
+
+    Args:
+        q1_t: online Q1, ``[B, T, V_pad]`` with ``V_pad >= vocab_size``.
+        q2_t: online Q2, same shape.
+        a_t: int actions, ``[B, T]``.
+        m_t: action mask, ``[B, T]``.
+        vocab_size: real vocabulary size (``None``: no padding).
+
+    Returns:
+        ``(loss, info)`` with info keys ``cql_loss``, ``cql_q1``, ``cql_q2``
+        (the per-head terms).
+    """
+    chex.assert_rank([q1_t, q2_t, a_t, m_t], [3, 3, 2, 2])
+    chex.assert_equal_shape([q1_t, q2_t])
+    chex.assert_equal_shape([a_t, m_t])
+    chex.assert_type(a_t, int)
+    a_t = _safe_actions(a_t, m_t)
+    cql_q1 = masked_mean(_token_nll(q1_t, a_t, vocab_size), m_t)
+    cql_q2 = masked_mean(_token_nll(q2_t, a_t, vocab_size), m_t)
+    loss = cql_q1 + cql_q2
+    return loss, {"cql_loss": loss, "cql_q1": cql_q1, "cql_q2": cql_q2}
+
+
+def bc_loss(
+    logits_t: Array,
+    a_t: Array,
+    m_t: Array,
+    vocab_size: Optional[int] = None,
+    adv_t: Optional[Array] = None,
+    beta_awac: float = 0.0,
+) -> tuple[Array, dict[str, Array]]:
+    """Behaviour cloning of π_β on agent tokens (ILQL_SPEC §3, ``L_BC``):
+
+        L_BC = Σ_t m_t w_t [logsumexp_a l_t[a] - l_t[a_t]] / N,
+        w_t  = exp(β_awac · sg(adv_t))     (AWAC; w_t = 1 when adv_t is None)
+
+    With ``β_awac = 0`` (every published config) this is the plain token NLL.
+    The weighted sum is normalised by N (not by Σ w), and weights are not
+    clipped. ``β_awac`` is the *training* AWAC temperature, distinct from the
+    sampler's β. Padded vocabulary entries are excluded from the logsumexp.
+
+    Args:
+        logits_t: π_β logits, ``[B, T, V_pad]``.
+        a_t: int actions, ``[B, T]``.
+        m_t: action mask, ``[B, T]``.
+        vocab_size: real vocabulary size (``None``: no padding).
+        adv_t: advantages ``Q̄(h_t)[a_t] - V(h_t)``, ``[B, T]``; stop-gradiented.
+            Required when ``beta_awac != 0``.
+        beta_awac: AWAC temperature β_awac.
+
+    Returns:
+        ``(loss, info)`` with info keys ``bc_loss`` (weighted) and ``bc_nll``
+        (unweighted masked-mean NLL).
+    """
+    chex.assert_rank([logits_t, a_t, m_t], [3, 2, 2])
+    chex.assert_equal_shape([a_t, m_t])
+    chex.assert_equal_shape_prefix([logits_t, a_t], 2)
+    chex.assert_type(a_t, int)
+    a_t = _safe_actions(a_t, m_t)
+    nll_t = _token_nll(logits_t, a_t, vocab_size)
+    nll = masked_mean(nll_t, m_t)
+    if adv_t is None:
+        if isinstance(beta_awac, numbers.Number) and beta_awac != 0:
+            raise ValueError("bc_loss: beta_awac != 0 needs adv_t.")
+        loss = nll
+    else:
+        chex.assert_equal_shape([adv_t, m_t])
+        adv_t = jax.lax.stop_gradient(adv_t.astype(jnp.float32))
+        w_t = jnp.exp(beta_awac * adv_t)
+        loss = masked_mean(w_t * nll_t, m_t)
+    return loss, {"bc_loss": loss, "bc_nll": nll}
+
+
+# ---------------------------------------------------------------------------
+# Composition.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Hyper-parameters of the ILQL objective (ILQL_SPEC §3, §6).
+
+    Defaults are the authors' Wordle config (τ = 0.7, α_cql = 1e-4);
+    Reddit toxicity uses τ = 0.6, α_cql = 0.25; Visual Dialogue τ = 0.8,
+    α_cql = 1.0.
+
+    Attributes:
+        gamma: per-token discount γ.
+        tau: expectile τ of the V loss (0.5 = single-step RL / SARSA values).
+        alpha_cql: weight α_cql of the CQL term.
+        beta_awac: AWAC temperature of the BC term (0 = plain BC, as published).
+            Distinct from the sampler's β.
+        vocab_size: real vocabulary size; Q / logits tensors may be padded past
+            it on the last axis. ``None``: no padding.
+    """
+
+    gamma: float = 0.99
+    tau: float = 0.7
+    alpha_cql: float = 1e-4
+    beta_awac: float = 0.0
+    vocab_size: Optional[int] = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"LossConfig.gamma={self.gamma} must be in [0, 1].")
+        if not 0.0 < self.tau < 1.0:
+            raise ValueError(f"LossConfig.tau={self.tau} must be in (0, 1).")
+        if self.alpha_cql < 0.0:
+            raise ValueError(f"LossConfig.alpha_cql={self.alpha_cql} must be >= 0.")
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise ValueError(f"LossConfig.vocab_size={self.vocab_size} must be > 0.")
+
+
+def _field(batch: Any, name: str) -> Array:
+    """Reads a batch field from a mapping or an attribute container."""
+    if isinstance(batch, Mapping):
+        if name not in batch:
+            raise KeyError(f"batch has no field {name!r}; has {sorted(batch)}.")
+        return batch[name]
+    return getattr(batch, name)
+
+
+def ilql_loss(
+    q1_t: Array,
+    q2_t: Array,
+    target_q1_t: Array,
+    target_q2_t: Array,
+    v_t: Array,
+    pi_logits_t: Optional[Array],
+    batch: Any,
+    cfg: LossConfig,
+) -> tuple[Array, dict[str, Array]]:
+    """The full ILQL objective (ILQL_SPEC §3):
+
+        L = L_Q + L_V + α_cql · L_CQL + L_BC
+
+    with ``a_t = tokens[t + 1]``, ``Q̄ = sg(min(Q̄1, Q̄2))[a_t]`` from the target
+    heads, ``y_t = r_t + γ (1 - done_next) sg(V(h_next(t)))`` from the *online*
+    V (no target V). The advantage reported in the metrics (and used for AWAC
+    weights) is ``Q̄[a_t] - V(h_t)``. No gradient reaches the target tensors or
+    ``V`` through ``y_t``; L_BC reaches only ``pi_logits_t``.
+
+    Args:
+        q1_t: online Q1, ``[B, T, V_pad]``.
+        q2_t: online Q2, ``[B, T, V_pad]``.
+        target_q1_t: target Q̄1, ``[B, T, V_pad]``.
+        target_q2_t: target Q̄2, ``[B, T, V_pad]``.
+        v_t: online V, ``[B, T]``.
+        pi_logits_t: π_β logits ``[B, T, V_pad]``, or ``None`` (value-only; then
+            ``bc_loss`` and ``bc_nll`` are reported as 0).
+        batch: mapping (or object) with ``tokens`` int ``[B, T]``,
+            ``action_mask`` ``[B, T]``, ``rewards`` ``[B, T]``, ``next_idx`` int
+            ``[B, T]`` and ``dones`` ``[B, T]`` (per position; ``done_next(t) =
+            dones[next_idx[t]]``). ``attention_mask`` is not read: the action mask
+            already excludes padding.
+        cfg: a ``LossConfig``.
+
+    Returns:
+        ``(loss, metrics)``; metrics are float32 scalars: ``loss``, ``q_loss``,
+        ``v_loss``, ``cql_loss``, ``bc_loss``, ``q_mean``, ``v_mean``,
+        ``adv_mean``, ``adv_pos_frac``, ``bc_nll``, ``n_actions``, plus
+        ``y_mean``, ``target_q_mean``, ``cql_q1``, ``cql_q2``.
+    """
+    tokens = _field(batch, "tokens")
+    m_t = _field(batch, "action_mask")
+    r_t = _field(batch, "rewards")
+    next_idx = _field(batch, "next_idx")
+    dones = _field(batch, "dones")
+    chex.assert_rank([q1_t, q2_t, target_q1_t, target_q2_t, v_t], [3, 3, 3, 3, 2])
+    chex.assert_equal_shape([q1_t, q2_t, target_q1_t, target_q2_t])
+    chex.assert_equal_shape([v_t, tokens, m_t, r_t, next_idx, dones])
+    chex.assert_equal_shape_prefix([q1_t, v_t], 2)
+
+    a_t = _safe_actions(next_actions(tokens), m_t)
+
+    # TD target from the online V at next(t).
+    v_next = gather_next(v_t, next_idx)
+    done_next = gather_next(dones, next_idx)
+    y_t = td_target(r_t, v_next, done_next, cfg.gamma)
+
+    # L_Q on both online heads.
+    q1_a = gather_actions(q1_t, a_t)
+    q2_a = gather_actions(q2_t, a_t)
+    l_q, q_info = q_loss(q1_a, q2_a, y_t, m_t)
+
+    # L_V towards the target min-Q.
+    q_target_a = jnp.minimum(
+        gather_actions(target_q1_t, a_t).astype(jnp.float32),
+        gather_actions(target_q2_t, a_t).astype(jnp.float32),
+    )
+    q_target_a = jax.lax.stop_gradient(q_target_a)
+    l_v, v_info = expectile_v_loss(q_target_a, v_t, m_t, cfg.tau)
+
+    # L_CQL on both online heads.
+    l_cql, cql_info = cql_loss(q1_t, q2_t, a_t, m_t, cfg.vocab_size)
+
+    # L_BC on π_β.
+    if pi_logits_t is None:
+        l_bc = jnp.zeros((), jnp.float32)
+        bc_info = {"bc_loss": l_bc, "bc_nll": l_bc}
+    else:
+        adv_t = None
+        if cfg.beta_awac != 0:
+            adv_t = q_target_a - v_t.astype(jnp.float32)
+        l_bc, bc_info = bc_loss(
+            pi_logits_t, a_t, m_t, cfg.vocab_size, adv_t, cfg.beta_awac
+        )
+
+    loss = l_q + l_v + cfg.alpha_cql * l_cql + l_bc
+    metrics = {
+        "loss": loss,
+        **q_info,
+        **v_info,
+        **cql_info,
+        **bc_info,
+        "target_q_mean": masked_mean(q_target_a, m_t),
+        "n_actions": jnp.sum(m_t.astype(jnp.float32)),
+    }
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return loss, metrics
+
+
+def bc_only_loss(
+    pi_logits_t: Array, batch: Any, vocab_size: Optional[int] = None
+) -> tuple[Array, dict[str, Array]]:
+    """Loss of the BC baseline: π_β's token NLL on agent tokens (ILQL_SPEC §3, §6).
+
+    Args:
+        pi_logits_t: π_β logits, ``[B, T, V_pad]``.
+        batch: as for ``ilql_loss`` (reads ``tokens`` and ``action_mask``).
+        vocab_size: real vocabulary size (``None``: no padding).
+
+    Returns:
+        ``(loss, metrics)`` with float32 scalars ``loss``, ``bc_loss``,
+        ``bc_nll`` and ``n_actions``.
+    """
+    tokens = _field(batch, "tokens")
+    m_t = _field(batch, "action_mask")
+    a_t = _safe_actions(next_actions(tokens), m_t)
+    loss, info = bc_loss(pi_logits_t, a_t, m_t, vocab_size)
+    metrics = {"loss": loss, **info, "n_actions": jnp.sum(m_t.astype(jnp.float32))}
+    return loss, metrics

@@ -1,0 +1,367 @@
+"""GPT-2 trunk in Flax NNX, laid out like Hugging Face's GPT-2.
+
+Parameter names follow `transformers`' GPT-2 (`wte`, `wpe`, `h/i/ln_1`,
+`h/i/attn/c_attn`, ...), so that `hf_import.py` is a key map and nothing more.
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `mlp`);
+`sharding.py` maps them onto mesh axes, so no mesh name appears here.
+
+Three entry points, all pure functions of a parameter `State`:
+
+- `forward(params, config, tokens, attention_mask)` → (hidden, logits),
+- `prefill(params, config, tokens, attention_mask, cache_len)` → (hidden, logits, cache),
+- `decode_step(params, config, cache, token)` → (hidden, logits, cache).
+
+Prompts may be left-padded and ragged: position ids are counted over real
+tokens only, and padded keys are masked, so a left-padded prompt decodes
+exactly like the same prompt without padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Params = nnx.State
+
+VOCAB_MULTIPLE = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """Shape and numerics of a GPT-2 trunk.
+
+    Attributes:
+        vocab_size: real vocabulary size (50257 for GPT-2 BPE, 35 for Wordle).
+            The embedding is padded to a multiple of 128; padded logits are -inf.
+        n_positions: longest sequence the position embedding covers.
+        n_embd: model width d.
+        n_layer: number of transformer blocks.
+        n_head: attention heads; must divide `n_embd`.
+        dropout: one rate for embedding, attention-weight and residual dropout
+            (Hugging Face's embd/attn/resid_pdrop, 0.1 in GPT-2); only active when
+            `forward` gets a dropout key.
+        layer_norm_epsilon: as in GPT-2.
+        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators.
+            Logits, softmax and layer-norm statistics stay float32 either way.
+        param_dtype: storage dtype of the parameters.
+        remat: rematerialise each block in the backward pass (saves activation
+            memory at roughly one extra forward).
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPT2Config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPT2Config: dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"GPT2Config: unknown {name} {getattr(self, name)!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def gpt2_small(cls, **overrides) -> "GPT2Config":
+        """The 124M GPT-2 shape."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "GPT2Config":
+        """A 2-layer, 64-wide shape for tests and smoke runs."""
+        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, dropout=0.0), **overrides})
+
+
+def _meta(*names: str | None) -> dict[str, Any]:
+    # eager_sharding=False: the names are annotations only; sharding.py applies
+    # them (under logical axis rules) when placing the state on a mesh.
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+def _linear(cfg: GPT2Config, d_in: int, d_out: int, axes: tuple[str, str], std: float, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+            d_in, d_out, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+            kernel_init=nnx.initializers.normal(std), kernel_metadata=_meta(*axes),
+            bias_metadata=_meta(axes[1]), rngs=rngs)
+
+
+def _layer_norm(cfg: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Statistics in float32 whatever the compute dtype.
+    return nnx.LayerNorm(
+            cfg.n_embd, epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
+            param_dtype=jnp.dtype(cfg.param_dtype), scale_metadata=_meta("embed"),
+            bias_metadata=_meta("embed"), rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Causal multi-head self-attention with an optional KV cache."""
+
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+        self.cfg = cfg
+        # GPT-2 scales residual projections by 1/sqrt(2 n_layer) at init.
+        self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ("embed", "heads"), 0.02, rngs)
+        self.c_proj = _linear(cfg, cfg.n_embd, cfg.n_embd, ("heads", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5, rngs)
+        self.attn_dropout = nnx.Dropout(cfg.dropout)
+        self.resid_dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, mask, kv_cache=None, cache_index=None, *, rngs=None):
+        """x: [B, T, D]; mask: [B, T, S] bool over keys; kv_cache: ([B, S, H, Dh],) * 2."""
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (y.reshape(b, t, cfg.n_head, cfg.head_dim) for y in (q, k, v))
+        if kv_cache is not None:
+            k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, cache_index, 0, 0))
+            kv_cache = (k, v)
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+        # A finite fill (not -inf) keeps fully masked rows (left padding) NaN-free.
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        weights = self.attn_dropout(weights, deterministic=rngs is None, rngs=rngs).astype(v.dtype)
+        y = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(b, t, cfg.n_embd)
+        y = self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
+        return y, kv_cache
+
+
+class MLP(nnx.Module):
+
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+        self.c_fc = _linear(cfg, cfg.n_embd, 4 * cfg.n_embd, ("embed", "mlp"), 0.02, rngs)
+        self.c_proj = _linear(cfg, 4 * cfg.n_embd, cfg.n_embd, ("mlp", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, *, rngs=None):
+        # GPT-2's "gelu_new" is the tanh approximation.
+        h = jax.nn.gelu(self.c_fc(x), approximate=True)
+        return self.dropout(self.c_proj(h), deterministic=rngs is None, rngs=rngs)
+
+
+class Block(nnx.Module):
+
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+        self.ln_1 = _layer_norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs)
+        self.ln_2 = _layer_norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, mask, kv_cache=None, cache_index=None, *, rngs=None):
+        dtype = x.dtype
+        a, kv_cache = self.attn(self.ln_1(x).astype(dtype), mask, kv_cache, cache_index, rngs=rngs)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x).astype(dtype), rngs=rngs)
+        return x, kv_cache
+
+
+class GPT2(nnx.Module):
+    """GPT-2: token + position embeddings, `n_layer` blocks, final layer norm, tied LM head."""
+
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.wte = nnx.Embed(cfg.padded_vocab_size, cfg.n_embd, dtype=jnp.dtype(cfg.dtype), param_dtype=pdt,
+                                                  embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False),
+                                                  rngs=rngs)
+        self.wpe = nnx.Embed(cfg.n_positions, cfg.n_embd, dtype=jnp.dtype(cfg.dtype), param_dtype=pdt,
+                                                  embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.01), (None, "embed"), eager_sharding=False),
+                                                  rngs=rngs)
+        self.drop = nnx.Dropout(cfg.dropout)
+        self.h = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layer)])
+        self.ln_f = _layer_norm(cfg, rngs)
+
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None):
+        """Runs the trunk. Returns (hidden after ln_f [B, T, D] float32, logits [B, T, V_pad] float32, cache)."""
+        cfg = self.cfg
+        x = self.wte(tokens) + self.wpe(positions)
+        x = self.drop(x, deterministic=rngs is None, rngs=rngs)
+        new_cache = []
+        for i, block in enumerate(self.h):
+            kv = None if cache is None else cache[i]
+            if cfg.remat:
+                x, kv = nnx.remat(lambda blk, x, m, kv, ci, r: blk(x, m, kv, ci, rngs=r))(block, x, mask, kv, cache_index, rngs)
+            else:
+                x, kv = block(x, mask, kv, cache_index, rngs=rngs)
+            new_cache.append(kv)
+        hidden = self.ln_f(x).astype(jnp.float32)
+        logits = self.lm_logits(hidden)
+        return hidden, logits, (None if cache is None else new_cache)
+
+    def lm_logits(self, hidden):
+        """Tied LM head in float32 with padded vocabulary entries masked to -inf."""
+        cfg = self.cfg
+        wte = self.wte.embedding[...]
+        logits = jnp.einsum("...d,vd->...v", hidden.astype(cfg.dtype), wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
+        return mask_padded_vocab(logits, cfg.vocab_size)
+
+
+def mask_padded_vocab(logits: Array, vocab_size: int) -> Array:
+    """Sets entries of the padded tail of the vocabulary axis (index >= vocab_size) to -inf."""
+    if logits.shape[-1] == vocab_size:
+        return logits
+    valid = jnp.arange(logits.shape[-1]) < vocab_size
+    return jnp.where(valid, logits, -jnp.inf)
+
+
+# --- functional API -----------------------------------------------------------
+
+
+def init(config: GPT2Config, key: Array) -> Params:
+    """Random GPT-2 parameters (normal(0.02) init, scaled residual projections).
+
+    Embedding rows of the padded vocabulary are zero: no token id reaches them
+    and their logits are masked, so they stay zero and export drops nothing.
+    """
+    params = nnx.state(GPT2(config, rngs=nnx.Rngs(params=key)), nnx.Param)
+    wte = params["wte"]["embedding"]
+    wte.value = jnp.where(jnp.arange(wte.value.shape[0])[:, None] < config.vocab_size, wte.value, 0)
+    return params
+
+
+@functools.lru_cache(maxsize=None)
+def graphdef(config: GPT2Config) -> nnx.GraphDef:
+    """The (static) graph definition for a config; built abstractly, no FLOPs."""
+    gdef, _ = nnx.split(nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0))))
+    return gdef
+
+
+def abstract_params(config: GPT2Config) -> Params:
+    """Parameter shapes and dtypes (with their logical axis metadata), no allocation."""
+    return nnx.state(nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def _model(params: Params, config: GPT2Config) -> GPT2:
+    return nnx.merge(graphdef(config), params)
+
+
+def positions_from_mask(attention_mask: Array) -> Array:
+    """Position ids counted over real tokens, so left padding does not shift them."""
+    return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array | None = None,
+                        *, dropout_key: Array | None = None) -> tuple[Array, Array]:
+    """Full causal forward pass.
+
+    Args:
+        tokens: [B, T] int token ids.
+        attention_mask: [B, T], 1 on real tokens (left or right padding both work);
+            None means all real.
+        dropout_key: enables dropout when given.
+
+    Returns:
+        hidden [B, T, D] (after ln_f, float32) and logits [B, T, V_pad] (float32,
+        padded vocabulary entries -inf). hidden[:, t] predicts tokens[:, t + 1].
+    """
+    chex.assert_rank(tokens, 2)
+    b, t = tokens.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    chex.assert_equal_shape([tokens, attention_mask])
+    _check_length(config, t)
+    key_mask = attention_mask.astype(bool)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    hidden, logits, _ = _model(params, config)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs)
+    return hidden, logits
+
+
+@chex.dataclass
+class KVCache:
+    """Decoding state of one trunk; a pytree, so it can live in a `lax.while_loop`.
+
+    Attributes:
+        k, v: per layer, [B, S, H, Dh] keys and values for S = cache_len slots.
+        key_mask: [B, S] bool, slots holding a real token.
+        index: [] int32, next slot to write.
+        position: [B] int32, position id of the next token of each row.
+    """
+    k: list
+    v: list
+    key_mask: Array
+    index: Array
+    position: Array
+
+
+def init_cache(config: GPT2Config, batch_size: int, cache_len: int) -> KVCache:
+    _check_length(config, cache_len)
+    shape = (batch_size, cache_len, config.n_head, config.head_dim)
+    dt = jnp.dtype(config.dtype)
+    return KVCache(
+            k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+            v=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+            key_mask=jnp.zeros((batch_size, cache_len), bool),
+            index=jnp.zeros((), jnp.int32),
+            position=jnp.zeros((batch_size,), jnp.int32))
+
+
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions):
+    b, t = tokens.shape
+    key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
+    s = key_mask.shape[1]
+    # Query at slot index+i sees keys in slots <= index+i that hold real tokens.
+    causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
+    mask = causal[None] & key_mask[:, None, :]
+    hidden, logits, kv = _model(params, config)(
+            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index)
+    new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask,
+                                index=cache.index + t, position=positions[:, -1] + 1)
+    return hidden, logits, new
+
+
+def prefill(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array,
+                        cache_len: int) -> tuple[Array, Array, KVCache]:
+    """Runs a (left-padded) prompt batch and returns a cache with `cache_len` slots.
+
+    Returns hidden [B, P, D], logits [B, P, V_pad] and the cache; the last
+    column of logits is the distribution over the first new token.
+    """
+    chex.assert_rank(tokens, 2)
+    chex.assert_equal_shape([tokens, attention_mask])
+    b, p = tokens.shape
+    if cache_len < p:
+        raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
+    cache = init_cache(config, b, cache_len)
+    return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask))
+
+
+def decode_step(params: Params, config: GPT2Config, cache: KVCache, token: Array) -> tuple[Array, Array, KVCache]:
+    """Feeds one token per row. Returns hidden [B, D], logits [B, V_pad] and the new cache."""
+    chex.assert_rank(token, 1)
+    b = token.shape[0]
+    hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
+                                                                            cache.position[:, None])
+    return hidden[:, 0], logits[:, 0], cache
+
+
+def _check_length(config: GPT2Config, t: int) -> None:
+    if t > config.n_positions:
+        raise ValueError(f"sequence length {t} exceeds the model's n_positions={config.n_positions}")
+
+
+def num_params(params: Params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

