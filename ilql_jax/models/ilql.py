@@ -1,0 +1,121 @@
+"""The ILQL networks as parameter pytrees (ILQL_SPEC.md §2).
+
+Online parameters::
+
+    {"value":  {"trunk": GPT-2, "v": V head, "q1": Q head, "q2": Q head},
+     "policy": GPT-2}                      # π_β; absent when shared_policy
+
+Target parameters (a Polyak copy, no target V)::
+
+    {"trunk": GPT-2, "q1": Q head, "q2": Q head}   # "trunk" absent when target_on_online_trunk
+
+All trunks start from one GPT-2 parameter tree (random or imported); π_β may
+start from its own (a BC checkpoint). Dropout in the target trunk is off: the
+reference leaves it on, but a noisy target only adds variance to Q̄.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ilql_jax.models import gpt2, heads
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which ILQL networks exist.
+
+    Attributes:
+      trunk: the GPT-2 shape shared by the value trunk, the target trunk and π_β.
+      shared_policy: π_β is the value trunk's LM head (trlx-style; lighter, but
+        the value and BC losses then compete for one representation).
+      target_on_online_trunk: target Q heads read the online value trunk's
+        hidden states (trlx-style; saves a trunk forward) instead of a Polyak
+        copy of the trunk.
+    """
+
+    trunk: gpt2.GPT2Config = gpt2.GPT2Config()
+    shared_policy: bool = False
+    target_on_online_trunk: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """What one forward pass of the ILQL networks gives the losses."""
+
+    q1_t: jax.Array          # [B, T, V_pad], online
+    q2_t: jax.Array
+    target_q1_t: jax.Array   # [B, T, V_pad], no gradient
+    target_q2_t: jax.Array
+    v_t: jax.Array           # [B, T], online
+    pi_logits_t: jax.Array   # [B, T, V_pad], π_β
+
+
+def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
+         policy: gpt2.Params | None = None) -> tuple[Params, Params]:
+    """Online and target parameters.
+
+    Args:
+      trunk: GPT-2 parameters every trunk starts from (random when None).
+      policy: π_β's own starting parameters (e.g. a BC checkpoint); defaults to `trunk`.
+    """
+    k_trunk, k_v, k_q1, k_q2 = jax.random.split(key, 4)
+    cfg = config.trunk
+    trunk = gpt2.init(cfg, k_trunk) if trunk is None else trunk
+    copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers, so donation never aliases
+    value = {"trunk": trunk, "v": heads.init_v_head(cfg, k_v),
+             "q1": heads.init_q_head(cfg, k_q1), "q2": heads.init_q_head(cfg, k_q2)}
+    online = {"value": value}
+    if not config.shared_policy:
+        online["policy"] = copy(trunk if policy is None else policy)
+    elif policy is not None:
+        raise ValueError("a separate π_β checkpoint was given, but shared_policy=True")
+    target = {"q1": copy(value["q1"]), "q2": copy(value["q2"])}
+    if not config.target_on_online_trunk:
+        target["trunk"] = copy(trunk)
+    return online, target
+
+
+def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
+          dropout_key: jax.Array | None = None) -> Outputs:
+    """Runs the value trunk and heads, the target networks and π_β on a batch."""
+    cfg = config.trunk
+    k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    hidden, lm_logits = gpt2.forward(online["value"]["trunk"], cfg, tokens, attention_mask, dropout_key=k_value)
+    value = online["value"]
+    if config.target_on_online_trunk:
+        target_hidden = hidden
+    else:
+        target_hidden, _ = gpt2.forward(target["trunk"], cfg, tokens, attention_mask)
+    target_hidden = jax.lax.stop_gradient(target_hidden)
+    if config.shared_policy:
+        pi_logits = lm_logits
+    else:
+        _, pi_logits = gpt2.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy)
+    return Outputs(
+        q1_t=heads.q_t(value["q1"], cfg, hidden),
+        q2_t=heads.q_t(value["q2"], cfg, hidden),
+        target_q1_t=jax.lax.stop_gradient(heads.q_t(target["q1"], cfg, target_hidden)),
+        target_q2_t=jax.lax.stop_gradient(heads.q_t(target["q2"], cfg, target_hidden)),
+        v_t=heads.v_t(value["v"], cfg, hidden),
+        pi_logits_t=pi_logits,
+    )
+
+
+def policy_params(config: ModelConfig, online: Params) -> gpt2.Params:
+    """π_β's trunk parameters (the value trunk's when shared)."""
+    return online["value"]["trunk"] if config.shared_policy else online["policy"]
+
+
+def target_tracked(config: ModelConfig, online: Params) -> Params:
+    """The online parameters that the target tracks, in the target's tree layout."""
+    tracked = {"q1": online["value"]["q1"], "q2": online["value"]["q2"]}
+    if not config.target_on_online_trunk:
+        tracked["trunk"] = online["value"]["trunk"]
+    return tracked

@@ -1,0 +1,97 @@
+"""One train-state pytree, the optimizer, and the Polyak target update (ILQL_SPEC.md §4)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, as in the reference (no schedule, no clipping by default).
+
+    Attributes:
+      learning_rate: peak learning rate.
+      weight_decay: AdamW decoupled weight decay (0 in every published config).
+      b1, b2, eps: Adam moments.
+      warmup_steps: linear warm-up from 0 (optimizer steps).
+      schedule: "constant" or "cosine" (cosine decays to 0 at `total_steps`).
+      total_steps: optimizer steps, needed by "cosine".
+      clip_norm: global gradient-norm clip; None for none.
+      grad_accum: micro-batches per optimizer step (`optax.MultiSteps`).
+    """
+
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    total_steps: int | None = None
+    clip_norm: float | None = None
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"OptimConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.schedule == "cosine" and not self.total_steps:
+            raise ValueError("OptimConfig: schedule='cosine' needs total_steps")
+        if self.grad_accum < 1:
+            raise ValueError(f"OptimConfig.grad_accum must be >= 1, got {self.grad_accum}")
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, cfg.total_steps)
+    if cfg.warmup_steps:
+        return optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return optax.constant_schedule(cfg.learning_rate)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """AdamW with optional clipping, wrapped in `optax.MultiSteps` when accumulating.
+
+    Without accumulation MultiSteps is left out: its `lax.cond` over the whole
+    tree costs compile time (seconds on CPU) and buys nothing.
+    """
+    tx = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.clip_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    if cfg.grad_accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum).gradient_transformation()
+    return tx
+
+
+@flax.struct.dataclass
+class ILQLState:
+    """Everything a train step reads and writes.
+
+    Attributes:
+      step: micro-steps taken; optimizer steps are step // grad_accum.
+      params: online parameters (see `models/ilql.py`; BC mode holds only "policy").
+      target_params: Polyak target parameters ({} in BC mode).
+      opt_state: optimizer state over `params`.
+      rng: base key; step t uses `fold_in(rng, t)`.
+    """
+
+    step: jax.Array
+    params: Any
+    target_params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def create_state(params: Any, target_params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> ILQLState:
+    return ILQLState(step=jnp.zeros((), jnp.int32), params=params, target_params=target_params,
+                     opt_state=tx.init(params), rng=rng)
+
+
+def polyak_update(online: Any, target: Any, alpha: float) -> Any:
+    """θ̄ ← α θ + (1 − α) θ̄ (ILQL_SPEC §4), leaf by leaf."""
+    return optax.incremental_update(online, target, step_size=alpha)

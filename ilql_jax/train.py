@@ -1,0 +1,109 @@
+"""The jitted ILQL (and BC) train step: `make_train_step(config)(state, batch) -> (state, metrics)`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ilql_jax import losses
+from ilql_jax.models import gpt2, ilql
+from ilql_jax.state import (ILQLState, OptimConfig, create_state, learning_rate_schedule, make_optimizer,
+                            polyak_update)
+
+Batch = Mapping[str, jax.Array]
+BATCH_KEYS = ("tokens", "attention_mask", "action_mask", "rewards", "next_idx", "dones")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the train step computes.
+
+    Attributes:
+      mode: "ilql" (value trunk, heads, targets and π_β) or "bc" (π_β alone:
+        the BC and %BC baselines).
+      model: which networks exist and their trunk shape.
+      loss: γ, τ, α_cql, β_awac (the vocabulary size is taken from the trunk).
+      optim: AdamW settings, schedule, clipping, accumulation.
+      polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published.
+    """
+
+    mode: str = "ilql"
+    model: ilql.ModelConfig = ilql.ModelConfig()
+    loss: losses.LossConfig = losses.LossConfig()
+    optim: OptimConfig = OptimConfig()
+    polyak_alpha: float = 0.005
+
+    def __post_init__(self):
+        if self.mode not in ("ilql", "bc"):
+            raise ValueError(f"StepConfig.mode must be 'ilql' or 'bc', got {self.mode!r}")
+        if not 0.0 < self.polyak_alpha <= 1.0:
+            raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
+
+    @property
+    def loss_config(self) -> losses.LossConfig:
+        return dataclasses.replace(self.loss, vocab_size=self.model.trunk.vocab_size)
+
+
+def init_state(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None = None,
+               policy: gpt2.Params | None = None) -> ILQLState:
+    """A fresh state: random or given trunk weights, optimizer state, RNG."""
+    k_params, k_rng = jax.random.split(key)
+    if config.mode == "bc":
+        start = policy if policy is not None else trunk
+        params = {"policy": gpt2.init(config.model.trunk, k_params) if start is None else start}
+        target = {}
+    else:
+        params, target = ilql.init(config.model, k_params, trunk, policy)
+    return create_state(params, target, make_optimizer(config.optim), k_rng)
+
+
+def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
+            dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The scalar loss of one batch and its metrics (ILQL_SPEC §3)."""
+    trunk = config.model.trunk
+    if config.mode == "bc":
+        _, logits = gpt2.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
+                                 dropout_key=dropout_key)
+        return losses.bc_only_loss(logits, batch, trunk.vocab_size)
+    out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
+    return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,
+                            batch, config.loss_config)
+
+
+def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQLState, dict[str, jax.Array]]:
+    """One micro-step: gradients, AdamW (through MultiSteps), and the Polyak update
+    after each real optimizer step only (ILQL_SPEC §4)."""
+    tx = make_optimizer(config.optim)
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+    if config.model.trunk.dropout == 0.0:
+        dropout_key = None
+    grads, metrics = jax.grad(loss_fn, argnums=1, has_aux=True)(config, state.params, state.target_params, batch,
+                                                               dropout_key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    target = state.target_params
+    # MultiSteps applies the accumulated update on every grad_accum-th micro-step.
+    updated = (state.step + 1) % config.optim.grad_accum == 0
+    if config.mode == "ilql":
+        moved = polyak_update(ilql.target_tracked(config.model, params), target, config.polyak_alpha)
+        target = jax.tree.map(lambda new, old: jnp.where(updated, new, old), moved, target)
+    optimizer_step = state.step // config.optim.grad_accum
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads),
+               "learning_rate": jnp.asarray(learning_rate_schedule(config.optim)(optimizer_step), jnp.float32)}
+    state = state.replace(step=state.step + 1, params=params, target_params=target, opt_state=opt_state)
+    return state, metrics
+
+
+def make_train_step(config: StepConfig, *, donate: bool = True) -> Callable[[ILQLState, Batch],
+                                                                           tuple[ILQLState, dict[str, jax.Array]]]:
+    """`(state, batch) -> (state, metrics)`, jitted, with the state donated."""
+    return jax.jit(lambda state, batch: train_step(config, state, batch), donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(config: StepConfig) -> Callable[[ILQLState, Batch], dict[str, jax.Array]]:
+    """Held-out loss metrics, without dropout and without updating anything."""
+    return jax.jit(lambda state, batch: loss_fn(config, state.params, state.target_params, batch, None)[1])
