@@ -1,0 +1,250 @@
+"""Offline Wordle data of mixed quality, its JSONL files, and policy evaluation.
+
+Games mix the scripted policies *within* a game: e.g. expert openings with
+poor continuations, poor openings with expert continuations, and a small share
+played by the expert start to finish (`DEFAULT_MIXTURES`). No behaviour in the
+data plays expertly throughout most of the time, yet the data holds good
+pieces of play; multi-step offline RL can stitch them together and beat every
+behaviour policy (the ILQL paper's point, ILQL_SPEC §7).
+
+Generation is deterministic from a seed. A JSONL file holds one game per line::
+
+    {"answer": "slate", "guesses": ["crane", "slate"],
+     "feedbacks": ["bbgbg", "ggggg"], "rewards": [-1.0, 0.0],
+     "policies": ["expert", "random_consistent"]}
+
+with ``null`` feedback for an invalid guess. `load_games` replays every game
+against the word list and rejects a line whose record disagrees with the rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ilql_jax.data.episodes import Episode
+
+from .env import MAX_GUESSES, Turn, WordleGame
+from .policies import make_policies
+
+__all__ = [
+    "DEFAULT_MIXTURES",
+    "Mixture",
+    "evaluate_policy",
+    "game_stats",
+    "games_to_episodes",
+    "generate_games",
+    "load_games",
+    "play_game",
+    "save_games",
+]
+
+Policy = Callable[[Sequence[Turn], np.random.Generator], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """Games that play `opening` for the first k guesses, then `continuation`.
+
+    k is drawn uniformly from the inclusive range `switch`; a pure policy has
+    ``opening == continuation``. `weight` is the share of games (normalised
+    over all mixtures). Policy names are those of `policies.make_policies`.
+    """
+
+    name: str
+    weight: float
+    opening: str
+    continuation: str
+    switch: tuple[int, int] = (1, 1)
+
+
+# Pure expert games are 5% of the data: most good openings end badly and most
+# good endings follow poor openings.
+DEFAULT_MIXTURES: tuple[Mixture, ...] = (
+    Mixture("expert>random_consistent", 0.20, "expert", "random_consistent", (1, 2)),
+    Mixture("expert>random", 0.10, "expert", "random", (1, 2)),
+    Mixture("expert>repeat", 0.10, "expert", "repeat", (1, 2)),
+    Mixture("random>expert", 0.15, "random", "expert", (1, 3)),
+    Mixture("repeat>expert", 0.10, "repeat", "expert", (2, 3)),
+    Mixture("random_consistent", 0.20, "random_consistent", "random_consistent"),
+    Mixture("repeat", 0.05, "repeat", "repeat"),
+    Mixture("random", 0.05, "random", "random"),
+    Mixture("expert", 0.05, "expert", "expert"),
+)
+
+
+def play_game(
+    policy: Policy, answer: str, words: Iterable[str], rng: np.random.Generator, name: str = ""
+) -> WordleGame:
+    """Play one full game of `policy` against `answer`; turns are labelled `name`."""
+    game = WordleGame(answer, words)
+    while not game.done:
+        game.step(policy(tuple(game.turns), rng), policy=name)
+    return game
+
+
+def generate_games(
+    words: Sequence[str],
+    n_games: int,
+    seed: int,
+    mixtures: Sequence[Mixture] = DEFAULT_MIXTURES,
+) -> list[WordleGame]:
+    """`n_games` finished games from `mixtures`, deterministic from `seed`."""
+    words = list(words)
+    policies = make_policies(words)
+    for mix in mixtures:
+        for name in (mix.opening, mix.continuation):
+            if name not in policies:
+                raise ValueError(
+                    f"mixture {mix.name!r}: unknown policy {name!r}; have {sorted(policies)}"
+                )
+        lo, hi = mix.switch
+        if not 0 <= lo <= hi:
+            raise ValueError(f"mixture {mix.name!r}: bad switch range {mix.switch}")
+    weights = np.array([mix.weight for mix in mixtures], np.float64)
+    if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("mixtures need non-negative weights with a positive sum")
+    weights /= weights.sum()
+
+    rng = np.random.default_rng(seed)
+    word_set = frozenset(words)
+    games = []
+    for _ in range(n_games):
+        mix = mixtures[rng.choice(len(mixtures), p=weights)]
+        answer = words[rng.integers(len(words))]
+        n_opening = rng.integers(mix.switch[0], mix.switch[1] + 1)
+        game = WordleGame(answer, word_set)
+        while not game.done:
+            name = mix.opening if len(game.turns) < n_opening else mix.continuation
+            game.step(policies[name](tuple(game.turns), rng), policy=name)
+        games.append(game)
+    return games
+
+
+def games_to_episodes(games: Iterable[WordleGame]) -> list[Episode]:
+    """The ILQL episodes of `games` (see `env.turns_to_episode`)."""
+    return [game.episode() for game in games]
+
+
+def game_stats(games: Sequence[WordleGame]) -> dict[str, float]:
+    """Mean return, its standard error, win rate and mean number of guesses."""
+    if not games:
+        raise ValueError("no games")
+    returns = np.array([g.total_return for g in games], np.float64)
+    n = len(returns)
+    stderr = float(returns.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {
+        "mean_return": float(returns.mean()),
+        "stderr": stderr,
+        "win_rate": float(np.mean([g.won for g in games])),
+        "mean_guesses": float(np.mean([len(g.turns) for g in games])),
+        "n_games": n,
+    }
+
+
+def evaluate_policy(
+    policy_fn: Policy, words: Sequence[str], n_games: int, seed: int
+) -> dict[str, float]:
+    """Play `n_games` of `policy_fn(history, rng) -> guess`; `game_stats` of them.
+
+    The answers come from `seed` alone and game i gets its own Generator
+    seeded with ``(seed, i)``, so every policy meets the same answers and a
+    game's randomness does not depend on how much the earlier games used.
+    """
+    words = list(words)
+    if n_games < 1:
+        raise ValueError(f"n_games must be at least 1, got {n_games}")
+    answers = np.random.default_rng(seed).integers(len(words), size=n_games)
+    word_set = frozenset(words)
+    games = [
+        play_game(policy_fn, words[a], word_set, np.random.default_rng([seed, i]))
+        for i, a in enumerate(answers)
+    ]
+    return game_stats(games)
+
+
+# ---------------------------------------------------------------------------
+# JSONL files
+# ---------------------------------------------------------------------------
+
+_KEYS = ("answer", "guesses", "feedbacks", "rewards", "policies")
+
+
+def _record(game: WordleGame) -> dict:
+    return {
+        "answer": game.answer,
+        "guesses": [t.guess for t in game.turns],
+        "feedbacks": [t.feedback for t in game.turns],
+        "rewards": [t.reward for t in game.turns],
+        "policies": [t.policy for t in game.turns],
+    }
+
+
+def save_games(path: str, games: Iterable[WordleGame]) -> None:
+    """Write one JSON object per game (see the module docstring)."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        for game in games:
+            f.write(json.dumps(_record(game)) + "\n")
+
+
+def _parse_game(record, word_set: frozenset) -> WordleGame:
+    """Replay a record; ValueError if it is malformed or disagrees with the rules."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in _KEYS if k not in record]
+    if missing:
+        raise ValueError(f"missing keys {missing}")
+    answer = record["answer"]
+    if not isinstance(answer, str) or answer not in word_set:
+        raise ValueError(f"answer {answer!r} is not in the word list")
+    lists = [record[k] for k in _KEYS[1:]]
+    if not all(isinstance(x, list) for x in lists) or len({len(x) for x in lists}) != 1:
+        raise ValueError("guesses, feedbacks, rewards and policies must be lists of one length")
+    if not 1 <= len(record["guesses"]) <= MAX_GUESSES:
+        raise ValueError(f"a game has 1 to {MAX_GUESSES} guesses, got {len(record['guesses'])}")
+    game = WordleGame(answer, word_set)
+    for i, (guess, fb, reward, policy) in enumerate(zip(*lists)):
+        if game.done:
+            raise ValueError(f"guess {i} ({guess!r}) comes after the game ended")
+        if not isinstance(guess, str) or not isinstance(policy, str):
+            raise ValueError(f"guess {i}: guess and policy must be strings")
+        turn = game.step(guess, policy)
+        if fb != turn.feedback:
+            raise ValueError(
+                f"guess {i} ({guess!r}): feedback {fb!r}, the rules give {turn.feedback!r}"
+            )
+        is_number = isinstance(reward, (int, float)) and not isinstance(reward, bool)
+        if not is_number or reward != turn.reward:
+            raise ValueError(
+                f"guess {i} ({guess!r}): reward {reward!r}, the rules give {turn.reward}"
+            )
+    return game
+
+
+def load_games(path: str, words: Iterable[str]) -> list[WordleGame]:
+    """Games of a JSONL file written by `save_games`, replayed against `words`.
+
+    Blank lines are skipped; anything else wrong raises ValueError naming the
+    file and line number.
+    """
+    word_set = frozenset(words)
+    games = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                games.append(_parse_game(json.loads(line), word_set))
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{path}:{lineno}: {e}") from e
+    if not games:
+        raise ValueError(f"{path}: no games")
+    return games

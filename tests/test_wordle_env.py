@@ -1,0 +1,361 @@
+"""Wordle game rules, scripted policies and offline data (ILQL_SPEC §1, §7)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.wordle.datasets import (
+    DEFAULT_MIXTURES,
+    evaluate_policy,
+    game_stats,
+    games_to_episodes,
+    generate_games,
+    load_games,
+    save_games,
+)
+from experiments.wordle.env import (
+    MAX_GUESSES,
+    Turn,
+    WordleGame,
+    feedback,
+    prompt_ids,
+    turns_to_episode,
+)
+from experiments.wordle.policies import (
+    ExpertPolicy,
+    RandomConsistentPolicy,
+    RepeatPolicy,
+    make_policies,
+)
+from experiments.wordle.words import default_words, load_vocab, save_vocab
+from ilql_jax.data.episodes import episode_to_arrays, episode_tokens, episodes_to_arrays
+from ilql_jax.tokenizers import wordle_tokenizer
+
+WORDS = ["crane", "slate", "route", "there", "hello", "llama", "abide", "speed", "eerie", "madam"]
+
+
+@pytest.fixture(scope="module")
+def default_vocab():
+    return default_words()
+
+
+# ---------------------------------------------------------------------------
+# Feedback rules (worked out by hand: greens first, then yellows limited by
+# the answer's letters not already used)
+
+
+@pytest.mark.parametrize(
+    "guess, answer, expected",
+    [
+        ("crane", "crane", "ggggg"),
+        ("crane", "slate", "bbgbg"),
+        ("crane", "route", "bybbg"),
+        # e at 2 is yellow (abide has one e), e at 3 black; d is elsewhere: yellow.
+        ("speed", "abide", "bbyby"),
+        # final e green; there has one more e (pos 2): the first guess e takes it.
+        ("eerie", "there", "ybybg"),
+        ("there", "eerie", "bbyyg"),
+        # hello has two l: both l of llama are yellow; no a, m in hello.
+        ("llama", "hello", "yybbb"),
+        ("hello", "llama", "bbyyb"),
+        # the greens at 2 and 3 use up both l of hello: the l at 0 is black.
+        ("lolly", "hello", "byggb"),
+        # e at 1 and 4 green; the answer's remaining e (pos 0) makes e at 2 yellow.
+        ("geese", "eerie", "bgybg"),
+        # m at 0 green; madam's other m (pos 4) yellows the first free m only.
+        ("mamma", "madam", "ggyby"),
+    ],
+)
+def test_feedback(guess, answer, expected):
+    assert feedback(guess, answer) == expected
+
+
+def test_feedback_rejects_non_words():
+    with pytest.raises(ValueError):
+        feedback("cran", "crane")
+    with pytest.raises(ValueError):
+        feedback("CRANE", "crane")
+
+
+# ---------------------------------------------------------------------------
+# Rewards and the end of a game
+
+
+def test_win_gets_zero_and_ends_the_game():
+    game = WordleGame("slate", WORDS)
+    assert game.step("crane").reward == -1.0
+    assert not game.done
+    turn = game.step("slate")
+    assert (turn.feedback, turn.reward) == ("ggggg", 0.0)
+    assert game.done and game.won and game.total_return == -1.0
+    assert game.episode().terminal
+    with pytest.raises(ValueError, match="over"):
+        game.step("crane")
+
+
+def test_six_misses_end_with_minus_six():
+    game = WordleGame("slate", WORDS)
+    for i in range(MAX_GUESSES):
+        assert not game.done
+        game.step(["crane", "route"][i % 2])
+    assert game.done and not game.won
+    assert game.total_return == -6.0
+    assert game.episode().terminal
+
+
+def test_unfinished_game_is_not_terminal():
+    game = WordleGame("slate", WORDS)
+    game.step("crane")
+    assert not game.episode().terminal
+
+
+@pytest.mark.parametrize("guess", ["zzzzz", "cran", "cranes", "CRANE", "cr4ne", ""])
+def test_invalid_guess_costs_one_and_gets_no_feedback(guess):
+    game = WordleGame("slate", WORDS)
+    turn = game.step(guess)
+    assert turn.feedback is None and turn.reward == -1.0
+    assert len(game.turns) == 1 and not game.done  # it uses up a turn
+    env_segment = game.episode().segments[1]
+    assert not env_segment.is_agent and env_segment.text == ""
+
+
+def test_invalid_guess_tokenizes_with_empty_reply():
+    tok = wordle_tokenizer()
+    game = WordleGame("slate", WORDS)
+    game.step("zzzzz")
+    game.step("slate")
+    expected = "<a>zzzzz</a></s>slate</a><g><g><g><g><g></s></eod>"
+    assert episode_tokens(game.episode(), tok) == tok.encode(expected)
+
+
+def test_answer_must_be_listed():
+    with pytest.raises(ValueError, match="word list"):
+        WordleGame("qqqqq", WORDS)
+
+
+# ---------------------------------------------------------------------------
+# The worked example of ILQL_SPEC §1
+#
+# The spec shows crane with feedback b y b b g followed by a winning slate.
+# Against the answer slate, crane honestly gets b b g b g (a is green at
+# position 2, e green at 4); b y b b g is what crane gets against e.g. route.
+# The positions, masks and indices are the same either way: we check the
+# spec's layout with the true feedback.
+
+
+def test_spec_example_feedback_discrepancy():
+    assert feedback("crane", "slate") == "bbgbg"
+    assert feedback("crane", "route") == "bybbg"
+
+
+def test_spec_worked_example_layout():
+    tok = wordle_tokenizer()
+    game = WordleGame("slate", WORDS)
+    game.step("crane")
+    game.step("slate")
+    episode = game.episode()
+    layout = (
+        ["<a>", *"crane", "</a>", "<b>", "<b>", "<g>", "<b>", "<g>", "</s>"]
+        + [*"slate", "</a>", *["<g>"] * 5, "</s>", "</eod>"]
+    )
+    assert len(layout) == 26
+    assert episode_tokens(episode, tok) == [tok.vocab.index(t) for t in layout]
+
+    arrays = episode_to_arrays(episode, tok, max_len=32)
+    assert np.flatnonzero(arrays["action_mask"]).tolist() == list(range(0, 6)) + list(range(12, 18))
+    assert arrays["rewards"][5] == -1.0 and arrays["rewards"][17] == 0.0
+    assert np.count_nonzero(arrays["rewards"]) == 1
+    assert arrays["next_idx"][5] == 12 and arrays["next_idx"][17] == 25
+    assert np.flatnonzero(arrays["dones"]).tolist() == [25]
+
+
+def test_prompt_ids():
+    tok = wordle_tokenizer()
+    assert prompt_ids([], tok) == [tok.a_id]
+    turns = [Turn("crane", "bbgbg", -1.0)]
+    assert prompt_ids(turns, tok) == tok.encode("<a>crane</a><b><b><g><b><g></s>")
+    # The prompt is the prefix of the finished episode's tokens.
+    full = episode_tokens(turns_to_episode(turns + [Turn("slate", "ggggg", 0.0)]), tok)
+    assert full[: len(prompt_ids(turns, tok))] == prompt_ids(turns, tok)
+
+
+# ---------------------------------------------------------------------------
+# Word lists
+
+
+def test_default_words(default_vocab):
+    assert len(default_vocab) == 200 == len(set(default_vocab))
+    assert all(len(w) == 5 and w.isascii() and w.isalpha() and w.islower() for w in default_vocab)
+    assert default_vocab[:3] == ["about", "their", "there"]  # most frequent first
+
+
+def test_vocab_round_trip(tmp_path):
+    path = str(tmp_path / "run" / "vocab.txt")
+    save_vocab(path, WORDS)
+    assert load_vocab(path) == WORDS
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("crane\nslate\nCrane\n", r"vocab.txt:3: 'Crane'"),
+        ("crane\ncran\n", r"vocab.txt:2: 'cran'"),
+        ("crane\nslate\n\ncrane\n", r"vocab.txt:4: duplicate word 'crane' \(first on line 1\)"),
+        ("\n  \n", r"vocab.txt: vocabulary file has no words"),
+    ],
+)
+def test_load_vocab_errors(tmp_path, text, message):
+    path = tmp_path / "vocab.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_vocab(str(path))
+
+
+# ---------------------------------------------------------------------------
+# Policies
+
+
+def test_expert_solves_every_default_answer(default_vocab):
+    expert = ExpertPolicy(default_vocab)
+    for answer in default_vocab:
+        game = WordleGame(answer, default_vocab)
+        while not game.done:
+            game.step(expert(tuple(game.turns), None))
+        assert game.won, answer
+
+
+def test_expert_beats_random(default_vocab):
+    policies = make_policies(default_vocab)
+    stats = {name: evaluate_policy(p, default_vocab, 200, seed=0) for name, p in policies.items()}
+    returns = {name: s["mean_return"] for name, s in stats.items()}
+    assert returns["expert"] > returns["random_consistent"] > returns["random"]
+    assert returns["expert"] > returns["repeat"]
+    assert stats["expert"]["win_rate"] == 1.0
+    assert all(-6.0 <= r <= 0.0 for r in returns.values())
+
+
+def test_random_consistent_and_repeat_policies():
+    rng = np.random.default_rng(0)
+    history = (Turn("crane", feedback("crane", "slate"), -1.0),)
+    consistent = RandomConsistentPolicy(WORDS)
+    for _ in range(20):
+        guess = consistent(history, rng)
+        assert feedback("crane", guess) == "bbgbg"
+    repeat = RepeatPolicy(WORDS)
+    assert repeat((), rng) in WORDS
+    assert repeat(history, rng) == "crane"
+
+
+def test_evaluate_policy_is_deterministic(default_vocab):
+    random = make_policies(default_vocab)["random"]
+    assert evaluate_policy(random, default_vocab, 50, seed=3) == evaluate_policy(
+        random, default_vocab, 50, seed=3
+    )
+
+
+# ---------------------------------------------------------------------------
+# Data sets
+
+
+def _records(games):
+    return [
+        (g.answer, [(t.guess, t.feedback, t.reward, t.policy) for t in g.turns]) for g in games
+    ]
+
+
+def test_datasets_are_deterministic_from_the_seed(default_vocab):
+    a = generate_games(default_vocab, 100, seed=1)
+    b = generate_games(default_vocab, 100, seed=1)
+    c = generate_games(default_vocab, 100, seed=2)
+    assert _records(a) == _records(b)
+    assert _records(a) != _records(c)
+    assert all(g.done for g in a)
+
+
+def test_default_mixture_is_mixed(default_vocab):
+    games = generate_games(default_vocab, 1000, seed=0)
+    all_expert = np.mean([all(t.policy == "expert" for t in g.turns) for g in games])
+    assert all_expert < 0.25  # no behaviour plays expertly start to finish most of the time
+    mixed = np.mean([len({t.policy for t in g.turns}) > 1 for g in games])
+    assert mixed > 0.3
+    policies = {t.policy for g in games for t in g.turns}
+    assert policies == {"expert", "random_consistent", "random", "repeat"}
+    expert = evaluate_policy(make_policies(default_vocab)["expert"], default_vocab, 1000, seed=0)
+    assert game_stats(games)["mean_return"] < expert["mean_return"] - 0.5
+    assert sum(m.weight for m in DEFAULT_MIXTURES) == pytest.approx(1.0)
+
+
+def test_episodes_tokenize(default_vocab):
+    tok = wordle_tokenizer()
+    games = generate_games(default_vocab, 50, seed=0)
+    episodes = games_to_episodes(games)
+    # <a> + 6 turns of (5 letters, </a>, 5 feedback, </s>) + </eod>
+    arrays = episodes_to_arrays(episodes, tok, max_len=1 + 12 * MAX_GUESSES + 1)
+    assert arrays["tokens"].shape == (50, 74)
+    returns = arrays["rewards"].sum(axis=1)
+    np.testing.assert_allclose(returns, [g.total_return for g in games])
+    assert (arrays["dones"].sum(axis=1) == 1).all()  # every game finished, none cut
+
+
+def test_jsonl_round_trip(tmp_path, default_vocab):
+    games = generate_games(default_vocab, 30, seed=0)
+    path = str(tmp_path / "data" / "games.jsonl")
+    save_games(path, games)
+    assert _records(load_games(path, default_vocab)) == _records(games)
+    first = json.loads(open(path).readline())
+    assert set(first) == {"answer", "guesses", "feedbacks", "rewards", "policies"}
+
+
+def test_jsonl_keeps_invalid_guesses(tmp_path):
+    game = WordleGame("slate", WORDS)
+    game.step("zzzzz", "learned")
+    game.step("slate", "learned")
+    path = str(tmp_path / "games.jsonl")
+    save_games(path, [game])
+    (loaded,) = load_games(path, WORDS)
+    assert [t.feedback for t in loaded.turns] == [None, "ggggg"]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json", "Expecting property name"),
+        ('["a list"]', "expected a JSON object"),
+        ('{"answer": "slate"}', "missing keys"),
+        (
+            '{"answer": "qqqqq", "guesses": ["slate"], "feedbacks": ["ggggg"], '
+            '"rewards": [0], "policies": ["x"]}',
+            "not in the word list",
+        ),
+        (
+            '{"answer": "slate", "guesses": ["crane"], "feedbacks": ["bybbg"], '
+            '"rewards": [-1], "policies": ["x"]}',
+            "the rules give 'bbgbg'",
+        ),
+        (
+            '{"answer": "slate", "guesses": ["slate"], "feedbacks": ["ggggg"], '
+            '"rewards": [-1], "policies": ["x"]}',
+            "reward -1",
+        ),
+        (
+            '{"answer": "slate", "guesses": ["slate", "crane"], "feedbacks": ["ggggg", "bbgbg"], '
+            '"rewards": [0, -1], "policies": ["x", "x"]}',
+            "after the game ended",
+        ),
+        (
+            '{"answer": "slate", "guesses": ["crane"], "feedbacks": [], '
+            '"rewards": [-1], "policies": ["x"]}',
+            "one length",
+        ),
+    ],
+)
+def test_loader_rejects_malformed_line(tmp_path, bad, message):
+    good = generate_games(WORDS, 2, seed=0)
+    path = tmp_path / "games.jsonl"
+    save_games(str(path), good)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "", bad, lines[1]]) + "\n")
+    with pytest.raises(ValueError, match=message) as info:
+        load_games(str(path), WORDS)
+    assert str(info.value).startswith(f"{path}:3: ")
