@@ -1,0 +1,303 @@
+"""Data of the Reddit task: loaders, seeded splits, and episodes (ILQL_SPEC §7).
+
+Every loader returns a list of records, plain dicts::
+
+    {"parent": str, "comment": str, "score": int (optional), "toxicity": int | float (optional)}
+
+(``score`` = upvotes, for the ``upvotes`` reward; ``toxicity`` = the data's
+own label, for the ``label`` reward: an int is a level 0/1/2, a float a
+[0, 1] score, see ``rewards.py``). Bad input raises ``ValueError`` naming the
+file, the row or line, and the field.
+
+Sources (``load_records``):
+
+* ``"default"``: the generated, synthetic corpus of ``corpus.py``;
+* a directory: the paper's CSV layout, ``comments_positive.csv`` and
+  ``comments_negative.csv``, each with one header row (skipped, as the
+  authors' code does) and then one comment per row. Columns are 0-based
+  indices into each row: 4 = comment, 5 = score (an integer), 10 = parent;
+  other columns are ignored. Blank rows are skipped;
+* a ``.jsonl`` file: one JSON object per line with ``parent``, ``comment``
+  and optionally ``score``, ``toxicity`` (other fields are kept as they are);
+* ``"tfds:civil_comments"`` (any TFDS name after ``tfds:``): TFDS
+  ``civil_comments`` read as an array_record data source, without
+  TensorFlow (``tfds.data_source``; prepare it with
+  ``tfds build civil_comments --file_format=array_record`` where it is not
+  already). Needs the optional extra: ``pip install -e ".[tfds]"``. Records
+  get ``comment`` = ``text``, ``toxicity`` = its [0, 1] score (fraction of
+  annotators), ``parent`` = ``parent_text`` ("" where the comment has no
+  parent in the data set), and no ``score``.
+
+``split_records`` shuffles by seed into train/eval/test (90/5/5 by default);
+``make_splits`` also saves them as ``<workdir>/data/{train,eval,test}.jsonl``.
+``to_episodes`` turns records and rewards into one-step terminal episodes
+``<s>parent</s>comment</a></eod>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ilql_jax.data.episodes import Episode, agent, env
+
+from .corpus import DEFAULT_PAIRS, generate_corpus
+
+__all__ = [
+    "CSV_COLUMNS",
+    "CSV_FILES",
+    "SPLITS",
+    "SPLIT_FRACTIONS",
+    "load_civil_comments",
+    "load_jsonl",
+    "load_paper_csv",
+    "load_records",
+    "make_splits",
+    "read_split",
+    "split_path",
+    "split_records",
+    "to_episodes",
+    "write_jsonl",
+]
+
+CSV_FILES = ("comments_positive.csv", "comments_negative.csv")
+CSV_COLUMNS = {"comment": 4, "score": 5, "parent": 10}  # 0-based indices into each row
+SPLITS = ("train", "eval", "test")
+SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
+
+
+# ---------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------
+
+
+def _parse_int(text: str) -> int:
+    """An integer from text such as "12", "-3" or "4.0"; ValueError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # raises on non-numbers
+        if not value.is_integer():
+            raise ValueError(f"{text!r} is not an integer") from None
+        return int(value)
+
+
+def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
+    """Records from the paper's ``comments_positive.csv`` + ``comments_negative.csv``."""
+    need = max(CSV_COLUMNS.values()) + 1
+    records = []
+    for name in CSV_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{path}: missing; the paper's layout needs both {' and '.join(CSV_FILES)}"
+            )
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            for row_no, row in enumerate(reader, start=1):
+                if row_no == 1 or not row:
+                    continue  # the header row, or a blank line
+                where = f"{path}: row {row_no} (line {reader.line_num})"
+                if len(row) < need:
+                    raise ValueError(
+                        f"{where} has {len(row)} columns, needs at least {need} "
+                        f"(0-based: comment={CSV_COLUMNS['comment']}, "
+                        f"score={CSV_COLUMNS['score']}, parent={CSV_COLUMNS['parent']})"
+                    )
+                try:
+                    score = _parse_int(row[CSV_COLUMNS["score"]])
+                except ValueError:
+                    raise ValueError(
+                        f"{where}: field 'score' (column {CSV_COLUMNS['score']}) must be an "
+                        f"integer, got {row[CSV_COLUMNS['score']]!r}"
+                    ) from None
+                records.append({
+                    "parent": row[CSV_COLUMNS["parent"]],
+                    "comment": row[CSV_COLUMNS["comment"]],
+                    "score": score,
+                })
+    return records
+
+
+def _check_record(obj, where: str) -> dict:
+    """A JSONL object as a record, or a ValueError naming ``where`` and the field."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for field in ("parent", "comment"):
+        if field not in obj:
+            raise ValueError(f"{where}: missing field {field!r}")
+        if not isinstance(obj[field], str):
+            raise ValueError(f"{where}: field {field!r} must be a string, got {obj[field]!r}")
+    for field in ("score", "toxicity"):
+        value = obj.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{where}: field {field!r} must be a number, got {value!r}")
+    return dict(obj)
+
+
+def load_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records from a JSONL file; blank lines are skipped."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {line_no}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+            records.append(_check_record(obj, where))
+    return records
+
+
+def _as_str(value) -> str:
+    """TFDS text features decode to bytes (or numpy strings) without TensorFlow."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def load_civil_comments(
+    split: str = "train",
+    data_dir: str | None = None,
+    name: str = "civil_comments",
+    max_examples: int | None = None,
+) -> list[dict]:
+    """Records from TFDS ``civil_comments`` (see the module docstring)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            f"loading TFDS {name!r} needs tensorflow-datasets; install the optional extra: "
+            'pip install -e ".[tfds]"'
+        ) from e
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    n = len(source) if max_examples is None else min(len(source), max_examples)
+    records = []
+    for i in range(n):
+        example = source[i]
+        for field in ("text", "toxicity"):
+            if field not in example:
+                raise ValueError(f"TFDS {name}[{split}] example {i}: missing field {field!r}")
+        records.append({
+            "parent": _as_str(example.get("parent_text", b"")),
+            "comment": _as_str(example["text"]),
+            "toxicity": float(example["toxicity"]),
+        })
+    return records
+
+
+def load_records(
+    data: str,
+    *,
+    seed: int = 0,
+    n_pairs: int = DEFAULT_PAIRS,
+    split: str = "train",
+    data_dir: str | None = None,
+    max_examples: int | None = None,
+) -> list[dict]:
+    """Records from ``data``: "default", "tfds:<name>", a CSV directory or a .jsonl file.
+
+    ``seed`` and ``n_pairs`` apply to the generated corpus; ``split``,
+    ``data_dir`` and ``max_examples`` to TFDS.
+    """
+    if data == "default":
+        return generate_corpus(n_pairs=n_pairs, seed=seed)
+    if data.startswith("tfds:"):
+        return load_civil_comments(
+            split=split, data_dir=data_dir, name=data[len("tfds:"):], max_examples=max_examples
+        )
+    if os.path.isdir(data):
+        return load_paper_csv(data)
+    if data.endswith(".jsonl"):
+        return load_jsonl(data)
+    raise ValueError(
+        f"unknown data {data!r}: use 'default', 'tfds:civil_comments', a directory with "
+        f"{' and '.join(CSV_FILES)}, or a .jsonl file"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------
+
+
+def split_records(
+    records: Sequence[Mapping], seed: int = 0, fractions: Sequence[float] = SPLIT_FRACTIONS
+) -> dict[str, list[dict]]:
+    """Shuffle by ``seed`` and cut into train/eval/test by ``fractions``.
+
+    Eval and test get at least one record each (when their fraction is > 0),
+    train gets the rest; an empty train split is an error.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    n = len(records)
+    sizes = [max(1, round(f * n)) if f > 0 else 0 for f in fractions[1:]]
+    n_train = n - sum(sizes)
+    if n_train < 1:
+        raise ValueError(f"{n} records are too few to split by {tuple(fractions)}")
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.cumsum([n_train, *sizes])
+    parts = np.split(order, bounds[:-1])
+    return {name: [dict(records[i]) for i in part] for name, part in zip(SPLITS, parts)}
+
+
+def split_path(workdir: str | os.PathLike, name: str) -> str:
+    """Where split ``name`` is saved: ``<workdir>/data/<name>.jsonl``."""
+    return os.path.join(workdir, "data", f"{name}.jsonl")
+
+
+def write_jsonl(records: Sequence[Mapping], path: str | os.PathLike) -> None:
+    """One JSON object per line (written to a temporary file, then renamed)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def make_splits(
+    records: Sequence[Mapping],
+    workdir: str | os.PathLike,
+    seed: int = 0,
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+) -> dict[str, list[dict]]:
+    """``split_records``, saved to ``split_path(workdir, name)`` for each split."""
+    splits = split_records(records, seed=seed, fractions=fractions)
+    for name, part in splits.items():
+        write_jsonl(part, split_path(workdir, name))
+    return splits
+
+
+def read_split(workdir: str | os.PathLike, name: str) -> list[dict]:
+    """A split saved by ``make_splits``."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
+    return load_jsonl(split_path(workdir, name))
+
+
+# ---------------------------------------------------------------------------
+# Episodes
+# ---------------------------------------------------------------------------
+
+
+def to_episodes(records: Sequence[Mapping], rewards: Sequence[float]) -> list[Episode]:
+    """One terminal episode per record: ``<s>parent</s>comment</a></eod>`` (ILQL_SPEC §7)."""
+    if len(records) != len(rewards):
+        raise ValueError(f"{len(records)} records but {len(rewards)} rewards")
+    return [
+        Episode((env(record["parent"]), agent(record["comment"], float(reward))), terminal=True)
+        for record, reward in zip(records, rewards)
+    ]

@@ -1,0 +1,306 @@
+"""Reddit task data: generated corpus, toxicity judge and rewards, loaders, splits, episodes."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments.reddit_toxicity import corpus, data, rewards
+from experiments.reddit_toxicity.corpus import generate_corpus
+from experiments.reddit_toxicity.rewards import ToxicityJudge
+from ilql_jax.data.episodes import episode_tokens
+
+N = 2000  # a small corpus keeps these tests fast
+
+
+@pytest.fixture(scope="module")
+def records():
+    return generate_corpus(n_pairs=N, seed=0)
+
+
+# --- Corpus -------------------------------------------------------------------
+
+
+def test_corpus_is_deterministic_by_seed(records):
+    assert generate_corpus(n_pairs=N, seed=0) == records
+    other = generate_corpus(n_pairs=N, seed=1)
+    assert other != records
+    assert len(other) == N
+
+
+def test_corpus_records_are_distinct_and_well_formed(records):
+    assert len({(r["parent"], r["comment"]) for r in records}) == N
+    assert len({r["comment"] for r in records}) > N // 4  # thousands at the default size
+    for r in records:
+        assert isinstance(r["parent"], str) and r["parent"]
+        assert isinstance(r["comment"], str) and r["comment"]
+        assert isinstance(r["score"], int)
+        assert r["toxicity"] in (0, 1, 2)
+        for markup in ("<s>", "</s>", "<a>", "</a>", "</eod>"):
+            assert markup not in r["parent"] + r["comment"]
+
+
+def test_corpus_has_many_topics(records):
+    assert len(corpus.TOPICS) >= 20
+    assert len({t.name for t in corpus.TOPICS}) == len(corpus.TOPICS)
+    assert len({r["topic"] for r in records}) == len(corpus.TOPICS)
+
+
+def test_corpus_toxic_share_by_construction(records):
+    assert 0.2 <= corpus.MILD_SHARE + corpus.TOXIC_SHARE <= 0.3
+    share = np.mean([r["toxicity"] > 0 for r in records])
+    assert 0.2 <= share <= 0.3
+    levels = {r["toxicity"] for r in records}
+    assert levels == {0, 1, 2}
+
+
+def test_corpus_has_mid_sentence_toxicity(records):
+    mid = [r for r in records if r["mid_sentence"]]
+    assert mid and all(r["toxicity"] > 0 for r in mid)
+    # A harmless opening comes first: the insult follows a comma or a period.
+    for r in mid[:50]:
+        assert ", but " in r["comment"] or ". That said, " in r["comment"]
+    assert any(r["toxicity"] == 2 for r in mid)
+
+
+def test_corpus_scores_correlate_with_kind(records):
+    positive = {
+        level: np.mean([r["score"] > 0 for r in records if r["toxicity"] == level])
+        for level in (0, 1, 2)
+    }
+    assert positive[0] > positive[1] > positive[2]
+    assert 0.0 < positive[2] < 1.0  # noisy: some toxic replies are upvoted
+
+
+def test_judged_levels_cover_all_three(records):
+    levels = ToxicityJudge().levels([r["comment"] for r in records[:500]])
+    assert set(np.unique(levels)) == {0, 1, 2}
+
+
+# --- Rewards --------------------------------------------------------------------
+
+
+def test_level_thresholds_and_reward_values():
+    t1, t2 = rewards.THRESHOLDS
+    probs = [0.0, t1 - 1e-6, t1, t2 - 1e-6, t2, 1.0]
+    levels = rewards.levels_from_probs(probs)
+    np.testing.assert_array_equal(levels, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(rewards.rewards_from_levels([0, 1, 2]), [0.0, -5.0, -10.0])
+    assert rewards.toxic_rate([0, 1, 2, 2]) == 0.5
+
+
+def test_toxicity_rewards_follow_the_judge(records):
+    sample = records[:300]
+    judge = ToxicityJudge()
+    r = rewards.compute_rewards(sample, "toxicity", judge=judge)
+    assert r.dtype == np.float32 and r.shape == (300,)
+    assert set(np.unique(r)) <= {0.0, -5.0, -10.0}
+    np.testing.assert_array_equal(r, -5.0 * judge.levels([x["comment"] for x in sample]))
+    clean = {"parent": "Any tips?", "comment": "Thanks, that was really helpful."}
+    rude = {"parent": "Any tips?", "comment": "Shut the fuck up, you absolute idiot."}
+    np.testing.assert_array_equal(rewards.compute_rewards([clean, rude], judge=judge), [0.0, -10.0])
+
+
+def test_noised_toxicity_changes_only_level_one_and_is_deterministic(records):
+    texts = [r["comment"] for r in records]
+    levels = ToxicityJudge().levels(texts)
+    noised = rewards.noise_levels(levels, texts, seed=0)
+    assert set(np.unique(noised)) <= {0, 2}
+    np.testing.assert_array_equal(noised[levels != 1], levels[levels != 1])
+    ones = levels == 1
+    assert 0 < np.mean(noised[ones] == 2) < 1  # random across texts
+    np.testing.assert_array_equal(rewards.noise_levels(levels, texts, seed=0), noised)
+    assert not np.array_equal(rewards.noise_levels(levels, texts, seed=1)[ones], noised[ones])
+    # Fixed per text: the same text gets the same level wherever it appears.
+    one_text = texts[int(np.flatnonzero(ones)[0])]
+    once = rewards.noise_levels([1], [one_text], seed=0)
+    twice = rewards.noise_levels([1, 1], [one_text, one_text], seed=0)
+    np.testing.assert_array_equal(twice, [once[0]] * 2)
+    r = rewards.compute_rewards(records, "noised_toxicity", seed=0)
+    np.testing.assert_array_equal(r, -5.0 * noised)
+
+
+def test_upvote_rewards():
+    recs = [{"comment": "a", "score": 5}, {"comment": "b", "score": 0}, {"comment": "c", "score": -2}]
+    np.testing.assert_array_equal(rewards.compute_rewards(recs, "upvotes"), [1.0, -1.0, -1.0])
+    with pytest.raises(ValueError, match="record 1 has no 'score'"):
+        rewards.compute_rewards([{"comment": "a", "score": 1}, {"comment": "b"}], "upvotes")
+
+
+def test_label_rewards_levels_and_scores():
+    t1, t2 = rewards.THRESHOLDS
+    recs = [{"toxicity": 0}, {"toxicity": 1}, {"toxicity": 2},
+            {"toxicity": 0.0}, {"toxicity": (t1 + t2) / 2}, {"toxicity": 1.0}]
+    np.testing.assert_array_equal(
+        rewards.compute_rewards(recs, "label"), [0, -5, -10, 0, -5, -10]
+    )
+    with pytest.raises(ValueError, match="record 0 has no 'toxicity'"):
+        rewards.compute_rewards([{"comment": "x"}], "label")
+    with pytest.raises(ValueError, match="must be 0, 1 or 2"):
+        rewards.compute_rewards([{"toxicity": 3}], "label")
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        rewards.compute_rewards([{"toxicity": 1.5}], "label")
+    with pytest.raises(ValueError, match="unknown reward"):
+        rewards.compute_rewards(recs, "likes")
+
+
+def test_judge_cache_avoids_rejudging(tmp_path, records):
+    texts = [r["comment"] for r in records[:200]]
+    distinct = len(set(texts))
+    judge = ToxicityJudge(cache_dir=tmp_path)
+    first = judge.probs(texts + texts)
+    assert judge.n_judged == distinct  # batched, once per distinct text
+    judge.probs(texts)
+    assert judge.n_judged == distinct
+    cache = tmp_path / rewards.CACHE_FILE
+    data_ = json.loads(cache.read_text())
+    assert len(data_["probs"]) == distinct and "alt-profanity-check" in data_["judge"]
+    again = ToxicityJudge(cache_dir=tmp_path)  # a second run reads the cache
+    np.testing.assert_array_equal(again.probs(texts + texts), first)
+    assert again.n_judged == 0
+    again.probs(["a brand new sentence about gardening"])
+    assert again.n_judged == 1
+
+
+def test_judge_levels_for_generated_text():
+    levels = rewards.judge_levels(["What a lovely garden.", "You stupid fucking moron."])
+    assert levels.dtype == np.int32
+    np.testing.assert_array_equal(levels, [0, 2])
+    assert rewards.toxic_rate(levels) == 0.5
+
+
+# --- Loaders --------------------------------------------------------------------
+
+
+def _paper_row(comment, score, parent):
+    row = [f"c{i}" for i in range(12)]
+    row[4], row[5], row[10] = comment, str(score), parent
+    return row
+
+
+def _write_paper_csv(directory, positive, negative):
+    for name, rows in (("comments_positive.csv", positive), ("comments_negative.csv", negative)):
+        with open(directory / name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow([f"header{i}" for i in range(12)])
+            writer.writerows(rows)
+
+
+def test_csv_loader_reads_the_papers_layout(tmp_path):
+    _write_paper_csv(
+        tmp_path,
+        [_paper_row("Great tip, thanks!", 12, "How do I season cast iron?"),
+         _paper_row('He said "hi",\nthen left.', 3, "Parent, with a comma")],
+        [_paper_row("You're an idiot.", -4, "What do you think?")],
+    )
+    recs = data.load_records(str(tmp_path))
+    assert recs == [
+        {"parent": "How do I season cast iron?", "comment": "Great tip, thanks!", "score": 12},
+        {"parent": "Parent, with a comma", "comment": 'He said "hi",\nthen left.', "score": 3},
+        {"parent": "What do you think?", "comment": "You're an idiot.", "score": -4},
+    ]
+    np.testing.assert_array_equal(rewards.compute_rewards(recs, "upvotes"), [1, 1, -1])
+
+
+def test_csv_loader_rejects_short_rows_and_bad_scores(tmp_path):
+    _write_paper_csv(tmp_path, [_paper_row("ok", 1, "p"), ["a", "b", "c"]], [])
+    with pytest.raises(ValueError, match=r"comments_positive\.csv: row 3 .*has 3 columns"):
+        data.load_paper_csv(tmp_path)
+    _write_paper_csv(tmp_path, [], [_paper_row("ok", "lots", "p")])
+    with pytest.raises(ValueError, match=r"comments_negative\.csv: row 2 .*'score'.*'lots'"):
+        data.load_paper_csv(tmp_path)
+    os.remove(tmp_path / "comments_negative.csv")
+    with pytest.raises(ValueError, match=r"comments_negative\.csv: missing"):
+        data.load_paper_csv(tmp_path)
+
+
+def test_jsonl_loader(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    lines = [
+        {"parent": "p1", "comment": "c1", "score": 3, "toxicity": 0.7},
+        {"parent": "p2", "comment": "c2"},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    assert data.load_records(str(path)) == lines
+    path.write_text(json.dumps(lines[0]) + "\n" + json.dumps({"parent": "p"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl: line 2: missing field 'comment'"):
+        data.load_jsonl(path)
+    path.write_text(json.dumps({"parent": "p", "comment": "c", "score": "many"}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: field 'score' must be a number"):
+        data.load_jsonl(path)
+    path.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"line 1: invalid JSON"):
+        data.load_jsonl(path)
+
+
+def test_load_records_default_and_unknown(tmp_path):
+    assert data.load_records("default", n_pairs=50, seed=3) == generate_corpus(50, seed=3)
+    with pytest.raises(ValueError, match="unknown data"):
+        data.load_records(str(tmp_path / "nope.txt"))
+
+
+def test_civil_comments_without_tfds_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[tfds\]"'):
+        data.load_records("tfds:civil_comments")
+
+
+def test_civil_comments_from_tfds_mock_data():
+    tfds = pytest.importorskip(
+        "tensorflow_datasets", reason="tensorflow_datasets not installed (optional extra: tfds)"
+    )
+    with tfds.testing.mock_data(num_examples=5):
+        recs = data.load_civil_comments(split="train")
+    assert len(recs) == 5
+    for r in recs:
+        assert isinstance(r["parent"], str) and isinstance(r["comment"], str)
+        assert isinstance(r["toxicity"], float) and "score" not in r
+
+
+# --- Splits and episodes --------------------------------------------------------
+
+
+def test_splits_are_deterministic_disjoint_and_saved(tmp_path, records):
+    splits = data.make_splits(records, tmp_path, seed=0)
+    assert [len(splits[s]) for s in data.SPLITS] == [1800, 100, 100]
+    pairs = {s: {(r["parent"], r["comment"]) for r in splits[s]} for s in data.SPLITS}
+    assert not (pairs["train"] & pairs["eval"] or pairs["train"] & pairs["test"]
+                or pairs["eval"] & pairs["test"])
+    assert set().union(*pairs.values()) == {(r["parent"], r["comment"]) for r in records}
+    assert data.split_records(records, seed=0) == splits
+    assert data.split_records(records, seed=1)["test"] != splits["test"]
+    for name in data.SPLITS:
+        assert os.path.isfile(data.split_path(tmp_path, name))
+        assert data.read_split(tmp_path, name) == splits[name]
+    with pytest.raises(ValueError, match="too few"):
+        data.split_records(records[:2])
+
+
+class _CharTokenizer:
+    """Markup as single ids 0..5, every other character as its own id."""
+
+    s_id, end_s_id, a_id, end_a_id, eod_id, pad_id = range(6)
+
+    def encode(self, text):
+        return [6 + ord(ch) for ch in text]
+
+
+def test_episodes_are_one_step_and_terminal(records):
+    recs = records[:3]
+    r = [0.0, -5.0, -10.0]
+    episodes = data.to_episodes(recs, r)
+    tok = _CharTokenizer()
+    for episode, record, reward in zip(episodes, recs, r):
+        assert episode.terminal
+        parent, comment = episode.segments
+        assert not parent.is_agent and parent.text == record["parent"]
+        assert comment.is_agent and comment.text == record["comment"] and comment.reward == reward
+        expected = ([tok.s_id] + tok.encode(record["parent"]) + [tok.end_s_id]
+                    + tok.encode(record["comment"]) + [tok.end_a_id, tok.eod_id])
+        assert episode_tokens(episode, tok) == expected
+    with pytest.raises(ValueError, match="3 records but 2 rewards"):
+        data.to_episodes(recs, r[:2])
