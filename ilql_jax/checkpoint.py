@@ -1,0 +1,332 @@
+"""Checkpoints of the whole train state, resumable anywhere (the only module importing orbax).
+
+Layout of a workdir (local or `gs://`)::
+
+    checkpoints/<step>/state    the ILQLState pytree (orbax StandardSave, OCDBT)
+    checkpoints/<step>/extra    JSON: data-iterator position, config dict, ...
+
+Orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it to
+`<step>` once everything is written (on GCS, where renames are copies, it
+writes `<step>/` in place and commits with a `commit_success.txt` file). A
+process killed mid-save (SIGKILL, pre-emption) therefore leaves only that
+temporary directory behind; `CheckpointManager` does not list it as a step,
+and a later save of the same step removes it. `restore` warns about such
+uncommitted steps, and falls back to older steps when the newest committed
+one cannot be read (e.g. files lost or truncated on a filesystem without
+atomic renames).
+
+Restores always go into an abstract target whose leaves are
+`jax.ShapeDtypeStruct`s with shardings (`abstract_like`), so a checkpoint
+saved on one mesh restores onto another, and the restored tree has exactly
+the pytree structure (nnx `State`s and `Param` nodes included) of a freshly
+initialised state.
+
+Typical use::
+
+    state, extra, restored = checkpoint.restore_or_init(workdir, init_fn, shardings)
+    ckpt = checkpoint.Checkpointer(workdir, checkpoint.CheckpointConfig())
+    for step in ...:
+        state, metrics = train_step(state, batch)
+        if ckpt.should_save(step + 1):
+            ckpt.save(step + 1, state, {"data": it.state(), "config": config_dict})
+    ckpt.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+__all__ = [
+    "CheckpointConfig",
+    "Checkpointer",
+    "abstract_like",
+    "export_params",
+    "load_params",
+    "load_policy_from_checkpoint",
+    "restore",
+    "restore_or_init",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+# A step directory, committed (`12`) or left behind by an interrupted save (`12.orbax-checkpoint-tmp...`).
+_STEP_DIR = re.compile(r"^(\d+)(\.orbax-checkpoint-tmp.*)?$")
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When and how train-state checkpoints are written.
+
+    Attributes:
+      every_steps: save when the step count is a multiple of this (see
+        `Checkpointer.should_save`).
+      keep: how many of the most recent checkpoints to keep; older ones are
+        deleted after each successful save.
+      async_save: write in a background thread, so training continues while
+        the files are written; `Checkpointer.wait()` / `close()` block until done.
+    """
+
+    every_steps: int = 1000
+    keep: int = 3
+    async_save: bool = True
+
+    def __post_init__(self):
+        for name in ("every_steps", "keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CheckpointConfig.{name} must be an int >= 1, got {value!r}")
+
+
+def _default_sharding() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def abstract_like(state_or_init_fn: PyTree | Callable[[], PyTree], shardings: Any = None) -> PyTree:
+    """A pytree of `jax.ShapeDtypeStruct`s with shardings: the target of a restore.
+
+    Args:
+      state_or_init_fn: a state (concrete or abstract), or a function returning
+        one (traced with `jax.eval_shape`, so nothing is computed or allocated).
+      shardings: where each leaf goes: None (keep a concrete array's own
+        sharding, else a single local device), one `jax.sharding.Sharding` for
+        every leaf, or a pytree of shardings with the state's structure (or a
+        prefix of it).
+
+    Returns:
+      The state's tree (same node types and metadata) with abstract leaves.
+    """
+    tree = jax.eval_shape(state_or_init_fn) if callable(state_or_init_fn) else state_or_init_fn
+    default = _default_sharding()
+
+    def leaf(x, sharding=None):
+        sharding = sharding or getattr(x, "sharding", None) or default
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    if shardings is None:
+        return jax.tree.map(leaf, tree)
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: leaf(x, shardings), tree)
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: leaf(x, s), sub), shardings, tree,
+                        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+
+
+def _manager(directory: epath.Path, cfg: CheckpointConfig | None,
+             state_handler: ocp.CheckpointHandler | None = None) -> ocp.CheckpointManager:
+    """A manager that saves (`cfg` given) or only reads (`cfg` None: creates nothing).
+
+    The handlers are named up front so that a read-only manager can read
+    metadata before any save or restore has told it how.
+    """
+    if cfg is None:
+        options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save,
+                                               create=True)
+    handlers = {"state": state_handler or ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+
+
+class Checkpointer:
+    """Saves and restores `(state, extra)` under `workdir/checkpoints`.
+
+    Every process of a multi-host job must create one and call `save` with
+    the same steps (orbax coordinates the processes; each writes its shards).
+
+    Args:
+      workdir: the run's directory, local or `gs://`.
+      cfg: when to save and how many to keep; None opens it read-only.
+    """
+
+    def __init__(self, workdir: str | epath.PathLike, cfg: CheckpointConfig | None = CheckpointConfig()):
+        self.cfg = cfg
+        self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+        self._manager = _manager(self.directory, cfg)
+
+    def should_save(self, step: int) -> bool:
+        """Whether `step` (the number of steps taken) is a checkpoint step."""
+        return self.cfg is not None and step > 0 and step % self.cfg.every_steps == 0
+
+    def save(self, step: int, state: PyTree, extra: Mapping[str, Any] | None = None) -> bool:
+        """Saves the state and a JSON-serialisable `extra` dict as checkpoint `step`.
+
+        `extra` comes back from `restore` as parsed JSON (tuples become lists).
+
+        With `async_save`, returns once the arrays are copied off the devices,
+        so the caller may donate `state` to the next train step right away.
+        Returns False (and saves nothing) when `step` is not newer than the
+        latest checkpoint, e.g. a save right after resuming from that step.
+        """
+        if self.cfg is None:
+            raise ValueError(f"Checkpointer for {self.directory} was opened read-only (cfg=None)")
+        saved = self._manager.save(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(dict(extra or {}))))
+        if not saved:
+            logger.info("checkpoint step %d not saved: latest is step %s", step, self._manager.latest_step())
+        return saved
+
+    def latest_step(self) -> int | None:
+        """The newest committed step (None when there is none)."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Committed steps, oldest first (interrupted saves are not listed)."""
+        return sorted(self._manager.all_steps())
+
+    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+        """`(state, extra)` from checkpoint `step`, or from the newest readable one.
+
+        Args:
+          abstract_state: the target (see `abstract_like`); leaves without a
+            sharding go to a single local device.
+          step: a step to restore exactly (errors propagate); None means the
+            newest committed step, falling back to older ones with a warning
+            if it cannot be read.
+        """
+        target = abstract_like(abstract_state)
+        if step is not None:
+            return self._restore_step(int(step), target)
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        self._warn_uncommitted(steps[-1])
+        first_error = None
+        for candidate in reversed(steps):
+            try:
+                restored = self._restore_step(candidate, target)
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the previous one
+                first_error = first_error or e
+                # TensorStore errors carry the whole store spec: keep the first line.
+                reason = str(e).strip().split("\n")[0][:300]
+                logger.warning("skipping checkpoint step %d in %s: it cannot be restored (%s: %s)",
+                               candidate, self.directory, type(e).__name__, reason)
+                continue
+            logger.info("restored checkpoint step %d from %s", candidate, self.directory)
+            return restored
+        raise RuntimeError(f"no checkpoint in {self.directory} could be restored (steps {steps}); "
+                           "the newest failed with the error above") from first_error
+
+    def _restore_step(self, step: int, target: PyTree) -> tuple[PyTree, dict[str, Any]]:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+        return restored.state, dict(restored.extra or {})
+
+    def _warn_uncommitted(self, latest: int) -> None:
+        # Orbax already ignores these; the warning tells the user a save was lost.
+        if not self.directory.exists():
+            return
+        committed = set(self.all_steps())
+        for path in self.directory.iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and int(match.group(1)) > latest and int(match.group(1)) not in committed:
+                logger.warning("skipping checkpoint step %s: %s was never committed (interrupted save?)",
+                               match.group(1), path)
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager's resources."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def restore(workdir: str | epath.PathLike, abstract_state: PyTree,
+            step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+    """`(state, extra)` from the newest readable checkpoint in `workdir` (see `Checkpointer.restore`)."""
+    with Checkpointer(workdir, cfg=None) as ckpt:
+        return ckpt.restore(abstract_state, step)
+
+
+def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree], shardings: Any = None, *,
+                    resume: bool = True) -> tuple[PyTree, dict[str, Any], bool]:
+    """Resumes from the newest checkpoint in `workdir`, else starts from `init_fn()`.
+
+    Args:
+      workdir: the run's directory.
+      init_fn: builds a fresh state; the caller decides what "fresh" means
+        (random init, imported GPT-2 weights, π_β from a BC run via
+        `load_policy_from_checkpoint`). It is traced once with `jax.eval_shape`
+        for the restore target, and called only when nothing is restored. For
+        a large sharded model, jit it with `out_shardings` so that no device
+        holds the whole state.
+      shardings: as in `abstract_like`; a fresh state is placed there too.
+      resume: False ignores existing checkpoints.
+
+    Returns:
+      `(state, extra, restored)`: `extra` is the saved JSON dict ({} when fresh).
+    """
+    abstract = abstract_like(init_fn, shardings)
+    if resume:
+        with Checkpointer(workdir, cfg=None) as ckpt:
+            if ckpt.latest_step() is not None:
+                state, extra = ckpt.restore(abstract)
+                return state, extra, True
+    state = init_fn()
+    if shardings is not None:
+        state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, abstract))
+    return state, {}, False
+
+
+def export_params(directory: str | epath.PathLike, params: PyTree) -> None:
+    """Writes a parameter tree alone (for the sampler and evaluation); replaces an earlier export."""
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(epath.Path(directory), params, force=True)
+        ckptr.wait_until_finished()
+
+
+def load_params(directory: str | epath.PathLike, abstract_params: PyTree) -> PyTree:
+    """Reads an `export_params` directory into `abstract_params`' structure and shardings."""
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(epath.Path(directory), abstract_like(abstract_params))
+
+
+def load_policy_from_checkpoint(workdir: str | epath.PathLike, abstract_policy: PyTree,
+                                step: int | None = None) -> PyTree:
+    """π_β's GPT-2 parameters from a train-state checkpoint, to start another run's π_β.
+
+    Reads only those parameters: `params["policy"]` (a BC run, or an ILQL run
+    with a separate π_β), else `params["value"]["trunk"]` (ILQL with a shared
+    π_β). Use as `train.init_state(config, key, policy=...)`.
+
+    Args:
+      workdir: the earlier run's directory.
+      abstract_policy: the target, e.g. `gpt2.abstract_params(trunk_config)`
+        (see `abstract_like` for shardings).
+      step: the checkpoint step; None means the newest.
+    """
+    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    # A PyTree handler: the Standard one that wrote the state has no partial restore.
+    with _manager(directory, None, ocp.PyTreeCheckpointHandler()) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        saved_params = manager.item_metadata(step)["state"].tree["params"]
+        path = ("policy",) if "policy" in saved_params else ("value", "trunk")
+        target: PyTree = abstract_like(abstract_policy)
+        for key in reversed(path):
+            target = {key: target}
+        target = {"params": target}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True)))
+    params = restored.state["params"]
+    for key in path:
+        params = params[key]
+    return params
