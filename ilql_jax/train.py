@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -50,7 +51,17 @@ class StepConfig:
 
 def init_state(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None = None,
                policy: gpt2.Params | None = None) -> ILQLState:
-    """A fresh state: random or given trunk weights, optimizer state, RNG."""
+    """A fresh state: random or given trunk weights, optimizer state, RNG.
+
+    Jitted: run eagerly, every initialiser is its own small compilation
+    (seconds on a CPU); as one program it is a single one.
+    """
+    return _init_state_jit(config, key, trunk, policy)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None,
+                    policy: gpt2.Params | None) -> ILQLState:
     k_params, k_rng = jax.random.split(key)
     if config.mode == "bc":
         start = policy if policy is not None else trunk
