@@ -1,0 +1,481 @@
+"""The value-guided sampler (ILQL_SPEC.md §5).
+
+Per step, with KV caches for π_β, the value trunk and the target trunk::
+
+    l  = logits_πβ / T, then top-k / top-p filtering of l        (π_β only)
+    A  = min(Q̄1, Q̄2)(h_t, ·) − V(h_t), clipped from above at adv_clip
+    l' = l + β · A;   a ~ softmax(l')   (or argmax, beam search, best of n)
+
+At T = 1 with no filtering this samples π(a|h) ∝ π_β(a|h) · exp(β A(h, a)).
+That is the default `order="spec"`; published ports differ, so the order is
+configurable (`ORDERS`). Target Q heads read the target trunk's hidden state
+(the value trunk's when `target_on_online_trunk`), V the value trunk's; π_β's
+logits come from its own trunk (the value trunk's LM head when `shared_policy`).
+
+Decoding is one jitted function: prefill the (left-padded) prompts on each
+trunk, then one `lax.while_loop` over a `DecodeState` pytree holding the KV
+caches, which stops when every row has emitted a stop id (`</a>`) or after
+`max_new_tokens`. β, T and adv_clip are traced scalars, so a β sweep compiles
+once; prompts are left-padded to a length bucket, so a compilation serves every
+prompt length up to its bucket. Each generation reports the KL estimate
+Σ_t (log π(a_t) − log π_β(a_t)) of §5.
+
+Entry points: `sample` (arrays in, `SampleResult` out) and `generate_text`
+(prompts or histories in, strings out). `init_state` / `step_state` /
+`finish` are the loop's pieces, for step-by-step use (e.g. benchmarks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ilql_jax.data import episodes
+from ilql_jax.models import gpt2, heads, ilql
+
+Array = jax.Array
+
+MODES = ("sample", "greedy", "beam", "best_of_n")
+# Where temperature, filtering and the advantage go (ILQL_SPEC §5):
+#   "spec":             filter(l / T) + β·A          (the spec's order, default)
+#   "adv_first":        filter((l + β·A) / T)
+#   "temperature_last": (filter(l) + β·A) / T
+ORDERS = ("spec", "adv_first", "temperature_last")
+# Stop ids are padded to this many slots (with -1, which no token equals), so
+# changing the stop set does not change shapes, hence does not recompile.
+MAX_STOP_IDS = 8
+
+__all__ = [
+    "MODES",
+    "ORDERS",
+    "SamplerConfig",
+    "Knobs",
+    "make_knobs",
+    "DecodeState",
+    "SampleResult",
+    "top_k_filter",
+    "top_p_filter",
+    "advantage",
+    "perturb_logits",
+    "init_state",
+    "step_state",
+    "finish",
+    "bucket_length",
+    "sample",
+    "generate_text",
+    "trace_count",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Static decoding settings (changing any of them recompiles).
+
+    β, temperature and adv_clip are not here: they are traced arguments of
+    `sample`, so sweeping them reuses one compilation.
+
+    Attributes:
+      max_new_tokens: generation length limit M (the stop token included).
+      mode: "sample", "greedy" (argmax of l'), "beam" (beam search on the
+        log-probabilities of softmax(l'); the best beam per prompt) or
+        "best_of_n" (n samples per prompt; the one with the largest Σ_t A).
+      num_beams: beam width for "beam".
+      n: samples per prompt for "best_of_n".
+      top_k: keep the k largest logits (0 = off).
+      top_p: keep the smallest set of tokens with cumulative probability ≥ p
+        (1.0 = off). Applied after top_k.
+      order: where temperature, filtering and β·A go; one of `ORDERS`.
+      prompt_buckets: prompt lengths are left-padded up to the next bucket, so
+        compilation happens once per (batch size, bucket, max_new_tokens).
+      debug: also return the perturbed logits l' of every step ([B, M, V_pad]).
+    """
+
+    max_new_tokens: int = 32
+    mode: str = "sample"
+    num_beams: int = 4
+    n: int = 4
+    top_k: int = 0
+    top_p: float = 1.0
+    order: str = "spec"
+    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
+    debug: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplerConfig: max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.mode not in MODES:
+            raise ValueError(f"SamplerConfig: mode must be one of {MODES}, got {self.mode!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"SamplerConfig: order must be one of {ORDERS}, got {self.order!r}")
+        if self.num_beams < 1 or self.n < 1 or self.top_k < 0:
+            raise ValueError(f"SamplerConfig: need num_beams >= 1, n >= 1, top_k >= 0; got "
+                             f"{self.num_beams}, {self.n}, {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplerConfig: top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
+
+    @property
+    def width(self) -> int:
+        """Decoding rows per prompt."""
+        return {"beam": self.num_beams, "best_of_n": self.n}.get(self.mode, 1)
+
+
+@chex.dataclass(frozen=True)
+class Knobs:
+    """Traced decoding scalars (changing them never recompiles)."""
+
+    beta: Array         # [] float32, inference β (not β_awac)
+    temperature: Array  # [] float32, > 0
+    adv_clip: Array     # [] float32, +inf for no clipping
+    stop_ids: Array     # [MAX_STOP_IDS] int32, padded with -1
+    pad_id: Array       # [] int32, never sampled; emitted after a row stops
+
+
+def make_knobs(*, beta: float, temperature: float = 1.0, adv_clip: float | None = None,
+               stop_ids: Sequence[int], pad_id: int) -> Knobs:
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0 (use mode='greedy' for argmax), got {temperature}")
+    stop_ids = [int(i) for i in stop_ids]
+    if len(stop_ids) > MAX_STOP_IDS:
+        raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
+    return Knobs(
+        beta=jnp.asarray(beta, jnp.float32),
+        temperature=jnp.asarray(temperature, jnp.float32),
+        adv_clip=jnp.asarray(jnp.inf if adv_clip is None else adv_clip, jnp.float32),
+        stop_ids=jnp.asarray(stop_ids + [-1] * (MAX_STOP_IDS - len(stop_ids)), jnp.int32),
+        pad_id=jnp.asarray(pad_id, jnp.int32))
+
+
+@chex.dataclass
+class DecodeState:
+    """The `while_loop` carry. N = batch × width rows, M = max_new_tokens.
+
+    The hidden states and π_β logits are those that choose the *next* token
+    (the last prompt position after prefill, then the last fed token).
+    """
+
+    step: Array        # [] int32, tokens generated so far
+    caches: dict       # trunk name ("value", "policy", "target") -> gpt2.KVCache
+    pi_logits: Array   # [N, V_pad] π_β logits
+    h_value: Array     # [N, D] value trunk hidden (V; Q̄ too when target_on_online_trunk)
+    h_target: Array    # [N, D] target trunk hidden (Q̄)
+    done: Array        # [N] bool, the row has emitted a stop id
+    length: Array      # [N] int32, tokens generated, stop token included
+    score: Array       # [N] float32, Σ log π(a_t) under softmax(l')
+    tokens: Array      # [N, M] int32, pad after the stop
+    logp: Array        # [N, M] log π(a_t) under softmax(l'); 0 after the stop
+    logp_beta: Array   # [N, M] log π_β(a_t) at T = 1, unfiltered; 0 after the stop
+    adv: Array         # [N, M] A(h_t, a_t), unclipped; 0 after the stop
+    logits: Any        # [N, M, V_pad] l' per step when debugging, else None
+    key: Array
+
+
+@chex.dataclass(frozen=True)
+class SampleResult:
+    """One generation per prompt (the best beam / best of n for those modes)."""
+
+    tokens: Array     # [B, M] int32, pad after the stop token
+    lengths: Array    # [B] int32, generated tokens including the stop token
+    logp: Array       # [B, M] log π(a_t) under the final perturbed distribution
+    logp_beta: Array  # [B, M] log π_β(a_t) at T = 1, unfiltered
+    adv: Array        # [B, M] A(h_t, a_t) = min(Q̄1, Q̄2) − V at the chosen token, unclipped
+    kl: Array         # [B] Σ_t (logp − logp_beta), the KL estimate of §5
+    score: Array      # [B] Σ_t logp
+    logits: Any       # [B, M, V_pad] l' per step (debug), else None
+
+
+# --- the perturbed distribution (§5 steps 1-3) ------------------------------
+
+
+def _scatter_last(shape, indices: Array, values: Array) -> Array:
+    return jnp.put_along_axis(jnp.zeros(shape, values.dtype), indices, values, axis=-1, inplace=False)
+
+
+def top_k_filter(logits: Array, k: int) -> Array:
+    """Keeps exactly the k largest logits (ties broken by lower index); the rest -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    _, idx = jax.lax.top_k(logits, k)
+    keep = _scatter_last(logits.shape, idx, jnp.ones(idx.shape, bool))
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def top_p_filter(logits: Array, p: float) -> Array:
+    """Keeps the smallest set of most likely tokens whose probability sums to ≥ p."""
+    if p >= 1.0:
+        return logits
+    order = jnp.argsort(-logits, axis=-1, stable=True)
+    probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+    # A token is kept when the tokens ranked above it sum to less than p: the
+    # first token always, and the one that crosses p.
+    keep_sorted = jnp.cumsum(probs, axis=-1) - probs < p
+    keep = _scatter_last(logits.shape, order, keep_sorted)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def advantage(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
+              h_value: Array, h_target: Array) -> Array:
+    """A(h, ·) = min(Q̄1, Q̄2)(h_target) − V(h_value): [N, D] hiddens → [N, V_pad], -inf on padded vocab."""
+    cfg = model_config.trunk
+    q1 = heads.q_t(target["q1"], cfg, h_target[:, None])[:, 0]
+    q2 = heads.q_t(target["q2"], cfg, h_target[:, None])[:, 0]
+    v = heads.v_t(online["value"]["v"], cfg, h_value[:, None])[:, 0]
+    return jnp.minimum(q1, q2) - v[:, None]
+
+
+def perturb_logits(pi_logits: Array, adv: Array, valid: Array, *, beta: Array, temperature: Array,
+                   adv_clip: Array, order: str = "spec", top_k: int = 0, top_p: float = 1.0) -> Array:
+    """l' of ILQL_SPEC §5: π_β logits steered by β·min(A, adv_clip), filtered and tempered.
+
+    `valid` [V_pad] marks the ids that may be sampled (real vocabulary, not
+    pad); the others are -inf in l'. See `ORDERS` for `order`.
+    """
+    l = jnp.where(valid, pi_logits, -jnp.inf)
+    # Zero (not -inf) A on invalid ids: β·(−inf) is NaN at β = 0, and l is -inf there anyway.
+    shift = beta * jnp.where(valid, jnp.minimum(adv, adv_clip), 0.0)
+    filt = lambda x: top_p_filter(top_k_filter(x, top_k), top_p)
+    if order == "spec":
+        return filt(l / temperature) + shift
+    if order == "adv_first":
+        return filt((l + shift) / temperature)
+    if order == "temperature_last":
+        return (filt(l) + shift) / temperature
+    raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+
+
+# --- the decoding loop --------------------------------------------------------
+
+
+def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, gpt2.Params]:
+    """The trunks that decoding runs: the value trunk, and π_β's and the target's unless shared."""
+    trunks = {"value": online["value"]["trunk"]}
+    if not model_config.shared_policy:
+        trunks["policy"] = ilql.policy_params(model_config, online)
+    if not model_config.target_on_online_trunk:
+        trunks["target"] = target["trunk"]
+    return trunks
+
+
+def _heads_inputs(model_config: ilql.ModelConfig, outs: dict) -> tuple[Array, Array, Array]:
+    """(π_β logits, value hidden, target hidden) from each trunk's (hidden, logits)."""
+    h_value, lm_logits = outs["value"]
+    pi_logits = lm_logits if model_config.shared_policy else outs["policy"][1]
+    h_target = h_value if model_config.target_on_online_trunk else outs["target"][0]
+    return pi_logits, h_value, h_target
+
+
+def init_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, online, target,
+               prompt_tokens: Array, prompt_mask: Array, key: Array) -> DecodeState:
+    """Prefills every trunk on the left-padded prompts (tiled by the mode's width)."""
+    cfg, sc = model_config.trunk, sampler_config
+    m, w = sc.max_new_tokens, sc.width
+    # Rows b·w .. b·w + w − 1 hold prompt b's beams / samples.
+    prompt_tokens = jnp.repeat(prompt_tokens, w, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, w, axis=0)
+    n, p = prompt_tokens.shape
+    outs, caches = {}, {}
+    for name, params in _trunks(model_config, online, target).items():
+        hidden, logits, caches[name] = gpt2.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m)
+        outs[name] = (hidden[:, -1], logits[:, -1])
+    pi_logits, h_value, h_target = _heads_inputs(model_config, outs)
+    # Beam search starts from one live beam per prompt, so the first step does
+    # not pick the same token w times.
+    score = jnp.where(jnp.arange(n) % w == 0, 0.0, -jnp.inf) if sc.mode == "beam" else jnp.zeros(n)
+    zeros = jnp.zeros((n, m), jnp.float32)
+    return DecodeState(
+        step=jnp.zeros((), jnp.int32), caches=caches, pi_logits=pi_logits, h_value=h_value,
+        h_target=h_target, done=jnp.zeros(n, bool), length=jnp.zeros(n, jnp.int32),
+        score=score.astype(jnp.float32), tokens=jnp.zeros((n, m), jnp.int32), logp=zeros, logp_beta=zeros,
+        adv=zeros, logits=jnp.zeros((n, m, cfg.padded_vocab_size), jnp.float32) if sc.debug else None,
+        key=key)
+
+
+def _beam_choice(logp_all: Array, state: DecodeState, pad_id: Array, width: int) -> tuple[Array, Array, Array]:
+    """Beam search's pick: (source row [N], token [N], new score [N]).
+
+    A finished beam has one continuation, pad at log-prob 0, so it keeps its
+    score and is never duplicated.
+    """
+    n, v = logp_all.shape
+    ids = jnp.arange(v)
+    finished = jnp.where(ids == pad_id, 0.0, -jnp.inf)
+    cand = state.score[:, None] + jnp.where(state.done[:, None], finished, logp_all)
+    score, flat = jax.lax.top_k(cand.reshape(n // width, width * v), width)
+    rows = (jnp.arange(n // width)[:, None] * width + flat // v).reshape(n)
+    return rows, (flat % v).reshape(n), score.reshape(n)
+
+
+def _gather_rows(tree, rows: Array):
+    # KVCache.index is a scalar shared by all rows; everything else has rows first.
+    return jax.tree.map(lambda x: x[rows] if x.ndim else x, tree)
+
+
+# The DecodeState fields that are per row (not step and key).
+_ROW_FIELDS = ("caches", "pi_logits", "h_value", "h_target", "done", "length", "score", "tokens", "logp",
+               "logp_beta", "adv", "logits")
+
+
+def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, online, target,
+               knobs: Knobs, state: DecodeState) -> DecodeState:
+    """Chooses one token per row (§5 steps 1-4) and feeds it to every trunk."""
+    cfg, sc = model_config.trunk, sampler_config
+    ids = jnp.arange(cfg.padded_vocab_size)
+    valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id)
+    adv = advantage(model_config, online, target, state.h_value, state.h_target)
+    logits = perturb_logits(state.pi_logits, adv, valid, beta=knobs.beta, temperature=knobs.temperature,
+                            adv_clip=knobs.adv_clip, order=sc.order, top_k=sc.top_k, top_p=sc.top_p)
+    # Log-normalisers rather than full log-softmaxes: only the chosen token's log-prob is kept.
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    if sc.mode == "beam":
+        rows, token, score = _beam_choice(logits - logz[:, None], state, knobs.pad_id, sc.width)
+        state = state.replace(**{f: _gather_rows(getattr(state, f), rows) for f in _ROW_FIELDS})
+        adv, logits, logz = adv[rows], logits[rows], logz[rows]
+    elif sc.mode == "greedy":
+        token = jnp.argmax(logits, axis=-1)
+    else:
+        token = jax.random.categorical(jax.random.fold_in(state.key, state.step), logits, axis=-1)
+    live = ~state.done
+    # Finished rows emit pad; it is never sampled (invalid above).
+    token = jnp.where(live, token, knobs.pad_id).astype(jnp.int32)
+    at = lambda x, z=0.0: jnp.where(live, jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0] - z, 0.0)
+    logp = at(logits, logz)
+    if sc.mode != "beam":
+        score = state.score + logp
+    t = state.step
+    done = state.done | jnp.any(token[:, None] == knobs.stop_ids[None, :], axis=-1)
+    # After the last step this decode is wasted (1 of M); it keeps the loop body uniform.
+    outs, caches = {}, {}
+    for name, params in _trunks(model_config, online, target).items():
+        hidden, lm_logits, caches[name] = gpt2.decode_step(params, cfg, state.caches[name], token)
+        outs[name] = (hidden, lm_logits)
+    pi_logits, h_value, h_target = _heads_inputs(model_config, outs)
+    return DecodeState(
+        step=t + 1, caches=caches, pi_logits=pi_logits, h_value=h_value, h_target=h_target, done=done,
+        length=state.length + live.astype(jnp.int32), score=score,
+        tokens=state.tokens.at[:, t].set(token),
+        logp=state.logp.at[:, t].set(logp),
+        logp_beta=state.logp_beta.at[:, t].set(at(state.pi_logits, jax.nn.logsumexp(state.pi_logits, axis=-1))),
+        adv=state.adv.at[:, t].set(at(adv)),
+        logits=None if state.logits is None else state.logits.at[:, t].set(logits),
+        key=state.key)
+
+
+def finish(sampler_config: SamplerConfig, state: DecodeState) -> SampleResult:
+    """One result per prompt: the best beam (by score), the best of n (by Σ_t A), or the only row."""
+    sc = sampler_config
+    result = SampleResult(
+        tokens=state.tokens, lengths=state.length, logp=state.logp, logp_beta=state.logp_beta,
+        adv=state.adv, kl=jnp.sum(state.logp - state.logp_beta, axis=-1), score=state.score,
+        logits=state.logits)
+    if sc.width == 1:
+        return result
+    w = sc.width
+    merit = state.score if sc.mode == "beam" else jnp.sum(state.adv, axis=-1)
+    best = jnp.argmax(merit.reshape(-1, w), axis=-1)
+    return _gather_rows(result, jnp.arange(best.shape[0]) * w + best)
+
+
+_TRACES = 0
+
+
+def trace_count() -> int:
+    """How many times the jitted sampler has been traced, i.e. compiled (jit cache misses)."""
+    return _TRACES
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _sample_jit(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key, knobs):
+    global _TRACES
+    _TRACES += 1  # runs only while tracing
+    m = sampler_config.max_new_tokens
+    state = init_state(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key)
+    state = jax.lax.while_loop(
+        lambda s: (s.step < m) & ~jnp.all(s.done),
+        lambda s: step_state(model_config, sampler_config, online, target, knobs, s),
+        state)
+    return finish(sampler_config, state)
+
+
+def bucket_length(sampler_config: SamplerConfig, trunk: gpt2.GPT2Config, length: int) -> int:
+    """The padded prompt length: the first bucket ≥ `length` that leaves room for M new tokens."""
+    room = trunk.n_positions - sampler_config.max_new_tokens
+    if length > room:
+        raise ValueError(f"prompt length {length} + max_new_tokens {sampler_config.max_new_tokens} "
+                         f"exceeds n_positions={trunk.n_positions}")
+    fits = [b for b in sampler_config.prompt_buckets if length <= b <= room]
+    return fits[0] if fits else length
+
+
+def sample(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
+           prompt_tokens, prompt_mask, key: Array, *, beta: float, temperature: float = 1.0,
+           adv_clip: float | None = None, stop_ids: Sequence[int], pad_id: int,
+           sampler_config: SamplerConfig) -> SampleResult:
+    """Generates up to `max_new_tokens` per prompt with the value-guided sampler (ILQL_SPEC §5).
+
+    Args:
+      prompt_tokens, prompt_mask: [B, P] left-padded prompts (each row needs a
+        real token); they are left-padded further to the next bucket.
+      key: PRNG key (unused by "greedy" and "beam").
+      beta: inference β; 0 with T = 1 and no filtering samples π_β.
+      temperature: T > 0.
+      adv_clip: A is clipped from above at this value (None: no clipping).
+      stop_ids: a row stops after emitting one of these (e.g. `</a>`).
+      pad_id: never sampled; fills `tokens` after a row's stop.
+    """
+    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
+    chex.assert_rank(prompt_tokens, 2)
+    chex.assert_equal_shape([prompt_tokens, prompt_mask])
+    extra = bucket_length(sampler_config, model_config.trunk, prompt_tokens.shape[1]) - prompt_tokens.shape[1]
+    prompt_tokens = jnp.pad(prompt_tokens, ((0, 0), (extra, 0)), constant_values=pad_id)
+    prompt_mask = jnp.pad(prompt_mask, ((0, 0), (extra, 0)))
+    knobs = make_knobs(beta=beta, temperature=temperature, adv_clip=adv_clip, stop_ids=stop_ids, pad_id=pad_id)
+    return _sample_jit(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key, knobs)
+
+
+def _is_ids(prompt) -> bool:
+    # An empty prompt is an empty history (the agent speaks first: `<a>`), not zero ids.
+    return len(prompt) > 0 and all(isinstance(x, (numbers.Integral, np.integer)) for x in prompt)
+
+
+def generate_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
+                  prompts: Sequence, key: Array, *, sampler_config: SamplerConfig | None = None,
+                  beta: float = 1.0, temperature: float = 1.0, adv_clip: float | None = None,
+                  stop_ids: Sequence[int] | None = None) -> list[str]:
+    """Text of the agent's next utterance for each prompt (ILQL_SPEC §5 step 4).
+
+    Args:
+      prompts: token id lists, or histories (sequences of `episodes.Segment`)
+        laid out with `episodes.prompt_tokens`, exactly as in training.
+      stop_ids: default `</a>`.
+
+    Returns the generated text cut before the first `</a>`, markup stripped.
+    """
+    sampler_config = sampler_config or SamplerConfig()
+    ids = [list(p) if _is_ids(p) else episodes.prompt_tokens(p, tokenizer) for p in prompts]
+    if not ids or min(map(len, ids)) == 0:
+        raise ValueError("generate_text: need at least one prompt, each with at least one token")
+    width = max(map(len, ids))
+    tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(ids), width), np.int32)
+    for row, prompt in enumerate(ids):
+        tokens[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    result = sample(model_config, online, target, tokens, mask, key, beta=beta, temperature=temperature,
+                    adv_clip=adv_clip, stop_ids=stop_ids or (tokenizer.end_a_id,), pad_id=tokenizer.pad_id,
+                    sampler_config=sampler_config)
+    texts = []
+    for row, length in zip(np.asarray(result.tokens), np.asarray(result.lengths)):
+        row = [int(i) for i in row[:length]]
+        if tokenizer.end_a_id in row:
+            row = row[:row.index(tokenizer.end_a_id)]
+        texts.append(tokenizer.decode(row, skip_markup=True))
+    return texts
