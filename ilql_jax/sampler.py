@@ -224,6 +224,8 @@ def top_p_filter(logits: Array, p: float) -> Array:
 def advantage(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
               h_value: Array, h_target: Array) -> Array:
     """A(h, ·) = min(Q̄1, Q̄2)(h_target) − V(h_value): [N, D] hiddens → [N, V_pad], -inf on padded vocab."""
+    if "value" not in online:  # π_β alone (a BC state): no advantage to add
+        return jnp.zeros((h_value.shape[0], model_config.trunk.padded_vocab_size), jnp.float32)
     cfg = model_config.trunk
     q1 = heads.q_t(target["q1"], cfg, h_target[:, None])[:, 0]
     q2 = heads.q_t(target["q2"], cfg, h_target[:, None])[:, 0]
@@ -255,7 +257,12 @@ def perturb_logits(pi_logits: Array, adv: Array, valid: Array, *, beta: Array, t
 
 
 def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, gpt2.Params]:
-    """The trunks that decoding runs: the value trunk, and π_β's and the target's unless shared."""
+    """The trunks that decoding runs: the value trunk, and π_β's and the target's unless shared.
+
+    A BC state (online params holding only "policy") decodes π_β alone.
+    """
+    if "value" not in online:
+        return {"policy": online["policy"]}
     trunks = {"value": online["value"]["trunk"]}
     if not model_config.shared_policy:
         trunks["policy"] = ilql.policy_params(model_config, online)
@@ -266,6 +273,9 @@ def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, gpt2.Pa
 
 def _heads_inputs(model_config: ilql.ModelConfig, outs: dict) -> tuple[Array, Array, Array]:
     """(π_β logits, value hidden, target hidden) from each trunk's (hidden, logits)."""
+    if "value" not in outs:  # π_β alone: the hiddens only feed a zero advantage
+        h_policy, pi_logits = outs["policy"]
+        return pi_logits, h_policy, h_policy
     h_value, lm_logits = outs["value"]
     pi_logits = lm_logits if model_config.shared_policy else outs["policy"][1]
     h_target = h_value if model_config.target_on_online_trunk else outs["target"][0]

@@ -343,3 +343,33 @@ def test_generate_text_from_ids_and_histories(nets):
         cut = row[:row.index(TOK.end_a_id)] if TOK.end_a_id in row else row
         assert text == TOK.decode(cut, skip_markup=True)
         assert "<" not in text.replace("<g>", "").replace("<y>", "").replace("<b>", "")
+
+
+def test_bc_state_decodes_pi_beta_alone():
+    """A BC state (only "policy") decodes greedily along π_β's argmax, whatever β is."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ilql_jax import sampler, train
+    from ilql_jax.models import gpt2, ilql
+
+    trunk = gpt2.GPT2Config.tiny(vocab_size=35, n_layer=1, n_embd=32, n_positions=32)
+    cfg = train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk))
+    state = train.init_state(cfg, jax.random.key(3))
+    prompt = jnp.asarray([[1, 2, 3], [4, 5, 6]], jnp.int32)
+    scfg = sampler.SamplerConfig(max_new_tokens=4, mode="greedy", prompt_buckets=(3,))
+    out = sampler.sample(cfg.model, state.params, state.target_params, prompt, jnp.ones_like(prompt),
+                         jax.random.key(0), beta=16.0, stop_ids=(-5,), pad_id=0, sampler_config=scfg)
+    tokens = np.asarray(prompt)
+    for t in range(4):
+        _, logits = gpt2.forward(state.params["policy"], trunk, jnp.asarray(tokens))
+        masked = np.asarray(logits[:, -1, :35]).copy()
+        masked[:, 0] = -np.inf  # pad is never chosen
+        np.testing.assert_array_equal(np.asarray(out.tokens[:, t]), masked.argmax(-1))
+        tokens = np.concatenate([tokens, masked.argmax(-1)[:, None]], axis=1)
+    # β has nothing to act on: the same tokens and log-probabilities at β = 0.
+    out0 = sampler.sample(cfg.model, state.params, state.target_params, prompt, jnp.ones_like(prompt),
+                          jax.random.key(0), beta=0.0, stop_ids=(-5,), pad_id=0, sampler_config=scfg)
+    np.testing.assert_array_equal(np.asarray(out0.tokens), np.asarray(out.tokens))
+    np.testing.assert_allclose(np.asarray(out0.logp), np.asarray(out.logp), atol=1e-6)
