@@ -1,0 +1,28 @@
+"""`python -m experiments.reddit_toxicity [--preset default|smoke] [--workdir DIR] [--FIELD VALUE ...]`.
+
+Fields are those of `experiments.reddit_toxicity.run.RedditConfig`, e.g.
+`--reward noised_toxicity --data comments.jsonl --ilql_steps 3000`.
+"""
+
+import argparse
+import sys
+
+from experiments.reddit_toxicity.run import PRESETS, RedditConfig, run
+from ilql_jax.config import ConfigError, parse_config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.reddit_toxicity", description=__doc__)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--workdir", default="runs/reddit_toxicity")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = parse_config(RedditConfig, rest, PRESETS[args.preset])
+    except ConfigError as e:
+        parser.error(str(e))
+    run(cfg, args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Reddit toxicity, the main job: BC π_β, then ILQL, then a β sweep of value-guided sampling.
+
+In execution order: records (`--data`) → splits saved in the workdir →
+rewards (`--reward`, judged once per text and cached) → tokenizer and GPT-2
+trunk (`--model`) → BC π_β (`workdir/bc`) → ILQL with every trunk starting
+from π_β (`workdir/ilql`) → for each β, one comment sampled per held-out
+parent, judged → `results.json`, `results.md`, `reward_vs_kl.png`.
+
+The paper's Reddit experiment (ILQL_SPEC §6–§7): τ = 0.6, γ = 0.99,
+α_cql = 0.25, sampling with β up to 16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from experiments.reddit_toxicity import data as data_lib, rewards as rewards_lib
+from ilql_jax import losses, sampler, tokenizers, train
+from ilql_jax.config import TrainConfig
+from ilql_jax.data import episodes
+from ilql_jax.loop import train_and_evaluate
+from ilql_jax.models import gpt2, hf_import, ilql
+from ilql_jax.state import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RedditConfig:
+    """One run of the Reddit toxicity job.
+
+    Attributes:
+      data: "default" (the generated corpus), a directory with the paper's
+        comments_positive.csv / comments_negative.csv, a .jsonl file, or
+        "tfds:civil_comments" (needs the `tfds` extra).
+      n_pairs: size of the generated corpus.
+      reward: "toxicity", "noised_toxicity", "upvotes" or "label".
+      model: "scratch" (a small GPT-2 shape and a BPE trained on the corpus),
+        "gpt2" (hub weights: needs network) or a local Hugging Face GPT-2 directory.
+      bpe_vocab_size: vocabulary of the corpus BPE (scratch only).
+      n_layer, n_embd, n_head: the scratch GPT-2 shape.
+      max_len: tokens per episode (longer ones are cut and bootstrap).
+      batch_size: episodes per step (the paper's effective batch is 64).
+      bc_steps, ilql_steps: training steps of π_β alone, then of ILQL.
+      bc_learning_rate, learning_rate: AdamW rates for BC and ILQL.
+      tau, gamma, alpha_cql: ILQL's expectile, discount and CQL weight.
+      betas: inference β values to evaluate (0 is π_β).
+      temperature: sampling temperature.
+      max_new_tokens: comment length limit.
+      n_eval: held-out parents per β (from the test split).
+      eval_batch: rows decoded at once.
+      seed: data, split, initialisation and sampling seed.
+    """
+
+    data: str = "default"
+    n_pairs: int = 20_000
+    reward: str = "toxicity"
+    model: str = "scratch"
+    bpe_vocab_size: int = 2048
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    max_len: int = 96
+    batch_size: int = 32
+    bc_steps: int = 1500
+    ilql_steps: int = 1500
+    bc_learning_rate: float = 1e-3
+    learning_rate: float = 1e-4
+    tau: float = 0.6
+    gamma: float = 0.99
+    alpha_cql: float = 0.25
+    betas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    temperature: float = 1.0
+    max_new_tokens: int = 40
+    n_eval: int = 512
+    eval_batch: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.reward not in rewards_lib.REWARD_KINDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose one of {rewards_lib.REWARD_KINDS}")
+        if not self.betas:
+            raise ValueError("betas must not be empty")
+
+
+PRESETS = {
+    "default": RedditConfig(),
+    "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=64, batch_size=16,
+                          bc_steps=10, ilql_steps=10, betas=(0.0, 4.0), max_new_tokens=16, n_eval=32,
+                          eval_batch=32),
+}
+
+
+# --- data, tokenizer, model --------------------------------------------------
+
+
+def load_splits(cfg: RedditConfig, workdir: str) -> dict[str, list[dict]]:
+    """Train/eval/test records, split by seed and saved in the workdir (reused when present)."""
+    if all(os.path.exists(data_lib.split_path(workdir, s)) for s in data_lib.SPLITS):
+        return {s: data_lib.read_split(workdir, s) for s in data_lib.SPLITS}
+    records = data_lib.load_records(cfg.data, seed=cfg.seed, n_pairs=cfg.n_pairs)
+    if not records:
+        raise ValueError(f"--data {cfg.data!r} holds no records")
+    return data_lib.make_splits(records, workdir, seed=cfg.seed)
+
+
+def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str, train_records: Sequence[dict]):
+    """The tokenizer (saved with the run) and the trunk config plus starting weights (None: random)."""
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if cfg.model == "scratch":
+        if os.path.exists(os.path.join(tok_dir, "tokenizer_config.json")):
+            tok = tokenizers.load_tokenizer(tok_dir)
+        else:
+            texts = [t for r in train_records for t in (r["parent"], r["comment"])]
+            tok = tokenizers.train_bpe_tokenizer(texts, cfg.bpe_vocab_size)
+            tok.save(tok_dir)
+        trunk = gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_len, n_embd=cfg.n_embd,
+                                n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
+        return tok, trunk, None
+    # Pretrained GPT-2: its tokenizer plus our markup ids, which land in the
+    # padded embedding rows (50257..50262 < 50304), starting from zero.
+    tok = tokenizers.gpt2_tokenizer(None if cfg.model == "gpt2" else cfg.model)
+    tok.save(tok_dir)
+    trunk, weights = hf_import.load_hf_gpt2(cfg.model)
+    if tok.vocab_size > trunk.padded_vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} ids; the model's embedding holds {trunk.padded_vocab_size}")
+    trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
+    if cfg.max_len > trunk.n_positions:
+        raise ValueError(f"max_len={cfg.max_len} exceeds the model's n_positions={trunk.n_positions}")
+    return tok, trunk, weights
+
+
+def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config) -> tuple[TrainConfig, TrainConfig]:
+    """Loop configs for BC π_β and for ILQL."""
+    common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4, seed=cfg.seed)
+    bc = TrainConfig(
+        step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk),
+                              optim=OptimConfig(learning_rate=cfg.bc_learning_rate)),
+        num_steps=cfg.bc_steps, log_every=max(1, cfg.bc_steps // 10), eval_every=max(1, cfg.bc_steps // 3),
+        **common)
+    rl = TrainConfig(
+        step=train.StepConfig(mode="ilql", model=ilql.ModelConfig(trunk=trunk),
+                              loss=losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
+                              optim=OptimConfig(learning_rate=cfg.learning_rate)),
+        num_steps=cfg.ilql_steps, log_every=max(1, cfg.ilql_steps // 10),
+        eval_every=max(1, cfg.ilql_steps // 3), **common)
+    return bc, rl
+
+
+# --- evaluation ----------------------------------------------------------------
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n: unique word n-grams over all word n-grams of the generations."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def generate(cfg: RedditConfig, tok, model: ilql.ModelConfig, state, parents: Sequence[str], beta: float,
+             key: jax.Array) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One sampled comment per parent at inverse temperature β: texts, KL estimates, lengths (tokens)."""
+    scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode="sample",
+                                 prompt_buckets=(cfg.max_len - cfg.max_new_tokens,))
+    prompts = [episodes.prompt_tokens([episodes.env(p)], tok)[-(cfg.max_len - cfg.max_new_tokens):] for p in parents]
+    texts, kls, lengths = [], [], []
+    for start in range(0, len(prompts), cfg.eval_batch):
+        chunk = prompts[start:start + cfg.eval_batch]
+        chunk = chunk + [chunk[0]] * (cfg.eval_batch - len(chunk))  # one batch shape: one compilation
+        width = max(map(len, chunk))
+        tokens = np.full((len(chunk), width), tok.pad_id, np.int32)
+        mask = np.zeros_like(tokens)
+        for i, p in enumerate(chunk):
+            tokens[i, width - len(p):], mask[i, width - len(p):] = p, 1
+        out = sampler.sample(model, state.params, state.target_params, tokens, mask,
+                             jax.random.fold_in(key, start), beta=beta, temperature=cfg.temperature,
+                             stop_ids=(tok.end_a_id,), pad_id=tok.pad_id, sampler_config=scfg)
+        n_real = min(cfg.eval_batch, len(prompts) - start)
+        for row, length in zip(np.asarray(out.tokens)[:n_real], np.asarray(out.lengths)[:n_real]):
+            ids = [int(i) for i in row[:length]]
+            ids = ids[:ids.index(tok.end_a_id)] if tok.end_a_id in ids else ids
+            texts.append(tok.decode(ids, skip_markup=True))
+            lengths.append(len(ids))
+        kls.extend(np.asarray(out.kl)[:n_real].tolist())
+    return texts, np.asarray(kls), np.asarray(lengths)
+
+
+def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge) -> tuple[list[dict], dict]:
+    """The β sweep: one row of statistics per β, and the generations."""
+    rows, generations = [], {}
+    for beta in cfg.betas:
+        texts, kl, lengths = generate(cfg, tok, model, state, parents, beta, jax.random.key(cfg.seed + 1))
+        levels = rewards_lib.judge_levels(texts, judge)
+        reward = rewards_lib.rewards_from_levels(levels)
+        rows.append({
+            "beta": beta, "mean_reward": float(reward.mean()),
+            "stderr": float(reward.std(ddof=1) / math.sqrt(len(reward))) if len(reward) > 1 else 0.0,
+            "toxic_rate": rewards_lib.toxic_rate(levels), "kl": float(kl.mean()),
+            "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+            "mean_length": float(lengths.mean()), "n": len(texts),
+        })
+        generations[beta] = texts
+        r = rows[-1]
+        print(f"β={beta:g}: reward {r['mean_reward']:.3f} ± {r['stderr']:.3f}, toxic {r['toxic_rate']:.3f}, "
+              f"KL {r['kl']:.2f}, distinct-2 {r['distinct_2']:.3f}")
+    return rows, generations
+
+
+# --- the job ---------------------------------------------------------------------
+
+
+def run(cfg: RedditConfig, workdir: str) -> list[dict]:
+    """Trains BC π_β and ILQL, sweeps β, writes the results; returns the rows."""
+    t0 = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    splits = load_splits(cfg, workdir)
+    judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
+    tok, trunk, weights = load_tokenizer_and_trunk(cfg, workdir, splits["train"])
+    arrays, returns = {}, {}
+    for name in ("train", "eval"):
+        r = rewards_lib.compute_rewards(splits[name], cfg.reward, judge=judge, seed=cfg.seed)
+        arrays[name] = episodes.episodes_to_arrays(data_lib.to_episodes(splits[name], r), tok, cfg.max_len)
+        returns[name] = r
+    print(f"data: {len(splits['train'])} train / {len(splits['eval'])} eval / {len(splits['test'])} test pairs; "
+          f"train reward {returns['train'].mean():.3f}; vocab {tok.vocab_size}")
+
+    bc_cfg, rl_cfg = train_configs(cfg, trunk)
+    bc_state = train_and_evaluate(bc_cfg, os.path.join(workdir, "bc"), arrays["train"], arrays["eval"], trunk=weights)
+    # Every ILQL trunk starts from the BC π_β, as they would from a pretrained GPT-2.
+    policy = jax.tree.map(lambda x: x, bc_state.params["policy"])
+    state = train_and_evaluate(rl_cfg, os.path.join(workdir, "ilql"), arrays["train"], arrays["eval"],
+                               trunk=policy, policy=policy)
+
+    parents = [r["parent"] for r in splits["test"][:cfg.n_eval]]
+    rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge)
+    write_results(workdir, cfg, rows, parents, generations, time.perf_counter() - t0)
+    return rows
+
+
+def write_results(workdir: str, cfg: RedditConfig, rows: list[dict], parents: Sequence[str],
+                  generations: dict, seconds: float) -> None:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(workdir, "generations.jsonl"), "w") as f:
+        for i, parent in enumerate(parents):
+            f.write(json.dumps({"parent": parent, **{f"beta={b:g}": g[i] for b, g in generations.items()}}) + "\n")
+    lines = ["| β | mean reward ± s.e. | toxic rate | KL from π_β | distinct-1 | distinct-2 | mean length | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['beta']:g} | {r['mean_reward']:.3f} ± {r['stderr']:.3f} | {r['toxic_rate']:.3f} | "
+                     f"{r['kl']:.2f} | {r['distinct_1']:.3f} | {r['distinct_2']:.3f} | {r['mean_length']:.1f} | "
+                     f"{r['n']} |")
+    lines += ["", f"data {cfg.data!r}, reward {cfg.reward!r}, model {cfg.model!r}; {seconds / 60:.1f} min in all.",
+              "", "## Examples", ""]
+    lo, hi = min(generations), max(generations)
+    for i in range(min(5, len(parents))):
+        lines += [f"- **parent:** {parents[i]}", f"  - β={lo:g}: {generations[lo][i]}",
+                  f"  - β={hi:g}: {generations[hi][i]}"]
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot_reward_vs_kl(os.path.join(workdir, "reward_vs_kl.png"), rows)
+
+
+def plot_reward_vs_kl(path: str, rows: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    kl = [r["kl"] for r in rows]
+    ax.errorbar(kl, [r["mean_reward"] for r in rows], yerr=[2 * r["stderr"] for r in rows], marker="o", capsize=3)
+    for r in rows:
+        ax.annotate(f"β={r['beta']:g}", (r["kl"], r["mean_reward"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("KL from π_β (nats per comment)")
+    ax.set_ylabel("mean reward (±2 s.e.)")
+    ax.set_title("Reddit toxicity: reward vs KL")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

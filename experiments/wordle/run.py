@@ -1,0 +1,220 @@
+"""The Wordle benchmark: one data set, six methods, 1024 evaluation games each (ILQL_SPEC.md §6–§7).
+
+In execution order: word list → mixed-quality games (saved) → token arrays →
+for each method, train through `train_and_evaluate` and play the evaluation
+games greedily → `results.json`, `results.md` and a bar plot in the workdir.
+
+Methods (all on the same data):
+  bc      π_β alone on every game;
+  pbcNN   %BC: π_β on the top NN% of games by return;
+  ssrl    single-step RL: ILQL with τ = 0.5 (values of π_β), decoded with β;
+  ilql    ILQL with τ = 0.7, decoded with β.
+Value-guided methods decode greedily on π_β + β·A with A clipped at `adv_clip`
+(16 and 0 in the paper: only bad actions are pushed down).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from experiments.wordle import datasets, env, words as words_lib
+from experiments.wordle.policies import ExpertPolicy
+from ilql_jax import losses, sampler, tokenizers, train
+from ilql_jax.config import TrainConfig
+from ilql_jax.data import episodes
+from ilql_jax.loop import train_and_evaluate
+from ilql_jax.models import gpt2, ilql
+from ilql_jax.state import OptimConfig
+
+METHODS = ("bc", "pbc10", "pbc20", "pbc30", "ssrl", "ilql")
+
+
+@dataclasses.dataclass(frozen=True)
+class WordleConfig:
+    """One Wordle benchmark run.
+
+    Attributes:
+      n_words: the most frequent five-letter words from wordfreq (answers and guesses).
+      vocab: a word-list file (one word a line) instead of `n_words`.
+      n_train_games: games in the offline data set.
+      n_heldout_games: games for the held-out loss.
+      n_eval_games: games played per method (fixed answers and seeds).
+      seed: data, initialisation and evaluation seed.
+      n_layer, n_embd, n_head: the GPT-2 shape (random init, 35-token vocabulary).
+      max_len: tokens per game (six guesses of 12 tokens plus markup fit in 75).
+      batch_size: episodes per step.
+      bc_steps: steps for BC and %BC.
+      rl_steps: steps for single-step RL and ILQL.
+      learning_rate: AdamW learning rate (the paper's 1e-5 is for GPT-2 small at batch 1024).
+      tau: ILQL's expectile (single-step RL uses 0.5).
+      alpha_cql: CQL weight (1e-4 published for Wordle).
+      beta, adv_clip: inference β and the advantage's upper clip.
+      methods: which of `METHODS` to run.
+    """
+
+    n_words: int = 200
+    vocab: str | None = None
+    n_train_games: int = 5000
+    n_heldout_games: int = 256
+    n_eval_games: int = 1024
+    seed: int = 0
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    max_len: int = 80
+    batch_size: int = 64
+    bc_steps: int = 1500
+    rl_steps: int = 2500
+    learning_rate: float = 3e-4
+    tau: float = 0.7
+    alpha_cql: float = 1e-4
+    beta: float = 16.0
+    adv_clip: float = 0.0
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self):
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+
+
+PRESETS = {
+    "default": WordleConfig(),
+    "smoke": WordleConfig(n_words=60, n_train_games=256, n_heldout_games=32, n_eval_games=64, n_layer=1,
+                          n_embd=32, batch_size=16, bc_steps=10, rl_steps=10),
+}
+
+
+def trunk_config(cfg: WordleConfig) -> gpt2.GPT2Config:
+    return gpt2.GPT2Config(vocab_size=tokenizers.wordle_tokenizer().vocab_size, n_positions=cfg.max_len,
+                           n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
+
+
+def train_config(cfg: WordleConfig, method: str) -> TrainConfig:
+    """The loop's config for one method."""
+    model = ilql.ModelConfig(trunk=trunk_config(cfg))
+    optim = OptimConfig(learning_rate=cfg.learning_rate)
+    if method in ("ssrl", "ilql"):
+        tau = 0.5 if method == "ssrl" else cfg.tau
+        step = train.StepConfig(mode="ilql", model=model, optim=optim,
+                                loss=losses.LossConfig(gamma=0.99, tau=tau, alpha_cql=cfg.alpha_cql))
+        num_steps, fraction = cfg.rl_steps, None
+    else:
+        step = train.StepConfig(mode="bc", model=model, optim=optim)
+        num_steps = cfg.bc_steps
+        fraction = None if method == "bc" else int(method[3:]) / 100
+    return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.max_len, num_steps=num_steps,
+                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4, seed=cfg.seed,
+                       bc_top_fraction=fraction)
+
+
+def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str, float]:
+    """Plays `n_games` in lockstep; `policy_guesses(list of turn lists) -> list of guesses`, one per game.
+
+    Answers come from `seed` as in `datasets.evaluate_policy`, so every method
+    and the expert meet the same games. Every call gets all games (finished
+    ones too, their guesses ignored) so the decoder sees one batch shape.
+    """
+    answers = np.random.default_rng(seed).integers(len(words), size=n_games)
+    word_set = frozenset(words)
+    games = [env.WordleGame(words[a], word_set) for a in answers]
+    for _ in range(env.MAX_GUESSES):
+        live = [i for i, g in enumerate(games) if not g.done]
+        if not live:
+            break
+        guesses = policy_guesses([g.turns for g in games])
+        for i in live:
+            games[i].step(guesses[i])
+    return datasets.game_stats(games)
+
+
+def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
+    """Greedy guesses from a trained model: π_β for BC, π_β + β·A for the value-guided methods."""
+    model = train_config(cfg, method).step.model
+    value_guided = method in ("ssrl", "ilql")
+    scfg = sampler.SamplerConfig(max_new_tokens=6, mode="greedy", prompt_buckets=(cfg.max_len - 6,))
+    key = jax.random.key(seed)
+
+    def guesses(histories):
+        prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
+        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, key,
+                                     sampler_config=scfg, beta=cfg.beta if value_guided else 0.0,
+                                     adv_clip=cfg.adv_clip if value_guided else None)
+
+    return guesses
+
+
+def run(cfg: WordleConfig, workdir: str) -> list[dict]:
+    """Runs the benchmark; returns the result rows (also written to the workdir)."""
+    t0 = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    tok = tokenizers.wordle_tokenizer()
+    words = words_lib.load_vocab(cfg.vocab) if cfg.vocab else words_lib.default_words(cfg.n_words)
+    words_lib.save_vocab(os.path.join(workdir, "words.txt"), words)
+
+    games = datasets.generate_games(words, cfg.n_train_games + cfg.n_heldout_games, cfg.seed)
+    train_games, heldout_games = games[:cfg.n_train_games], games[cfg.n_train_games:]
+    datasets.save_games(os.path.join(workdir, "data", "train.jsonl"), train_games)
+    datasets.save_games(os.path.join(workdir, "data", "heldout.jsonl"), heldout_games)
+    train_arrays = episodes.episodes_to_arrays(datasets.games_to_episodes(train_games), tok, cfg.max_len)
+    heldout_arrays = episodes.episodes_to_arrays(datasets.games_to_episodes(heldout_games), tok, cfg.max_len)
+    returns = np.array([g.total_return for g in train_games])
+    data_stats = datasets.game_stats(train_games)
+    print(f"data: {len(train_games)} games, mean return {data_stats['mean_return']:.3f}, "
+          f"win rate {data_stats['win_rate']:.3f}")
+
+    expert = ExpertPolicy(words)
+    rows = [{"method": "expert (upper reference)", **datasets.evaluate_policy(
+        expert, words, cfg.n_eval_games, seed=cfg.seed + 1)}]
+    rows.append({"method": "data (behaviour mix)", **data_stats})
+    for method in cfg.methods:
+        tc = train_config(cfg, method)
+        start = time.perf_counter()
+        state = train_and_evaluate(tc, os.path.join(workdir, method), train_arrays, heldout_arrays,
+                                   returns=returns if tc.bc_top_fraction is not None else None)
+        stats = play(model_guesser(cfg, method, state, tok, cfg.seed), words, cfg.n_eval_games, cfg.seed + 1)
+        rows.append({"method": method, **stats, "train_steps": tc.num_steps,
+                     "seconds": round(time.perf_counter() - start, 1)})
+        print(f"{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
+              f"win rate {stats['win_rate']:.3f}")
+
+    write_results(workdir, rows, cfg, time.perf_counter() - t0)
+    return rows
+
+
+def write_results(workdir: str, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    lines = ["| method | mean return ± s.e. | win rate | mean guesses | games |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['mean_return']:.3f} ± {r['stderr']:.3f} | {r['win_rate']:.3f} | "
+                     f"{r['mean_guesses']:.2f} | {r['n_games']} |")
+    lines.append("")
+    lines.append(f"{len(rows) - 2} methods, {cfg.n_train_games} training games over {cfg.n_words if not cfg.vocab else cfg.vocab} "
+                 f"words, β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot_results(os.path.join(workdir, "results.png"), rows)
+
+
+def plot_results(path: str, rows: list[dict]) -> None:
+    """A bar plot of mean return ± 2 s.e."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["method"] for r in rows]
+    ax.bar(names, [r["mean_return"] for r in rows], yerr=[2 * r["stderr"] for r in rows], capsize=3)
+    ax.set_ylabel("mean return (±2 s.e.)")
+    ax.set_title("Wordle")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
