@@ -44,6 +44,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ilql_jax import sharding
+
 __all__ = [
     "CheckpointConfig",
     "Checkpointer",
@@ -255,33 +257,44 @@ def restore(workdir: str | epath.PathLike, abstract_state: PyTree,
 
 
 def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree], shardings: Any = None, *,
-                    resume: bool = True) -> tuple[PyTree, dict[str, Any], bool]:
+                    resume: bool = True, abstract_state: PyTree | None = None) -> tuple[PyTree, dict[str, Any], bool]:
     """Resumes from the newest checkpoint in `workdir`, else starts from `init_fn()`.
 
     Args:
       workdir: the run's directory.
       init_fn: builds a fresh state; the caller decides what "fresh" means
         (random init, imported GPT-2 weights, π_β from a BC run via
-        `load_policy_from_checkpoint`). It is traced once with `jax.eval_shape`
-        for the restore target, and called only when nothing is restored. For
-        a large sharded model, jit it with `out_shardings` so that no device
-        holds the whole state.
-      shardings: as in `abstract_like`; a fresh state is placed there too.
+        `load_policy_from_checkpoint`). Unless `abstract_state` is given, it is
+        traced once with `jax.eval_shape` for the restore target; it is called
+        only when nothing is restored. For a large sharded model, jit it with
+        `out_shardings` (or return it placed already) so that no device holds
+        the whole state.
+      shardings: as in `abstract_like`; a fresh state is placed there too
+        (leaves already there are kept as they are).
       resume: False ignores existing checkpoints.
+      abstract_state: the restore target's shapes and dtypes, when tracing
+        `init_fn` would do real work (e.g. read weights from disk).
 
     Returns:
       `(state, extra, restored)`: `extra` is the saved JSON dict ({} when fresh).
     """
-    abstract = abstract_like(init_fn, shardings)
-    if resume:
+    abstract = abstract_like(init_fn if abstract_state is None else abstract_state, shardings)
+    if resume and (epath.Path(workdir) / CHECKPOINT_DIR).exists():
         with Checkpointer(workdir, cfg=None) as ckpt:
             if ckpt.latest_step() is not None:
                 state, extra = ckpt.restore(abstract)
                 return state, extra, True
     state = init_fn()
     if shardings is not None:
-        state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, abstract))
+        state = jax.tree.map(_place, state, abstract)
     return state, {}, False
+
+
+def _place(x: jax.Array, target: jax.ShapeDtypeStruct) -> jax.Array:
+    """`x` on `target.sharding`: kept when already there, else copied (also across processes)."""
+    if getattr(x, "sharding", None) == target.sharding:
+        return x
+    return sharding.shard_state(x, target.sharding)
 
 
 def export_params(directory: str | epath.PathLike, params: PyTree) -> None:

@@ -8,21 +8,25 @@ same on the command line and in `config.json`::
 
     {"batch_size": 32, "step": {"loss": {"tau": 0.6, ...}, ...}, ...}
 
-Leaf fields may be int, float, str, bool (`true`/`false`) or Optional of
-those (`none`). Unknown names and bad values raise `ConfigError` (a
-`ValueError`) naming the flag or key, never a silent default.
+Leaf fields may be int, float, str, bool (`true`/`false`), tuples (given as
+JSON lists on the command line, e.g. `--mesh.rules '[["embed", "fsdp"]]'`) or
+Optional of those (`none`). Unknown names and bad values raise `ConfigError`
+(a `ValueError`) naming the flag or key, never a silent default.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ilql_jax.checkpoint import CheckpointConfig
+from ilql_jax.sharding import MeshConfig
 from ilql_jax.train import StepConfig
 
 __all__ = [
@@ -54,6 +58,17 @@ class TrainConfig:
       bc_top_fraction: %BC: with step.mode "bc", train only on this top fraction
         of examples by return (the loop then needs `returns`); none: all.
       progress: show a tqdm progress bar (process 0 only).
+      mesh: the device mesh and parameter layout; the default is pure data
+        parallelism over every device (one CPU: a 1-device mesh).
+      checkpoint: how often the train state is saved (and always at the end),
+        how many checkpoints are kept, and whether saves are asynchronous.
+      resume: continue from the newest checkpoint in the workdir when there is
+        one (the default). False refuses a workdir that holds checkpoints.
+      init: where a fresh state's GPT-2 weights come from (read only when no
+        checkpoint is restored): "scratch" (random, from seed); "bc:DIR" (the
+        π_β of the BC run in workdir DIR, newest checkpoint; it starts the value
+        trunk and π_β); else a Hugging Face GPT-2 directory or hub id (its shape
+        must match step.model.trunk).
     """
 
     step: StepConfig = StepConfig()
@@ -66,6 +81,10 @@ class TrainConfig:
     seed: int = 0
     bc_top_fraction: float | None = None
     progress: bool = True
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    resume: bool = True
+    init: str = "scratch"
 
     def __post_init__(self):
         for name, minimum in (("batch_size", 1), ("max_len", 2), ("num_steps", 1), ("log_every", 1),
@@ -81,6 +100,9 @@ class TrainConfig:
                                  f"got {self.step.mode!r}")
             if not 0.0 < self.bc_top_fraction <= 1.0:
                 raise ValueError(f"TrainConfig.bc_top_fraction must be in (0, 1], got {self.bc_top_fraction}")
+        if not self.init or self.init == "bc:":
+            raise ValueError(f"TrainConfig.init must be 'scratch', 'bc:<workdir>' or a GPT-2 path or hub id, "
+                             f"got {self.init!r}")
 
 
 class ConfigError(ValueError):
@@ -95,7 +117,7 @@ class ConfigError(ValueError):
 # Walking nested frozen dataclasses.
 # ---------------------------------------------------------------------------
 
-_LEAF_TYPES = (int, float, str, bool)
+_LEAF_TYPES = (int, float, str, bool, tuple)
 
 
 def _is_config(tp: Any) -> bool:
@@ -118,21 +140,28 @@ def _default(cls: type, name: str) -> Any:
 
 
 def _leaf(tp: Any, path: str) -> tuple[type, bool]:
-    """(base type, accepts None) of a leaf annotation such as `int` or `float | None`."""
+    """(base type, accepts None) of a leaf annotation such as `int`, `float | None` or `tuple[str, ...]`."""
     optional = False
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         rest = [a for a in args if a is not type(None)]
         if len(args) == 2 and len(rest) == 1:
             tp, optional = rest[0], True
+    if typing.get_origin(tp) is tuple:
+        tp = tuple  # its items are checked where they are used (e.g. sharding.logical_rules)
     if tp not in _LEAF_TYPES:
-        raise TypeError(f"config field {path!r} has type {tp!r}; only int, float, str, bool, "
+        raise TypeError(f"config field {path!r} has type {tp!r}; only int, float, str, bool, tuple, "
                         "Optional of those and nested dataclasses are supported")
     return tp, optional
 
 
+def _tupled(value: Any) -> Any:
+    """JSON lists as tuples, recursively (dataclass configs hold tuples, JSON gives back lists)."""
+    return tuple(_tupled(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _describe(tp: type, optional: bool) -> str:
-    text = {int: "an int", float: "a float", str: "a string", bool: "true or false"}[tp]
+    text = {int: "an int", float: "a float", str: "a string", bool: "true or false", tuple: "a JSON list"}[tp]
     return text + " or none" if optional else text
 
 
@@ -143,6 +172,11 @@ def _from_text(text: str, tp: type, optional: bool) -> Any:
     try:
         if tp is bool:
             return {"true": True, "false": False}[text.lower()]
+        if tp is tuple:
+            value = json.loads(text)
+            if not isinstance(value, list):
+                raise ValueError
+            return _tupled(value)
         return tp(text)
     except (KeyError, ValueError):
         raise ValueError(f"expected {_describe(tp, optional)}, got {text!r}") from None
@@ -156,6 +190,8 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
     is_bool = isinstance(value, bool)
     if tp is float and isinstance(value, (int, float)) and not is_bool:
         return float(value)
+    if tp is tuple and isinstance(value, (list, tuple)):
+        return _tupled(value)
     if (tp is bool) == is_bool and isinstance(value, tp):
         return value
     raise ConfigError(f"config key {path!r}: expected {_describe(tp, optional)}, got {value!r}", path)
@@ -213,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls_or_instance: Any, prefix:
         # argparse %-formats help strings, and docstrings mention %BC.
         text = f"{docs.get(name, '')} ({shown})".strip().replace("%", "%%")
         parser.add_argument(f"--{path}", dest=path, type=parse, default=argparse.SUPPRESS,
-                            metavar=base.__name__.upper(), help=text)
+                            metavar="JSON" if base is tuple else base.__name__.upper(), help=text)
 
 
 class _RaisingParser(argparse.ArgumentParser):

@@ -1,17 +1,56 @@
 """`train_and_evaluate`: the one training loop every experiment shares.
 
-In execution order: check the data (before anything is written or compiled),
-keep the %BC rows, write `config.json`, initialise the state (or take the one
-given), then for each micro-step: host batch -> jitted train step (state
-donated) -> every `log_every` steps fetch the averaged metrics (the loop's only
-host sync) -> every `eval_every` steps and at the end, a held-out evaluation
--> `on_step_end` (where checkpoint saves go).
+In execution order: check the data and the mesh (before anything is written
+or compiled), keep the %BC rows, write `config.json`, resume from the newest
+checkpoint in the workdir or build a fresh state (`TrainConfig.init`) on the
+device mesh, then for each micro-step: this process's host batch -> one global
+sharded batch -> jitted train step (state donated) -> every `log_every` steps
+fetch the averaged metrics and check the loss (the loop's only host sync
+besides saves) -> every `eval_every` steps and at the end, a held-out
+evaluation -> every `checkpoint.every_steps` steps and at the end, a
+checkpoint -> `on_step_end`.
 
 The workdir afterwards::
 
     config.json     the TrainConfig (`config.config_from_dict(TrainConfig, ...)` reloads it)
     metrics.jsonl   {"step": k, "train/loss": ..., "train/tokens_per_sec": ..., "eval/loss": ...}
     tb/             TensorBoard events of the same scalars
+    checkpoints/    the train state of the last `checkpoint.keep` saves, with (as JSON) the
+                    data position, the config and the train metrics of the unfinished log window
+
+Resuming: run the same command again. The loop restores the newest readable
+checkpoint (`TrainConfig.resume`) and continues on the batches, and with the
+logged metrics, of a straight run: the data position is `state.step`, and the
+log window a checkpoint cuts is saved with it. Lines of `metrics.jsonl` past
+the restored step (logged after the last checkpoint, before a crash) are
+dropped, since the resumed run logs those steps again; TensorBoard keeps its
+old events for those steps beside the new ones.
+
+Faults:
+
+* SIGTERM or SIGINT (Ctrl-C) during training: the loop finishes the current
+  step (and its `on_step_end`), saves a checkpoint and raises `Preempted`,
+  whose message says how to resume (the same command). A second signal aborts
+  at once with KeyboardInterrupt, saving nothing. The previous signal handlers
+  are restored when the loop ends (handlers are only set from the main
+  thread). A command-line main catches it and exits 0::
+
+      try:
+          run(cfg, args.workdir)
+      except Preempted as e:
+          print(e)
+      return 0
+
+* A NaN or infinite loss raises FloatingPointError naming the first such
+  step. The loss is checked at every log step and before every save, so no
+  checkpoint holds a state reached after it: the newest one is the last good one.
+
+Multi-host: call `sharding.maybe_initialize_distributed()` first thing, before
+any other JAX call, then run `train_and_evaluate` with the same arguments on
+every process. Each process reads its own rows of every global batch; every
+process saves its shards (orbax coordinates them); only process 0 writes logs.
+A stop signal takes effect at the next log step, where the processes agree on
+it (they must all save the same step).
 
 %BC: set `bc_top_fraction` (mode "bc") and pass `returns`, one return per
 row of `train_data`; the loop keeps `top_fraction_indices(returns, fraction)`.
@@ -23,26 +62,48 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 import tqdm
 from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from ilql_jax import train
+from ilql_jax import checkpoint, sharding, train
 from ilql_jax.config import TrainConfig, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
 from ilql_jax.logging import MetricWriter
-from ilql_jax.models import gpt2
+from ilql_jax.models import gpt2, hf_import
 from ilql_jax.state import ILQLState
 
-__all__ = ["check_arrays", "evaluate", "select_train_rows", "train_and_evaluate"]
+__all__ = ["Preempted", "check_arrays", "evaluate", "init_weights", "select_train_rows", "train_and_evaluate"]
 
 Arrays = Mapping[str, np.ndarray]
 _INT_KEYS = ("tokens", "attention_mask", "next_idx")
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM or SIGINT after saving a checkpoint; the same command resumes it.
+
+    Attributes:
+      signal: the signal's name, e.g. "SIGTERM".
+      step: the step saved (and the step a rerun resumes from).
+      workdir: the run's directory.
+    """
+
+    def __init__(self, signal_name: str, step: int, workdir: str):
+        super().__init__(f"{signal_name}: stopped after step {step} and saved it as a checkpoint in {workdir}; "
+                         "run the same command again to resume from it")
+        self.signal, self.step, self.workdir = signal_name, step, workdir
 
 
 def check_arrays(data: Arrays, config: TrainConfig, name: str = "train_data", *,
@@ -106,26 +167,182 @@ def select_train_rows(config: TrainConfig, train_data: Arrays, returns: np.ndarr
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_steps(config: train.StepConfig):
-    """One jitted train and eval step per StepConfig, reused across calls (e.g. in a notebook)."""
-    return train.make_train_step(config), train.make_eval_step(config)
+def _programs(step_config: train.StepConfig, mesh: jax.sharding.Mesh, rules: sharding.Rules):
+    """The state's abstract shape and shardings on `mesh`, and the jitted train and eval steps,
+    reused across calls (e.g. in a notebook)."""
+    abstract = sharding.abstract_state(step_config)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    # As sharding.init_sharded_state (each device computes only its shards), but compiled once.
+    init = jax.jit(lambda key: train.init_state(step_config, key), out_shardings=shardings)
+    train_step = sharding.make_sharded_train_step(step_config, mesh, shardings)
+    # Replicated metrics: every process can read them.
+    eval_step = jax.jit(train.make_eval_step(step_config), out_shardings=NamedSharding(mesh, P()))
+    return abstract, shardings, init, train_step, eval_step
 
 
-def _mean(metrics: list[Mapping[str, jax.Array]]) -> dict[str, float]:
-    """Host means of a list of device metric dicts: one transfer, one sync."""
+def _place_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> Mapping[str, Any]:
+    """This process's rows as one global batch. With one process, the jitted steps' own
+    in_shardings place the numpy rows, faster than `sharding.place_batch` would."""
+    return batch if jax.process_count() == 1 else sharding.place_batch(batch, mesh)
+
+
+def _mean(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Host means of a list of metric dicts (device or host values): one transfer, one sync."""
     host = jax.device_get(metrics)
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def evaluate(config: TrainConfig, state: ILQLState, eval_data: Arrays) -> dict[str, float]:
+def _say(message: str) -> None:
+    """A status line from process 0, printed above the progress bar."""
+    if jax.process_index() == 0:
+        tqdm.tqdm.write(message)
+
+
+def evaluate(config: TrainConfig, state: ILQLState, eval_data: Arrays,
+             mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
     """Mean held-out metrics over the first `eval_batches` batches of a fixed-seed iterator.
 
     The same batches every time, so successive evaluations are comparable.
-    `eval_data` must have passed `check_arrays`.
+    `eval_data` must have passed `check_arrays`; `mesh` defaults to `config.mesh`'s.
     """
-    _, eval_step = _compiled_steps(config.step)
-    batches = BatchIterator(eval_data, config.batch_size, config.seed)
-    return _mean([eval_step(state, batches.batch_at(k)) for k in range(config.eval_batches)])
+    mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+    *_, eval_step = _programs(config.step, mesh, sharding.logical_rules(config.mesh))
+    batches = BatchIterator(eval_data, config.batch_size, config.seed, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    return _mean([eval_step(state, _place_batch(batches.batch_at(k), mesh))
+                  for k in range(config.eval_batches)])
+
+
+def init_weights(init: str, trunk: gpt2.GPT2Config) -> gpt2.Params | None:
+    """The GPT-2 weights that `TrainConfig.init` names (None for "scratch": random).
+
+    "bc:DIR" reads π_β from the newest checkpoint of the run in DIR (a BC run,
+    or an ILQL run's π_β); anything else is a Hugging Face GPT-2 directory or
+    hub id, whose shape must match `trunk` (its vocabulary may grow within the
+    embedding's padding, as with added markup tokens). The weights start the
+    value trunk and π_β (`train.init_state(config, key, trunk=weights)`).
+    """
+    if init == "scratch":
+        return None
+    if init.startswith("bc:"):
+        return checkpoint.load_policy_from_checkpoint(init[3:], gpt2.abstract_params(trunk))
+    loaded, weights = hf_import.load_hf_gpt2(init, dtype=trunk.dtype, param_dtype=trunk.param_dtype,
+                                             dropout=trunk.dropout, remat=trunk.remat)
+    for name in ("n_positions", "n_embd", "n_layer", "n_head", "padded_vocab_size", "layer_norm_epsilon"):
+        if getattr(loaded, name) != getattr(trunk, name):
+            raise ValueError(f"init={init!r} has {name}={getattr(loaded, name)}, but step.model.trunk has "
+                             f"{name}={getattr(trunk, name)}")
+    return weights
+
+
+def _fresh_state(config: TrainConfig, shardings: Any, random_init: Callable[[jax.Array], ILQLState],
+                 trunk: gpt2.Params | None, policy: gpt2.Params | None) -> ILQLState:
+    """A new state on the mesh, from given weights, from `config.init`'s, or random."""
+    key = jax.random.key(config.seed)
+    if trunk is None and policy is None:
+        trunk = init_weights(config.init, config.step.model.trunk)
+    if trunk is None and policy is None:
+        return random_init(key)
+    # The weights are whole on every host anyway; donating frees the unsharded copy.
+    return sharding.shard_state(train.init_state(config.step, key, trunk, policy), shardings, donate=True)
+
+
+def _latest_checkpoint(workdir: epath.Path) -> int | None:
+    if not (workdir / checkpoint.CHECKPOINT_DIR).exists():
+        return None
+    with checkpoint.Checkpointer(workdir, cfg=None) as ckpt:  # read-only: creates nothing
+        return ckpt.latest_step()
+
+
+def _changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for name in sorted(set(saved) | set(current)):
+        a, b = saved.get(name), current.get(name)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += _changed_keys(a, b, f"{prefix}{name}.")
+        elif a != b:
+            keys.append(prefix + name)
+    return keys
+
+
+def _line_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a line cut short by a crash
+
+
+def _drop_metrics_after(workdir: epath.Path, step: int) -> None:
+    """Removes `metrics.jsonl` lines past `step`: a resumed run logs those steps again."""
+    path = workdir / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if _line_step(line) <= step]
+    if len(keep) < len(lines):
+        path.write_text("".join(keep))
+        _say(f"metrics.jsonl: dropped {len(lines) - len(keep)} line(s) past step {step}, which this run logs again")
+
+
+def _fetch_finite(window: list, ckpt: checkpoint.Checkpointer) -> list:
+    """The window's `(step, metrics)` on the host; FloatingPointError at the first step whose loss is not finite."""
+    window = jax.device_get(window)
+    for step, metrics in window:
+        if not np.isfinite(metrics["loss"]):
+            ckpt.wait()  # so that the newest checkpoint named below is complete
+            raise FloatingPointError(
+                f"the train loss is {float(metrics['loss'])} at step {step}; stopping. No checkpoint holds a "
+                f"later state: the newest is step {ckpt.latest_step()} in {ckpt.directory}. Lower the learning "
+                "rate, clip gradients (step.optim.clip_norm) or check the rewards.")
+    return window
+
+
+def _save(ckpt: checkpoint.Checkpointer, step: int, state: ILQLState, window: list, batches: BatchIterator,
+          config_dict: dict) -> list:
+    """Saves checkpoint `step` once the losses since the last check are finite; returns the window on the host."""
+    window = _fetch_finite(window, ckpt)
+    ckpt.save(step, state, {"data": batches.state(), "config": config_dict,
+                            "window": [[s, {k: float(v) for k, v in m.items()}] for s, m in window]})
+    return window
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT set `received` (the signal's name) instead of ending the process.
+
+    A second signal raises KeyboardInterrupt at once. Handlers can only be set
+    from the main thread; elsewhere (e.g. a worker thread) this does nothing.
+    """
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second stop signal ({name}): aborted without saving a checkpoint")
+        self.received = name
+        _say(f"{name} received: finishing this step, then saving a checkpoint (send it again to abort at once)")
+
+    def stop(self, at_log: bool) -> bool:
+        """Whether to stop after this step; every process gets the same answer."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        # All processes must save the same step. Agreeing takes a collective,
+        # so it happens only at log steps, which sync anyway.
+        return at_log and bool(np.max(multihost_utils.process_allgather(np.int32(self.received is not None))))
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            # None: a handler installed outside Python, which cannot be put back; the default is closest.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def train_and_evaluate(
@@ -140,21 +357,28 @@ def train_and_evaluate(
     policy: gpt2.Params | None = None,
     on_step_end: Callable[[int, ILQLState], None] | None = None,
 ) -> ILQLState:
-    """Trains for `config.num_steps` micro-steps, logging and evaluating; returns the final state.
+    """Trains for `config.num_steps` micro-steps, logging, evaluating and checkpointing; returns the final state.
 
     Args:
       config: the run.
-      workdir: receives `config.json`, `metrics.jsonl` and `tb/` (created if needed).
+      workdir: receives `config.json`, `metrics.jsonl`, `tb/` and
+        `checkpoints/` (created if needed); a run resumes from its newest checkpoint.
       train_data, eval_data: `[N, max_len]` arrays keyed by `train.BATCH_KEYS`,
-        as `episodes_to_arrays` makes them.
+        as `episodes_to_arrays` makes them (every process passes all of them).
       returns: for %BC only: the return of each train_data row.
-      state: a state to continue (e.g. restored from a checkpoint); training
+      state: a state to continue instead of resuming or initialising; training
         runs from `state.step` to `num_steps`, on the same batches a straight
-        run would see at those steps. Default: a fresh one from `config.seed`.
-      trunk, policy: starting GPT-2 weights for a fresh state (see `train.init_state`).
+        run would see at those steps. It is copied onto the mesh (yours stays usable).
+      trunk, policy: starting GPT-2 weights for a fresh state (see
+        `train.init_state`), used only when no checkpoint is restored. Prefer
+        `config.init`, which config.json records and which is read only when needed.
       on_step_end: called as `on_step_end(step, state)` after every micro-step
-        (after its logging and evaluation). `state` is donated to the next
-        step: copy what you keep, don't hold on to it.
+        (after its logging, evaluation and checkpoint save). `state` is donated
+        to the next step: copy what you keep, don't hold on to it.
+
+    Raises:
+      Preempted: on SIGTERM or SIGINT, after saving a checkpoint of the step just finished.
+      FloatingPointError: on a NaN or infinite loss, naming the step (see the module docstring).
     """
     # Validate everything before writing or compiling anything.
     train_data = select_train_rows(config, train_data, returns)
@@ -162,54 +386,93 @@ def train_and_evaluate(
         eval_data = check_arrays(eval_data, config, "eval_data")
     if state is not None and (trunk is not None or policy is not None):
         raise ValueError("pass either a state to continue or trunk/policy weights for a fresh one, not both")
-    if jax.process_count() > 1:
-        # BatchIterator already yields per-host slices; the missing piece is
-        # assembling them into one global sharded batch.
-        raise NotImplementedError("multi-host training needs global batch assembly (sharding.py)")
-
+    if (trunk is not None or policy is not None) and config.init != "scratch":
+        raise ValueError(f"pass trunk/policy weights or set init={config.init!r}, not both")
+    mesh = sharding.make_mesh(config.mesh)
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % batch_shards:
+        raise ValueError(f"batch_size={config.batch_size} does not split over the mesh's {batch_shards} batch shards "
+                         f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); make it a multiple")
     workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    # Saves never replace a newer checkpoint, so a run that does not resume needs a workdir without later ones.
+    latest = None if state is None and config.resume else _latest_checkpoint(workdir)
+    if state is None and latest is not None:
+        raise ValueError(f"{workdir} holds checkpoints (newest: step {latest}) and resume=False; use a new workdir "
+                         f"or delete {workdir / checkpoint.CHECKPOINT_DIR} to start over")
+    if state is not None and latest is not None and int(state.step) < latest:
+        raise ValueError(f"the given state is at step {int(state.step)}, but {workdir} holds a later checkpoint "
+                         f"(step {latest}), which its saves would not replace; use another workdir")
 
-    # CHECKPOINT RESTORE goes here (checkpoint.py): when `state` is None and the
-    # workdir holds a checkpoint, restore the latest one; the data position
-    # needs nothing more, since it is `state.step`.
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_dict = config_to_dict(config)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+
+    abstract, shardings, random_init, train_step, _ = _programs(config.step, mesh, sharding.logical_rules(config.mesh))
     if state is None:
-        state = train.init_state(config.step, jax.random.key(config.seed), trunk, policy)
-    # Placing the state and batches on a device mesh (sharding.py) goes here.
-    train_step, _ = _compiled_steps(config.step)
+        init_fn = functools.partial(_fresh_state, config, shardings, random_init, trunk, policy)
+        state, extra, restored = checkpoint.restore_or_init(workdir, init_fn, shardings, resume=config.resume,
+                                                            abstract_state=abstract)
+    else:
+        # A copy: the train step donates its input.
+        state, extra, restored = sharding.shard_state(state, shardings), {}, False
     start = int(state.step)
-    batches = BatchIterator(train_data, config.batch_size, config.seed, start_step=start)
+    if restored:
+        _say(f"resumed from checkpoint step {start} in {workdir}")
+        changed = _changed_keys(extra.get("config", {}), json.loads(json.dumps(config_dict)))
+        if changed:
+            _say(f"the config differs from the checkpoint's in: {', '.join(changed)}")
+    _drop_metrics_after(workdir, start)
+
+    batches = BatchIterator(train_data, config.batch_size, config.seed, start_step=start,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+    if "data" in extra:
+        batches.restore(extra["data"])  # refuses a checkpoint made with another data seed
+        if batches.step != start:
+            raise ValueError(f"checkpoint step {start} holds data position {batches.step}; expected {start}")
+    # Train metrics of the log window the checkpoint cut: the next log averages the same steps as a straight run.
+    # The metrics are float32; JSON holds their values exactly.
+    window = [(s, {k: np.float32(v) for k, v in m.items()}) for s, m in extra.get("window", [])]
 
     show_bar = config.progress and jax.process_index() == 0
-    with MetricWriter(workdir) as writer, tqdm.tqdm(total=config.num_steps, initial=start, disable=not show_bar,
-                                                    desc="train", dynamic_ncols=True) as bar:
-        window, window_tokens, window_start = [], 0, time.perf_counter()
+    with (checkpoint.Checkpointer(workdir, config.checkpoint) as ckpt, _StopSignals() as signals,
+          MetricWriter(workdir) as writer,
+          tqdm.tqdm(total=config.num_steps, initial=start, disable=not show_bar, desc="train",
+                    dynamic_ncols=True) as bar):
+        window_tokens, window_start = 0, time.perf_counter()
         for step in range(start + 1, config.num_steps + 1):
-            batch = next(batches)
-            window_tokens += int(batch["attention_mask"].sum())  # host numpy: no device sync
-            state, metrics = train_step(state, batch)
-            window.append(metrics)  # stays on device until the next log
+            host_batch = next(batches)
+            # Host numpy, no device sync; this process's rows scaled to the global batch.
+            window_tokens += int(host_batch["attention_mask"].sum()) * jax.process_count()
+            state, metrics = train_step(state, _place_batch(host_batch, mesh))
+            window.append((step, metrics))  # stays on device until the next log or save
             bar.update()
 
             last = step == config.num_steps
+            at_log = step % config.log_every == 0 or last
             logs = {}
-            if step % config.log_every == 0 or last:
-                logs = {f"train/{k}": v for k, v in _mean(window).items()}
+            if at_log:
+                window = _fetch_finite(window, ckpt)
+                logs = {f"train/{k}": v for k, v in _mean([m for _, m in window]).items()}
                 # Includes compilation in the first window.
                 logs["train/tokens_per_sec"] = window_tokens / (time.perf_counter() - window_start)
                 bar.set_postfix(loss=f"{logs['train/loss']:.4g}", tok_s=f"{logs['train/tokens_per_sec']:.0f}")
                 window, window_tokens, window_start = [], 0, time.perf_counter()
             if eval_data is not None and (last or (config.eval_every and step % config.eval_every == 0)):
                 eval_start = time.perf_counter()
-                logs.update({f"eval/{k}": v for k, v in evaluate(config, state, eval_data).items()})
+                logs.update({f"eval/{k}": v for k, v in evaluate(config, state, eval_data, mesh).items()})
                 window_start += time.perf_counter() - eval_start  # keep eval time out of tokens/s
             if logs:
                 writer.write(step, logs)
 
-            # CHECKPOINT SAVE goes here: checkpoint.py's saver, passed as
-            # `on_step_end`, decides which steps to save (every process saves).
+            saved = ckpt.should_save(step) or last
+            if saved:  # every process saves: orbax coordinates the writes
+                window = _save(ckpt, step, state, window, batches, config_dict)
             if on_step_end is not None:
                 on_step_end(step, state)
+            if signals.stop(at_log):
+                if not saved:
+                    window = _save(ckpt, step, state, window, batches, config_dict)
+                ckpt.wait()
+                raise Preempted(signals.received or "a stop signal on another process", step, str(workdir))
     return state

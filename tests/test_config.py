@@ -7,9 +7,11 @@ import json
 import pytest
 
 from ilql_jax import losses, train
+from ilql_jax.checkpoint import CheckpointConfig
 from ilql_jax.config import (ConfigError, TrainConfig, add_arguments, apply_overrides, config_from_dict,
                              config_to_dict, parse_config)
 from ilql_jax.models import gpt2, ilql
+from ilql_jax.sharding import MeshConfig
 from ilql_jax.state import OptimConfig
 
 
@@ -49,6 +51,11 @@ def test_flags_apply_over_given_defaults_and_none_clears_optionals():
     (["--step.optim.clip_norm", "x"], "argument --step.optim.clip_norm: expected a float or none"),
     (["--step.loss.tau", "1.5"], r"--step.loss.tau 1.5: step.loss: LossConfig.tau=1.5 must be in \(0, 1\)"),
     (["--max_len", "4096"], "--max_len 4096: TrainConfig.max_len=4096 exceeds the trunk's n_positions=1024"),
+    (["--mesh.rules", '{"embed": "fsdp"}'], "argument --mesh.rules: expected a JSON list or none"),
+    (["--mesh.rules", "[embed]"], "argument --mesh.rules: expected a JSON list or none"),
+    (["--checkpoint.keep", "0"], "--checkpoint.keep 0: checkpoint: CheckpointConfig.keep must be an int >= 1"),
+    (["--mesh.data", "-1", "--mesh.fsdp", "-1"], "mesh: MeshConfig: at most one axis may be -1"),
+    (["--init", "bc:"], "TrainConfig.init must be 'scratch', 'bc:<workdir>' or a GPT-2 path or hub id"),
 ])
 def test_bad_flags_raise_naming_the_flag(argv, match):
     with pytest.raises(ConfigError, match=match):
@@ -76,7 +83,11 @@ def _custom() -> TrainConfig:
                             optim=OptimConfig(learning_rate=3e-5, clip_norm=None, schedule="cosine", total_steps=10),
                             polyak_alpha=0.1)
     return TrainConfig(step=step, batch_size=7, max_len=64, num_steps=11, eval_every=0, seed=5,
-                       bc_top_fraction=0.1, progress=False)
+                       bc_top_fraction=0.1, progress=False,
+                       mesh=MeshConfig(data=2, fsdp=-1, fsdp_params=True, rules=(("embed", ("fsdp", "tensor")),
+                                                                                 ("vocab", None))),
+                       checkpoint=CheckpointConfig(every_steps=50, keep=1, async_save=False), resume=False,
+                       init="bc:runs/bc")
 
 
 @pytest.mark.parametrize("config", [TrainConfig(), _custom()])
@@ -115,3 +126,21 @@ def test_train_config_validates_its_fields():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match=r"bc_top_fraction must be in \(0, 1\]"):
         TrainConfig(step=train.StepConfig(mode="bc"), bc_top_fraction=1.5)
+
+
+def test_mesh_checkpoint_and_init_flags():
+    config = parse_config(TrainConfig, [
+        "--mesh.data", "2", "--mesh.fsdp", "4", "--mesh.fsdp_params", "true",
+        "--mesh.rules", '[["embed", ["fsdp", "tensor"]], ["vocab", null]]',
+        "--checkpoint.every_steps", "10", "--checkpoint.keep", "2", "--checkpoint.async_save", "false",
+        "--resume", "false", "--init", "bc:runs/bc",
+    ])
+    assert config.mesh == MeshConfig(data=2, fsdp=4, fsdp_params=True,
+                                     rules=(("embed", ("fsdp", "tensor")), ("vocab", None)))
+    assert config.checkpoint == CheckpointConfig(every_steps=10, keep=2, async_save=False)
+    assert config.resume is False and config.init == "bc:runs/bc"
+    # Defaults: data parallel over every device, resume, random init.
+    default = TrainConfig()
+    assert default.mesh == MeshConfig(data=-1) and default.mesh.rules is None
+    assert default.resume is True and default.init == "scratch"
+    assert parse_config(TrainConfig, ["--mesh.rules", "none"], defaults=config).mesh.rules is None

@@ -12,8 +12,9 @@ from ilql_jax import tokenizers, train
 from ilql_jax.config import TrainConfig, config_from_dict
 from ilql_jax.data import episodes
 from ilql_jax.logging import MetricWriter
-from ilql_jax.loop import check_arrays, select_train_rows, train_and_evaluate
-from ilql_jax.models import gpt2, ilql
+from ilql_jax.loop import check_arrays, init_weights, select_train_rows, train_and_evaluate
+from ilql_jax.models import gpt2, hf_import, ilql
+from ilql_jax.sharding import MeshConfig
 from ilql_jax.state import OptimConfig
 
 TOK = tokenizers.wordle_tokenizer()
@@ -129,6 +130,39 @@ def test_bad_train_data_fails_early_with_a_clear_error(tmp_path, make_data, matc
     with pytest.raises(ValueError, match=match):
         train_and_evaluate(_config("ilql"), str(tmp_path / "run"), make_data(_data()))
     assert not (tmp_path / "run").exists()  # nothing written (or compiled) before the checks
+
+
+def test_a_mesh_the_devices_cannot_make_fails_early(tmp_path):
+    with pytest.raises(ValueError, match="needs 2 devices, but there are 1"):
+        train_and_evaluate(_config("bc", mesh=MeshConfig(data=2)), str(tmp_path / "run"), _data())
+    assert not (tmp_path / "run").exists()
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a),
+                                                                                  jax.tree.leaves(b)))
+
+
+def test_init_names_where_a_fresh_state_starts(tmp_path):
+    trunk = _config("bc").step.model.trunk
+    bc_dir = tmp_path / "bc"
+    policy = jax.device_get(train_and_evaluate(_config("bc"), str(bc_dir), _data()).params["policy"])
+
+    assert _max_diff(init_weights(f"bc:{bc_dir}", trunk), policy) == 0.0
+    hf_import.export_hf_gpt2(policy, trunk, str(tmp_path / "hf"))
+    from_hf = hf_import.params_to_hf(init_weights(str(tmp_path / "hf"), trunk), trunk)
+    assert _max_diff(from_hf, hf_import.params_to_hf(policy, trunk)) == 0.0
+    with pytest.raises(ValueError, match="has n_layer=1, but step.model.trunk has n_layer=2"):
+        init_weights(str(tmp_path / "hf"), dataclasses.replace(trunk, n_layer=2))
+
+    # ILQL's value trunk and π_β both start from the BC policy: Adam's first step moves each weight by <= lr.
+    config = _config("ilql", num_steps=1, init=f"bc:{bc_dir}")
+    state = train_and_evaluate(config, str(tmp_path / "ilql"), _data())
+    lr = config.step.optim.learning_rate
+    assert _max_diff(state.params["value"]["trunk"], policy) <= lr * 1.001
+    assert _max_diff(state.params["policy"], policy) <= lr * 1.001
+    with pytest.raises(ValueError, match="not both"):
+        train_and_evaluate(config, str(tmp_path / "x"), _data(), trunk=policy)
 
 
 def test_bad_eval_data_is_named(tmp_path):
