@@ -30,16 +30,18 @@ class MetricWriter:
       workdir: directory (local or `gs://`) that receives `metrics.jsonl` and `tb/`.
       enabled: whether this process writes; default `jax.process_index() == 0`
         (resolved here, not at import, so `jax.distributed.initialize()` can come first).
+      purge_step: on a resume, the first step to be written again; TensorBoard
+        drops its older events from that step on, so curves do not double back.
     """
 
-    def __init__(self, workdir: str | epath.Path, *, enabled: bool | None = None):
+    def __init__(self, workdir: str | epath.Path, *, enabled: bool | None = None, purge_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
         if not self.enabled:
             return
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = (workdir / "metrics.jsonl").open("a")
-        self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"))
+        self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"), purge_step=purge_step)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Writes one line of scalars (host numbers or 0-d arrays) at `step`."""

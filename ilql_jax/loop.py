@@ -436,7 +436,7 @@ def train_and_evaluate(
 
     show_bar = config.progress and jax.process_index() == 0
     with (checkpoint.Checkpointer(workdir, config.checkpoint) as ckpt, _StopSignals() as signals,
-          MetricWriter(workdir) as writer,
+          MetricWriter(workdir, purge_step=start + 1 if start else None) as writer,
           tqdm.tqdm(total=config.num_steps, initial=start, disable=not show_bar, desc="train",
                     dynamic_ncols=True) as bar):
         window_tokens, window_start = 0, time.perf_counter()

@@ -9,6 +9,7 @@ import sys
 
 from experiments.reddit_toxicity.run import PRESETS, RedditConfig, run
 from ilql_jax.config import ConfigError, parse_config
+from ilql_jax.loop import Preempted
 
 
 def main(argv=None) -> int:
@@ -20,7 +21,11 @@ def main(argv=None) -> int:
         cfg = parse_config(RedditConfig, rest, PRESETS[args.preset])
     except ConfigError as e:
         parser.error(str(e))
-    run(cfg, args.workdir)
+    try:
+        run(cfg, args.workdir)
+    except Preempted as e:  # SIGTERM/SIGINT: a checkpoint is saved; the same command resumes
+        print(e)
+        return 0
     return 0
 
 

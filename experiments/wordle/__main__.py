@@ -8,6 +8,7 @@ import sys
 
 from experiments.wordle.run import PRESETS, WordleConfig, run
 from ilql_jax.config import ConfigError, parse_config
+from ilql_jax.loop import Preempted
 
 
 def main(argv=None) -> int:
@@ -19,7 +20,11 @@ def main(argv=None) -> int:
         cfg = parse_config(WordleConfig, rest, PRESETS[args.preset])
     except ConfigError as e:
         parser.error(str(e))
-    run(cfg, args.workdir)
+    try:
+        run(cfg, args.workdir)
+    except Preempted as e:  # SIGTERM/SIGINT: a checkpoint is saved; the same command resumes
+        print(e)
+        return 0
     return 0
 
 
