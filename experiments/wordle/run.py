@@ -68,9 +68,9 @@ class WordleConfig:
     n_embd: int = 128
     n_head: int = 4
     max_len: int = 80
-    batch_size: int = 64
-    bc_steps: int = 1500
-    rl_steps: int = 2500
+    batch_size: int = 32
+    bc_steps: int = 1000
+    rl_steps: int = 1000
     learning_rate: float = 3e-4
     tau: float = 0.7
     alpha_cql: float = 1e-4

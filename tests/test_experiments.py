@@ -1,0 +1,49 @@
+"""The experiments' smoke presets, end to end through their command lines (slow)."""
+
+import json
+
+import pytest
+
+from experiments.reddit_toxicity.__main__ import main as reddit_main
+from experiments.wordle.__main__ import main as wordle_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_wordle_smoke(tmp_path):
+    assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    methods = [r["method"] for r in rows]
+    assert methods[2:] == ["bc", "pbc10", "pbc20", "pbc30", "ssrl", "ilql"]
+    for r in rows:
+        assert set(r) >= {"method", "mean_return", "stderr", "win_rate", "mean_guesses", "n_games"}
+        assert -6.0 <= r["mean_return"] <= 0.0
+    assert rows[0]["n_games"] == 64 and rows[0]["win_rate"] > 0.9  # the expert reference
+    assert (tmp_path / "results.md").read_text().startswith("| method |")
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert (tmp_path / "words.txt").read_text().count("\n") == 60
+    # A rerun resumes every method from its final checkpoint instead of training again.
+    assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert [r["mean_return"] for r in again[2:]] == [r["mean_return"] for r in rows[2:]]
+
+
+def test_reddit_smoke(tmp_path):
+    assert reddit_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["beta"] for r in rows] == [0.0, 4.0]
+    for r in rows:
+        assert set(r) >= {"beta", "mean_reward", "stderr", "toxic_rate", "kl", "distinct_1", "distinct_2",
+                          "mean_length", "n"}
+        assert -10.0 <= r["mean_reward"] <= 0.0 and 0.0 <= r["toxic_rate"] <= 1.0
+    assert rows[1]["kl"] > rows[0]["kl"]  # steering moves the policy away from π_β
+    for name in ("results.md", "reward_vs_kl.png", "generations.jsonl", "data/train.jsonl", "tokenizer/tokenizer.json",
+                 "toxicity_cache.json", "bc/config.json", "ilql/metrics.jsonl"):
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "ilql" / "tb").iterdir())
+
+
+def test_bad_flag_is_named(capsys):
+    with pytest.raises(SystemExit):
+        wordle_main(["--preset", "smoke", "--no_such_field", "3"])
+    assert "no_such_field" in capsys.readouterr().err
