@@ -63,13 +63,13 @@ class RedditConfig:
     reward: str = "toxicity"
     model: str = "scratch"
     bpe_vocab_size: int = 2048
-    n_layer: int = 4
+    n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
     max_len: int = 96
     batch_size: int = 32
-    bc_steps: int = 1500
-    ilql_steps: int = 1500
+    bc_steps: int = 800
+    ilql_steps: int = 800
     bc_learning_rate: float = 1e-3
     learning_rate: float = 1e-4
     tau: float = 0.6
