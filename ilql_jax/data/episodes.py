@@ -24,6 +24,9 @@ Worked example (ILQL_SPEC §1, Wordle; guess ``crane``, then ``slate`` wins)::
     13-17:s l a t e 18:</a> 19-23:<g>x5 24:</s> 25:</eod>
     action states 0..5 and 12..17; r(5) = -1, r(17) = 0;
     next(5) = 12, next(17) = 25; done(25) = 1.
+
+(The spec's feedback ``b y b b g`` is not what ``crane`` gets against ``slate``
+— that is ``b b g b g`` — but the layout, indices and rewards are the same.)
 """
 
 from __future__ import annotations
