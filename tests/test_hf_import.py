@@ -56,8 +56,12 @@ def test_transformer_prefix_and_buffers_are_accepted(checkpoint):
     tensors = {"transformer." + k: v for k, v in tensors.items()}
     tensors["transformer.h.0.attn.bias"] = np.ones((1, 1, 4, 4), np.float32)  # causal-mask buffer
     tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
-    config, _ = hf_import.load_hf_gpt2(str(checkpoint))
-    hf_import.params_from_hf(tensors, config)
+    config, plain = hf_import.load_hf_gpt2(str(checkpoint))
+    prefixed = hf_import.params_from_hf(tensors, config)
+    a, b = _flat(plain), _flat(prefixed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
 
 
 def test_truncated_file_names_the_file(checkpoint):
