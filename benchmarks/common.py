@@ -70,11 +70,12 @@ def tune_malloc() -> bool:
     XLA:CPU mallocs its temporaries and outputs on every call. glibc serves
     blocks above 32 MiB (the logits alone are 200 MB at GPT-2 shape) with a
     fresh mmap, unmaps them on free and trims the heap top, so every step
-    page-faults most of its working set back in: at GPT-2-small shape here
-    ~400k minor faults (~1.7 GB) a step, about 10% of the step's CPU time
-    (11.8 vs 10.7 CPU-seconds measured). Same effect as running under
-    `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge> MALLOC_ARENA_MAX=1`, or
-    with tcmalloc/jemalloc, as CPU training guides recommend.
+    page-faults much of its working set back in: at GPT-2-small shape here
+    ~400k minor faults (~1.7 GB) a step. Measured effect on the trunk step: on
+    an idle machine none beyond noise (6.55 vs 6.59 s); with other processes
+    competing for the cores, ~10% less CPU time (10.7 vs 11.8 CPU-s). Same as
+    running under `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>
+    MALLOC_ARENA_MAX=1`.
 
     Must run before the first JAX computation (so XLA's threads share the
     tuned main arena). Process-wide and irreversible; the heap then keeps its

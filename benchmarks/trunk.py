@@ -19,7 +19,7 @@ parameters N_matmul counts); `model_tflops_per_step`, `n_params`,
 took during the timed steps (a shared machine makes `mfu` pessimistic), and
 `mfu_cpu_time`, the same ratio per CPU-second (diagnostic: insensitive to
 other processes, but blind to idle cores); `malloc_tuned` (see
-`common.tune_malloc`, on unless `--no-tune-malloc`).
+`common.tune_malloc`, on unless `--no-tune-malloc`, as in train_step.py).
 """
 
 from __future__ import annotations
