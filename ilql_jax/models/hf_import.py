@@ -78,7 +78,8 @@ def resolve(path_or_hub_id: str) -> str:
         return os.path.dirname(os.path.abspath(path_or_hub_id))
     if os.path.isdir(path_or_hub_id):
         return path_or_hub_id
-    if path_or_hub_id.startswith((".", "/", "~")) or os.sep in path_or_hub_id.strip("/").split("/", 1)[-1]:
+    # Hub ids are "name" or "org/name"; anything path-like that is not on disk is a missing checkpoint.
+    if path_or_hub_id.startswith((".", "/", "~")) or path_or_hub_id.count("/") > 1:
         raise FileNotFoundError(f"no GPT-2 checkpoint at {path_or_hub_id!r} (not a file or directory)")
     try:  # A hub id such as "gpt2": needs network, which the user asked for by naming it.
         from huggingface_hub import snapshot_download
