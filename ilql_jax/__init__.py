@@ -1,1 +1,106 @@
-"""ilql_jax: Implicit Language Q-Learning in JAX/Flax."""
+"""ilql_jax: Implicit Language Q-Learning (Snell et al., ICLR 2023) in JAX/Flax.
+
+Everything a user needs is importable from here (`from ilql_jax import ...`);
+the submodules hold the rest. The exports, grouped in the order of a run
+(episodes → tokens → configs → training → sampling → checkpoints → devices):
+
+{catalogue}
+
+Exports load on first use (PEP 562): `import ilql_jax` takes milliseconds,
+and importing one submodule (e.g. `ilql_jax.tokenizers` in a data-prep
+script) does not pull in the others, where importing them all (JAX, Flax,
+Optax, Orbax) takes 3-5 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> (module, one line on what it is for). The order is `__all__`'s and the catalogue's.
+_EXPORTS: dict[str, tuple[str, str]] = {
+    # --- Data: your logged text and rewards as episodes, then token-level MDP arrays (ILQL_SPEC §1).
+    "Segment": ("ilql_jax.data.episodes", "one turn: text, whether the agent spoke it, and its reward"),
+    "Episode": ("ilql_jax.data.episodes", "a sequence of segments and whether the interaction ended there"),
+    "env": ("ilql_jax.data.episodes", "an environment segment (a prompt, a parent comment, game feedback)"),
+    "agent": ("ilql_jax.data.episodes", "an agent segment (an utterance) with its scalar reward"),
+    "episode_return": ("ilql_jax.data.episodes", "the undiscounted sum of an episode's agent rewards"),
+    "episodes_to_arrays": ("ilql_jax.data.episodes",
+                           "episodes -> [N, max_len] tokens, masks, r_t, next(t), dones for training"),
+    "prompt_tokens": ("ilql_jax.data.episodes",
+                      "a history of segments as the token ids that prompt the agent's next utterance"),
+    # --- Tokenizers: markup <s> </s> <a> </a> </eod> and <pad> are one id each.
+    "gpt2_tokenizer": ("ilql_jax.tokenizers", "GPT-2's BPE (offline by default), or one from a directory or hub id"),
+    "train_bpe_tokenizer": ("ilql_jax.tokenizers", "a byte-level BPE fitted to your own texts"),
+    "wordle_tokenizer": ("ilql_jax.tokenizers", "the 35-token Wordle vocabulary"),
+    "load_tokenizer": ("ilql_jax.tokenizers", "reloads any tokenizer written by its `save(directory)`"),
+    # --- Configuration: frozen dataclasses, nested; every field is documented on its class.
+    "GPT2Config": ("ilql_jax.models.gpt2", "the GPT-2 trunk's shape and numerics (`GPT2Config.tiny()` for tests)"),
+    "ModelConfig": ("ilql_jax.models.ilql", "which ILQL networks exist: trunk shape, shared π_β, target trunk"),
+    "LossConfig": ("ilql_jax.losses", "γ, expectile τ, α_cql and β_awac of the ILQL objective"),
+    "OptimConfig": ("ilql_jax.state", "AdamW: learning rate, schedule, clipping, gradient accumulation"),
+    "StepConfig": ("ilql_jax.train", "what one train step computes: mode ilql or bc, model, loss, optimizer"),
+    "MeshConfig": ("ilql_jax.sharding", "device mesh (data, fsdp, tensor) and the parameter layout (DP or FSDP)"),
+    "CheckpointConfig": ("ilql_jax.checkpoint", "how often checkpoints are written and how many are kept"),
+    "TrainConfig": ("ilql_jax.config", "one training run: the step, batch, length, steps, mesh, init, resume"),
+    "parse_config": ("ilql_jax.config", "dotted command-line flags (--step.loss.tau 0.6) -> a config"),
+    "config_from_dict": ("ilql_jax.config", "a config from a dict, e.g. a run's config.json"),
+    # --- Training.
+    "train_and_evaluate": ("ilql_jax.loop",
+                           "the training loop: logs, evaluates, checkpoints, resumes; returns the final state"),
+    "Preempted": ("ilql_jax.loop", "raised after SIGTERM/SIGINT once a checkpoint is saved; rerun to resume"),
+    "ILQLState": ("ilql_jax.state", "the one train-state pytree: step, params, target params, optimizer, RNG"),
+    # --- Sampling: π_β's logits plus β·(Q − V) (ILQL_SPEC §5).
+    "SamplerConfig": ("ilql_jax.sampler", "static decoding settings: length, mode, top-k/p, where β·A goes"),
+    "generate_text": ("ilql_jax.sampler", "prompts or histories in, the agent's next utterance as text out"),
+    "sample": ("ilql_jax.sampler", "token arrays in, tokens with log π, log π_β, advantages and KL out"),
+    "SampleResult": ("ilql_jax.sampler", "what `sample` returns, one generation per prompt"),
+    # --- Checkpoints and weights.
+    "abstract_state": ("ilql_jax.sharding", "the shapes of a fresh train state, the target to restore into"),
+    "restore": ("ilql_jax.checkpoint", "a train state from the newest readable checkpoint in a workdir"),
+    "load_policy_from_checkpoint": ("ilql_jax.checkpoint", "π_β's GPT-2 weights from a run's checkpoint"),
+    "export_params": ("ilql_jax.checkpoint", "writes a parameter tree alone (orbax), e.g. for serving"),
+    "load_params": ("ilql_jax.checkpoint", "reads an `export_params` directory back"),
+    "load_hf_gpt2": ("ilql_jax.models.hf_import",
+                     "a Hugging Face GPT-2 (safetensors directory or hub id) as our config and weights"),
+    "export_hf_gpt2": ("ilql_jax.models.hf_import", "our GPT-2 weights as a directory `transformers` loads"),
+    # --- Several devices and hosts (docs/accelerators.md).
+    "maybe_initialize_distributed": ("ilql_jax.sharding",
+                                     "jax.distributed.initialize() when this is one process of several"),
+}
+
+__all__ = list(_EXPORTS)
+
+if __doc__:  # None under python -OO
+    __doc__ = __doc__.format(catalogue="\n".join(f"    {name:30}{line}" for name, (_, line) in _EXPORTS.items()))
+
+
+def __getattr__(name: str) -> Any:
+    """Imports an export's module on first access and caches the object here."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ilql_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name][0]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
+    from ilql_jax.checkpoint import (CheckpointConfig, export_params, load_params, load_policy_from_checkpoint,
+                                     restore)
+    from ilql_jax.config import TrainConfig, config_from_dict, parse_config
+    from ilql_jax.data.episodes import (Episode, Segment, agent, env, episode_return, episodes_to_arrays,
+                                        prompt_tokens)
+    from ilql_jax.loop import Preempted, train_and_evaluate
+    from ilql_jax.losses import LossConfig
+    from ilql_jax.models.gpt2 import GPT2Config
+    from ilql_jax.models.hf_import import export_hf_gpt2, load_hf_gpt2
+    from ilql_jax.models.ilql import ModelConfig
+    from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
+    from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed
+    from ilql_jax.state import ILQLState, OptimConfig
+    from ilql_jax.train import StepConfig
+    from ilql_jax.tokenizers import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer, wordle_tokenizer
