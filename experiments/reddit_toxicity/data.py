@@ -181,6 +181,10 @@ def load_civil_comments(
             f"loading TFDS {name!r} needs tensorflow-datasets; install the optional extra: "
             'pip install -e ".[tfds]"'
         ) from e
+    if name.split("/")[0] == "civil_comments":
+        # Without TensorFlow, tfds cannot import its dataset modules by name on
+        # demand; importing the builder's module registers it.
+        import tensorflow_datasets.text.civil_comments  # noqa: F401
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     n = len(source) if max_examples is None else min(len(source), max_examples)
     records = []
