@@ -90,6 +90,12 @@ class CheckpointConfig:
                 raise ValueError(f"CheckpointConfig.{name} must be an int >= 1, got {value!r}")
 
 
+def _path(path: str | epath.PathLike) -> epath.Path:
+    """`path` as an epath, a relative local one made absolute: orbax refuses relative paths (gs:// ones stay)."""
+    path = epath.Path(path)
+    return path if "://" in str(path) else path.absolute()
+
+
 def _default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -152,7 +158,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str | epath.PathLike, cfg: CheckpointConfig | None = CheckpointConfig()):
         self.cfg = cfg
-        self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+        self.directory = _path(workdir) / CHECKPOINT_DIR
         self._manager = _manager(self.directory, cfg)
 
     def should_save(self, step: int) -> bool:
@@ -300,14 +306,14 @@ def _place(x: jax.Array, target: jax.ShapeDtypeStruct) -> jax.Array:
 def export_params(directory: str | epath.PathLike, params: PyTree) -> None:
     """Writes a parameter tree alone (for the sampler and evaluation); replaces an earlier export."""
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(epath.Path(directory), params, force=True)
+        ckptr.save(_path(directory), params, force=True)
         ckptr.wait_until_finished()
 
 
 def load_params(directory: str | epath.PathLike, abstract_params: PyTree) -> PyTree:
     """Reads an `export_params` directory into `abstract_params`' structure and shardings."""
     with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(epath.Path(directory), abstract_like(abstract_params))
+        return ckptr.restore(_path(directory), abstract_like(abstract_params))
 
 
 def load_policy_from_checkpoint(workdir: str | epath.PathLike, abstract_policy: PyTree,
@@ -324,7 +330,7 @@ def load_policy_from_checkpoint(workdir: str | epath.PathLike, abstract_policy: 
         (see `abstract_like` for shardings).
       step: the checkpoint step; None means the newest.
     """
-    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    directory = _path(workdir) / CHECKPOINT_DIR
     # A PyTree handler: the Standard one that wrote the state has no partial restore.
     with _manager(directory, None, ocp.PyTreeCheckpointHandler()) as manager:
         step = manager.latest_step() if step is None else step

@@ -231,3 +231,18 @@ def test_config_validation():
         checkpoint.CheckpointConfig(keep=0)
     with pytest.raises(ValueError, match="every_steps"):
         checkpoint.CheckpointConfig(every_steps=0)
+
+
+def test_relative_paths_work(tmp_path, monkeypatch):
+    # Orbax refuses relative paths; a workdir such as the experiments' default "runs/..." must still work.
+    monkeypatch.chdir(tmp_path)
+    bc_state = worker.synthetic_state(train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=TRUNK)), seed=5)
+    with checkpoint.Checkpointer("runs/bc") as ckpt:
+        ckpt.save(3, bc_state, {"data": {"step": 3}})
+    assert (tmp_path / "runs" / "bc" / "checkpoints" / "3").is_dir()
+    restored, extra = checkpoint.restore("runs/bc", jax.eval_shape(lambda: bc_state))
+    assert bitwise_equal(restored, bc_state) and extra == {"data": {"step": 3}}
+    policy = checkpoint.load_policy_from_checkpoint("runs/bc", gpt2.abstract_params(TRUNK))
+    assert bitwise_equal(policy, bc_state.params["policy"])
+    checkpoint.export_params("runs/export", policy)
+    assert bitwise_equal(checkpoint.load_params("runs/export", gpt2.abstract_params(TRUNK)), policy)
