@@ -1,0 +1,1 @@
+"""The ask-to-identify dialogue benchmark (the paper's Visual Dialogue setting, offline)."""

@@ -1,0 +1,232 @@
+"""The ask-to-identify dialogue benchmark: one data set, BC, %BC and ILQL, 1024 evaluation dialogues each.
+
+The paper's Visual Dialogue setting made offline (ILQL_SPEC §6–§7): many turns,
+an answerer's reply between the agent's utterances, a cost per question, and
+reward variants that punish redundant (`yn`) or unparseable (`conservative`)
+questions. In execution order: catalogue → word-level tokenizer → mixed-quality
+dialogues (saved) → token arrays under `reward` → for each method, train
+through `train_and_evaluate` and play the evaluation dialogues greedily, all in
+lockstep, one batched decode per turn → `results.json`, `results.md` and a bar
+plot in the workdir.
+
+Methods (all on the same data):
+  bc      π_β alone on every dialogue;
+  pbcNN   %BC: π_β on the top NN% of dialogues by return;
+  ilql    ILQL (τ, γ = 0.99, α_cql), decoded greedily on π_β + β·A with A
+          clipped from above at `adv_clip`.
+Every method is scored under all three reward variants; it is trained on `reward`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import jax
+import numpy as np
+
+from experiments.dialogue import catalogue as catalogue_lib
+from experiments.dialogue import datasets, env, vocab
+from experiments.dialogue.policies import InfoGainPolicy
+from ilql_jax import losses, sampler, train
+from ilql_jax.config import TrainConfig
+from ilql_jax.data import episodes
+from ilql_jax.loop import train_and_evaluate
+from ilql_jax.models import gpt2, ilql
+from ilql_jax.state import OptimConfig
+
+_METHOD = re.compile(r"^(bc|pbc[1-9][0-9]?|ilql)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogueConfig:
+    """One dialogue benchmark run.
+
+    Attributes:
+      catalogue: the catalogue CSV (default: the shipped 100 items × 23 attributes).
+      reward: the training reward, one of `env.REWARDS` (standard, yn, conservative).
+      n_train, n_heldout, n_eval: dialogues in the data set, for the held-out loss, and played per method.
+      seed: data, initialisation and evaluation seed.
+      n_layer, n_embd, n_head: the GPT-2 shape (random init, word-level vocabulary).
+      max_len: tokens per dialogue (the longest generated one is ~100; 120 leaves room for decoding).
+      max_new_tokens: decode limit per utterance (`</a>` included; the longest scripted one has 8 words).
+      batch_size: dialogues per step.
+      bc_steps, rl_steps: steps for BC / %BC and for ILQL.
+      learning_rate: AdamW learning rate.
+      tau, alpha_cql: ILQL's expectile and CQL weight.
+      beta, adv_clip: inference β and the advantage's upper clip (None: no clip).
+      methods: "bc", "pbcNN" (NN% of the data by return) and/or "ilql".
+    """
+
+    catalogue: str = catalogue_lib.DEFAULT_PATH
+    reward: str = "standard"
+    n_train: int = 6000
+    n_heldout: int = 256
+    n_eval: int = 1024
+    seed: int = 0
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    max_len: int = 120
+    max_new_tokens: int = 9
+    batch_size: int = 32
+    bc_steps: int = 1000
+    rl_steps: int = 1000
+    learning_rate: float = 3e-4
+    tau: float = 0.7
+    alpha_cql: float = 0.1
+    beta: float = 8.0
+    adv_clip: float | None = None
+    methods: tuple[str, ...] = ("bc", "pbc20", "ilql")
+
+    def __post_init__(self):
+        bad = [m for m in self.methods if not _METHOD.match(m)]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; use bc, pbcNN (1 ≤ NN ≤ 99) or ilql")
+        if self.reward not in env.REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose from {env.REWARDS}")
+
+
+PRESETS = {
+    "default": DialogueConfig(),
+    "smoke": DialogueConfig(n_train=256, n_heldout=32, n_eval=64, n_layer=1, n_embd=32, batch_size=16,
+                            bc_steps=10, rl_steps=10),
+}
+
+
+def trunk_config(cfg: DialogueConfig, vocab_size: int) -> gpt2.GPT2Config:
+    return gpt2.GPT2Config(vocab_size=vocab_size, n_positions=cfg.max_len, n_embd=cfg.n_embd,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
+
+
+def train_config(cfg: DialogueConfig, method: str, vocab_size: int) -> TrainConfig:
+    """The loop's config for one method."""
+    model = ilql.ModelConfig(trunk=trunk_config(cfg, vocab_size))
+    optim = OptimConfig(learning_rate=cfg.learning_rate)
+    if method == "ilql":
+        step = train.StepConfig(mode="ilql", model=model, optim=optim,
+                                loss=losses.LossConfig(gamma=0.99, tau=cfg.tau, alpha_cql=cfg.alpha_cql))
+        num_steps, fraction = cfg.rl_steps, None
+    else:
+        step = train.StepConfig(mode="bc", model=model, optim=optim)
+        num_steps = cfg.bc_steps
+        fraction = None if method == "bc" else int(method[3:]) / 100
+    return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.max_len, num_steps=num_steps,
+                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4, seed=cfg.seed,
+                       bc_top_fraction=fraction)
+
+
+def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[str, float]:
+    """Plays `n` dialogues in lockstep; `speak(list of turn lists) -> list of utterances`, one per dialogue.
+
+    Targets come from `datasets.eval_targets(seed)`, as for the scripted
+    reference, so every method meets the same targets. Every call gets all
+    dialogues (finished ones too, their utterances ignored) so the decoder
+    sees one batch shape.
+    """
+    games = [env.DialogueGame(t, catalogue) for t in datasets.eval_targets(catalogue, n, seed)]
+    for _ in range(env.MAX_TURNS):
+        live = [i for i, g in enumerate(games) if not g.done]
+        if not live:
+            break
+        utterances = speak([g.turns for g in games])
+        for i in live:
+            games[i].step(utterances[i])
+    return datasets.dialogue_stats(games)
+
+
+def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int):
+    """Greedy utterances from a trained model: π_β for BC / %BC, π_β + β·A for ILQL."""
+    model = train_config(cfg, method, tok.vocab_size).step.model
+    guided = method == "ilql"
+    room = cfg.max_len - cfg.max_new_tokens
+    scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode="greedy", prompt_buckets=(room,))
+    key = jax.random.key(seed)
+
+    def speak(histories):
+        prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
+        longest = max(map(len, prompts))
+        if longest > room:  # cannot happen with 10 turns of ≤ max_new_tokens tokens, 1-token replies and max_len ≥ 120
+            raise ValueError(f"a dialogue prompt has {longest} tokens; max_len={cfg.max_len} leaves room for {room}")
+        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, key,
+                                     sampler_config=scfg, beta=cfg.beta if guided else 0.0,
+                                     adv_clip=cfg.adv_clip if guided else None)
+
+    return speak
+
+
+def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
+    """Runs the benchmark; returns the result rows (also written to the workdir)."""
+    t0 = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    catalogue = catalogue_lib.load_catalogue(cfg.catalogue)
+    tok = vocab.word_tokenizer(catalogue)
+    tok.save(os.path.join(workdir, "tokenizer"))
+
+    games = datasets.generate_dialogues(catalogue, cfg.n_train + cfg.n_heldout, cfg.seed)
+    train_games, heldout_games = games[:cfg.n_train], games[cfg.n_train:]
+    datasets.save_dialogues(os.path.join(workdir, "data", "train.jsonl"), train_games)
+    datasets.save_dialogues(os.path.join(workdir, "data", "heldout.jsonl"), heldout_games)
+    train_arrays = episodes.episodes_to_arrays(datasets.dialogues_to_episodes(train_games, cfg.reward), tok,
+                                               cfg.max_len)
+    heldout_arrays = episodes.episodes_to_arrays(datasets.dialogues_to_episodes(heldout_games, cfg.reward), tok,
+                                                 cfg.max_len)
+    returns = np.array([g.total_return(cfg.reward) for g in train_games])
+    data_stats = datasets.dialogue_stats(train_games)
+    print(f"data: {len(train_games)} dialogues, mean return {data_stats['mean_return']:.3f}, "
+          f"success rate {data_stats['success_rate']:.3f}")
+
+    rows = [{"method": "info_gain (scripted expert)",
+             **datasets.evaluate_policy(InfoGainPolicy(catalogue), catalogue, cfg.n_eval, seed=cfg.seed + 1)},
+            {"method": "data (behaviour mix)", **data_stats}]
+    for method in cfg.methods:
+        tc = train_config(cfg, method, tok.vocab_size)
+        start = time.perf_counter()
+        state = train_and_evaluate(tc, os.path.join(workdir, method), train_arrays, heldout_arrays,
+                                   returns=returns if tc.bc_top_fraction is not None else None)
+        stats = play(model_speaker(cfg, method, state, tok, cfg.seed), catalogue, cfg.n_eval, cfg.seed + 1)
+        rows.append({"method": method, **stats, "train_steps": tc.num_steps,
+                     "seconds": round(time.perf_counter() - start, 1)})
+        print(f"{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
+              f"success rate {stats['success_rate']:.3f}, turns {stats['mean_turns']:.2f}")
+
+    write_results(workdir, rows, cfg, time.perf_counter() - t0)
+    return rows
+
+
+def write_results(workdir: str, rows: list[dict], cfg: DialogueConfig, seconds: float) -> None:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    lines = ["| method | return ± s.e. | success | mean turns | unparsed | `yn` return | `conservative` return "
+             "| dialogues |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['mean_return']:.3f} ± {r['stderr']:.3f} | {r['success_rate']:.3f} | "
+                     f"{r['mean_turns']:.2f} | {r['unparsed_rate']:.3f} | {r['mean_return_yn']:.3f} ± "
+                     f"{r['stderr_yn']:.3f} | {r['mean_return_conservative']:.3f} ± "
+                     f"{r['stderr_conservative']:.3f} | {r['n_dialogues']} |")
+    lines.append("")
+    lines.append(f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
+                 f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot_results(os.path.join(workdir, "results.png"), rows)
+
+
+def plot_results(path: str, rows: list[dict]) -> None:
+    """A bar plot of mean (standard) return ± 2 s.e."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([r["method"] for r in rows], [r["mean_return"] for r in rows],
+           yerr=[2 * r["stderr"] for r in rows], capsize=3)
+    ax.set_ylabel("mean return (±2 s.e.)")
+    ax.set_title("Ask-to-identify dialogue")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
