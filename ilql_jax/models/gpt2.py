@@ -130,21 +130,35 @@ class Attention(nnx.Module):
         self.resid_dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, mask, kv_cache=None, cache_index=None, *, rngs=None):
-        """x: [B, T, D]; mask: [B, T, S] bool over keys; kv_cache: ([B, S, H, Dh],) * 2."""
+        """x: [B, T, D]; mask: [B, T, S] bool over keys; kv_cache: ([B, H, S, Dh],) * 2."""
         cfg = self.cfg
         b, t, _ = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
-        q, k, v = (y.reshape(b, t, cfg.n_head, cfg.head_dim) for y in (q, k, v))
+        # Heads-major [B, H, T, Dh]: both attention matmuls then batch over (B, H)
+        # with S contiguous per head, so a cached decode step reads the cache as
+        # it lies instead of transposing every layer's whole cache per token.
+        q, k, v = (y.reshape(b, t, cfg.n_head, cfg.head_dim).transpose(0, 2, 1, 3) for y in (q, k, v))
         if kv_cache is not None:
-            k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, cache_index, 0, 0))
+            k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, 0, cache_index, 0))
+            v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, 0, cache_index, 0))
             kv_cache = (k, v)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+        scale = jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+        if t == 1:
+            # One query (a decode step): both products are matrix-vector, which
+            # XLA:CPU runs as single fused multiply-reduce loops over the cache,
+            # where a batched dot pays a per-(B, H) matmul call.
+            scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1)[:, :, None] / scale
+        else:
+            scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32) / scale
         # A finite fill (not -inf) keeps fully masked rows (left padding) NaN-free.
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1)
         weights = self.attn_dropout(weights, deterministic=rngs is None, rngs=rngs).astype(v.dtype)
-        y = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(b, t, cfg.n_embd)
+        if t == 1:
+            y = jnp.sum(weights[:, :, 0, :, None] * v, axis=2, dtype=jnp.float32).astype(v.dtype)
+        else:
+            y = jnp.einsum("bhts,bhsd->bthd", weights, v)
+        y = y.reshape(b, t, cfg.n_embd)
         y = self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
         return y, kv_cache
 
@@ -295,7 +309,8 @@ class KVCache:
     """Decoding state of one trunk; a pytree, so it can live in a `lax.while_loop`.
 
     Attributes:
-        k, v: per layer, [B, S, H, Dh] keys and values for S = cache_len slots.
+        k, v: per layer, [B, H, S, Dh] keys and values for S = cache_len slots
+            (heads-major, the layout the attention matmuls read).
         key_mask: [B, S] bool, slots holding a real token.
         index: [] int32, next slot to write.
         position: [B] int32, position id of the next token of each row.
@@ -309,7 +324,7 @@ class KVCache:
 
 def init_cache(config: GPT2Config, batch_size: int, cache_len: int) -> KVCache:
     _check_length(config, cache_len)
-    shape = (batch_size, cache_len, config.n_head, config.head_dim)
+    shape = (batch_size, config.n_head, cache_len, config.head_dim)
     dt = jnp.dtype(config.dtype)
     return KVCache(
             k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
