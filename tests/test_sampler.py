@@ -200,6 +200,26 @@ def test_each_step_is_softmax_of_filtered_logits_plus_beta_a(nets):
     assert (np.asarray(result.kl) > 0).all()  # β = 2 moves far from π_β
 
 
+def test_inverse_cdf_maps_uniforms_to_the_softmax_quantiles():
+    """On a stratified grid of K uniforms each id gets K·p_i of them (±1): the exact inverse CDF,
+    across blocks, with zero-mass ids (a whole empty block among them) never returned."""
+    rng = np.random.default_rng(0)
+    v, k = 300, 4096  # not a multiple of CDF_BLOCK: padded inside; three blocks
+    logits = rng.normal(size=v) * 2
+    logits[[0, 5, 127]] = -np.inf
+    logits[sampler.CDF_BLOCK:2 * sampler.CDF_BLOCK] = -np.inf  # an empty block
+    logits[290:] = -np.inf  # the last id with mass is mid-block
+    u = np.append((np.arange(k) + 0.5) / k, [0.0, np.nextafter(np.float32(1), np.float32(0))]).astype(np.float32)
+    ids, logz = jax.jit(sampler.inverse_cdf)(jnp.asarray(np.tile(logits, (k + 2, 1)), jnp.float32), jnp.asarray(u))
+    ids = np.asarray(ids)
+    p = np.exp(_log_softmax(logits))
+    counts = np.bincount(ids[:k], minlength=v)
+    assert (counts[p == 0] == 0).all()
+    np.testing.assert_array_less(np.abs(counts - k * p), 1.01)
+    assert ids[k] == 1 and ids[k + 1] == 289  # u = 0 and the largest u < 1: first and last ids with mass
+    np.testing.assert_allclose(logz, np.logaddexp.reduce(logits), rtol=1e-6)
+
+
 # --- stopping, pad, filters ----------------------------------------------------
 
 
