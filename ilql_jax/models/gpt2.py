@@ -142,23 +142,12 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, 0, cache_index, 0))
             v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, 0, cache_index, 0))
             kv_cache = (k, v)
-        scale = jnp.sqrt(cfg.head_dim).astype(jnp.float32)
-        if t == 1:
-            # One query (a decode step): both products are matrix-vector, which
-            # XLA:CPU runs as single fused multiply-reduce loops over the cache,
-            # where a batched dot pays a per-(B, H) matmul call.
-            scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1)[:, :, None] / scale
-        else:
-            scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32) / scale
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
         # A finite fill (not -inf) keeps fully masked rows (left padding) NaN-free.
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1)
         weights = self.attn_dropout(weights, deterministic=rngs is None, rngs=rngs).astype(v.dtype)
-        if t == 1:
-            y = jnp.sum(weights[:, :, 0, :, None] * v, axis=2, dtype=jnp.float32).astype(v.dtype)
-        else:
-            y = jnp.einsum("bhts,bhsd->bthd", weights, v)
-        y = y.reshape(b, t, cfg.n_embd)
+        y = jnp.einsum("bhts,bhsd->bthd", weights, v).reshape(b, t, cfg.n_embd)
         y = self.resid_dropout(self.c_proj(y), deterministic=rngs is None, rngs=rngs)
         return y, kv_cache
 
