@@ -1,0 +1,85 @@
+"""The public API: every export resolves and is documented, and user-facing code (README, docs, examples,
+notebooks) imports only from it."""
+
+import ast
+import inspect
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import ilql_jax
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_every_export_resolves_and_is_documented():
+    assert len(ilql_jax.__all__) == len(set(ilql_jax.__all__)) > 20
+    for name in ilql_jax.__all__:
+        obj = getattr(ilql_jax, name)
+        assert obj.__module__.startswith("ilql_jax."), name  # ours, not a re-exported third-party object
+        assert obj.__name__ == name  # exported under its own name, nothing renamed
+        assert inspect.getdoc(obj), f"ilql_jax.{name} has no docstring"
+        # The package docstring's catalogue gives it a one-line description.
+        line = next((l for l in ilql_jax.__doc__.splitlines() if l.split()[:1] == [name]), None)
+        assert line is not None and len(line.split()) > 3, f"ilql_jax.{name} is missing from the catalogue"
+    assert set(ilql_jax.__all__) <= set(dir(ilql_jax))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ilql_jax.no_such_name  # noqa: B018
+
+
+def test_import_is_lazy():
+    # Importing the package (and so any submodule's parent) must not pull in JAX and the rest.
+    code = "import sys, ilql_jax; print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def _notebook_code(path: pathlib.Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    lines = [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()]
+    return "\n".join(line for line in lines if not line.lstrip().startswith(("!", "%")))  # shell / magics
+
+
+def _private_uses(source: str) -> list[str]:
+    """Imports of ilql_jax submodules, or names ilql_jax does not export, in `source`."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            bad += [a.name for a in node.names if a.name.startswith("ilql_jax.")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ilql_jax":
+            if node.module != "ilql_jax":
+                bad.append(node.module)
+            bad += [f"ilql_jax.{a.name}" for a in node.names if a.name not in ilql_jax.__all__]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ilql_jax"
+              and node.attr not in ilql_jax.__all__):
+            bad.append(f"ilql_jax.{node.attr}")
+    return bad
+
+
+def test_readme_examples_and_notebooks_use_only_the_public_api():
+    sources = {f"README.md block {i}": b for i, b in enumerate(_python_blocks((REPO / "README.md").read_text()))}
+    assert sources, "README.md has no python code block"
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        sources |= {f"{doc.relative_to(REPO)} block {i}": b for i, b in enumerate(_python_blocks(doc.read_text()))}
+    sources |= {str(p.relative_to(REPO)): p.read_text() for p in sorted((REPO / "examples").glob("*.py"))}
+    sources |= {str(p.relative_to(REPO)): _notebook_code(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))}
+    assert any(name.startswith("examples/") for name in sources)
+    for name, source in sources.items():
+        assert not _private_uses(source), f"{name} reaches past the public API: {_private_uses(source)}"
+
+
+def test_private_use_is_detected():
+    # The checker itself: each form of reaching past `ilql_jax`'s exports is caught.
+    assert _private_uses("from ilql_jax import TrainConfig, generate_text\nimport ilql_jax\nilql_jax.sample") == []
+    assert _private_uses("from ilql_jax.loop import train_and_evaluate") == ["ilql_jax.loop"]
+    assert _private_uses("import ilql_jax.sampler") == ["ilql_jax.sampler"]
+    assert _private_uses("from ilql_jax import losses") == ["ilql_jax.losses"]
+    assert _private_uses("import ilql_jax\nilql_jax.train.make_train_step") == ["ilql_jax.train"]
