@@ -162,13 +162,13 @@ def make_knobs(*, beta: float, temperature: float = 1.0, adv_clip: float | None 
 class DecodeState:
     """The `while_loop` carry. N = batch × width rows, M = max_new_tokens.
 
-    The hidden states and π_β logits are those that choose the *next* token
-    (the last prompt position after prefill, then the last fed token).
+    The hidden states are those that choose the *next* token (the last prompt
+    position after prefill, then the last fed token).
     """
 
     step: Array        # [] int32, tokens generated so far
     caches: dict       # trunk name ("value", "policy", "target") -> gpt2.KVCache
-    pi_logits: Array   # [N, V_pad] π_β logits
+    h_policy: Array    # [N, D] π_β trunk hidden; its LM head gives π_β's logits at the next step
     h_value: Array     # [N, D] value trunk hidden (V; Q̄ too when target_on_online_trunk)
     h_target: Array    # [N, D] target trunk hidden (Q̄)
     done: Array        # [N] bool, the row has emitted a stop id
@@ -318,15 +318,25 @@ def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, gpt2.Pa
     return trunks
 
 
-def _heads_inputs(model_config: ilql.ModelConfig, outs: dict) -> tuple[Array, Array, Array]:
-    """(π_β logits, value hidden, target hidden) from each trunk's (hidden, logits)."""
-    if "value" not in outs:  # π_β alone: the hiddens only feed a zero advantage
-        h_policy, pi_logits = outs["policy"]
-        return pi_logits, h_policy, h_policy
-    h_value, lm_logits = outs["value"]
-    pi_logits = lm_logits if model_config.shared_policy else outs["policy"][1]
-    h_target = h_value if model_config.target_on_online_trunk else outs["target"][0]
-    return pi_logits, h_value, h_target
+def _policy_trunk(model_config: ilql.ModelConfig, online) -> gpt2.Params:
+    """π_β's trunk, whose tied LM head gives π_β's logits."""
+    return online["policy"] if "value" not in online else ilql.policy_params(model_config, online)
+
+
+def _heads_inputs(model_config: ilql.ModelConfig, hiddens: dict) -> tuple[Array, Array, Array]:
+    """(π_β hidden, value hidden, target hidden) from each trunk's last hidden state.
+
+    Only hidden states are carried between steps, not π_β's [N, V_pad] logits:
+    the LM head runs at the start of the step that uses it, which keeps the
+    `while_loop` carry small (no per-step copy of a vocabulary-wide buffer).
+    """
+    if "value" not in hiddens:  # π_β alone: the hiddens only feed a zero advantage
+        h_policy = hiddens["policy"]
+        return h_policy, h_policy, h_policy
+    h_value = hiddens["value"]
+    h_policy = h_value if model_config.shared_policy else hiddens["policy"]
+    h_target = h_value if model_config.target_on_online_trunk else hiddens["target"]
+    return h_policy, h_value, h_target
 
 
 def init_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, online, target,
@@ -338,17 +348,18 @@ def init_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     prompt_tokens = jnp.repeat(prompt_tokens, w, axis=0)
     prompt_mask = jnp.repeat(prompt_mask, w, axis=0)
     n, p = prompt_tokens.shape
-    outs, caches = {}, {}
+    hiddens, caches = {}, {}
     for name, params in _trunks(model_config, online, target).items():
-        hidden, logits, caches[name] = gpt2.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m)
-        outs[name] = (hidden[:, -1], logits[:, -1])
-    pi_logits, h_value, h_target = _heads_inputs(model_config, outs)
+        # The prompt's logits are unused (XLA drops them): only the last hidden state is kept.
+        hidden, _, caches[name] = gpt2.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m)
+        hiddens[name] = hidden[:, -1]
+    h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     # Beam search starts from one live beam per prompt, so the first step does
     # not pick the same token w times.
     score = jnp.where(jnp.arange(n) % w == 0, 0.0, -jnp.inf) if sc.mode == "beam" else jnp.zeros(n)
     zeros = jnp.zeros((n, m), jnp.float32)
     return DecodeState(
-        step=jnp.zeros((), jnp.int32), caches=caches, pi_logits=pi_logits, h_value=h_value,
+        step=jnp.zeros((), jnp.int32), caches=caches, h_policy=h_policy, h_value=h_value,
         h_target=h_target, done=jnp.zeros(n, bool), length=jnp.zeros(n, jnp.int32),
         score=score.astype(jnp.float32), tokens=jnp.zeros((n, m), jnp.int32), logp=zeros, logp_beta=zeros,
         adv=zeros, logits=jnp.zeros((n, m, cfg.padded_vocab_size), jnp.float32) if sc.debug else None,
@@ -378,7 +389,7 @@ def _gather_rows(tree, rows: Array):
 
 # The DecodeState fields that beam search reorders with its beams (not step, nor the
 # uniforms: beam search draws nothing).
-_ROW_FIELDS = ("caches", "pi_logits", "h_value", "h_target", "done", "length", "score", "tokens", "logp",
+_ROW_FIELDS = ("caches", "h_policy", "h_value", "h_target", "done", "length", "score", "tokens", "logp",
                "logp_beta", "adv", "logits")
 
 
@@ -388,8 +399,9 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     cfg, sc = model_config.trunk, sampler_config
     ids = jnp.arange(cfg.padded_vocab_size)
     valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id)
+    pi_logits = gpt2.lm_logits(_policy_trunk(model_config, online), cfg, state.h_policy)
     adv = advantage(model_config, online, target, state.h_value, state.h_target)
-    logits = perturb_logits(state.pi_logits, adv, valid, beta=knobs.beta, temperature=knobs.temperature,
+    logits = perturb_logits(pi_logits, adv, valid, beta=knobs.beta, temperature=knobs.temperature,
                             adv_clip=knobs.adv_clip, order=sc.order, top_k=sc.top_k, top_p=sc.top_p)
     # Log-normalisers rather than full log-softmaxes: only the chosen token's log-prob is kept.
     if sc.mode in ("sample", "best_of_n"):
@@ -399,7 +411,7 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     if sc.mode == "beam":
         rows, token, score = _beam_choice(logits - logz[:, None], state, knobs.pad_id, sc.width)
         state = state.replace(**{f: _gather_rows(getattr(state, f), rows) for f in _ROW_FIELDS})
-        adv, logits, logz = adv[rows], logits[rows], logz[rows]
+        pi_logits, adv, logits, logz = pi_logits[rows], adv[rows], logits[rows], logz[rows]
     elif sc.mode == "greedy":
         token = jnp.argmax(logits, axis=-1)
     live = ~state.done
@@ -412,17 +424,16 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     t = state.step
     done = state.done | jnp.any(token[:, None] == knobs.stop_ids[None, :], axis=-1)
     # After the last step this decode is wasted (1 of M); it keeps the loop body uniform.
-    outs, caches = {}, {}
+    hiddens, caches = {}, {}
     for name, params in _trunks(model_config, online, target).items():
-        hidden, lm_logits, caches[name] = gpt2.decode_step(params, cfg, state.caches[name], token)
-        outs[name] = (hidden, lm_logits)
-    pi_logits, h_value, h_target = _heads_inputs(model_config, outs)
+        hiddens[name], _, caches[name] = gpt2.decode_step(params, cfg, state.caches[name], token)
+    h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     return DecodeState(
-        step=t + 1, caches=caches, pi_logits=pi_logits, h_value=h_value, h_target=h_target, done=done,
+        step=t + 1, caches=caches, h_policy=h_policy, h_value=h_value, h_target=h_target, done=done,
         length=state.length + live.astype(jnp.int32), score=score,
         tokens=state.tokens.at[:, t].set(token),
         logp=state.logp.at[:, t].set(logp),
-        logp_beta=state.logp_beta.at[:, t].set(at(state.pi_logits, jax.nn.logsumexp(state.pi_logits, axis=-1))),
+        logp_beta=state.logp_beta.at[:, t].set(at(pi_logits, jax.nn.logsumexp(pi_logits, axis=-1))),
         adv=state.adv.at[:, t].set(at(adv)),
         logits=None if state.logits is None else state.logits.at[:, t].set(logits),
         uniforms=state.uniforms)

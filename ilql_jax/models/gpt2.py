@@ -9,7 +9,8 @@ Three entry points, all pure functions of a parameter `State`:
 
 - `forward(params, config, tokens, attention_mask)` → (hidden, logits),
 - `prefill(params, config, tokens, attention_mask, cache_len)` → (hidden, logits, cache),
-- `decode_step(params, config, cache, token)` → (hidden, logits, cache).
+- `decode_step(params, config, cache, token)` → (hidden, logits, cache),
+- `lm_logits(params, config, hidden)` → logits (the tied LM head alone).
 
 Prompts may be left-padded and ragged: position ids are counted over real
 tokens only, and padded keys are masked, so a left-padded prompt decodes
@@ -351,6 +352,11 @@ def prefill(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
         raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
     cache = init_cache(config, b, cache_len)
     return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask))
+
+
+def lm_logits(params: Params, config: GPT2Config, hidden: Array) -> Array:
+    """The tied LM head on final hidden states: [..., D] → [..., V_pad] float32, padded entries -inf."""
+    return _model(params, config).lm_logits(hidden)
 
 
 def decode_step(params: Params, config: GPT2Config, cache: KVCache, token: Array) -> tuple[Array, Array, KVCache]:
