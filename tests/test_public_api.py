@@ -83,3 +83,11 @@ def test_private_use_is_detected():
     assert _private_uses("import ilql_jax.sampler") == ["ilql_jax.sampler"]
     assert _private_uses("from ilql_jax import losses") == ["ilql_jax.losses"]
     assert _private_uses("import ilql_jax\nilql_jax.train.make_train_step") == ["ilql_jax.train"]
+
+
+def test_type_checking_imports_match_the_exports():
+    # The `if TYPE_CHECKING:` block (for IDEs and type checkers) names exactly the exports, from the same modules.
+    tree = ast.parse((REPO / "ilql_jax" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    imported = {a.name: node.module for node in block.body for a in node.names}
+    assert imported == {name: module for name, (module, _) in ilql_jax._EXPORTS.items()}
