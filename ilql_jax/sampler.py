@@ -11,6 +11,8 @@ That is the default `order="spec"`; published ports differ, so the order is
 configurable (`ORDERS`). Target Q heads read the target trunk's hidden state
 (the value trunk's when `target_on_online_trunk`), V the value trunk's; π_β's
 logits come from its own trunk (the value trunk's LM head when `shared_policy`).
+Sampling inverts the CDF of softmax(l') at one uniform per row and step
+(`inverse_cdf`; the uniforms are drawn once, before the loop).
 
 Decoding is one jitted function: prefill the (left-padded) prompts on each
 trunk, then one `lax.while_loop` over a `DecodeState` pytree holding the KV
