@@ -10,10 +10,16 @@ lockstep, one batched decode per turn → `results.json`, `results.md` and a bar
 plot in the workdir.
 
 Methods (all on the same data):
-  bc      π_β alone on every dialogue;
+  bc      π_β alone on every dialogue. With `bc_from_ilql` (the default) this
+          is the ILQL run's own π_β decoded alone (β = 0): in that run π_β is a
+          separate network that only the plain BC loss reaches (β_awac = 0, no
+          gradient clipping, no weight decay, so AdamW updates it independently
+          of the value losses), i.e. BC on the same batches, without paying for
+          a second training run;
   pbcNN   %BC: π_β on the top NN% of dialogues by return;
   ilql    ILQL (τ, γ = 0.99, α_cql), decoded greedily on π_β + β·A with A
           clipped from above at `adv_clip`.
+Models decode by sampling at T = 1 (`decode`): π_β for BC and %BC, softmax(log π_β + β·A) for ILQL.
 Every method is scored under all three reward variants; it is trained on `reward`.
 """
 
@@ -58,7 +64,10 @@ class DialogueConfig:
       learning_rate: AdamW learning rate.
       tau, alpha_cql: ILQL's expectile and CQL weight.
       beta, adv_clip: inference β and the advantage's upper clip (None: no clip).
+      decode: "sample" (T = 1, a fresh key per turn) or "greedy". Greedy π_β repeats one question
+        until the dialogue runs out (it never guesses), so every method scored −10 in a pilot.
       methods: "bc", "pbcNN" (NN% of the data by return) and/or "ilql".
+      bc_from_ilql: with "ilql" in `methods`, "bc" is the ILQL run's π_β at β = 0 (see the module docstring).
     """
 
     catalogue: str = catalogue_lib.DEFAULT_PATH
@@ -68,19 +77,21 @@ class DialogueConfig:
     n_eval: int = 1024
     seed: int = 0
     n_layer: int = 2
-    n_embd: int = 128
+    n_embd: int = 64
     n_head: int = 4
     max_len: int = 120
     max_new_tokens: int = 9
     batch_size: int = 32
-    bc_steps: int = 1000
-    rl_steps: int = 1000
-    learning_rate: float = 3e-4
+    bc_steps: int = 600
+    rl_steps: int = 600
+    learning_rate: float = 1e-3
     tau: float = 0.7
     alpha_cql: float = 0.1
     beta: float = 8.0
     adv_clip: float | None = None
+    decode: str = "sample"
     methods: tuple[str, ...] = ("bc", "pbc20", "ilql")
+    bc_from_ilql: bool = True
 
     def __post_init__(self):
         bad = [m for m in self.methods if not _METHOD.match(m)]
@@ -138,20 +149,22 @@ def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[s
     return datasets.dialogue_stats(games)
 
 
-def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int):
-    """Greedy utterances from a trained model: π_β for BC / %BC, π_β + β·A for ILQL."""
+def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, guided: bool):
+    """Utterances (`cfg.decode`) from a state trained as `method`: π_β + β·A if `guided`, else π_β alone."""
     model = train_config(cfg, method, tok.vocab_size).step.model
-    guided = method == "ilql"
     room = cfg.max_len - cfg.max_new_tokens
-    scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode="greedy", prompt_buckets=(room,))
+    scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode=cfg.decode, prompt_buckets=(room,))
     key = jax.random.key(seed)
+    calls = iter(range(10**9))
 
     def speak(histories):
         prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
         longest = max(map(len, prompts))
         if longest > room:  # cannot happen with 10 turns of ≤ max_new_tokens tokens, 1-token replies and max_len ≥ 120
             raise ValueError(f"a dialogue prompt has {longest} tokens; max_len={cfg.max_len} leaves room for {room}")
-        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, key,
+        # A fresh key per turn (fold in the call count), the same sequence for every method.
+        return sampler.generate_text(tok, model, state.params, state.target_params, prompts,
+                                     jax.random.fold_in(key, next(calls)),
                                      sampler_config=scfg, beta=cfg.beta if guided else 0.0,
                                      adv_clip=cfg.adv_clip if guided else None)
 
@@ -182,13 +195,18 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     rows = [{"method": "info_gain (scripted expert)",
              **datasets.evaluate_policy(InfoGainPolicy(catalogue), catalogue, cfg.n_eval, seed=cfg.seed + 1)},
             {"method": "data (behaviour mix)", **data_stats}]
+    states = {}
     for method in cfg.methods:
-        tc = train_config(cfg, method, tok.vocab_size)
+        # "bc" may be read off the ILQL run's π_β (see the module docstring).
+        trained = "ilql" if (method == "bc" and cfg.bc_from_ilql and "ilql" in cfg.methods) else method
+        tc = train_config(cfg, trained, tok.vocab_size)
         start = time.perf_counter()
-        state = train_and_evaluate(tc, os.path.join(workdir, method), train_arrays, heldout_arrays,
-                                   returns=returns if tc.bc_top_fraction is not None else None)
-        stats = play(model_speaker(cfg, method, state, tok, cfg.seed), catalogue, cfg.n_eval, cfg.seed + 1)
-        rows.append({"method": method, **stats, "train_steps": tc.num_steps,
+        if trained not in states:
+            states[trained] = train_and_evaluate(tc, os.path.join(workdir, trained), train_arrays, heldout_arrays,
+                                                 returns=returns if tc.bc_top_fraction is not None else None)
+        speaker = model_speaker(cfg, trained, states[trained], tok, cfg.seed, guided=method == "ilql")
+        stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
+        rows.append({"method": method, **stats, "trained_as": trained, "train_steps": tc.num_steps,
                      "seconds": round(time.perf_counter() - start, 1)})
         print(f"{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
               f"success rate {stats['success_rate']:.3f}, turns {stats['mean_turns']:.2f}")
