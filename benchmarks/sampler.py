@@ -20,6 +20,8 @@ target) and the Q/V heads, random weights, mode "sample", β = 1, T = 1, float32
 - `decode_mflop_per_token` (`decode_flops_per_token`), `loop_gflops` (the
   loop's achieved rate), `peak_gflops` (a float32 matmul's best rate in this
   run, `common.PeakMeter`) and `floor_step_ms`, the step time at that peak;
+- `loop_cpu_s`, `eager_cpu_s`, `cpu_speedup`: the same comparison in process
+  CPU seconds (best run each), a check on `speedup` when the machine is shared;
 - `other_cpu_load`: the share of the machine's CPU that other processes took
   during the timed runs (`common.OtherLoad`); above ~0.2 the figures are
   contended and `speedup` drifts towards 1 (both paths then wait on the same
@@ -64,20 +66,21 @@ PROMPT_LEN, NEW_TOKENS = 16, 64
 RUNS = (("tiny", 32), ("tiny", 1), ("gpt2-small", 32))
 
 
-def _time_interleaved(fns: dict, runs: int, warmup: bool) -> tuple[dict, dict]:
-    """Best wall time of each of `fns` over `runs` rounds, and each one's last output.
+def _time_interleaved(fns: dict, runs: int, warmup: bool) -> tuple[dict, dict, dict]:
+    """Best wall time and best process CPU time of each of `fns` over `runs` rounds, and each one's last output.
 
     The functions alternate within each round, so on a shared machine both
     see the same spells of contention; `warmup` runs one untimed round first.
     """
-    best, out = {name: float("inf") for name in fns}, {}
+    wall, cpu, out = {name: float("inf") for name in fns}, {name: float("inf") for name in fns}, {}
     for r in range(runs + int(warmup)):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out[name] = jax.block_until_ready(fn())
             if r >= int(warmup):
-                best[name] = min(best[name], time.perf_counter() - t0)
-    return best, out
+                wall[name] = min(wall[name], time.perf_counter() - t0)
+                cpu[name] = min(cpu[name], time.process_time() - c0)
+    return wall, cpu, out
 
 
 def decode_flops_per_token(trunk: gpt2.GPT2Config, cache_len: int) -> int:
@@ -123,7 +126,7 @@ def bench_shape(name: str, batch: int, steps: int, big_runs: int, meter: common.
     big = name == "gpt2-small"  # a run takes tens of seconds: no warm-up round, `big_runs` rounds
     runs = big_runs if big else steps
     with common.OtherLoad() as load:
-        best, out = _time_interleaved({"loop": lambda: loop(*args), "eager": eager}, runs, warmup=not big)
+        best, cpu, out = _time_interleaved({"loop": lambda: loop(*args), "eager": eager}, runs, warmup=not big)
     meter.measure()
     loop_s, eager_s = best["loop"], best["eager"]
     # Attention at the mean cache fill; the prefill is not counted.
@@ -148,6 +151,11 @@ def bench_shape(name: str, batch: int, steps: int, big_runs: int, meter: common.
         # The step time if every matmul ran at the measured peak: with
         # `eager_overhead_ms`, it bounds the speedup any loop could reach here.
         "floor_step_ms": 1e3 * step_flops / (meter.gflops * 1e9),
+        # Work rather than wall time (all threads' CPU seconds): less sensitive
+        # to other processes, though it also counts threads spinning idle.
+        "loop_cpu_s": cpu["loop"],
+        "eager_cpu_s": cpu["eager"],
+        "cpu_speedup": cpu["eager"] / cpu["loop"],
         "timed_runs": runs,
         "other_cpu_load": load.fraction,
         "compile_s": compile_s,
