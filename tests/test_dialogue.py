@@ -104,6 +104,13 @@ def test_every_template_and_decoded_utterance_parses_as_meant(cat, tok):
     assert len(tok.encode("I don't know")) == 1 and tok.vocab_size < 256
 
 
+def test_decoded_ids_keep_their_length(tok):
+    # The model's ids become text for the answerer and are encoded again for the next turn's prompt:
+    # no id may come back as several (a "<unk>" would), or prompts could outgrow max_len.
+    for i in range(tok.vocab_size):
+        assert len(tok.encode(tok.decode([i], skip_markup=True))) <= 1, tok.decode([i])
+
+
 def _play(cat, target, utterances):
     game = env.DialogueGame(target, cat)
     for text in utterances:

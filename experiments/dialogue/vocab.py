@@ -23,7 +23,9 @@ from .policies import GUESS_TEMPLATES, QUESTION_TEMPLATES, VAGUE_QUESTIONS
 
 __all__ = ["UNK", "corpus", "word_tokenizer"]
 
-UNK = "<unk>"
+# All word characters, so decoding it and encoding again gives one id (a "<unk>" would come back as three),
+# which keeps a sampled utterance's length through the text round trip between turns.
+UNK = "UNK"
 
 
 def corpus(catalogue: Catalogue) -> list[str]:
@@ -34,7 +36,7 @@ def corpus(catalogue: Catalogue) -> list[str]:
 
 
 def word_tokenizer(catalogue: Catalogue) -> BPETokenizer:
-    """The word-level tokenizer of `corpus(catalogue)`; deterministic (words in sorted order after `<unk>`)."""
+    """The word-level tokenizer of `corpus(catalogue)`; deterministic (words in sorted order after `UNK`)."""
     pre = pre_tokenizers.Whitespace()  # words and runs of punctuation
     words = sorted({w for text in corpus(catalogue) for w, _ in pre.pre_tokenize_str(text)})
     tokenizer = hf_tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate([UNK, *words])}, unk_token=UNK))
