@@ -22,6 +22,10 @@ def test_wordle_smoke(tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     assert (tmp_path / "results.png").stat().st_size > 0
     assert (tmp_path / "words.txt").read_text().count("\n") == 60
+    assert rows[2]["repeat_rate"] + rows[2]["invalid_rate"] <= 1.0
+    # Single-step RL and ILQL start from the BC run (rl_from_bc): their π_β is the BC baseline's.
+    for method in ("ssrl", "ilql"):
+        assert json.loads((tmp_path / method / "config.json").read_text())["init"] == f"bc:{tmp_path / 'bc'}"
     # A rerun resumes every method from its final checkpoint instead of training again.
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
@@ -41,6 +45,13 @@ def test_reddit_smoke(tmp_path):
                  "toxicity_cache.json", "bc/config.json", "ilql/metrics.jsonl"):
         assert (tmp_path / name).exists(), name
     assert list((tmp_path / "ilql" / "tb").iterdir())
+
+
+def test_wordle_rl_from_bc_needs_bc():
+    from experiments.wordle.run import WordleConfig
+    with pytest.raises(ValueError, match="rl_from_bc"):
+        WordleConfig(methods=("ilql",))
+    WordleConfig(methods=("ilql",), rl_from_bc=False)  # from scratch needs no BC run
 
 
 def test_bad_flag_is_named(capsys):

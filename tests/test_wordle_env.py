@@ -104,6 +104,19 @@ def test_six_misses_end_with_minus_six():
     assert game.episode().terminal
 
 
+def test_game_stats_counts_repeated_and_invalid_guesses():
+    a = WordleGame("slate", WORDS)
+    for guess in ["crane", "crane", "zzzzz", "zzzzz", "slate"]:  # an invalid guess repeated counts as both
+        a.step(guess)
+    b = WordleGame("route", WORDS)
+    for guess in ["crane", "slate", "route"]:
+        b.step(guess)
+    stats = game_stats([a, b])
+    assert stats["mean_return"] == -3.0 and stats["win_rate"] == 1.0 and stats["mean_guesses"] == 4.0
+    assert stats["repeat_rate"] == pytest.approx(2 / 8)
+    assert stats["invalid_rate"] == pytest.approx(2 / 8)
+
+
 def test_unfinished_game_is_not_terminal():
     game = WordleGame("slate", WORDS)
     game.step("crane")

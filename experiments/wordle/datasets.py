@@ -132,17 +132,28 @@ def games_to_episodes(games: Iterable[WordleGame]) -> list[Episode]:
 
 
 def game_stats(games: Sequence[WordleGame]) -> dict[str, float]:
-    """Mean return, its standard error, win rate and mean number of guesses."""
+    """Mean return, its standard error, win rate, mean number of guesses, and what the guesses were.
+
+    `repeat_rate` is the share of guesses that repeat an earlier guess of the
+    same game, `invalid_rate` the share that are not words of the list: the
+    two ways a learned policy wastes turns (greedy decoding of a policy cloned
+    from this mixture collapses into repeats).
+    """
     if not games:
         raise ValueError("no games")
     returns = np.array([g.total_return for g in games], np.float64)
     n = len(returns)
     stderr = float(returns.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    n_guesses = sum(len(g.turns) for g in games)
+    repeats = sum(t.guess in {u.guess for u in g.turns[:i]} for g in games for i, t in enumerate(g.turns))
+    invalid = sum(t.feedback is None for g in games for t in g.turns)
     return {
         "mean_return": float(returns.mean()),
         "stderr": stderr,
         "win_rate": float(np.mean([g.won for g in games])),
-        "mean_guesses": float(np.mean([len(g.turns) for g in games])),
+        "mean_guesses": n_guesses / n,
+        "repeat_rate": repeats / n_guesses,
+        "invalid_rate": invalid / n_guesses,
         "n_games": n,
     }
 
