@@ -5,7 +5,7 @@ an answerer's reply between the agent's utterances, a cost per question, and
 reward variants that punish redundant (`yn`) or unparseable (`conservative`)
 questions. In execution order: catalogue → word-level tokenizer → mixed-quality
 dialogues (saved) → token arrays under `reward` → for each method, train
-through `train_and_evaluate` and play the evaluation dialogues greedily, all in
+through `train_and_evaluate` and play the evaluation dialogues, all in
 lockstep, one batched decode per turn → `results.json`, `results.md` and a bar
 plot in the workdir.
 
@@ -17,8 +17,8 @@ Methods (all on the same data):
           of the value losses), i.e. BC on the same batches, without paying for
           a second training run;
   pbcNN   %BC: π_β on the top NN% of dialogues by return;
-  ilql    ILQL (τ, γ = 0.99, α_cql), decoded greedily on π_β + β·A with A
-          clipped from above at `adv_clip`.
+  ilql    ILQL (τ, γ = 0.99, α_cql), decoded on log π_β + β·A with A
+          clipped from above at `adv_clip` (None: not clipped).
 Models decode by sampling at T = 1 (`decode`): π_β for BC and %BC, softmax(log π_β + β·A) for ILQL.
 Every method is scored under all three reward variants; it is trained on `reward`.
 """
@@ -26,6 +26,7 @@ Every method is scored under all three reward variants; it is trained on `reward
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -155,12 +156,14 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, guide
     room = cfg.max_len - cfg.max_new_tokens
     scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode=cfg.decode, prompt_buckets=(room,))
     key = jax.random.key(seed)
-    calls = iter(range(10**9))
+    calls = itertools.count()
 
     def speak(histories):
         prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
         longest = max(map(len, prompts))
-        if longest > room:  # cannot happen with 10 turns of ≤ max_new_tokens tokens, 1-token replies and max_len ≥ 120
+        # Cannot happen at the defaults: 9 earlier turns of ≤ 9 + 3 tokens (words, </a>, a one-id reply, </s>) and <a>
+        # make 109 ≤ 120 − 9 (the vocabulary keeps every id one id through decode and encode).
+        if longest > room:
             raise ValueError(f"a dialogue prompt has {longest} tokens; max_len={cfg.max_len} leaves room for {room}")
         # A fresh key per turn (fold in the call count), the same sequence for every method.
         return sampler.generate_text(tok, model, state.params, state.target_params, prompts,
