@@ -27,10 +27,10 @@ target) and the Q/V heads, random weights, mode "sample", β = 1, T = 1, float32
   contended and `speedup` drifts towards 1 (both paths then wait on the same
   shared cores).
 
-Both are compiled ahead of time, then timed alternately, loop then eager in
-each round, so both see the same contention: best of `--steps` rounds after
-one warm-up round (gpt2-small: best of `--big-runs` rounds, no warm-up);
-`same_tokens` checks they decode identically.
+Both are compiled ahead of time, then timed alternately (loop then eager,
+then eager then loop, ...), so both see the same contention: best of
+`--steps` rounds after one warm-up round (gpt2-small: best of `--big-runs`
+rounds, no warm-up); `same_tokens` checks they decode identically.
 
 On CPU, at batch 32, the step is mostly compute even for the tiny shape (three
 trunks' matmuls and the Q heads over the vocabulary), and the loop saves only
@@ -69,12 +69,13 @@ RUNS = (("tiny", 32), ("tiny", 1), ("gpt2-small", 32))
 def _time_interleaved(fns: dict, runs: int, warmup: bool) -> tuple[dict, dict, dict]:
     """Best wall time and best process CPU time of each of `fns` over `runs` rounds, and each one's last output.
 
-    The functions alternate within each round, so on a shared machine both
-    see the same spells of contention; `warmup` runs one untimed round first.
+    The functions alternate within each round, and which goes first
+    alternates between rounds, so on a shared machine both see the same spells
+    of contention; `warmup` runs one untimed round first.
     """
     wall, cpu, out = {name: float("inf") for name in fns}, {name: float("inf") for name in fns}, {}
     for r in range(runs + int(warmup)):
-        for name, fn in fns.items():
+        for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
             t0, c0 = time.perf_counter(), time.process_time()
             out[name] = jax.block_until_ready(fn())
             if r >= int(warmup):
