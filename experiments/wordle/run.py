@@ -84,8 +84,8 @@ class WordleConfig:
     n_head: int = 4
     max_len: int = 80
     batch_size: int = 32
-    bc_steps: int = 500
-    rl_steps: int = 400
+    bc_steps: int = 400
+    rl_steps: int = 300
     learning_rate: float = 6e-4
     tau: float = 0.7
     alpha_cql: float = 1e-4
