@@ -35,6 +35,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import plots
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
@@ -233,21 +234,5 @@ def write_results(workdir: str, rows: list[dict], cfg: DialogueConfig, seconds: 
                  f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plot_results(os.path.join(workdir, "results.png"), rows)
+    plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Ask-to-identify dialogue")
 
-
-def plot_results(path: str, rows: list[dict]) -> None:
-    """A bar plot of mean (standard) return ± 2 s.e."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar([r["method"] for r in rows], [r["mean_return"] for r in rows],
-           yerr=[2 * r["stderr"] for r in rows], capsize=3)
-    ax.set_ylabel("mean return (±2 s.e.)")
-    ax.set_title("Ask-to-identify dialogue")
-    ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -31,6 +31,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import plots
 from experiments.wordle import datasets, env, words as words_lib
 from experiments.wordle.policies import ExpertPolicy
 from ilql_jax import losses, sampler, tokenizers, train
@@ -238,21 +239,5 @@ def write_results(workdir: str, rows: list[dict], cfg: WordleConfig, seconds: fl
                  f"words, β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plot_results(os.path.join(workdir, "results.png"), rows)
+    plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Wordle")
 
-
-def plot_results(path: str, rows: list[dict]) -> None:
-    """A bar plot of mean return ± 2 s.e."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [r["method"] for r in rows]
-    ax.bar(names, [r["mean_return"] for r in rows], yerr=[2 * r["stderr"] for r in rows], capsize=3)
-    ax.set_ylabel("mean return (±2 s.e.)")
-    ax.set_title("Wordle")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
