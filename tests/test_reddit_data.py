@@ -429,3 +429,16 @@ def test_local_gpt2_directory_gives_tokenizer_trunk_and_weights(tmp_path, record
     assert rows["tokens"].max() < trunk.padded_vocab_size and rows["action_mask"].sum() > 0
     with pytest.raises(ValueError, match="max_len=128 exceeds the model's n_positions=64"):
         load_tokenizer_and_trunk(dataclasses.replace(cfg, max_len=128), str(tmp_path / "run2"), records[:10])
+
+
+def test_value_settings_reach_the_ilql_step():
+    """`--polyak_alpha` and `--target_on_online_trunk` configure the ILQL step; BC has no target."""
+    from experiments.reddit_toxicity.run import RedditConfig, train_configs
+    from ilql_jax.models import gpt2
+
+    trunk = gpt2.GPT2Config(vocab_size=64, n_positions=72, n_embd=16, n_layer=1, n_head=2)
+    default = RedditConfig()
+    assert (default.polyak_alpha, default.adv_clip) == (0.05, 0.0)  # the README's run (see its Reddit section)
+    bc, rl = train_configs(RedditConfig(polyak_alpha=0.3, target_on_online_trunk=True), trunk)
+    assert rl.step.polyak_alpha == 0.3 and rl.step.model.target_on_online_trunk
+    assert bc.step.mode == "bc" and rl.step.loss.alpha_cql == 0.25 and rl.step.loss.tau == 0.6
