@@ -62,3 +62,12 @@ def test_bad_flag_is_named(capsys):
     with pytest.raises(SystemExit):
         wordle_main(["--preset", "smoke", "--no_such_field", "3"])
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_wordle_rl_learning_rate_moves_only_the_value_guided_methods():
+    from experiments.wordle.run import WordleConfig, train_config
+    cfg = WordleConfig(rl_learning_rate=2e-3)
+    assert train_config(cfg, "ilql", bc_workdir="bc").step.optim.learning_rate == 2e-3
+    assert train_config(cfg, "ssrl", bc_workdir="bc").step.optim.learning_rate == 2e-3
+    assert train_config(cfg, "pbc10").step.optim.learning_rate == cfg.learning_rate == 6e-4
+    assert train_config(WordleConfig(), "ilql", bc_workdir="bc").step.optim.learning_rate == 6e-4

@@ -61,6 +61,7 @@ class WordleConfig:
       bc_steps: steps for BC and %BC.
       rl_steps: steps for single-step RL and ILQL.
       learning_rate: AdamW learning rate (the paper's 1e-5 is for GPT-2 small at batch 1024).
+      rl_learning_rate: the learning rate of single-step RL and ILQL (None: `learning_rate`).
       tau: ILQL's expectile (single-step RL uses 0.5).
       alpha_cql: CQL weight (1e-4 published for Wordle).
       polyak_alpha: target update rate (0.005 published, for many more steps).
@@ -88,6 +89,7 @@ class WordleConfig:
     bc_steps: int = 400
     rl_steps: int = 300
     learning_rate: float = 6e-4
+    rl_learning_rate: float | None = None
     tau: float = 0.7
     alpha_cql: float = 1e-4
     polyak_alpha: float = 0.2
@@ -123,8 +125,8 @@ def model_config(cfg: WordleConfig) -> ilql.ModelConfig:
     return ilql.ModelConfig(trunk=trunk_config(cfg), target_on_online_trunk=cfg.target_on_online_trunk)
 
 
-def optim_config(cfg: WordleConfig, num_steps: int) -> OptimConfig:
-    return OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+def optim_config(cfg: WordleConfig, num_steps: int, learning_rate: float | None = None) -> OptimConfig:
+    return OptimConfig(learning_rate=learning_rate or cfg.learning_rate, warmup_steps=cfg.warmup_steps,
                        schedule="cosine" if cfg.cosine else "constant",
                        total_steps=num_steps if cfg.cosine else None)
 
@@ -136,7 +138,7 @@ def train_config(cfg: WordleConfig, method: str, bc_workdir: str | None = None) 
     if method in ("ssrl", "ilql"):
         tau = 0.5 if method == "ssrl" else cfg.tau
         num_steps, fraction = cfg.rl_steps, None
-        step = train.StepConfig(mode="ilql", model=model, optim=optim_config(cfg, num_steps),
+        step = train.StepConfig(mode="ilql", model=model, optim=optim_config(cfg, num_steps, cfg.rl_learning_rate),
                                 loss=losses.LossConfig(gamma=0.99, tau=tau, alpha_cql=cfg.alpha_cql),
                                 polyak_alpha=cfg.polyak_alpha)
         if cfg.rl_from_bc:
