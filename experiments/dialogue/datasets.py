@@ -15,7 +15,6 @@ replies disagree, naming the file and line. Rewards are recomputed, never read.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from experiments.mixtures import Mixture, mixture_weights
 from ilql_jax.data.episodes import Episode
 
 from .catalogue import Catalogue
@@ -40,17 +40,6 @@ __all__ = [
     "load_dialogues",
     "save_dialogues",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Mixture:
-    """Dialogues that use `opening` for the first k turns (k uniform in `switch`), then `continuation`."""
-
-    name: str
-    weight: float
-    opening: str
-    continuation: str
-    switch: tuple[int, int] = (1, 1)
 
 
 # Pure expert dialogues are 10% of the data.
@@ -71,14 +60,7 @@ def generate_dialogues(catalogue: Catalogue, n: int, seed: int,
                        mixtures: Sequence[Mixture] = DEFAULT_MIXTURES) -> list[DialogueGame]:
     """`n` finished dialogues from `mixtures`, with uniformly random targets; deterministic from `seed`."""
     policies = make_policies(catalogue)
-    for mix in mixtures:
-        unknown = {mix.opening, mix.continuation} - set(policies)
-        if unknown:
-            raise ValueError(f"mixture {mix.name!r}: unknown policy {sorted(unknown)}; have {sorted(policies)}")
-    weights = np.array([m.weight for m in mixtures], np.float64)
-    if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError("mixtures need non-negative weights with a positive sum")
-    weights /= weights.sum()
+    weights = mixture_weights(mixtures, policies)
     rng = np.random.default_rng(seed)
     games = []
     for _ in range(n):
@@ -86,7 +68,7 @@ def generate_dialogues(catalogue: Catalogue, n: int, seed: int,
         game = DialogueGame(catalogue.names[rng.integers(len(catalogue.names))], catalogue)
         n_opening = rng.integers(mix.switch[0], mix.switch[1] + 1)
         while not game.done:
-            name = mix.opening if len(game.turns) < n_opening else mix.continuation
+            name = mix.policy(len(game.turns), n_opening)
             game.step(policies[name](tuple(game.turns), rng), policy=name)
         games.append(game)
     return games

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import re
 import time
@@ -35,7 +34,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import plots
+from experiments import plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
@@ -219,20 +218,21 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     return rows
 
 
+COLUMNS: tuple[results.Column, ...] = (
+    ("method", lambda r: r["method"]),
+    ("return ± s.e.", lambda r: f"{r['mean_return']:.3f} ± {r['stderr']:.3f}"),
+    ("success", lambda r: f"{r['success_rate']:.3f}"),
+    ("mean turns", lambda r: f"{r['mean_turns']:.2f}"),
+    ("unparsed", lambda r: f"{r['unparsed_rate']:.3f}"),
+    ("`yn` return", lambda r: f"{r['mean_return_yn']:.3f} ± {r['stderr_yn']:.3f}"),
+    ("`conservative` return", lambda r: f"{r['mean_return_conservative']:.3f} ± {r['stderr_conservative']:.3f}"),
+    ("dialogues", lambda r: str(r["n_dialogues"])),
+)
+
+
 def write_results(workdir: str, rows: list[dict], cfg: DialogueConfig, seconds: float) -> None:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    lines = ["| method | return ± s.e. | success | mean turns | unparsed | `yn` return | `conservative` return "
-             "| dialogues |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['mean_return']:.3f} ± {r['stderr']:.3f} | {r['success_rate']:.3f} | "
-                     f"{r['mean_turns']:.2f} | {r['unparsed_rate']:.3f} | {r['mean_return_yn']:.3f} ± "
-                     f"{r['stderr_yn']:.3f} | {r['mean_return_conservative']:.3f} ± "
-                     f"{r['stderr_conservative']:.3f} | {r['n_dialogues']} |")
-    lines.append("")
-    lines.append(f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
-                 f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    results.write_table(workdir, rows, COLUMNS,
+                        f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
+                        f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
     plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Ask-to-identify dialogue")
 

@@ -19,7 +19,6 @@ against the word list and rejects a line whose record disagrees with the rules.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from experiments.mixtures import Mixture, mixture_weights
 from ilql_jax.data.episodes import Episode
 
 from .env import MAX_GUESSES, Turn, WordleGame
@@ -45,22 +45,6 @@ __all__ = [
 ]
 
 Policy = Callable[[Sequence[Turn], np.random.Generator], str]
-
-
-@dataclasses.dataclass(frozen=True)
-class Mixture:
-    """Games that play `opening` for the first k guesses, then `continuation`.
-
-    k is drawn uniformly from the inclusive range `switch`; a pure policy has
-    ``opening == continuation``. `weight` is the share of games (normalised
-    over all mixtures). Policy names are those of `policies.make_policies`.
-    """
-
-    name: str
-    weight: float
-    opening: str
-    continuation: str
-    switch: tuple[int, int] = (1, 1)
 
 
 # Pure expert games are 5% of the data: most good openings end badly and most
@@ -97,19 +81,7 @@ def generate_games(
     """`n_games` finished games from `mixtures`, deterministic from `seed`."""
     words = list(words)
     policies = make_policies(words)
-    for mix in mixtures:
-        for name in (mix.opening, mix.continuation):
-            if name not in policies:
-                raise ValueError(
-                    f"mixture {mix.name!r}: unknown policy {name!r}; have {sorted(policies)}"
-                )
-        lo, hi = mix.switch
-        if not 0 <= lo <= hi:
-            raise ValueError(f"mixture {mix.name!r}: bad switch range {mix.switch}")
-    weights = np.array([mix.weight for mix in mixtures], np.float64)
-    if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError("mixtures need non-negative weights with a positive sum")
-    weights /= weights.sum()
+    weights = mixture_weights(mixtures, policies)
 
     rng = np.random.default_rng(seed)
     word_set = frozenset(words)
@@ -120,7 +92,7 @@ def generate_games(
         n_opening = rng.integers(mix.switch[0], mix.switch[1] + 1)
         game = WordleGame(answer, word_set)
         while not game.done:
-            name = mix.opening if len(game.turns) < n_opening else mix.continuation
+            name = mix.policy(len(game.turns), n_opening)
             game.step(policies[name](tuple(game.turns), rng), policy=name)
         games.append(game)
     return games

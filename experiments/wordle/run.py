@@ -24,14 +24,13 @@ in the data); at 0.2 they reach it in ~250 steps.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 import jax
 import numpy as np
 
-from experiments import plots
+from experiments import plots, results
 from experiments.wordle import datasets, env, words as words_lib
 from experiments.wordle.policies import ExpertPolicy
 from ilql_jax import losses, sampler, tokenizers, train
@@ -228,18 +227,20 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     return rows
 
 
-def write_results(workdir: str, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    lines = ["| method | mean return ± s.e. | win rate | mean guesses | repeated guesses | invalid guesses | games |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['mean_return']:.3f} ± {r['stderr']:.3f} | {r['win_rate']:.3f} | "
-                     f"{r['mean_guesses']:.2f} | {r['repeat_rate']:.3f} | {r['invalid_rate']:.3f} | {r['n_games']} |")
-    lines.append("")
-    lines.append(f"{len(rows) - 2} methods, {cfg.n_train_games} training games over {cfg.n_words if not cfg.vocab else cfg.vocab} "
-                 f"words, β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Wordle")
+COLUMNS: tuple[results.Column, ...] = (
+    ("method", lambda r: r["method"]),
+    ("mean return ± s.e.", lambda r: f"{r['mean_return']:.3f} ± {r['stderr']:.3f}"),
+    ("win rate", lambda r: f"{r['win_rate']:.3f}"),
+    ("mean guesses", lambda r: f"{r['mean_guesses']:.2f}"),
+    ("repeated guesses", lambda r: f"{r['repeat_rate']:.3f}"),
+    ("invalid guesses", lambda r: f"{r['invalid_rate']:.3f}"),
+    ("games", lambda r: str(r["n_games"])),
+)
 
+
+def write_results(workdir: str, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
+    words = cfg.vocab or f"{cfg.n_words}"
+    results.write_table(workdir, rows, COLUMNS,
+                        f"{len(rows) - 2} methods, {cfg.n_train_games} training games over {words} words, "
+                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
+    plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Wordle")
