@@ -70,4 +70,4 @@ def test_wordle_rl_learning_rate_moves_only_the_value_guided_methods():
     assert train_config(cfg, "ilql", bc_workdir="bc").step.optim.learning_rate == 2e-3
     assert train_config(cfg, "ssrl", bc_workdir="bc").step.optim.learning_rate == 2e-3
     assert train_config(cfg, "pbc10").step.optim.learning_rate == cfg.learning_rate == 6e-4
-    assert train_config(WordleConfig(), "ilql", bc_workdir="bc").step.optim.learning_rate == 6e-4
+    assert train_config(WordleConfig(rl_learning_rate=None), "ilql", bc_workdir="bc").step.optim.learning_rate == 6e-4

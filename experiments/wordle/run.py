@@ -15,10 +15,13 @@ Value-guided methods decode greedily on π_β + β·A with A clipped at `adv_cli
 Single-step RL and ILQL start from the BC run's checkpoint (`rl_from_bc`): π_β
 and the value trunk begin as the BC baseline, so what decoding adds is β·A
 (π_β keeps its BC loss during the RL steps). Scaling the paper's settings to a
-few hundred CPU steps: learning rate 6e-4 with warm-up and cosine decay, and a
-Polyak rate of 0.2 (0.005 published): at 0.005 the values had not converged
-after 1000 steps (mean V ≈ −0.9 against a mean discounted return-to-go of −1.9
-in the data); at 0.2 they reach it in ~250 steps.
+CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200 steps
+(warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published): at 0.005
+the values had not converged after 1000 steps (mean V ≈ −0.9 against a mean
+discounted return-to-go of −1.9 in the data); at 0.2 they reach it in ~250
+steps. Measured ILQL returns: −5.65 after 300 steps at 6e-4, −4.52 after 1200 at
+2e-3, −4.44 after 1200 at 4e-3, −3.64 after 2000 at 2e-3 (too slow for the
+30-minute default with single-step RL beside it).
 """
 
 from __future__ import annotations
@@ -86,9 +89,9 @@ class WordleConfig:
     max_len: int = 80
     batch_size: int = 32
     bc_steps: int = 400
-    rl_steps: int = 300
+    rl_steps: int = 1200
     learning_rate: float = 6e-4
-    rl_learning_rate: float | None = None
+    rl_learning_rate: float | None = 4e-3
     tau: float = 0.7
     alpha_cql: float = 1e-4
     polyak_alpha: float = 0.2
