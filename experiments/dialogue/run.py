@@ -235,4 +235,3 @@ def write_results(workdir: str, rows: list[dict], cfg: DialogueConfig, seconds: 
                         f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
                         f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
     plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Ask-to-identify dialogue")
-
