@@ -95,6 +95,9 @@ def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQL
     grads, metrics = jax.grad(loss_fn, argnums=1, has_aux=True)(config, state.params, state.target_params, batch,
                                                                dropout_key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if config.mode == "ilql" and config.model.frozen_policy:
+        # Its gradient is zero already; this also keeps weight decay off it.
+        updates = {**updates, "policy": jax.tree.map(jnp.zeros_like, updates["policy"])}
     params = optax.apply_updates(state.params, updates)
     target = state.target_params
     # MultiSteps applies the accumulated update on every grad_accum-th micro-step.

@@ -56,6 +56,7 @@ def test_flags_apply_over_given_defaults_and_none_clears_optionals():
     (["--checkpoint.keep", "0"], "--checkpoint.keep 0: checkpoint: CheckpointConfig.keep must be an int >= 1"),
     (["--mesh.data", "-1", "--mesh.fsdp", "-1"], "mesh: MeshConfig: at most one axis may be -1"),
     (["--init", "bc:"], "TrainConfig.init must be 'scratch', 'bc:<workdir>' or a GPT-2 path or hub id"),
+    (["--step.model.frozen_policy", "true"], "frozen_policy with init='scratch' would keep a random π_β"),
 ])
 def test_bad_flags_raise_naming_the_flag(argv, match):
     with pytest.raises(ConfigError, match=match):

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from experiments.reddit_toxicity.__main__ import main as reddit_main
@@ -28,8 +29,16 @@ def test_wordle_smoke(tmp_path):
     assert rows[0]["repeat_rate"] == rows[0]["invalid_rate"] == 0.0  # the expert never wastes a turn
     assert rows[1]["repeat_rate"] > 0.0  # the data mix includes the repeating policy
     # Single-step RL and ILQL start from the BC run (rl_from_bc): their π_β is the BC baseline's.
+    # With freeze_policy it stays exactly that through the value steps.
+    from ilql_jax import checkpoint
+    from ilql_jax.models import gpt2
+    from experiments.wordle.run import PRESETS, trunk_config
+    abstract = gpt2.abstract_params(trunk_config(PRESETS["smoke"]))
+    bc_policy = checkpoint.load_policy_from_checkpoint(tmp_path / "bc", abstract)
     for method in ("ssrl", "ilql"):
         assert json.loads((tmp_path / method / "config.json").read_text())["init"] == f"bc:{tmp_path / 'bc'}"
+        policy = checkpoint.load_policy_from_checkpoint(tmp_path / method, abstract)
+        assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), policy, bc_policy)))
     # A rerun resumes every method from its final checkpoint instead of training again.
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
@@ -55,7 +64,9 @@ def test_wordle_rl_from_bc_needs_bc():
     from experiments.wordle.run import WordleConfig
     with pytest.raises(ValueError, match="rl_from_bc"):
         WordleConfig(methods=("ilql",))
-    WordleConfig(methods=("ilql",), rl_from_bc=False)  # from scratch needs no BC run
+    WordleConfig(methods=("ilql",), rl_from_bc=False, freeze_policy=False)  # from scratch needs no BC run
+    with pytest.raises(ValueError, match="freeze_policy needs rl_from_bc"):
+        WordleConfig(rl_from_bc=False)
 
 
 def test_bad_flag_is_named(capsys):

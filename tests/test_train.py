@@ -115,6 +115,21 @@ def test_bc_mode_trains_only_the_policy():
     assert float(m["loss"]) < 0.5 * first
 
 
+def test_frozen_policy_stays_where_it_started_while_the_values_learn():
+    model = ilql.ModelConfig(trunk=_trunk(), frozen_policy=True)
+    # Weight decay would move a frozen π_β too if only its zero gradient kept it still.
+    cfg = train.StepConfig(model=model, optim=OptimConfig(learning_rate=1e-2, weight_decay=0.1))
+    s0 = train.init_state(cfg, jax.random.key(0))
+    step = train.make_train_step(cfg, donate=False)
+    s1, m = step(s0, _batch([WORDLE] * 2, max_len=32))
+    chex.assert_trees_all_equal(s1.params["policy"], s0.params["policy"])
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), s1.params["value"], s0.params["value"])
+    assert all(d > 0 for d in jax.tree.leaves(moved["q1"])) and max(jax.tree.leaves(moved["trunk"])) > 0
+    assert float(m["bc_loss"]) == 0.0
+    with pytest.raises(ValueError, match="frozen_policy"):
+        ilql.ModelConfig(trunk=_trunk(), shared_policy=True, frozen_policy=True)
+
+
 def test_step_config_errors():
     with pytest.raises(ValueError, match="mode"):
         train.StepConfig(mode="ppo")

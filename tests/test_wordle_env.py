@@ -1,5 +1,6 @@
 """Wordle game rules, scripted policies and offline data (ILQL_SPEC §1, §7)."""
 
+import collections
 import json
 
 import numpy as np
@@ -24,11 +25,15 @@ from experiments.wordle.env import (
 )
 from experiments.wordle.policies import (
     ExpertPolicy,
+    FeedbackTable,
+    HabitPolicy,
     RandomConsistentPolicy,
     RepeatPolicy,
     make_policies,
+    poorest_opener,
 )
 from experiments.wordle.words import default_words, load_vocab, save_vocab
+from ilql_jax.data.batches import top_fraction_indices
 from ilql_jax.data.episodes import episode_to_arrays, episode_tokens, episodes_to_arrays
 from ilql_jax.tokenizers import wordle_tokenizer
 
@@ -260,6 +265,17 @@ def test_random_consistent_and_repeat_policies():
     assert repeat(history, rng) == "crane"
 
 
+def test_habit_policy_opens_with_the_poorest_word_then_plays_consistent_words():
+    # Brute force: the mean number of words left consistent by each first guess.
+    left = {g: np.mean([sum(feedback(g, b) == feedback(g, a) for b in WORDS) for a in WORDS]) for g in WORDS}
+    assert poorest_opener(FeedbackTable(WORDS)) == max(WORDS, key=left.get)
+    habit, rng = HabitPolicy(WORDS), np.random.default_rng(0)
+    assert habit((), rng) == max(WORDS, key=left.get)
+    assert HabitPolicy(WORDS, opener="crane")((), rng) == "crane"
+    history = (Turn("crane", feedback("crane", "slate"), -1.0),)
+    assert all(feedback("crane", habit(history, rng)) == "bbgbg" for _ in range(20))
+
+
 def test_evaluate_policy_is_deterministic(default_vocab):
     random = make_policies(default_vocab)["random"]
     assert evaluate_policy(random, default_vocab, 50, seed=3) == evaluate_policy(
@@ -293,10 +309,27 @@ def test_default_mixture_is_mixed(default_vocab):
     mixed = np.mean([len({t.policy for t in g.turns}) > 1 for g in games])
     assert mixed > 0.3
     policies = {t.policy for g in games for t in g.turns}
-    assert policies == {"expert", "random_consistent", "random", "repeat"}
+    assert policies == {"expert", "random_consistent", "random", "repeat", "habit"}
     expert = evaluate_policy(make_policies(default_vocab)["expert"], default_vocab, 1000, seed=0)
     assert game_stats(games)["mean_return"] < expert["mean_return"] - 0.5
     assert sum(m.weight for m in DEFAULT_MIXTURES) == pytest.approx(1.0)
+
+
+def test_the_habit_opener_is_poor_and_survives_return_filtering(default_vocab):
+    policies = make_policies(default_vocab)
+    habit, expert = policies["habit"], policies["expert"]
+    assert habit.opener == "known" and expert((), None) == "share"
+    # The habit's word is a poor opener: the expert playing on after it loses ~0.4 guesses.
+    after_habit = lambda h, rng: habit.opener if not h else expert(h, rng)
+    assert (evaluate_policy(after_habit, default_vocab, 1000, seed=0)["mean_return"]
+            < evaluate_policy(expert, default_vocab, 1000, seed=0)["mean_return"] - 0.3)
+    # It is the most common opener of the data, and still of its best games (what %BC trains on).
+    games = generate_games(default_vocab, 5000, seed=0)
+    returns = np.array([g.total_return for g in games])
+    for fraction in (1.0, 0.3, 0.2, 0.1):
+        top = top_fraction_indices(returns, fraction)
+        openers = collections.Counter(games[i].turns[0].guess for i in top)
+        assert openers.most_common(1)[0][0] == "known", (fraction, openers.most_common(3))
 
 
 def test_episodes_tokenize(default_vocab):

@@ -14,6 +14,9 @@ Learned policies follow the same signature (they may ignore `rng`).
 * `RandomPolicy`: a uniformly random word of the whole list (may repeat).
 * `RepeatPolicy`: repeats a uniformly random earlier (valid) guess of the
   game, whoever made it; a random word when there is none yet.
+* `HabitPolicy`: a player with a habit: always opens with the same poor word
+  (`poorest_opener`: the one leaving the most words consistent on average),
+  then plays like `RandomConsistentPolicy`.
 
 Invalid guesses in the history carry no feedback and constrain nothing.
 """
@@ -30,10 +33,12 @@ from .words import WORD_LEN
 __all__ = [
     "ExpertPolicy",
     "FeedbackTable",
+    "HabitPolicy",
     "RandomConsistentPolicy",
     "RandomPolicy",
     "RepeatPolicy",
     "make_policies",
+    "poorest_opener",
 ]
 
 N_PATTERNS = 3**WORD_LEN  # 243 possible feedbacks
@@ -160,13 +165,39 @@ class RepeatPolicy:
         return earlier[rng.integers(len(earlier))]
 
 
+def poorest_opener(table: FeedbackTable) -> str:
+    """The first guess that leaves the most words consistent, averaged over answers.
+
+    A guess whose feedback splits the list into groups of sizes n_p leaves
+    Σ n_p² / N words on average (the first such word on ties).
+    """
+    counts = np.stack([np.bincount(row, minlength=N_PATTERNS) for row in table.codes.astype(np.int64)])
+    left = (counts.astype(np.float64) ** 2).sum(axis=1) / len(table.words)
+    return table.words[int(np.argmax(left))]
+
+
+class HabitPolicy:
+    """Opens with one fixed (by default the poorest) word, then a random consistent word each turn."""
+
+    name = "habit"
+
+    def __init__(self, words: Sequence[str], table: FeedbackTable | None = None, opener: str | None = None):
+        self.table = table or FeedbackTable(words)
+        self.opener = poorest_opener(self.table) if opener is None else opener
+        self._later = RandomConsistentPolicy(words, self.table)
+
+    def __call__(self, history: Sequence[Turn], rng: np.random.Generator) -> str:
+        return self._later(history, rng) if history else self.opener
+
+
 def make_policies(words: Sequence[str]) -> dict[str, object]:
-    """The four scripted policies by name, sharing one feedback table."""
+    """The five scripted policies by name, sharing one feedback table."""
     table = FeedbackTable(words)
     policies = [
         ExpertPolicy(words, table),
         RandomConsistentPolicy(words, table),
         RandomPolicy(words),
         RepeatPolicy(words),
+        HabitPolicy(words, table),
     ]
     return {p.name: p for p in policies}

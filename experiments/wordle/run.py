@@ -70,6 +70,10 @@ class WordleConfig:
       rl_from_bc: single-step RL and ILQL start π_β and the value trunk from
         this run's BC checkpoint (ILQL_SPEC §2 allows π_β from a BC run), so
         their π_β is exactly the BC baseline and decoding differs only by β·A.
+      freeze_policy: with `rl_from_bc`, π_β stays the BC checkpoint during the
+        value steps (no BC loss, no update), so single-step RL, ILQL, BC and %BC
+        all get `bc_steps` of policy training and the value-guided methods
+        differ from BC by β·A alone.
       target_on_online_trunk: the target Q heads read the online value trunk
         (ILQL_SPEC §2's cheaper option: one trunk forward less per step).
       warmup_steps, cosine: learning-rate warm-up, then cosine decay to 0 (else constant).
@@ -96,6 +100,7 @@ class WordleConfig:
     alpha_cql: float = 1e-4
     polyak_alpha: float = 0.2
     rl_from_bc: bool = True
+    freeze_policy: bool = True
     target_on_online_trunk: bool = True
     warmup_steps: int = 50
     cosine: bool = True
@@ -109,6 +114,8 @@ class WordleConfig:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
         if self.rl_from_bc and "bc" not in self.methods and set(self.methods) & {"ssrl", "ilql"}:
             raise ValueError("rl_from_bc needs the 'bc' method: single-step RL and ILQL start from its checkpoint")
+        if self.freeze_policy and not self.rl_from_bc:
+            raise ValueError("freeze_policy needs rl_from_bc: a frozen π_β must start from the BC checkpoint")
 
 
 PRESETS = {
@@ -124,7 +131,8 @@ def trunk_config(cfg: WordleConfig) -> gpt2.GPT2Config:
 
 
 def model_config(cfg: WordleConfig) -> ilql.ModelConfig:
-    return ilql.ModelConfig(trunk=trunk_config(cfg), target_on_online_trunk=cfg.target_on_online_trunk)
+    return ilql.ModelConfig(trunk=trunk_config(cfg), target_on_online_trunk=cfg.target_on_online_trunk,
+                            frozen_policy=cfg.freeze_policy)
 
 
 def optim_config(cfg: WordleConfig, num_steps: int, learning_rate: float | None = None) -> OptimConfig:

@@ -38,11 +38,20 @@ class ModelConfig:
       target_on_online_trunk: target Q heads read the online value trunk's
         hidden states (trlx-style; saves a trunk forward) instead of a Polyak
         copy of the trunk.
+      frozen_policy: π_β is held fixed where it starts (a BC checkpoint,
+        ILQL_SPEC §2): training neither runs it nor updates it, and L_BC is 0.
+        Then π_β is exactly the BC baseline, and what decoding adds is β·A.
     """
 
     trunk: gpt2.GPT2Config = gpt2.GPT2Config()
     shared_policy: bool = False
     target_on_online_trunk: bool = False
+    frozen_policy: bool = False
+
+    def __post_init__(self):
+        if self.shared_policy and self.frozen_policy:
+            raise ValueError("ModelConfig: frozen_policy needs a separate π_β; with shared_policy π_β is the "
+                             "value trunk's LM head, which the value losses train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +63,7 @@ class Outputs:
     target_q1_t: jax.Array   # [B, T, V_pad], no gradient
     target_q2_t: jax.Array
     v_t: jax.Array           # [B, T], online
-    pi_logits_t: jax.Array   # [B, T, V_pad], π_β
+    pi_logits_t: jax.Array | None  # [B, T, V_pad], π_β; None when frozen
 
 
 def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
@@ -94,7 +103,9 @@ def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array
     else:
         target_hidden, _ = gpt2.forward(target["trunk"], cfg, tokens, attention_mask)
     target_hidden = jax.lax.stop_gradient(target_hidden)
-    if config.shared_policy:
+    if config.frozen_policy:
+        pi_logits = None
+    elif config.shared_policy:
         pi_logits = lm_logits
     else:
         _, pi_logits = gpt2.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy)
