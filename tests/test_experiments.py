@@ -29,20 +29,27 @@ def test_wordle_smoke(tmp_path):
     assert rows[0]["repeat_rate"] == rows[0]["invalid_rate"] == 0.0  # the expert never wastes a turn
     assert rows[1]["repeat_rate"] > 0.0  # the data mix includes the repeating policy
     # Single-step RL and ILQL start from the BC run (rl_from_bc): their π_β is the BC baseline's.
-    # With freeze_policy it stays exactly that through the value steps.
-    from ilql_jax import checkpoint
-    from ilql_jax.models import gpt2
-    from experiments.wordle.run import PRESETS, trunk_config
-    abstract = gpt2.abstract_params(trunk_config(PRESETS["smoke"]))
-    bc_policy = checkpoint.load_policy_from_checkpoint(tmp_path / "bc", abstract)
     for method in ("ssrl", "ilql"):
         assert json.loads((tmp_path / method / "config.json").read_text())["init"] == f"bc:{tmp_path / 'bc'}"
-        policy = checkpoint.load_policy_from_checkpoint(tmp_path / method, abstract)
-        assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), policy, bc_policy)))
     # A rerun resumes every method from its final checkpoint instead of training again.
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
     assert [r["mean_return"] for r in again[2:]] == [r["mean_return"] for r in rows[2:]]
+
+
+def test_wordle_frozen_policy_on_the_habit_mix(tmp_path):
+    from ilql_jax import checkpoint
+    from ilql_jax.models import gpt2
+    from experiments.wordle.run import PRESETS, trunk_config
+    assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path), "--mixture", "habit",
+                        "--freeze_policy", "true", "--methods", '["bc", "ilql"]']) == 0
+    games = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    assert any("habit" in g["policies"] for g in games)
+    # ILQL's π_β is the BC checkpoint, bit for bit, after the value steps.
+    abstract = gpt2.abstract_params(trunk_config(PRESETS["smoke"]))
+    bc_policy = checkpoint.load_policy_from_checkpoint(tmp_path / "bc", abstract)
+    policy = checkpoint.load_policy_from_checkpoint(tmp_path / "ilql", abstract)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), policy, bc_policy)))
 
 
 def test_reddit_smoke(tmp_path):
@@ -64,9 +71,11 @@ def test_wordle_rl_from_bc_needs_bc():
     from experiments.wordle.run import WordleConfig
     with pytest.raises(ValueError, match="rl_from_bc"):
         WordleConfig(methods=("ilql",))
-    WordleConfig(methods=("ilql",), rl_from_bc=False, freeze_policy=False)  # from scratch needs no BC run
+    WordleConfig(methods=("ilql",), rl_from_bc=False)  # from scratch needs no BC run
     with pytest.raises(ValueError, match="freeze_policy needs rl_from_bc"):
-        WordleConfig(rl_from_bc=False)
+        WordleConfig(rl_from_bc=False, freeze_policy=True)
+    with pytest.raises(ValueError, match="unknown mixture 'habits'"):
+        WordleConfig(mixture="habits")
 
 
 def test_bad_flag_is_named(capsys):

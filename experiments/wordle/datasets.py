@@ -7,11 +7,11 @@ data plays expertly throughout most of the time, yet the data holds good
 pieces of play; multi-step offline RL can stitch them together and beat every
 behaviour policy (the ILQL paper's point, ILQL_SPEC §7).
 
-Half the games open with one habitual poor word. Under greedy decoding a
-cloned policy plays the most frequent action, and filtering games by return
-does not remove the habit: a game's return is mostly the luck of the answer,
-so the habit's opener is still the most common one among the top 10, 20 and
-30% of games. Learned values average over that luck instead.
+`HABIT_MIXTURES` (`--mixture habit`) opens half the games with one habitual
+poor word. Under greedy decoding a cloned policy plays the most frequent
+action, and filtering games by return does not remove the habit: a game's
+return is mostly the luck of the answer, so the habit's opener is still the
+most common one among the top 10, 20 and 30% of games.
 
 Generation is deterministic from a seed. A JSONL file holds one game per line::
 
@@ -40,6 +40,8 @@ from .policies import make_policies
 
 __all__ = [
     "DEFAULT_MIXTURES",
+    "HABIT_MIXTURES",
+    "MIXTURES",
     "Mixture",
     "evaluate_policy",
     "game_stats",
@@ -53,11 +55,23 @@ __all__ = [
 Policy = Callable[[Sequence[Turn], np.random.Generator], str]
 
 
-# Half the games open with the habit's poor word (`HabitPolicy`, "known" in
-# the default list), a fifth with the expert's opener, the rest at random; the
-# expert's openings are mostly followed by poor play and its good play mostly
-# follows poor openings. Pure expert games are 5% of the data.
+# Pure expert games are 5% of the data: most good openings end badly and most
+# good endings follow poor openings.
 DEFAULT_MIXTURES: tuple[Mixture, ...] = (
+    Mixture("expert>random_consistent", 0.20, "expert", "random_consistent", (1, 2)),
+    Mixture("expert>random", 0.10, "expert", "random", (1, 2)),
+    Mixture("expert>repeat", 0.10, "expert", "repeat", (1, 2)),
+    Mixture("random>expert", 0.15, "random", "expert", (1, 3)),
+    Mixture("repeat>expert", 0.10, "repeat", "expert", (2, 3)),
+    Mixture("random_consistent", 0.20, "random_consistent", "random_consistent"),
+    Mixture("repeat", 0.05, "repeat", "repeat"),
+    Mixture("random", 0.05, "random", "random"),
+    Mixture("expert", 0.05, "expert", "expert"),
+)
+
+# Half the games open with the habit's poor word (`HabitPolicy`, "known" in
+# the default list), a fifth with the expert's opener, the rest at random.
+HABIT_MIXTURES: tuple[Mixture, ...] = (
     Mixture("expert>random_consistent", 0.05, "expert", "random_consistent", (1, 2)),
     Mixture("expert>random", 0.05, "expert", "random", (1, 2)),
     Mixture("expert>repeat", 0.05, "expert", "repeat", (1, 2)),
@@ -71,6 +85,8 @@ DEFAULT_MIXTURES: tuple[Mixture, ...] = (
     Mixture("random", 0.05, "random", "random"),
     Mixture("expert", 0.05, "expert", "expert"),
 )
+
+MIXTURES: dict[str, tuple[Mixture, ...]] = {"default": DEFAULT_MIXTURES, "habit": HABIT_MIXTURES}
 
 
 def play_game(

@@ -13,15 +13,14 @@ Value-guided methods decode greedily on π_β + β·A with A clipped at `adv_cli
 (16 and 0 in the paper: only bad actions are pushed down).
 
 Single-step RL and ILQL start from the BC run's checkpoint (`rl_from_bc`): π_β
-and the value trunk begin as the BC baseline, so what decoding adds is β·A
-(π_β keeps its BC loss during the RL steps). Scaling the paper's settings to a
-CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200 steps
-(warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published): at 0.005
-the values had not converged after 1000 steps (mean V ≈ −0.9 against a mean
-discounted return-to-go of −1.9 in the data); at 0.2 they reach it in ~250
-steps. Measured ILQL returns: −5.65 after 300 steps at 6e-4, −4.52 after 1200 at
-2e-3, −4.44 after 1200 at 4e-3, −3.64 after 2000 at 2e-3; the README's Wordle
-section has the runs, and why even 2000 steps do not beat %BC trained as long.
+and the value trunk begin as the BC baseline, and π_β keeps its BC loss during
+the value steps (`freeze_policy` keeps it exactly the BC baseline instead, so
+every method gets `bc_steps` of policy training). Scaling the paper's settings to a CPU: BC at learning rate 6e-4, the
+value-learning runs at 4e-3 for 1200 steps (warm-up and cosine decay), and a
+Polyak rate of 0.2 (0.005 published): at 0.005 the values had not converged
+after 1000 steps (mean V ≈ −0.9 against a mean discounted return-to-go of −1.9
+in the data); at 0.2 they reach it in ~250 steps. The README's Wordle section
+has the runs behind these choices.
 """
 
 from __future__ import annotations
@@ -53,6 +52,8 @@ class WordleConfig:
     Attributes:
       n_words: the most frequent five-letter words from wordfreq (answers and guesses).
       vocab: a word-list file (one word a line) instead of `n_words`.
+      mixture: which behaviour mix makes the data (`datasets.MIXTURES`: "default",
+        or "habit", where half the games open with one poor word).
       n_train_games: games in the offline data set.
       n_heldout_games: games for the held-out loss.
       n_eval_games: games played per method (fixed answers and seeds).
@@ -83,6 +84,7 @@ class WordleConfig:
 
     n_words: int = 200
     vocab: str | None = None
+    mixture: str = "default"
     n_train_games: int = 5000
     n_heldout_games: int = 256
     n_eval_games: int = 1024
@@ -100,7 +102,7 @@ class WordleConfig:
     alpha_cql: float = 1e-4
     polyak_alpha: float = 0.2
     rl_from_bc: bool = True
-    freeze_policy: bool = True
+    freeze_policy: bool = False
     target_on_online_trunk: bool = True
     warmup_steps: int = 50
     cosine: bool = True
@@ -109,6 +111,8 @@ class WordleConfig:
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self):
+        if self.mixture not in datasets.MIXTURES:
+            raise ValueError(f"unknown mixture {self.mixture!r}; choose from {sorted(datasets.MIXTURES)}")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
@@ -209,7 +213,8 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     words = words_lib.load_vocab(cfg.vocab) if cfg.vocab else words_lib.default_words(cfg.n_words)
     words_lib.save_vocab(os.path.join(workdir, "words.txt"), words)
 
-    games = datasets.generate_games(words, cfg.n_train_games + cfg.n_heldout_games, cfg.seed)
+    games = datasets.generate_games(words, cfg.n_train_games + cfg.n_heldout_games, cfg.seed,
+                                    datasets.MIXTURES[cfg.mixture])
     train_games, heldout_games = games[:cfg.n_train_games], games[cfg.n_train_games:]
     datasets.save_games(os.path.join(workdir, "data", "train.jsonl"), train_games)
     datasets.save_games(os.path.join(workdir, "data", "heldout.jsonl"), heldout_games)
