@@ -76,7 +76,7 @@ class ILQLState:
       step: micro-steps taken; optimizer steps are step // grad_accum.
       params: online parameters (see `models/ilql.py`; BC mode holds only "policy").
       target_params: Polyak target parameters ({} in BC mode).
-      opt_state: optimizer state over `params`.
+      opt_state: optimizer state over the trained `params` (all but a frozen π_β).
       rng: base key; step t uses `fold_in(rng, t)`.
     """
 
@@ -87,9 +87,11 @@ class ILQLState:
     rng: jax.Array
 
 
-def create_state(params: Any, target_params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> ILQLState:
+def create_state(params: Any, target_params: Any, tx: optax.GradientTransformation, rng: jax.Array,
+                 trained: Any = None) -> ILQLState:
+    """A step-0 state; the optimizer covers `trained` (default: all of `params`)."""
     return ILQLState(step=jnp.zeros((), jnp.int32), params=params, target_params=target_params,
-                     opt_state=tx.init(params), rng=rng)
+                     opt_state=tx.init(params if trained is None else trained), rng=rng)
 
 
 def polyak_update(online: Any, target: Any, alpha: float) -> Any:

@@ -69,7 +69,14 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | Non
         target = {}
     else:
         params, target = ilql.init(config.model, k_params, trunk, policy)
-    return create_state(params, target, make_optimizer(config.optim), k_rng)
+    return create_state(params, target, make_optimizer(config.optim), k_rng, trained_params(config, params))
+
+
+def trained_params(config: StepConfig, params: Any) -> Any:
+    """The online parameters the optimizer moves: all but a frozen π_β (no gradient, no Adam moments)."""
+    if config.mode == "ilql" and config.model.frozen_policy:
+        return {k: v for k, v in params.items() if k != "policy"}
+    return params
 
 
 def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
@@ -92,13 +99,11 @@ def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQL
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if config.model.trunk.dropout == 0.0:
         dropout_key = None
-    grads, metrics = jax.grad(loss_fn, argnums=1, has_aux=True)(config, state.params, state.target_params, batch,
-                                                               dropout_key)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if config.mode == "ilql" and config.model.frozen_policy:
-        # Its gradient is zero already; this also keeps weight decay off it.
-        updates = {**updates, "policy": jax.tree.map(jnp.zeros_like, updates["policy"])}
-    params = optax.apply_updates(state.params, updates)
+    trained = trained_params(config, state.params)
+    loss = lambda p: loss_fn(config, {**state.params, **p}, state.target_params, batch, dropout_key)
+    grads, metrics = jax.grad(loss, has_aux=True)(trained)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = {**state.params, **optax.apply_updates(trained, updates)}
     target = state.target_params
     # MultiSteps applies the accumulated update on every grad_accum-th micro-step.
     updated = (state.step + 1) % config.optim.grad_accum == 0

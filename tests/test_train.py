@@ -120,6 +120,9 @@ def test_frozen_policy_stays_where_it_started_while_the_values_learn():
     # Weight decay would move a frozen π_β too if only its zero gradient kept it still.
     cfg = train.StepConfig(model=model, optim=OptimConfig(learning_rate=1e-2, weight_decay=0.1))
     s0 = train.init_state(cfg, jax.random.key(0))
+    # The optimizer holds no moments for it.
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(s0.opt_state)[0]]
+    assert paths and not any("'policy'" in p for p in paths)
     step = train.make_train_step(cfg, donate=False)
     s1, m = step(s0, _batch([WORDLE] * 2, max_len=32))
     chex.assert_trees_all_equal(s1.params["policy"], s0.params["policy"])

@@ -15,9 +15,9 @@ Value-guided methods decode greedily on π_β + β·A with A clipped at `adv_cli
 Single-step RL and ILQL start from the BC run's checkpoint (`rl_from_bc`): π_β
 and the value trunk begin as the BC baseline, and π_β keeps its BC loss during
 the value steps (`freeze_policy` keeps it exactly the BC baseline instead, so
-every method gets `bc_steps` of policy training). Scaling the paper's settings to a CPU: BC at learning rate 6e-4, the
-value-learning runs at 4e-3 for 1200 steps (warm-up and cosine decay), and a
-Polyak rate of 0.2 (0.005 published): at 0.005 the values had not converged
+every method gets `bc_steps` of policy training). Scaling the paper's settings
+to a CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200
+steps (warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published): at 0.005 the values had not converged
 after 1000 steps (mean V ≈ −0.9 against a mean discounted return-to-go of −1.9
 in the data); at 0.2 they reach it in ~250 steps. The README's Wordle section
 has the runs behind these choices.
