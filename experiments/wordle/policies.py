@@ -68,6 +68,15 @@ class FeedbackTable:
             dtype=np.int16,
         )
 
+    def partition_counts(self, candidates: np.ndarray) -> np.ndarray:
+        """counts[i, p]: how many of the `candidates` (indices) give feedback p to guess i."""
+        n_words = len(self.words)
+        # One bincount over row-offset codes does all guesses at once.
+        codes = self.codes[:, candidates].astype(np.int64)
+        codes += N_PATTERNS * np.arange(n_words)[:, None]
+        counts = np.bincount(codes.ravel(), minlength=n_words * N_PATTERNS)
+        return counts.reshape(n_words, N_PATTERNS).astype(np.float64)
+
     def consistent(self, history: Sequence[Turn]) -> np.ndarray:
         """Boolean mask of the words that would have given every feedback in `history`."""
         mask = np.ones(len(self.words), bool)
@@ -105,13 +114,7 @@ class ExpertPolicy:
             return self.table.words[0]
         if len(cand) == 1:
             return self.table.words[cand[0]]
-        n_words = len(self.table.words)
-        # counts[i, p] = how many candidates give pattern p to guess i; one
-        # bincount over row-offset codes does all guesses at once.
-        codes = self.table.codes[:, cand].astype(np.int64)
-        codes += N_PATTERNS * np.arange(n_words)[:, None]
-        counts = np.bincount(codes.ravel(), minlength=n_words * N_PATTERNS)
-        counts = counts.reshape(n_words, N_PATTERNS).astype(np.float64)
+        counts = self.table.partition_counts(cand)
         # Entropy of the partition: log C - sum(n log n) / C.
         n_log_n = counts * np.log(np.where(counts > 0, counts, 1.0))
         entropy = np.log(len(cand)) - n_log_n.sum(axis=1) / len(cand)
@@ -171,8 +174,7 @@ def poorest_opener(table: FeedbackTable) -> str:
     A guess whose feedback splits the list into groups of sizes n_p leaves
     Σ n_p² / N words on average (the first such word on ties).
     """
-    counts = np.stack([np.bincount(row, minlength=N_PATTERNS) for row in table.codes.astype(np.int64)])
-    left = (counts.astype(np.float64) ** 2).sum(axis=1) / len(table.words)
+    left = (table.partition_counts(np.arange(len(table.words))) ** 2).sum(axis=1) / len(table.words)
     return table.words[int(np.argmax(left))]
 
 
