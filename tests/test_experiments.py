@@ -15,7 +15,7 @@ def test_wordle_smoke(tmp_path):
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())
     methods = [r["method"] for r in rows]
-    assert methods[2:] == ["bc", "pbc10", "pbc20", "pbc30", "ssrl", "ilql"]
+    assert methods[2:] == ["bc", "pbc10", "pbc20", "pbc30", "ssrl", "ssrl at β = 0", "ilql", "ilql at β = 0"]
     for r in rows:
         assert set(r) >= {"method", "mean_return", "stderr", "win_rate", "mean_guesses", "n_games"}
         assert -6.0 <= r["mean_return"] <= 0.0
@@ -50,6 +50,10 @@ def test_wordle_frozen_policy_on_the_habit_mix(tmp_path):
     bc_policy = checkpoint.load_policy_from_checkpoint(tmp_path / "bc", abstract)
     policy = checkpoint.load_policy_from_checkpoint(tmp_path / "ilql", abstract)
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), policy, bc_policy)))
+    # So ILQL decoded at β = 0 is BC, game for game: the values are the only difference at β > 0.
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    stats = ("mean_return", "win_rate", "mean_guesses", "repeat_rate", "invalid_rate")
+    assert [rows["ilql at β = 0"][k] for k in stats] == [rows["bc"][k] for k in stats]
 
 
 def test_reddit_smoke(tmp_path):

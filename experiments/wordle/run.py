@@ -10,7 +10,9 @@ Methods (all on the same data):
   ssrl    single-step RL: ILQL with τ = 0.5 (values of π_β), decoded with β;
   ilql    ILQL with τ = 0.7, decoded with β.
 Value-guided methods decode greedily on π_β + β·A with A clipped at `adv_clip`
-(16 and 0 in the paper: only bad actions are pushed down).
+(16 and 0 in the paper: only bad actions are pushed down). Each is also played
+at β = 0 (row "ilql at β = 0"): its π_β alone, so the table separates what the
+values add from what π_β's own training does.
 
 Single-step RL and ILQL start from the BC run's checkpoint (`rl_from_bc`): π_β
 and the value trunk begin as the BC baseline, and π_β keeps its BC loss during
@@ -205,6 +207,11 @@ def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
     return guesses
 
 
+def beta0_name(method: str) -> str:
+    """The result row of a value-guided method's checkpoint decoded at β = 0 (its π_β alone)."""
+    return f"{method} at β = 0"
+
+
 def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     """Runs the benchmark; returns the result rows (also written to the workdir)."""
     t0 = time.perf_counter()
@@ -237,8 +244,14 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
         stats = play(model_guesser(cfg, method, state, tok, cfg.seed), words, cfg.n_eval_games, cfg.seed + 1)
         rows.append({"method": method, **stats, "train_steps": tc.num_steps,
                      "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
-              f"win rate {stats['win_rate']:.3f}")
+        if method in ("ssrl", "ilql"):
+            # The same checkpoint at β = 0 is its π_β alone: what the values add is the gap to this row.
+            stats_0 = play(model_guesser(dataclasses.replace(cfg, beta=0.0), method, state, tok, cfg.seed),
+                           words, cfg.n_eval_games, cfg.seed + 1)
+            rows.append({"method": beta0_name(method), **stats_0})
+        for row in rows[-2 if method in ("ssrl", "ilql") else -1:]:
+            print(f"{row['method']}: mean return {row['mean_return']:.3f} ± {row['stderr']:.3f}, "
+                  f"win rate {row['win_rate']:.3f}")
 
     write_results(workdir, rows, cfg, time.perf_counter() - t0)
     return rows
@@ -257,7 +270,8 @@ COLUMNS: tuple[results.Column, ...] = (
 
 def write_results(workdir: str, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
     words = cfg.vocab or f"{cfg.n_words}"
+    n_methods = sum(r["method"] in METHODS for r in rows)
     results.write_table(workdir, rows, COLUMNS,
-                        f"{len(rows) - 2} methods, {cfg.n_train_games} training games over {words} words, "
+                        f"{n_methods} methods, {cfg.n_train_games} training games over {words} words, "
                         f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
     plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Wordle")
