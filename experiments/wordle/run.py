@@ -19,10 +19,10 @@ and the value trunk begin as the BC baseline, and π_β keeps its BC loss during
 the value steps (`freeze_policy` keeps it exactly the BC baseline instead, so
 every method gets `bc_steps` of policy training). Scaling the paper's settings
 to a CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200
-steps (warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published): at 0.005 the values had not converged
-after 1000 steps (mean V ≈ −0.9 against a mean discounted return-to-go of −1.9
-in the data); at 0.2 they reach it in ~250 steps. The README's Wordle section
-has the runs behind these choices.
+steps (warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published):
+at 0.005 the values had not converged after 1000 steps (mean V ≈ −0.9 against
+a mean discounted return-to-go of −1.9 in the data); at 0.2 they reach it in
+~250 steps. The README's Wordle section has the runs behind these choices.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
 METHODS = ("bc", "pbc10", "pbc20", "pbc30", "ssrl", "ilql")
+VALUE_GUIDED = ("ssrl", "ilql")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +72,8 @@ class WordleConfig:
       alpha_cql: CQL weight (1e-4 published for Wordle).
       polyak_alpha: target update rate (0.005 published, for many more steps).
       rl_from_bc: single-step RL and ILQL start π_β and the value trunk from
-        this run's BC checkpoint (ILQL_SPEC §2 allows π_β from a BC run), so
-        their π_β is exactly the BC baseline and decoding differs only by β·A.
+        this run's BC checkpoint (ILQL_SPEC §2 allows π_β from a BC run); π_β
+        keeps its BC loss during the value steps unless `freeze_policy`.
       freeze_policy: with `rl_from_bc`, π_β stays the BC checkpoint during the
         value steps (no BC loss, no update), so single-step RL, ILQL, BC and %BC
         all get `bc_steps` of policy training and the value-guided methods
@@ -118,7 +119,7 @@ class WordleConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
-        if self.rl_from_bc and "bc" not in self.methods and set(self.methods) & {"ssrl", "ilql"}:
+        if self.rl_from_bc and "bc" not in self.methods and set(self.methods) & set(VALUE_GUIDED):
             raise ValueError("rl_from_bc needs the 'bc' method: single-step RL and ILQL start from its checkpoint")
         if self.freeze_policy and not self.rl_from_bc:
             raise ValueError("freeze_policy needs rl_from_bc: a frozen π_β must start from the BC checkpoint")
@@ -152,7 +153,7 @@ def train_config(cfg: WordleConfig, method: str, bc_workdir: str | None = None) 
     """The loop's config for one method; `bc_workdir` is the BC run that `rl_from_bc` starts from."""
     model = model_config(cfg)
     init = "scratch"
-    if method in ("ssrl", "ilql"):
+    if method in VALUE_GUIDED:
         tau = 0.5 if method == "ssrl" else cfg.tau
         num_steps, fraction = cfg.rl_steps, None
         step = train.StepConfig(mode="ilql", model=model, optim=optim_config(cfg, num_steps, cfg.rl_learning_rate),
@@ -194,7 +195,7 @@ def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str,
 def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
     """Greedy guesses from a trained model: π_β for BC, π_β + β·A for the value-guided methods."""
     model = model_config(cfg)
-    value_guided = method in ("ssrl", "ilql")
+    value_guided = method in VALUE_GUIDED
     scfg = sampler.SamplerConfig(max_new_tokens=6, mode="greedy", prompt_buckets=(cfg.max_len - 6,))
     key = jax.random.key(seed)
 
@@ -210,6 +211,11 @@ def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
 def beta0_name(method: str) -> str:
     """The result row of a value-guided method's checkpoint decoded at β = 0 (its π_β alone)."""
     return f"{method} at β = 0"
+
+
+def print_row(row: dict) -> None:
+    print(f"{row['method']}: mean return {row['mean_return']:.3f} ± {row['stderr']:.3f}, "
+          f"win rate {row['win_rate']:.3f}")
 
 
 def run(cfg: WordleConfig, workdir: str) -> list[dict]:
@@ -244,14 +250,13 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
         stats = play(model_guesser(cfg, method, state, tok, cfg.seed), words, cfg.n_eval_games, cfg.seed + 1)
         rows.append({"method": method, **stats, "train_steps": tc.num_steps,
                      "seconds": round(time.perf_counter() - start, 1)})
-        if method in ("ssrl", "ilql"):
+        print_row(rows[-1])
+        if method in VALUE_GUIDED:
             # The same checkpoint at β = 0 is its π_β alone: what the values add is the gap to this row.
-            stats_0 = play(model_guesser(dataclasses.replace(cfg, beta=0.0), method, state, tok, cfg.seed),
-                           words, cfg.n_eval_games, cfg.seed + 1)
-            rows.append({"method": beta0_name(method), **stats_0})
-        for row in rows[-2 if method in ("ssrl", "ilql") else -1:]:
-            print(f"{row['method']}: mean return {row['mean_return']:.3f} ± {row['stderr']:.3f}, "
-                  f"win rate {row['win_rate']:.3f}")
+            stats = play(model_guesser(dataclasses.replace(cfg, beta=0.0), method, state, tok, cfg.seed),
+                         words, cfg.n_eval_games, cfg.seed + 1)
+            rows.append({"method": beta0_name(method), **stats})
+            print_row(rows[-1])
 
     write_results(workdir, rows, cfg, time.perf_counter() - t0)
     return rows
