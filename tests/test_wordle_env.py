@@ -9,6 +9,7 @@ import pytest
 from experiments.wordle.datasets import (
     DEFAULT_MIXTURES,
     HABIT_MIXTURES,
+    OPENER_MIXTURES,
     evaluate_policy,
     game_stats,
     games_to_episodes,
@@ -331,6 +332,24 @@ def test_the_habit_opener_is_poor_and_survives_return_filtering(default_vocab):
         top = top_fraction_indices(returns, fraction)
         openers = collections.Counter(games[i].turns[0].guess for i in top)
         assert openers.most_common(1)[0][0] == "known", (fraction, openers.most_common(3))
+
+
+def test_the_opener_mix_follows_both_openers_with_the_same_play(default_vocab):
+    games = generate_games(default_vocab, 5000, seed=0, mixtures=OPENER_MIXTURES)
+    by_opener = collections.defaultdict(list)
+    for g in games:
+        by_opener[g.turns[0].guess].append(g)
+    assert collections.Counter({k: len(v) for k, v in by_opener.items()}).most_common(1)[0][0] == "known"
+    # The second guess's policy has the same shares after either opener ...
+    second = {w: collections.Counter(g.turns[1].policy for g in by_opener[w] if len(g.turns) > 1)
+              for w in ("known", "share")}
+    for policy in ("random_consistent", "expert", "repeat", "random"):
+        shares = [second[w][policy] / sum(second[w].values()) for w in ("known", "share")]
+        assert abs(shares[0] - shares[1]) < 0.05, (policy, shares)
+    # ... so the expert's opener is the better one in this data, by more than 2 standard errors.
+    known, share = (game_stats(by_opener[w]) for w in ("known", "share"))
+    gap = share["mean_return"] - known["mean_return"]
+    assert gap > 2 * np.hypot(share["stderr"], known["stderr"]), (gap, known, share)
 
 
 def test_episodes_tokenize(default_vocab):

@@ -15,6 +15,8 @@ most common one among the top 10, 20 and 30% of games.
 Its continuations differ by opener, though: the expert's opener is mostly
 followed by poor play, so in this data the habit's games return more and a
 value function is right not to prefer the expert's opener (README, Wordle).
+`OPENER_MIXTURES` (`--mixture opener`) follows both openers with the same
+continuations, so there the expert's opener is the better one in the data too.
 
 Generation is deterministic from a seed. A JSONL file holds one game per line::
 
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_MIXTURES",
     "HABIT_MIXTURES",
     "MIXTURES",
+    "OPENER_MIXTURES",
     "Mixture",
     "evaluate_policy",
     "game_stats",
@@ -89,7 +92,25 @@ HABIT_MIXTURES: tuple[Mixture, ...] = (
     Mixture("expert", 0.05, "expert", "expert"),
 )
 
-MIXTURES: dict[str, tuple[Mixture, ...]] = {"default": DEFAULT_MIXTURES, "habit": HABIT_MIXTURES}
+
+def _one_opening_guess(opening: str, weight: float) -> list[Mixture]:
+    """`opening` plays the first guess; the rest follows one continuation mix, the same for every opener."""
+    shares = {"random_consistent": 0.45, "expert": 0.35, "repeat": 0.10, "random": 0.10}
+    return [Mixture(f"{opening}>{c}", weight * w, opening, c) for c, w in shares.items()]
+
+
+# The habit's opener on half the games, the expert's on a quarter, each followed
+# by the same continuations: the openers' returns differ only by the opener.
+OPENER_MIXTURES: tuple[Mixture, ...] = (
+    *_one_opening_guess("habit", 0.50),
+    *_one_opening_guess("expert", 0.25),
+    Mixture("random>expert", 0.10, "random", "expert", (1, 2)),
+    Mixture("random_consistent", 0.10, "random_consistent", "random_consistent"),
+    Mixture("random", 0.05, "random", "random"),
+)
+
+MIXTURES: dict[str, tuple[Mixture, ...]] = {"default": DEFAULT_MIXTURES, "habit": HABIT_MIXTURES,
+                                            "opener": OPENER_MIXTURES}
 
 
 def play_game(

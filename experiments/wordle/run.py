@@ -55,8 +55,9 @@ class WordleConfig:
     Attributes:
       n_words: the most frequent five-letter words from wordfreq (answers and guesses).
       vocab: a word-list file (one word a line) instead of `n_words`.
-      mixture: which behaviour mix makes the data (`datasets.MIXTURES`: "default",
-        or "habit", where half the games open with one poor word).
+      mixture: which behaviour mix makes the data (`datasets.MIXTURES`: "default";
+        "habit", where half the games open with one poor word; "opener", the
+        same with both openers followed by the same play).
       n_train_games: games in the offline data set.
       n_heldout_games: games for the held-out loss.
       n_eval_games: games played per method (fixed answers and seeds).
