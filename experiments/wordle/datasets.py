@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MIXTURES",
     "HABIT_MIXTURES",
     "MIXTURES",
+    "OPENER_CONTINUATIONS",
     "OPENER_MIXTURES",
     "Mixture",
     "evaluate_policy",
@@ -93,10 +94,13 @@ HABIT_MIXTURES: tuple[Mixture, ...] = (
 )
 
 
+# What plays every guess after the opening one in `OPENER_MIXTURES`, whoever opened.
+OPENER_CONTINUATIONS: dict[str, float] = {"random_consistent": 0.45, "expert": 0.35, "repeat": 0.10, "random": 0.10}
+
+
 def _one_opening_guess(opening: str, weight: float) -> list[Mixture]:
-    """`opening` plays the first guess; the rest follows one continuation mix, the same for every opener."""
-    shares = {"random_consistent": 0.45, "expert": 0.35, "repeat": 0.10, "random": 0.10}
-    return [Mixture(f"{opening}>{c}", weight * w, opening, c) for c, w in shares.items()]
+    """`opening` plays the first guess, then `OPENER_CONTINUATIONS`' policies in their shares."""
+    return [Mixture(f"{opening}>{c}", weight * w, opening, c) for c, w in OPENER_CONTINUATIONS.items()]
 
 
 # The habit's opener on half the games, the expert's on a quarter, each followed
