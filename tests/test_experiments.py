@@ -7,6 +7,7 @@ import pytest
 
 from experiments.reddit_toxicity.__main__ import main as reddit_main
 from experiments.wordle.__main__ import main as wordle_main
+from experiments.wordle.diagnose import main as diagnose_main
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +28,12 @@ def test_wordle_smoke(tmp_path):
     for r in rows:
         assert 0.0 <= r["repeat_rate"] <= 1.0 and 0.0 <= r["invalid_rate"] <= 1.0
     assert rows[0]["repeat_rate"] == rows[0]["invalid_rate"] == 0.0  # the expert never wastes a turn
-    assert rows[1]["repeat_rate"] > 0.0  # the data mix includes the repeating policy
-    # Single-step RL and ILQL start from the BC run (rl_from_bc): their π_β is the BC baseline's.
+    assert rows[1]["invalid_rate"] == 0.0  # the scripted players only play listed words
+    # Single-step RL and ILQL start from the BC run (rl_from_bc) and keep its π_β (freeze_policy),
+    # so at β = 0 each plays exactly as BC does.
     for method in ("ssrl", "ilql"):
         assert json.loads((tmp_path / method / "config.json").read_text())["init"] == f"bc:{tmp_path / 'bc'}"
+        assert rows[methods.index(f"{method} at β = 0")]["mean_return"] == rows[2]["mean_return"]
     # A rerun resumes every method from its final checkpoint instead of training again.
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
@@ -54,6 +57,13 @@ def test_wordle_frozen_policy_on_the_habit_mix(tmp_path):
     rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     stats = ("mean_return", "win_rate", "mean_guesses", "repeat_rate", "invalid_rate")
     assert [rows["ilql at β = 0"][k] for k in stats] == [rows["bc"][k] for k in stats]
+    # The value diagnostic reads this run and accounts for every held-out guess.
+    assert diagnose_main([str(tmp_path), "--method", "ilql"]) == 0
+    report = json.loads((tmp_path / "ilql" / "value_calibration.json").read_text())
+    heldout = [json.loads(line) for line in (tmp_path / "data" / "heldout.jsonl").read_text().splitlines()]
+    n_guesses = sum(len(g["guesses"]) for g in heldout)
+    assert report["summary"]["n_guesses"] == n_guesses
+    assert sum(r["n"] for r in report["rows"] if r["turn"] == "all") == n_guesses
 
 
 def test_reddit_smoke(tmp_path):
@@ -75,7 +85,7 @@ def test_wordle_rl_from_bc_needs_bc():
     from experiments.wordle.run import WordleConfig
     with pytest.raises(ValueError, match="rl_from_bc"):
         WordleConfig(methods=("ilql",))
-    WordleConfig(methods=("ilql",), rl_from_bc=False)  # from scratch needs no BC run
+    WordleConfig(methods=("ilql",), rl_from_bc=False, freeze_policy=False)  # from scratch needs no BC run
     with pytest.raises(ValueError, match="freeze_policy needs rl_from_bc"):
         WordleConfig(rl_from_bc=False, freeze_policy=True)
     with pytest.raises(ValueError, match="unknown mixture 'habits'"):
