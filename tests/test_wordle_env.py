@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from experiments.wordle.datasets import (
+    DEFAULT_CONTINUATIONS,
     DEFAULT_MIXTURES,
     HABIT_MIXTURES,
     OPENER_CONTINUATIONS,
     OPENER_MIXTURES,
+    REPEAT_MIXTURES,
     evaluate_policy,
     game_stats,
     games_to_episodes,
@@ -305,8 +307,8 @@ def test_datasets_are_deterministic_from_the_seed(default_vocab):
     assert all(g.done for g in a)
 
 
-def test_default_mixture_is_mixed(default_vocab):
-    games = generate_games(default_vocab, 1000, seed=0)
+def test_the_repeats_mixture_is_mixed(default_vocab):
+    games = generate_games(default_vocab, 1000, seed=0, mixtures=REPEAT_MIXTURES)
     all_expert = np.mean([all(t.policy == "expert" for t in g.turns) for g in games])
     assert all_expert < 0.25  # no behaviour plays expertly start to finish most of the time
     mixed = np.mean([len({t.policy for t in g.turns}) > 1 for g in games])
@@ -315,7 +317,37 @@ def test_default_mixture_is_mixed(default_vocab):
     assert policies == {"expert", "random_consistent", "random", "repeat"}
     expert = evaluate_policy(make_policies(default_vocab)["expert"], default_vocab, 1000, seed=0)
     assert game_stats(games)["mean_return"] < expert["mean_return"] - 0.5
+    assert sum(m.weight for m in REPEAT_MIXTURES) == pytest.approx(1.0)
+
+
+def test_the_default_mix_hides_the_better_opener_from_return_filtering(default_vocab):
+    """What the default data set is built to show (README, Wordle): per-state values can find the
+    expert's opener, return filtering cannot."""
     assert sum(m.weight for m in DEFAULT_MIXTURES) == pytest.approx(1.0)
+    games = generate_games(default_vocab, 5000, seed=0)
+    assert {t.policy for g in games for t in g.turns} == {"habit", "expert", "random_consistent", "random"}
+    assert np.mean([all(t.policy == "expert" for t in g.turns) for g in games]) < 0.25
+    by_opener = collections.defaultdict(list)
+    for g in games:
+        by_opener[g.turns[0].guess].append(g)
+    # Every opener is followed by the same play (one continuing player a game) ...
+    for opener in ("known", "share"):
+        later = collections.Counter(g.turns[1].policy for g in by_opener[opener] if len(g.turns) > 1)
+        for policy, share in DEFAULT_CONTINUATIONS.items():
+            assert later[policy] / later.total() == pytest.approx(share, abs=0.03), (opener, policy, later)
+    # ... so the expert's opener is the better one in the data, by more than 2 standard errors ...
+    known, share = (game_stats(by_opener[w]) for w in ("known", "share"))
+    gap = share["mean_return"] - known["mean_return"]
+    assert gap > 2 * np.hypot(share["stderr"], known["stderr"]), (gap, known, share)
+    # ... yet the habit's word, and its first letter, stay the most common among the best games,
+    # which is all that %BC sees and what its greedy decoding plays.
+    returns = np.array([g.total_return for g in games])
+    for fraction in (1.0, 0.3, 0.2, 0.1):
+        top = top_fraction_indices(returns, fraction)
+        openers = collections.Counter(games[i].turns[0].guess for i in top)
+        letters = collections.Counter(games[i].turns[0].guess[0] for i in top)
+        assert openers.most_common(1)[0][0] == "known", (fraction, openers.most_common(3))
+        assert letters.most_common(1)[0][0] == "k", (fraction, letters.most_common(3))
 
 
 def test_the_habit_opener_is_poor_and_survives_return_filtering(default_vocab):

@@ -1,22 +1,28 @@
 """Offline Wordle data of mixed quality, its JSONL files, and policy evaluation.
 
-Games mix the scripted policies *within* a game: e.g. expert openings with
-poor continuations, poor openings with expert continuations, and a small share
-played by the expert start to finish (`DEFAULT_MIXTURES`). No behaviour in the
-data plays expertly throughout most of the time, yet the data holds good
-pieces of play; multi-step offline RL can stitch them together and beat every
-behaviour policy (the ILQL paper's point, ILQL_SPEC §7).
+Games mix the scripted policies *within* a game (ILQL_SPEC §7). Each mix is a
+tuple of `Mixture`s, chosen with `--mixture`:
 
-`HABIT_MIXTURES` (`--mixture habit`) opens half the games with one habitual
-poor word. Under greedy decoding a cloned policy plays the most frequent
-action, and filtering games by return does not remove the habit: a game's
-return is mostly the luck of the answer, so the habit's opener is still the
-most common one among the top 10, 20 and 30% of games.
-Its continuations differ by opener, though: the expert's opener is mostly
-followed by poor play, so in this data the habit's games return more and a
-value function is right not to prefer the expert's opener (README, Wordle).
-`OPENER_MIXTURES` (`--mixture opener`) follows both openers with the same
-continuations, so there the expert's opener is the better one in the data too.
+* "default" (`DEFAULT_MIXTURES`): a player with a habit opens 70% of the games
+  with the word list's poorest word ("known"), the expert's opener ("share")
+  opens 20% and a random word the rest; every later guess is the expert's
+  (80%), a random consistent word's (15%) or a random word's (5%), whoever
+  opened (`DEFAULT_CONTINUATIONS`). The expert's opener is the better one in
+  this data, but filtering games by return does not find it: a game's return
+  is mostly the luck of the answer, and "known" stays the most common opener
+  of the top 10, 20 and 30% of games. Values average that luck away per state.
+  No player repeats itself here: greedy cloning turns even a 5% share of
+  repeated guesses into a fifth or more of its own (README, Wordle).
+* "repeats" (`REPEAT_MIXTURES`, the earlier default): expert openings with
+  poor continuations, poor openings with expert continuations, a small share
+  played by the expert start to finish, and a player who repeats earlier
+  guesses, which greedy cloning collapses into.
+* "habit" (`HABIT_MIXTURES`) opens half the games with the habit's word; its
+  continuations differ by opener, though: the expert's opener is mostly
+  followed by poor play, so in this data the habit's games return more and a
+  value function is right not to prefer the expert's opener (README, Wordle).
+* "opener" (`OPENER_MIXTURES`) follows both openers with the same
+  continuations, a tenth of them repeats.
 
 Generation is deterministic from a seed. A JSONL file holds one game per line::
 
@@ -44,11 +50,13 @@ from .env import MAX_GUESSES, Turn, WordleGame
 from .policies import make_policies
 
 __all__ = [
+    "DEFAULT_CONTINUATIONS",
     "DEFAULT_MIXTURES",
     "HABIT_MIXTURES",
     "MIXTURES",
     "OPENER_CONTINUATIONS",
     "OPENER_MIXTURES",
+    "REPEAT_MIXTURES",
     "Mixture",
     "evaluate_policy",
     "game_stats",
@@ -64,7 +72,7 @@ Policy = Callable[[Sequence[Turn], np.random.Generator], str]
 
 # Pure expert games are 5% of the data: most good openings end badly and most
 # good endings follow poor openings.
-DEFAULT_MIXTURES: tuple[Mixture, ...] = (
+REPEAT_MIXTURES: tuple[Mixture, ...] = (
     Mixture("expert>random_consistent", 0.20, "expert", "random_consistent", (1, 2)),
     Mixture("expert>random", 0.10, "expert", "random", (1, 2)),
     Mixture("expert>repeat", 0.10, "expert", "repeat", (1, 2)),
@@ -98,9 +106,10 @@ HABIT_MIXTURES: tuple[Mixture, ...] = (
 OPENER_CONTINUATIONS: dict[str, float] = {"random_consistent": 0.45, "expert": 0.35, "repeat": 0.10, "random": 0.10}
 
 
-def _one_opening_guess(opening: str, weight: float) -> list[Mixture]:
-    """`opening` plays the first guess, then `OPENER_CONTINUATIONS`' policies in their shares."""
-    return [Mixture(f"{opening}>{c}", weight * w, opening, c) for c, w in OPENER_CONTINUATIONS.items()]
+def _one_opening_guess(opening: str, weight: float,
+                       continuations: dict[str, float] = OPENER_CONTINUATIONS) -> list[Mixture]:
+    """`opening` plays the first guess, then `continuations`' policies in their shares."""
+    return [Mixture(f"{opening}>{c}", weight * w, opening, c) for c, w in continuations.items()]
 
 
 # The habit's opener on half the games, the expert's on a quarter, each followed
@@ -113,8 +122,19 @@ OPENER_MIXTURES: tuple[Mixture, ...] = (
     Mixture("random", 0.05, "random", "random"),
 )
 
-MIXTURES: dict[str, tuple[Mixture, ...]] = {"default": DEFAULT_MIXTURES, "habit": HABIT_MIXTURES,
-                                            "opener": OPENER_MIXTURES}
+# What plays every guess after the first in the default mix, whoever opened.
+DEFAULT_CONTINUATIONS: dict[str, float] = {"expert": 0.8, "random_consistent": 0.15, "random": 0.05}
+
+# The habit's opener on 70% of the games, the expert's on 20%, a random word on
+# 10%, each followed by the same continuations (see the module docstring).
+DEFAULT_MIXTURES: tuple[Mixture, ...] = (
+    *_one_opening_guess("habit", 0.70, DEFAULT_CONTINUATIONS),
+    *_one_opening_guess("expert", 0.20, DEFAULT_CONTINUATIONS),
+    *_one_opening_guess("random", 0.10, DEFAULT_CONTINUATIONS),
+)
+
+MIXTURES: dict[str, tuple[Mixture, ...]] = {"default": DEFAULT_MIXTURES, "repeats": REPEAT_MIXTURES,
+                                            "habit": HABIT_MIXTURES, "opener": OPENER_MIXTURES}
 
 
 def play_game(

@@ -15,10 +15,11 @@ at β = 0 (row "ilql at β = 0"): its π_β alone, so the table separates what t
 values add from what π_β's own training does.
 
 Single-step RL and ILQL start from the BC run's checkpoint (`rl_from_bc`): π_β
-and the value trunk begin as the BC baseline, and π_β keeps its BC loss during
-the value steps (`freeze_policy` keeps it exactly the BC baseline instead, so
-every method gets `bc_steps` of policy training). Scaling the paper's settings
-to a CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200
+and the value trunk begin as the BC baseline, and π_β stays exactly the BC
+baseline during the value steps (`freeze_policy`), so every method gets
+`bc_steps` of policy training and a value-guided method differs from BC by
+β·A alone (`--freeze_policy false` keeps training π_β on its BC loss).
+Scaling the paper's settings to a CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200
 steps (warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published):
 at 0.005 the values had not converged after 1000 steps (mean V ≈ −0.9 against
 a mean discounted return-to-go of −1.9 in the data); at 0.2 they reach it in
@@ -55,9 +56,10 @@ class WordleConfig:
     Attributes:
       n_words: the most frequent five-letter words from wordfreq (answers and guesses).
       vocab: a word-list file (one word a line) instead of `n_words`.
-      mixture: which behaviour mix makes the data (`datasets.MIXTURES`: "default";
-        "habit", where half the games open with one poor word; "opener", the
-        same with both openers followed by the same play).
+      mixture: which behaviour mix makes the data (`datasets.MIXTURES`: "default",
+        a habitual poor opener followed by mostly expert play; "repeats", the
+        earlier default with a repeating player; "habit" and "opener"; see
+        the `datasets` docstring).
       n_train_games: games in the offline data set.
       n_heldout_games: games for the held-out loss.
       n_eval_games: games played per method (fixed answers and seeds).
@@ -89,7 +91,7 @@ class WordleConfig:
     n_words: int = 200
     vocab: str | None = None
     mixture: str = "default"
-    n_train_games: int = 5000
+    n_train_games: int = 40000
     n_heldout_games: int = 256
     n_eval_games: int = 1024
     seed: int = 0
@@ -98,7 +100,7 @@ class WordleConfig:
     n_head: int = 4
     max_len: int = 80
     batch_size: int = 32
-    bc_steps: int = 400
+    bc_steps: int = 3000
     rl_steps: int = 1200
     learning_rate: float = 6e-4
     rl_learning_rate: float | None = 4e-3
@@ -106,7 +108,7 @@ class WordleConfig:
     alpha_cql: float = 1e-4
     polyak_alpha: float = 0.2
     rl_from_bc: bool = True
-    freeze_policy: bool = False
+    freeze_policy: bool = True
     target_on_online_trunk: bool = True
     warmup_steps: int = 50
     cosine: bool = True
