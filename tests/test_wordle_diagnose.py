@@ -76,6 +76,14 @@ def test_q_bar_is_read_where_each_guess_emits_its_end_token(state_and_config):
             np.testing.assert_allclose(q[i], want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_game_longer_than_the_model_is_refused_not_cut(state_and_config):
+    state, model = state_and_config
+    short = dataclasses.replace(model, trunk=dataclasses.replace(model.trunk, n_positions=20))
+    game = _game("other", ["crane", "words"]).turns  # <a> + 2 × 12 tokens: 25 > 20
+    with pytest.raises(ValueError, match="game 0 is 25 tokens, longer than the model's 20 positions"):
+        end_of_guess_q(short, state, [game], TOK)
+
+
 def test_letter_advantages_are_what_the_sampler_adds(state_and_config):
     """A at each letter is min(Q̄1, Q̄2)[a] − V at the state emitting it, and log π_β is π_β's own (frozen or not)."""
     state, model = state_and_config

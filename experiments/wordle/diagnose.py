@@ -42,11 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.wordle import datasets, words as words_lib
-from experiments.wordle.env import Turn, WordleGame, prompt_ids
+from experiments.wordle.env import Turn, WordleGame, prompt_ids, turns_to_episode
 from experiments.wordle.policies import FeedbackTable
 from ilql_jax import tokenizers
 from ilql_jax.checkpoint import restore
 from ilql_jax.config import TrainConfig, config_from_dict
+from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.sharding import abstract_state
 
@@ -85,28 +86,30 @@ def end_of_guess_q(model_config: ilql.ModelConfig, state, games: Sequence[Sequen
                    batch_size: int = 64) -> list[np.ndarray]:
     """Q̄(h_t)[`</a>`] = min of the target heads, at the state emitting each guess's `</a>`, per game.
 
-    Games are right-padded into batches; attention is causal, so padding
-    never reaches a real position.
+    Games become the training layout (`episodes_to_arrays`, padded to the
+    model's positions, so one compiled forward serves every batch); attention
+    is causal, so padding never reaches a real position.
     """
     end = tokenizer.end_a_id
     n_positions = model_config.trunk.n_positions
-    seqs = [prompt_ids(turns, tokenizer) for turns in games]
-    for i, s in enumerate(seqs):
-        if len(s) > n_positions:
-            raise ValueError(f"game {i} is {len(s)} tokens, longer than the model's {n_positions} positions")
+    game_episodes = [turns_to_episode(turns) for turns in games]
+    for i, episode in enumerate(game_episodes):
+        n = len(episodes.episode_tokens(episode, tokenizer))
+        if n > n_positions:
+            raise ValueError(f"game {i} is {n} tokens, longer than the model's {n_positions} positions")
+    arrays = episodes.episodes_to_arrays(game_episodes, tokenizer, n_positions)
+
+    @jax.jit
+    def q_bar_end(tokens, mask):
+        o = ilql.apply(model_config, state.params, state.target_params, tokens, mask)
+        return jnp.minimum(o.target_q1_t[..., end], o.target_q2_t[..., end])
+
     out = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
-        width = max(map(len, chunk))
-        tokens = np.full((len(chunk), width), tokenizer.pad_id, np.int32)
-        mask = np.zeros_like(tokens)
-        for row, s in enumerate(chunk):
-            tokens[row, :len(s)], mask[row, :len(s)] = s, 1
-        o = ilql.apply(model_config, state.params, state.target_params, jnp.asarray(tokens), jnp.asarray(mask))
-        q_bar = np.minimum(np.asarray(o.target_q1_t[..., end]), np.asarray(o.target_q2_t[..., end]))
-        for row, s in enumerate(chunk):
-            emits_end = np.flatnonzero(np.asarray(s[1:]) == end)  # h_t predicts x_{t+1}
-            out.append(q_bar[row, emits_end])
+    for start in range(0, len(game_episodes), batch_size):
+        tokens = arrays["tokens"][start:start + batch_size]
+        q_bar = np.asarray(q_bar_end(tokens, arrays["attention_mask"][start:start + batch_size]))
+        for row in range(len(tokens)):
+            out.append(q_bar[row, np.flatnonzero(tokens[row, 1:] == end)])  # h_t predicts x_{t+1}
     return out
 
 
@@ -203,14 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = words_lib.load_vocab(os.path.join(args.workdir, "words.txt"))
     games = datasets.load_games(args.games or os.path.join(args.workdir, "data", "heldout.jsonl"), words)
     config, state = load_run(args.workdir, args.method)
-    rows, summary = calibration(config.step.model, state, games, words, config.step.loss.gamma,
-                                tokenizers.wordle_tokenizer())
+    tok = tokenizers.wordle_tokenizer()
+    rows, summary = calibration(config.step.model, state, games, words, config.step.loss.gamma, tok)
     out = os.path.join(args.workdir, args.method, "value_calibration.json")
     with open(out, "w") as f:
         json.dump({"rows": rows, "summary": summary}, f, indent=1)
     print(format_table(rows, summary))
     print(f"written to {out}")
-    tok = tokenizers.wordle_tokenizer()
     for word in filter(None, args.words.split(",")):
         letters = letter_advantages(config.step.model, state, [], word, tok)
         print(f"{word} as the first guess: " + "  ".join(
