@@ -19,8 +19,9 @@ and the value trunk begin as the BC baseline, and π_β stays exactly the BC
 baseline during the value steps (`freeze_policy`), so every method gets
 `bc_steps` of policy training and a value-guided method differs from BC by
 β·A alone (`--freeze_policy false` keeps training π_β on its BC loss).
-Scaling the paper's settings to a CPU: BC at learning rate 6e-4, the value-learning runs at 4e-3 for 1200
-steps (warm-up and cosine decay), and a Polyak rate of 0.2 (0.005 published):
+Scaling the paper's settings to a CPU: BC at learning rate 6e-4 for 3000
+steps, the value-learning runs at 4e-3 for 1200 steps (warm-up and cosine
+decay), and a Polyak rate of 0.2 (0.005 published):
 at 0.005 the values had not converged after 1000 steps (mean V ≈ −0.9 against
 a mean discounted return-to-go of −1.9 in the data); at 0.2 they reach it in
 ~250 steps. The README's Wordle section has the runs behind these choices.
