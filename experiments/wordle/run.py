@@ -126,7 +126,8 @@ class WordleConfig:
         if self.rl_from_bc and "bc" not in self.methods and set(self.methods) & set(VALUE_GUIDED):
             raise ValueError("rl_from_bc needs the 'bc' method: single-step RL and ILQL start from its checkpoint")
         if self.freeze_policy and not self.rl_from_bc:
-            raise ValueError("freeze_policy needs rl_from_bc: a frozen π_β must start from the BC checkpoint")
+            raise ValueError("freeze_policy needs rl_from_bc: a frozen π_β must start from the BC checkpoint "
+                             "(with --rl_from_bc false, also pass --freeze_policy false)")
 
 
 PRESETS = {
