@@ -192,7 +192,7 @@ class GPT2(nnx.Module):
                                                   embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False),
                                                   rngs=rngs)
         self.wpe = nnx.Embed(cfg.n_positions, cfg.n_embd, dtype=jnp.dtype(cfg.dtype), param_dtype=pdt,
-                                                  embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.01), (None, "embed"), eager_sharding=False),
+                                                  embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"), eager_sharding=False),
                                                   rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
         self.h = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layer)])
@@ -235,7 +235,9 @@ def mask_padded_vocab(logits: Array, vocab_size: int) -> Array:
 
 
 def init(config: GPT2Config, key: Array) -> Params:
-    """Random GPT-2 parameters (normal(0.02) init, scaled residual projections).
+    """Random GPT-2 parameters, initialised as Hugging Face's GPT-2 (`_init_weights`), the trunk of the
+    authors' code and trlx: embeddings and linear kernels ~ N(0, 0.02²), the residual output projections
+    (`attn.c_proj`, `mlp.c_proj`) ~ N(0, 0.02² / (2 n_layer)), biases 0, layer norms scale 1 and offset 0.
 
     Embedding rows of the padded vocabulary are zero: no token id reaches them
     and their logits are masked, so they stay zero and export drops nothing.

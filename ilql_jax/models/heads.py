@@ -3,6 +3,13 @@
 V: MLP d → 2d → 1 (ReLU); Q1, Q2: MLP d → 2d → |vocab| (double Q). The Q
 output axis is the trunk's padded vocabulary; the losses and the sampler mask
 the padded tail.
+
+Initialisation (`HEAD_INITS`, ILQL_SPEC §2) is a choice with measured
+consequences: "pytorch" (the default) is `torch.nn.Linear`'s, kernel and bias
+~ U(±1/√fan_in), as in the authors' heads and trlx's; "flax" is Flax's default
+(lecun-normal kernel, zero bias), which starts Q about 3× larger and, with a
+shared trunk, lets the early TD/CQL gradients swamp π_β's (the graph-walk
+benchmark, `experiments/graph_walks`, learns about half as well with it).
 """
 
 from __future__ import annotations
@@ -17,31 +24,49 @@ from flax import nnx
 from ilql_jax.models import gpt2
 
 
+HEAD_INITS = ("pytorch", "flax")
+
+
 def _meta(*names):
     return {"out_sharding": names, "eager_sharding": False}
 
 
-class MLPHead(nnx.Module):
-    """d → 2d → out with a ReLU, as in the authors' heads."""
+def _uniform_fan_in(fan_in: int) -> nnx.Initializer:
+    """U(±1/√fan_in): `torch.nn.Linear`'s default for its kernel (kaiming-uniform, a = √5) and its bias."""
+    bound = fan_in ** -0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
-    def __init__(self, d: int, out: int, out_axis: str | None, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
+
+def _linear(d_in: int, d_out: int, axes: tuple, init: str, **kw) -> nnx.Linear:
+    if init not in HEAD_INITS:
+        raise ValueError(f"head init must be one of {HEAD_INITS}, got {init!r}")
+    if init == "pytorch":
+        kw.update(kernel_init=_uniform_fan_in(d_in), bias_init=_uniform_fan_in(d_in))
+    return nnx.Linear(d_in, d_out, kernel_metadata=_meta(*axes), bias_metadata=_meta(axes[1]), **kw)
+
+
+class MLPHead(nnx.Module):
+    """d → 2d → out with a ReLU, as in the authors' heads; `init` is one of `HEAD_INITS`."""
+
+    def __init__(self, d: int, out: int, out_axis: str | None, *, dtype: str, param_dtype: str, rngs: nnx.Rngs,
+                 init: str = "pytorch"):
         kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), rngs=rngs)
-        self.fc = nnx.Linear(d, 2 * d, kernel_metadata=_meta("embed", "mlp"), bias_metadata=_meta("mlp"), **kw)
-        self.out = nnx.Linear(2 * d, out, kernel_metadata=_meta("mlp", out_axis), bias_metadata=_meta(out_axis), **kw)
+        self.fc = _linear(d, 2 * d, ("embed", "mlp"), init, **kw)
+        self.out = _linear(2 * d, out, ("mlp", out_axis), init, **kw)
 
     def __call__(self, h):
         y = self.out(jax.nn.relu(self.fc(h)))
         return y.astype(jnp.float32)
 
 
-def init_v_head(config: gpt2.GPT2Config, key: jax.Array) -> nnx.State:
+def init_v_head(config: gpt2.GPT2Config, key: jax.Array, init: str = "pytorch") -> nnx.State:
     return nnx.state(MLPHead(config.n_embd, 1, None, dtype=config.dtype, param_dtype=config.param_dtype,
-                             rngs=nnx.Rngs(params=key)), nnx.Param)
+                             rngs=nnx.Rngs(params=key), init=init), nnx.Param)
 
 
-def init_q_head(config: gpt2.GPT2Config, key: jax.Array) -> nnx.State:
+def init_q_head(config: gpt2.GPT2Config, key: jax.Array, init: str = "pytorch") -> nnx.State:
     return nnx.state(MLPHead(config.n_embd, config.padded_vocab_size, "vocab", dtype=config.dtype,
-                             param_dtype=config.param_dtype, rngs=nnx.Rngs(params=key)), nnx.Param)
+                             param_dtype=config.param_dtype, rngs=nnx.Rngs(params=key), init=init), nnx.Param)
 
 
 @functools.lru_cache(maxsize=None)

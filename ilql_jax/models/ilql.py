@@ -41,14 +41,20 @@ class ModelConfig:
       frozen_policy: π_β is held fixed where it starts (a BC checkpoint,
         ILQL_SPEC §2): training neither runs it nor updates it, and L_BC is 0.
         Then π_β is exactly the BC baseline, and what decoding adds is β·A.
+      head_init: how the V and Q heads start: "pytorch" (kernel and bias
+        ~ U(±1/√fan_in), `torch.nn.Linear`'s default, as in the authors' code and
+        trlx) or "flax" (lecun-normal kernel, zero bias); see `heads.HEAD_INITS`.
     """
 
     trunk: gpt2.GPT2Config = gpt2.GPT2Config()
     shared_policy: bool = False
     target_on_online_trunk: bool = False
     frozen_policy: bool = False
+    head_init: str = "pytorch"
 
     def __post_init__(self):
+        if self.head_init not in heads.HEAD_INITS:
+            raise ValueError(f"ModelConfig.head_init must be one of {heads.HEAD_INITS}, got {self.head_init!r}")
         if self.shared_policy and self.frozen_policy:
             raise ValueError("ModelConfig: frozen_policy needs a separate π_β; with shared_policy π_β is the "
                              "value trunk's LM head, which the value losses train")
@@ -78,8 +84,8 @@ def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
     cfg = config.trunk
     trunk = gpt2.init(cfg, k_trunk) if trunk is None else trunk
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers, so donation never aliases
-    value = {"trunk": trunk, "v": heads.init_v_head(cfg, k_v),
-             "q1": heads.init_q_head(cfg, k_q1), "q2": heads.init_q_head(cfg, k_q2)}
+    value = {"trunk": trunk, "v": heads.init_v_head(cfg, k_v, config.head_init),
+             "q1": heads.init_q_head(cfg, k_q1, config.head_init), "q2": heads.init_q_head(cfg, k_q2, config.head_init)}
     online = {"value": value}
     if not config.shared_policy:
         online["policy"] = copy(trunk if policy is None else policy)
