@@ -29,9 +29,15 @@ _EXPORTS: dict[str, tuple[str, str]] = {
                            "episodes -> [N, max_len] tokens, masks, r_t, next(t), dones for training"),
     "prompt_tokens": ("ilql_jax.data.episodes",
                       "a history of segments as the token ids that prompt the agent's next utterance"),
+    "fit_reward_norm": ("ilql_jax.data.rewards",
+                        "reward standardisation (none / scale / zscore) fitted on training episodes"),
+    "RewardNorm": ("ilql_jax.data.rewards", "the fitted map r -> (r - shift) / scale; `.apply(episodes)`"),
     # --- Tokenizers: markup <s> </s> <a> </a> </eod> and <pad> are one id each.
     "gpt2_tokenizer": ("ilql_jax.tokenizers", "GPT-2's BPE (offline by default), or one from a directory or hub id"),
     "train_bpe_tokenizer": ("ilql_jax.tokenizers", "a byte-level BPE fitted to your own texts"),
+    "symbol_tokenizer": ("ilql_jax.tokenizers",
+                         "one id per symbol of a small vocabulary (graph nodes, game moves), no merges"),
+    "hf_tokenizer": ("ilql_jax.tokenizers", "any `tokenizers`-library tokenizer.json (a directory or hub id)"),
     "wordle_tokenizer": ("ilql_jax.tokenizers", "the 35-token Wordle vocabulary"),
     "load_tokenizer": ("ilql_jax.tokenizers", "reloads any tokenizer written by its `save(directory)`"),
     # --- Configuration: frozen dataclasses, nested; every field is documented on its class.
@@ -94,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.config import TrainConfig, config_from_dict, parse_config
     from ilql_jax.data.episodes import (Episode, Segment, agent, env, episode_return, episodes_to_arrays,
                                         prompt_tokens)
+    from ilql_jax.data.rewards import RewardNorm, fit_reward_norm
     from ilql_jax.loop import Preempted, train_and_evaluate
     from ilql_jax.losses import LossConfig
     from ilql_jax.models.gpt2 import GPT2Config
@@ -103,4 +110,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed
     from ilql_jax.state import ILQLState, OptimConfig
     from ilql_jax.train import StepConfig
-    from ilql_jax.tokenizers import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer, wordle_tokenizer
+    from ilql_jax.tokenizers import (gpt2_tokenizer, hf_tokenizer, load_tokenizer, symbol_tokenizer,
+                                     train_bpe_tokenizer, wordle_tokenizer)

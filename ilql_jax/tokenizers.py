@@ -10,7 +10,10 @@ pipeline and the sampler see the same ids for the same markup.
 - `train_bpe_tokenizer(texts, vocab_size)`: a small byte-level BPE trained on
   a corpus, for from-scratch runs where a 50k vocabulary would make the Q
   heads too large.
-- `wordle_tokenizer()`: the 35-token Wordle character vocabulary.
+- `symbol_tokenizer(symbols)`: one id per symbol of a small fixed vocabulary
+  (graph nodes, game moves); nothing is learned or merged.
+- `wordle_tokenizer()`: the 35-token Wordle character vocabulary (a symbol tokenizer).
+- `hf_tokenizer(directory)`: any `tokenizers`-library `tokenizer.json`.
 
 `save(directory)` writes `tokenizer_config.json` (with a `kind` field) next to
 the tokenizer's own files; `load_tokenizer(directory)` reloads either kind.
@@ -93,7 +96,8 @@ def _write_config(directory: str, config: dict) -> None:
 
 
 class BPETokenizer:
-    """A byte-level BPE from the `tokenizers` library, with markup and pad."""
+    """A tokenizer of the `tokenizers` library (GPT-2's byte-level BPE, a trained BPE, or any
+    `tokenizer.json`, see `hf_tokenizer`), with markup and pad as special tokens."""
 
     kind = "bpe"
 
@@ -196,6 +200,20 @@ def gpt2_tokenizer(path_or_hub_id: str | None = None) -> BPETokenizer:
     return BPETokenizer(_byte_level(model))
 
 
+def hf_tokenizer(path_or_hub_id: str) -> BPETokenizer:
+    """Any tokenizer of the Hugging Face `tokenizers` library (BPE, word-level, unigram), with markup and
+    pad added as special tokens: a directory holding `tokenizer.json`, or a hub id (needs network).
+
+    For a small fixed vocabulary, `symbol_tokenizer` needs no file at all.
+    """
+    if is_hub_id(path_or_hub_id):
+        return BPETokenizer(hf_tokenizers.Tokenizer.from_pretrained(path_or_hub_id))
+    directory = os.path.expanduser(path_or_hub_id)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"tokenizer directory not found: {directory}")
+    return BPETokenizer.from_directory(directory)
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     """Train a byte-level BPE of at most `vocab_size` ids on `texts`.
 
@@ -236,41 +254,56 @@ def _without_markup(texts: Iterable[str]) -> Iterable[str]:
 
 
 # --------------------------------------------------------------------------
-# Wordle: one id per letter or bracketed token.
+# Small vocabularies: one id per symbol (graph nodes, game moves, letters).
 
 
-class WordleTokenizer:
-    """The 35-token Wordle vocabulary: pad, 26 letters, feedback, markup."""
+class SymbolTokenizer:
+    """One id per symbol of a fixed list, plus pad and markup: the tokenizer of a small vocabulary.
 
-    kind = "wordle"
-    vocab = (PAD, *WORDLE_LETTERS, *WORDLE_FEEDBACK, *MARKUP)
+    Ids: `<pad>` is 0, the symbols follow in the order given, then the markup
+    `<s> </s> <a> </a> </eod>`. `encode` reads the longest symbol (or markup)
+    at each position and skips whitespace, so symbols may be written with or
+    without separators ("abc", "a b c" and "e2e4 e7e5" with symbols of any
+    length); text that no symbol matches is an error naming the position.
+    `decode` joins symbols with `separator`. Nothing is merged or learned, so
+    a vocabulary of n symbols has exactly n + 6 ids and every id is a symbol.
+    """
 
-    def __init__(self):
+    kind = "symbols"
+
+    def __init__(self, symbols: Iterable[str], separator: str = ""):
+        symbols = tuple(symbols)
+        reserved = set(MARKUP) | {PAD}
+        for symbol in symbols:
+            if not isinstance(symbol, str) or not symbol or any(c.isspace() for c in symbol):
+                raise ValueError(f"symbol tokenizer: symbols must be non-empty strings without whitespace, "
+                                 f"got {symbol!r}")
+            if symbol in reserved:
+                raise ValueError(f"symbol tokenizer: {symbol!r} is markup or pad, which every tokenizer has")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"symbol tokenizer: repeated symbols {sorted({s for s in symbols if symbols.count(s) > 1})}")
+        if not symbols:
+            raise ValueError("symbol tokenizer: need at least one symbol")
+        self.symbols, self.separator = symbols, separator
+        self.vocab = (PAD, *symbols, *MARKUP)
         self._ids = {token: i for i, token in enumerate(self.vocab)}
+        self._lengths = sorted({len(t) for t in self.vocab}, reverse=True)
         self.vocab_size = len(self.vocab)
         for attr, token_id in _special_ids(self._ids.get).items():
             setattr(self, attr, token_id)
         self._skipped = frozenset(self._ids[t] for t in MARKUP + (PAD,))
 
     def encode(self, text: str) -> list[int]:
-        """Split `text` into letters and `<...>` tokens; whitespace is ignored."""
-        ids = []
-        pos = 0
+        ids, pos = [], 0
         while pos < len(text):
-            char = text[pos]
-            if char.isspace():
+            if text[pos].isspace():
                 pos += 1
                 continue
-            if char == "<":
-                end = text.find(">", pos)
-                token = text[pos : end + 1] if end >= 0 else text[pos:]
-            else:
-                token = char
-            if token not in self._ids:
-                raise ValueError(
-                    f"Wordle tokenizer: invalid {'token' if char == '<' else 'character'} "
-                    f"{token!r} at position {pos} in {text!r}"
-                )
+            token = next((text[pos:pos + n] for n in self._lengths if text[pos:pos + n] in self._ids), None)
+            if token is None:
+                end = text.find(">", pos) if text[pos] == "<" else pos
+                unit = text[pos:end + 1] if end >= 0 else text[pos:]
+                raise ValueError(f"{self._name} tokenizer: no symbol matches {unit!r} at position {pos} in {text!r}")
             ids.append(self._ids[token])
             pos += len(token)
         return ids
@@ -279,10 +312,44 @@ class WordleTokenizer:
         ids = [int(i) for i in ids]  # accepts numpy / jax arrays
         for i in ids:
             if not 0 <= i < self.vocab_size:
-                raise ValueError(f"Wordle tokenizer: id {i} outside [0, {self.vocab_size})")
+                raise ValueError(f"{self._name} tokenizer: id {i} outside [0, {self.vocab_size})")
         if skip_markup:
             ids = [i for i in ids if i not in self._skipped]
-        return "".join(self.vocab[i] for i in ids)
+        return self.separator.join(self.vocab[i] for i in ids)
+
+    @property
+    def _name(self) -> str:
+        return "symbol"
+
+    def save(self, directory: str) -> None:
+        _write_config(directory, {"kind": self.kind, "symbols": list(self.symbols), "separator": self.separator})
+
+    @classmethod
+    def from_directory(cls, directory: str, config: dict) -> SymbolTokenizer:
+        symbols, separator = config.get("symbols"), config.get("separator", "")
+        if not isinstance(symbols, list) or not isinstance(separator, str):
+            raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: a symbols tokenizer needs a list "
+                             "'symbols' and a string 'separator'")
+        return cls(symbols, separator)
+
+
+def symbol_tokenizer(symbols: Iterable[str], separator: str = "") -> SymbolTokenizer:
+    """A tokenizer with one id per symbol (plus pad and markup), for small vocabularies such as graph
+    nodes or game moves; see `SymbolTokenizer`. `save` / `load_tokenizer` round-trip it."""
+    return SymbolTokenizer(symbols, separator)
+
+
+class WordleTokenizer(SymbolTokenizer):
+    """The 35-token Wordle vocabulary: pad, 26 letters, feedback, markup."""
+
+    kind = "wordle"
+
+    def __init__(self):
+        super().__init__(WORDLE_LETTERS + WORDLE_FEEDBACK)
+
+    @property
+    def _name(self) -> str:
+        return "Wordle"
 
     def save(self, directory: str) -> None:
         # The vocabulary is code, not data; store it so that load_tokenizer can
@@ -292,10 +359,10 @@ class WordleTokenizer:
     @classmethod
     def from_directory(cls, directory: str, config: dict) -> WordleTokenizer:
         tokenizer = cls()
-        if config.get("vocab", list(cls.vocab)) != list(cls.vocab):
+        if config.get("vocab", list(tokenizer.vocab)) != list(tokenizer.vocab):
             raise ValueError(
                 f"{os.path.join(directory, CONFIG_FILE)}: Wordle vocabulary differs "
-                f"from this version's {list(cls.vocab)}"
+                f"from this version's {list(tokenizer.vocab)}"
             )
         return tokenizer
 
@@ -321,9 +388,11 @@ def load_tokenizer(directory: str) -> Tokenizer:
         return BPETokenizer.from_directory(directory)
     if kind == WordleTokenizer.kind:
         return WordleTokenizer.from_directory(directory, config)
+    if kind == SymbolTokenizer.kind:
+        return SymbolTokenizer.from_directory(directory, config)
     raise ValueError(
         f"{config_path}: unknown tokenizer kind {kind!r}; "
-        f"expected one of {[BPETokenizer.kind, WordleTokenizer.kind]}"
+        f"expected one of {[BPETokenizer.kind, WordleTokenizer.kind, SymbolTokenizer.kind]}"
     )
 
 
@@ -334,8 +403,11 @@ __all__ = [
     "WORDLE_LETTERS",
     "Tokenizer",
     "BPETokenizer",
+    "SymbolTokenizer",
     "WordleTokenizer",
     "gpt2_tokenizer",
+    "hf_tokenizer",
+    "symbol_tokenizer",
     "train_bpe_tokenizer",
     "wordle_tokenizer",
     "load_tokenizer",

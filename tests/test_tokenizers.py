@@ -188,3 +188,53 @@ def test_load_tokenizer_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="vocabulary differs"):
         tok.load_tokenizer(str(tmp_path))
+
+
+def test_symbol_tokenizer_through_the_public_api_round_trips_episodes(tmp_path):
+    from ilql_jax import Episode, agent, env, episodes_to_arrays, load_tokenizer, symbol_tokenizer
+
+    nodes = [chr(ord("a") + i) for i in range(21)]
+    tokenizer = symbol_tokenizer(nodes)
+    assert tokenizer.vocab_size == 21 + 6  # every id a symbol, pad or markup: nothing merged
+    assert tokenizer.encode("abu") == [1, 2, 21]
+    walk = Episode([env("c"), agent("hda", 0.75)], terminal=True)
+    arrays = episodes_to_arrays([walk], tokenizer, 12)
+    ids = [int(i) for i, m in zip(arrays["tokens"][0], arrays["attention_mask"][0]) if m]
+    assert tokenizer.decode(ids) == "<s>c</s>hda</a></eod>"
+    assert tokenizer.decode(ids, skip_markup=True) == "chda"
+    assert ids == tokenizer.encode("<s>c</s>hda</a></eod>")
+    # One action per agent symbol and the </a> (ILQL_SPEC §1), the reward on the </a> transition.
+    assert arrays["action_mask"][0].sum() == 4 and arrays["rewards"][0].sum() == 0.75
+
+    tokenizer.save(str(tmp_path / "tok"))
+    again = load_tokenizer(str(tmp_path / "tok"))
+    assert again.encode("<a>hda</a>") == tokenizer.encode("<a>hda</a>") and again.vocab_size == 27
+
+
+def test_symbol_tokenizer_multi_character_symbols_and_errors():
+    moves = tok.symbol_tokenizer(["e2e4", "e7e5", "e2", "O-O"], separator=" ")
+    assert moves.encode("e2e4 e7e5 O-O") == [1, 2, 4]
+    assert moves.encode("e2e4e2") == [1, 3]  # the longest symbol wins
+    assert moves.decode(moves.encode("<a>e2e4 O-O</a>")) == "<a> e2e4 O-O </a>"
+    with pytest.raises(ValueError, match=r"'x'.*position 5"):
+        moves.encode("e2e4 x")
+    with pytest.raises(ValueError, match="markup"):
+        tok.symbol_tokenizer(["a", "</a>"])
+    with pytest.raises(ValueError, match="repeated"):
+        tok.symbol_tokenizer(["a", "b", "a"])
+    with pytest.raises(ValueError, match="whitespace"):
+        tok.symbol_tokenizer(["a b"])
+
+
+def test_hf_tokenizer_loads_a_word_level_tokenizer_json(tmp_path):
+    import tokenizers as hf_tokenizers
+    from tokenizers import models, pre_tokenizers
+
+    word = hf_tokenizers.Tokenizer(models.WordLevel({"UNK": 0, "up": 1, "down": 2}, unk_token="UNK"))
+    word.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "w").mkdir()
+    word.save(str(tmp_path / "w" / "tokenizer.json"))
+    loaded = tok.hf_tokenizer(str(tmp_path / "w"))
+    assert loaded.encode("up down<a>") == [1, 2, loaded.a_id]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        tok.hf_tokenizer(str(tmp_path / "nowhere"))
