@@ -64,6 +64,7 @@ __all__ = [
     "SamplerConfig",
     "Knobs",
     "make_knobs",
+    "token_mask",
     "DecodeState",
     "SampleResult",
     "top_k_filter",
@@ -143,10 +144,11 @@ class Knobs:
     adv_clip: Array     # [] float32, +inf for no clipping
     stop_ids: Array     # [MAX_STOP_IDS] int32, padded with -1
     pad_id: Array       # [] int32, never sampled; emitted after a row stops
+    allowed: Array      # [V_pad] bool (or [1]: all), the token mask: ids that may be emitted
 
 
 def make_knobs(*, beta: float, temperature: float = 1.0, adv_clip: float | None = None,
-               stop_ids: Sequence[int], pad_id: int) -> Knobs:
+               stop_ids: Sequence[int], pad_id: int, allowed: Any = None) -> Knobs:
     if not float(temperature) > 0:
         raise ValueError(f"temperature must be > 0 (use mode='greedy' for argmax), got {temperature}")
     stop_ids = [int(i) for i in stop_ids]
@@ -157,7 +159,29 @@ def make_knobs(*, beta: float, temperature: float = 1.0, adv_clip: float | None 
         temperature=jnp.asarray(temperature, jnp.float32),
         adv_clip=jnp.asarray(jnp.inf if adv_clip is None else adv_clip, jnp.float32),
         stop_ids=jnp.asarray(stop_ids + [-1] * (MAX_STOP_IDS - len(stop_ids)), jnp.int32),
-        pad_id=jnp.asarray(pad_id, jnp.int32))
+        pad_id=jnp.asarray(pad_id, jnp.int32),
+        allowed=jnp.ones((1,), bool) if allowed is None else jnp.asarray(allowed, bool))
+
+
+def token_mask(trunk: gpt2.GPT2Config, *, allowed_ids: Sequence[int] | None = None,
+               forbidden_ids: Sequence[int] | None = None, stop_ids: Sequence[int] = ()) -> np.ndarray:
+    """The [V_pad] bool mask of ids decoding may emit: `allowed_ids` (all when None) plus the stop
+    ids, minus `forbidden_ids`. A traced argument: changing it never recompiles."""
+    def checked(ids, name):
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < trunk.vocab_size]
+        if bad:
+            raise ValueError(f"{name} holds ids {bad[:5]} outside the vocabulary [0, {trunk.vocab_size})")
+        return ids
+
+    mask = np.zeros(trunk.padded_vocab_size, bool)
+    if allowed_ids is None:
+        mask[:trunk.vocab_size] = True
+    else:
+        mask[checked(allowed_ids, "allowed_ids") + [i for i in stop_ids if i >= 0]] = True
+    if forbidden_ids is not None:
+        mask[checked(forbidden_ids, "forbidden_ids")] = False
+    return mask
 
 
 @chex.dataclass
@@ -400,7 +424,7 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     """Chooses one token per row (§5 steps 1-4) and feeds it to every trunk."""
     cfg, sc = model_config.trunk, sampler_config
     ids = jnp.arange(cfg.padded_vocab_size)
-    valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id)
+    valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id) & knobs.allowed
     pi_logits = gpt2.lm_logits(_policy_trunk(model_config, online), cfg, state.h_policy)
     adv = advantage(model_config, online, target, state.h_value, state.h_target)
     logits = perturb_logits(pi_logits, adv, valid, beta=knobs.beta, temperature=knobs.temperature,
@@ -490,7 +514,8 @@ def bucket_length(sampler_config: SamplerConfig, trunk: gpt2.GPT2Config, length:
 def sample(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
            prompt_tokens, prompt_mask, key: Array, *, beta: float, temperature: float = 1.0,
            adv_clip: float | None = None, stop_ids: Sequence[int], pad_id: int,
-           sampler_config: SamplerConfig) -> SampleResult:
+           sampler_config: SamplerConfig, allowed_ids: Sequence[int] | None = None,
+           forbidden_ids: Sequence[int] | None = None) -> SampleResult:
     """Generates up to `max_new_tokens` per prompt with the value-guided sampler (ILQL_SPEC §5).
 
     Args:
@@ -502,6 +527,9 @@ def sample(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Par
       adv_clip: A is clipped from above at this value (None: no clipping).
       stop_ids: a row stops after emitting one of these (e.g. `</a>`).
       pad_id: never sampled; fills `tokens` after a row's stop.
+      allowed_ids, forbidden_ids: the token mask, in every mode: only `allowed_ids` (and the stop
+        ids) may be emitted, never `forbidden_ids` (e.g. markup inside a reply). Masked ids get
+        -inf in l' before filtering, so top-k / top-p choose among the allowed ones.
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
@@ -510,7 +538,10 @@ def sample(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Par
     extra = bucket_length(sampler_config, model_config.trunk, prompt_tokens.shape[1]) - prompt_tokens.shape[1]
     prompt_tokens = jnp.pad(prompt_tokens, ((0, 0), (extra, 0)), constant_values=pad_id)
     prompt_mask = jnp.pad(prompt_mask, ((0, 0), (extra, 0)))
-    knobs = make_knobs(beta=beta, temperature=temperature, adv_clip=adv_clip, stop_ids=stop_ids, pad_id=pad_id)
+    allowed = token_mask(model_config.trunk, allowed_ids=allowed_ids, forbidden_ids=forbidden_ids,
+                         stop_ids=stop_ids)
+    knobs = make_knobs(beta=beta, temperature=temperature, adv_clip=adv_clip, stop_ids=stop_ids, pad_id=pad_id,
+                       allowed=allowed)
     return _sample_jit(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key, knobs)
 
 
@@ -522,15 +553,19 @@ def _is_ids(prompt) -> bool:
 def generate_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
                   prompts: Sequence, key: Array, *, sampler_config: SamplerConfig | None = None,
                   beta: float = 1.0, temperature: float = 1.0, adv_clip: float | None = None,
-                  stop_ids: Sequence[int] | None = None) -> list[str]:
+                  stop_ids: Sequence[int] | None = None, allowed_ids: Sequence[int] | None = None,
+                  forbidden_ids: Sequence[int] | None = None) -> list[str]:
     """Text of the agent's next utterance for each prompt (ILQL_SPEC §5 step 4).
 
     Args:
       prompts: token id lists, or histories (sequences of `episodes.Segment`)
         laid out with `episodes.prompt_tokens`, exactly as in training.
       stop_ids: default `</a>`.
+      allowed_ids, forbidden_ids: the token mask (see `sample`).
 
-    Returns the generated text cut before the first `</a>`, markup stripped.
+    Returns the generated text cut before the first stop id (ILQL_SPEC §5 step 4 strips it). Everything
+    else the model emitted is kept: markup emitted mid-reply comes back verbatim ("b<s>a", not "ba"),
+    so an evaluation sees it (forbid it with `forbidden_ids` instead).
     """
     sampler_config = sampler_config or SamplerConfig()
     ids = [list(p) if _is_ids(p) else episodes.prompt_tokens(p, tokenizer) for p in prompts]
@@ -542,13 +577,15 @@ def generate_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params
     for row, prompt in enumerate(ids):
         tokens[row, width - len(prompt):] = prompt
         mask[row, width - len(prompt):] = 1
+    stop_ids = tuple(stop_ids or (tokenizer.end_a_id,))
     result = sample(model_config, online, target, tokens, mask, key, beta=beta, temperature=temperature,
-                    adv_clip=adv_clip, stop_ids=stop_ids or (tokenizer.end_a_id,), pad_id=tokenizer.pad_id,
-                    sampler_config=sampler_config)
+                    adv_clip=adv_clip, stop_ids=stop_ids, pad_id=tokenizer.pad_id, sampler_config=sampler_config,
+                    allowed_ids=allowed_ids, forbidden_ids=forbidden_ids)
     texts = []
     for row, length in zip(np.asarray(result.tokens), np.asarray(result.lengths)):
         row = [int(i) for i in row[:length]]
-        if tokenizer.end_a_id in row:
-            row = row[:row.index(tokenizer.end_a_id)]
-        texts.append(tokenizer.decode(row, skip_markup=True))
+        # Only a final stop id ends a row, so it is the last one (pad is never emitted before it).
+        if row and row[-1] in stop_ids:
+            row = row[:-1]
+        texts.append(tokenizer.decode(row))
     return texts

@@ -361,8 +361,35 @@ def test_generate_text_from_ids_and_histories(nets):
     for text, row, length in zip(texts, np.asarray(result.tokens), np.asarray(result.lengths)):
         row = list(row[:length])
         cut = row[:row.index(TOK.end_a_id)] if TOK.end_a_id in row else row
-        assert text == TOK.decode(cut, skip_markup=True)
-        assert "<" not in text.replace("<g>", "").replace("<y>", "").replace("<b>", "")
+        assert text == TOK.decode(cut)  # what was generated, markup included, less the stop
+
+
+def test_generate_text_reports_markup_emitted_mid_reply(nets):
+    # Only <s> and "d" may be emitted and </a> is forbidden: every reply runs to M tokens of them.
+    texts = sampler.generate_text(TOK, MODEL, *nets[MODEL], [list(p[m == 1]) for p, m in zip(PROMPTS, MASK)],
+                                  jax.random.key(0), sampler_config=SAMPLE, beta=1.0,
+                                  allowed_ids=[TOK.s_id, TOK.encode("d")[0]], forbidden_ids=[TOK.end_a_id])
+    assert all(TOK.encode(t) and set(TOK.encode(t)) <= {TOK.s_id, TOK.encode("d")[0]} for t in texts)
+    assert all(len(TOK.encode(t)) == M for t in texts)  # nothing deleted
+    assert sum("<s>" in t for t in texts) >= 3, texts
+
+
+@pytest.mark.parametrize("mode", sampler.MODES)
+def test_token_mask_holds_in_every_mode(nets, mode):
+    scfg = sampler.SamplerConfig(max_new_tokens=M, mode=mode, prompt_buckets=(P,), num_beams=3, n=3)
+    forbidden = list(range(1, TOK.vocab_size, 2))  # every odd id, the stop </a> (id 33) among them
+    run = functools.partial(sampler.sample, MODEL, *nets[MODEL], PROMPTS, MASK, jax.random.key(1), beta=4.0,
+                            pad_id=PAD, sampler_config=scfg)
+    free = np.asarray(run(stop_ids=NO_STOP).tokens)
+    assert np.isin(free, forbidden).any()  # without the mask, these ids are chosen
+    masked = np.asarray(run(stop_ids=NO_STOP, forbidden_ids=forbidden).tokens)
+    assert not np.isin(masked, forbidden).any()
+    allowed = [3, 4, 7]
+    only = run(stop_ids=(TOK.end_a_id,), allowed_ids=allowed)
+    emitted = [t for row, n in zip(np.asarray(only.tokens), np.asarray(only.lengths)) for t in row[:n]]
+    assert set(emitted) <= set(allowed) | {TOK.end_a_id}  # the stop id stays allowed
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        run(stop_ids=NO_STOP, forbidden_ids=[TOK.vocab_size])
 
 
 def test_bc_state_decodes_pi_beta_alone():
