@@ -29,7 +29,11 @@ class StepConfig:
       model: which networks exist and their trunk shape.
       loss: γ, τ, α_cql, β_awac (the vocabulary size is taken from the trunk).
       optim: AdamW settings, schedule, clipping, accumulation.
-      polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published.
+      polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published;
+        1.0 is a hard copy (θ̄ ← θ).
+      target_update_every: the target moves after every k-th optimizer step
+        only (k = 1 published; trlx syncs every 5 steps with α = 0.1, DQN-style
+        designs hard-copy every k steps with α = 1).
     """
 
     mode: str = "ilql"
@@ -37,12 +41,15 @@ class StepConfig:
     loss: losses.LossConfig = losses.LossConfig()
     optim: OptimConfig = OptimConfig()
     polyak_alpha: float = 0.005
+    target_update_every: int = 1
 
     def __post_init__(self):
         if self.mode not in ("ilql", "bc"):
             raise ValueError(f"StepConfig.mode must be 'ilql' or 'bc', got {self.mode!r}")
         if not 0.0 < self.polyak_alpha <= 1.0:
             raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
+        if self.target_update_every < 1:
+            raise ValueError(f"StepConfig.target_update_every must be >= 1, got {self.target_update_every}")
 
     @property
     def loss_config(self) -> losses.LossConfig:
@@ -93,8 +100,8 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
 
 
 def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQLState, dict[str, jax.Array]]:
-    """One micro-step: gradients, AdamW (through MultiSteps), and the Polyak update
-    after each real optimizer step only (ILQL_SPEC §4)."""
+    """One micro-step: gradients, AdamW (through MultiSteps), and the Polyak update after every
+    `target_update_every`-th real optimizer step only (ILQL_SPEC §4)."""
     tx = make_optimizer(config.optim)
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if config.model.trunk.dropout == 0.0:
@@ -107,9 +114,10 @@ def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQL
     target = state.target_params
     # MultiSteps applies the accumulated update on every grad_accum-th micro-step.
     updated = (state.step + 1) % config.optim.grad_accum == 0
+    sync = updated & (((state.step + 1) // config.optim.grad_accum) % config.target_update_every == 0)
     if config.mode == "ilql":
         moved = polyak_update(ilql.target_tracked(config.model, params), target, config.polyak_alpha)
-        target = jax.tree.map(lambda new, old: jnp.where(updated, new, old), moved, target)
+        target = jax.tree.map(lambda new, old: jnp.where(sync, new, old), moved, target)
     optimizer_step = state.step // config.optim.grad_accum
     metrics = {**metrics, "grad_norm": optax.global_norm(grads),
                "learning_rate": jnp.asarray(learning_rate_schedule(config.optim)(optimizer_step), jnp.float32)}

@@ -46,6 +46,30 @@ def test_polyak_moves_target_by_alpha_only_on_real_optimizer_steps():
     assert set(s2.target_params) == {"trunk", "q1", "q2"}
 
 
+@pytest.mark.parametrize("alpha", [0.25, 1.0])
+def test_target_moves_every_k_optimizer_steps_only(alpha):
+    """With target_update_every=3 (and 2 micro-steps per optimizer step) the target moves by exactly
+    α·(θ − θ̄) after optimizer steps 3 and 6, and not at all on the other micro-steps; α = 1 is a hard copy."""
+    cfg = train.StepConfig(model=ilql.ModelConfig(trunk=_trunk()), optim=OptimConfig(learning_rate=1e-2, grad_accum=2),
+                           polyak_alpha=alpha, target_update_every=3)
+    step = train.make_train_step(cfg, donate=False)
+    batch = _batch([WORDLE] * 2, max_len=32)
+    state = train.init_state(cfg, jax.random.key(0))
+    for micro in range(1, 13):
+        before = state.target_params
+        state, _ = step(state, batch)
+        if micro % 6:
+            chex.assert_trees_all_equal(state.target_params, before)
+            continue
+        theta = ilql.target_tracked(cfg.model, state.params)
+        chex.assert_trees_all_close(state.target_params, jax.tree.map(lambda t, o: o + alpha * (t - o), theta, before),
+                                    atol=1e-7, rtol=1e-6)
+        if alpha == 1.0:
+            chex.assert_trees_all_equal(state.target_params, theta)
+        assert min(float(jnp.max(jnp.abs(a - b))) for a, b in
+                   zip(jax.tree.leaves(state.target_params), jax.tree.leaves(before))) > 0
+
+
 def _loss_terms(cfg, params, target, batch):
     return train.loss_fn(cfg, params, target, batch, None)[1]
 
@@ -138,6 +162,8 @@ def test_step_config_errors():
         train.StepConfig(mode="ppo")
     with pytest.raises(ValueError, match="polyak_alpha"):
         train.StepConfig(polyak_alpha=0.0)
+    with pytest.raises(ValueError, match="target_update_every"):
+        train.StepConfig(target_update_every=0)
     with pytest.raises(ValueError, match="schedule"):
         OptimConfig(schedule="linear")
 
