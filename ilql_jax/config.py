@@ -52,7 +52,10 @@ class TrainConfig:
       num_steps: total micro-steps; a run resumed at step k runs the rest.
       log_every: micro-steps between fetches of the train metrics (the only
         host syncs of the loop).
-      eval_every: micro-steps between held-out evaluations (0: only at the end).
+      eval_every: micro-steps between evaluations (0: only at the end): the
+        held-out loss and the loop's `on_eval` callback.
+      eval_steps: further steps at which to evaluate; 0 evaluates the fresh
+        state before its first update (a baseline for `on_eval`'s metrics).
       eval_batches: held-out batches averaged per evaluation (always the same ones).
       seed: seeds parameter init, dropout and the data order.
       bc_top_fraction: %BC: with step.mode "bc", train only on this top fraction
@@ -77,6 +80,7 @@ class TrainConfig:
     num_steps: int = 1000
     log_every: int = 50
     eval_every: int = 500
+    eval_steps: tuple[int, ...] = ()
     eval_batches: int = 8
     seed: int = 0
     bc_top_fraction: float | None = None
@@ -91,6 +95,9 @@ class TrainConfig:
                               ("eval_every", 0), ("eval_batches", 1), ("seed", 0)):
             if getattr(self, name) < minimum:
                 raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {getattr(self, name)}")
+        if any(not isinstance(k, int) or not 0 <= k <= self.num_steps for k in self.eval_steps):
+            raise ValueError(f"TrainConfig.eval_steps must be steps in [0, num_steps={self.num_steps}], "
+                             f"got {self.eval_steps}")
         if self.max_len > self.step.model.trunk.n_positions:
             raise ValueError(f"TrainConfig.max_len={self.max_len} exceeds the trunk's "
                              f"n_positions={self.step.model.trunk.n_positions}")

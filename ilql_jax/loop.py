@@ -8,7 +8,8 @@ sharded batch -> jitted train step (state donated) -> every `log_every` steps
 fetch the averaged metrics and check the loss (the loop's only host sync
 besides saves) -> every `eval_every` steps and at the end, a held-out
 evaluation -> every `checkpoint.every_steps` steps and at the end, a
-checkpoint -> `on_step_end`.
+checkpoint -> `on_step_end`. Evaluations (`eval_every`, `eval_steps`, the end;
+step 0 when `eval_steps` holds it) run the held-out loss and `on_eval`.
 
 The workdir afterwards::
 
@@ -213,6 +214,23 @@ def evaluate(config: TrainConfig, state: ILQLState, eval_data: Arrays,
                   for k in range(config.eval_batches)])
 
 
+def _is_eval_step(config: TrainConfig, step: int) -> bool:
+    return (step == config.num_steps or step in config.eval_steps
+            or bool(config.eval_every and step and step % config.eval_every == 0))
+
+
+def _evaluations(config: TrainConfig, step: int, state: ILQLState, eval_data: Arrays | None,
+                 mesh: jax.sharding.Mesh, on_eval: Callable | None) -> dict[str, float]:
+    """The `eval/` metrics at `step`: the held-out loss (with eval data) and what `on_eval` returns."""
+    logs = {}
+    if eval_data is not None:
+        logs.update({f"eval/{k}": v for k, v in evaluate(config, state, eval_data, mesh).items()})
+    if on_eval is not None:
+        jax.block_until_ready(state)  # the callback sees the step's results, not a pending computation
+        logs.update({f"eval/{k}": float(v) for k, v in (on_eval(step, state) or {}).items()})
+    return logs
+
+
 def init_weights(init: str, trunk: gpt2.GPT2Config) -> gpt2.Params | None:
     """The GPT-2 weights that `TrainConfig.init` names (None for "scratch": random).
 
@@ -356,6 +374,7 @@ def train_and_evaluate(
     trunk: gpt2.Params | None = None,
     policy: gpt2.Params | None = None,
     on_step_end: Callable[[int, ILQLState], None] | None = None,
+    on_eval: Callable[[int, ILQLState], Mapping[str, float] | None] | None = None,
 ) -> ILQLState:
     """Trains for `config.num_steps` micro-steps, logging, evaluating and checkpointing; returns the final state.
 
@@ -373,8 +392,15 @@ def train_and_evaluate(
         `train.init_state`), used only when no checkpoint is restored. Prefer
         `config.init`, which config.json records and which is read only when needed.
       on_step_end: called as `on_step_end(step, state)` after every micro-step
-        (after its logging, evaluation and checkpoint save). `state` is donated
-        to the next step: copy what you keep, don't hold on to it.
+        (after its logging, evaluation and checkpoint save), once the step's
+        results are computed (it waits for them: a host sync per step, paid only
+        when the hook is given). `state` is donated to the next step: copy what
+        you keep, don't hold on to it.
+      on_eval: called as `on_eval(step, state)` at every evaluation (see
+        `TrainConfig.eval_every` and `eval_steps`; `eval_steps=(0,)` includes the
+        fresh state), after the step's results are computed, e.g. to sample and
+        score generations. The scalars it returns are logged as `eval/<name>`
+        (metrics.jsonl, TensorBoard). Same donation rule as `on_step_end`.
 
     Raises:
       Preempted: on SIGTERM or SIGINT, after saving a checkpoint of the step just finished.
@@ -439,6 +465,8 @@ def train_and_evaluate(
           MetricWriter(workdir, purge_step=start + 1 if start else None) as writer,
           tqdm.tqdm(total=config.num_steps, initial=start, disable=not show_bar, desc="train",
                     dynamic_ncols=True) as bar):
+        if start == 0 and 0 in config.eval_steps:
+            writer.write(0, _evaluations(config, 0, state, eval_data, mesh, on_eval))
         window_tokens, window_start = 0, time.perf_counter()
         for step in range(start + 1, config.num_steps + 1):
             host_batch = next(batches)
@@ -458,9 +486,9 @@ def train_and_evaluate(
                 logs["train/tokens_per_sec"] = window_tokens / (time.perf_counter() - window_start)
                 bar.set_postfix(loss=f"{logs['train/loss']:.4g}", tok_s=f"{logs['train/tokens_per_sec']:.0f}")
                 window, window_tokens, window_start = [], 0, time.perf_counter()
-            if eval_data is not None and (last or (config.eval_every and step % config.eval_every == 0)):
+            if _is_eval_step(config, step):
                 eval_start = time.perf_counter()
-                logs.update({f"eval/{k}": v for k, v in evaluate(config, state, eval_data, mesh).items()})
+                logs.update(_evaluations(config, step, state, eval_data, mesh, on_eval))
                 window_start += time.perf_counter() - eval_start  # keep eval time out of tokens/s
             if logs:
                 writer.write(step, logs)
@@ -469,6 +497,7 @@ def train_and_evaluate(
             if saved:  # every process saves: orbax coordinates the writes
                 window = _save(ckpt, step, state, window, batches, config_dict)
             if on_step_end is not None:
+                jax.block_until_ready(state)
                 on_step_end(step, state)
             if signals.stop(at_log):
                 if not saved:

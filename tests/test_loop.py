@@ -75,6 +75,31 @@ def test_resuming_from_a_state_continues_the_step_count_and_the_log(tmp_path):
     assert [(line["step"], "eval/loss" in line) for line in _metrics(tmp_path)] == [(2, False), (4, False), (6, False)]
 
 
+def test_on_eval_runs_at_step_0_and_at_chosen_steps_on_computed_results(tmp_path):
+    config = _config("ilql", num_steps=6, eval_every=4, eval_steps=(0, 3), log_every=3)
+    seen, ready = [], []
+
+    def computed(state):  # every parameter and optimizer array already holds its value (typed keys have no is_ready)
+        arrays = [x for x in jax.tree.leaves(state) if hasattr(x, "is_ready")]
+        return len(arrays) > 10 and all(x.is_ready() for x in arrays)
+
+    def on_eval(step, state):
+        ready.append(computed(state))
+        seen.append((step, int(state.step)))
+        return {"probe": 10.0 + step}
+
+    def on_step_end(step, state):
+        ready.append(computed(state))
+
+    train_and_evaluate(config, str(tmp_path), _data(), _data(WORDS[::-1]), on_eval=on_eval, on_step_end=on_step_end)
+    assert seen == [(0, 0), (3, 3), (4, 4), (6, 6)]  # eval_steps, eval_every and the end; the state at that step
+    assert all(ready) and len(ready) == 4 + 6
+    probes = {line["step"]: (line.get("eval/probe"), "eval/loss" in line) for line in _metrics(tmp_path)}
+    assert probes == {0: (10.0, True), 3: (13.0, True), 4: (14.0, True), 6: (16.0, True)}
+    with pytest.raises(ValueError, match="eval_steps"):
+        _config("ilql", num_steps=6, eval_steps=(7,))
+
+
 def test_bc_loss_decreases_on_repetitive_data(tmp_path):
     data = _data(WORDS[:2] * 4)
     train_and_evaluate(_config("bc", num_steps=30, log_every=5, eval_every=0), str(tmp_path), data, data)

@@ -219,7 +219,7 @@ def generate(cfg: RedditConfig, tok, model: ilql.ModelConfig, state, parents: Se
         for row, length in zip(np.asarray(out.tokens)[:n_real], np.asarray(out.lengths)[:n_real]):
             ids = [int(i) for i in row[:length]]
             ids = ids[:ids.index(tok.end_a_id)] if tok.end_a_id in ids else ids
-            texts.append(tok.decode(ids, skip_markup=True))
+            texts.append(tok.decode(ids))  # markup emitted mid-comment stays visible to the judge
             lengths.append(len(ids))
         kls.extend(np.asarray(out.kl)[:n_real].tolist())
     return texts, np.asarray(kls), np.asarray(lengths)
