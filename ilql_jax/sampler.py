@@ -65,6 +65,7 @@ __all__ = [
     "Knobs",
     "make_knobs",
     "token_mask",
+    "inner_markup_ids",
     "DecodeState",
     "SampleResult",
     "top_k_filter",
@@ -161,6 +162,12 @@ def make_knobs(*, beta: float, temperature: float = 1.0, adv_clip: float | None 
         stop_ids=jnp.asarray(stop_ids + [-1] * (MAX_STOP_IDS - len(stop_ids)), jnp.int32),
         pad_id=jnp.asarray(pad_id, jnp.int32),
         allowed=jnp.ones((1,), bool) if allowed is None else jnp.asarray(allowed, bool))
+
+
+def inner_markup_ids(tokenizer) -> list[int]:
+    """The markup ids no utterance contains, `<s> </s> <a> </eod>` (not `</a>`, which ends it): pass them as
+    `forbidden_ids` when decoded text goes back into a history, whose layout refuses markup inside a segment."""
+    return [tokenizer.s_id, tokenizer.end_s_id, tokenizer.a_id, tokenizer.eod_id]
 
 
 def token_mask(trunk: gpt2.GPT2Config, *, allowed_ids: Sequence[int] | None = None,

@@ -169,7 +169,9 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, guide
         return sampler.generate_text(tok, model, state.params, state.target_params, prompts,
                                      jax.random.fold_in(key, next(calls)),
                                      sampler_config=scfg, beta=cfg.beta if guided else 0.0,
-                                     adv_clip=cfg.adv_clip if guided else None)
+                                     adv_clip=cfg.adv_clip if guided else None,
+                                     # An utterance goes back into the history, which cannot hold markup.
+                                     forbidden_ids=sampler.inner_markup_ids(tok))
 
     return speak
 

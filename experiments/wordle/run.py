@@ -206,9 +206,11 @@ def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
 
     def guesses(histories):
         prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
+        # A guess goes back into the history, which cannot hold markup: the decoder never emits it.
         return sampler.generate_text(tok, model, state.params, state.target_params, prompts, key,
                                      sampler_config=scfg, beta=cfg.beta if value_guided else 0.0,
-                                     adv_clip=cfg.adv_clip if value_guided else None)
+                                     adv_clip=cfg.adv_clip if value_guided else None,
+                                     forbidden_ids=sampler.inner_markup_ids(tok))
 
     return guesses
 
