@@ -259,6 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls_or_instance: Any, prefix:
         # argparse %-formats help strings, and docstrings mention %BC.
         text = f"{docs.get(name, '')} ({shown})".strip().replace("%", "%%")
         parser.add_argument(f"--{path}", dest=path, type=parse, default=argparse.SUPPRESS,
+                            required=default is dataclasses.MISSING,
                             metavar="JSON" if base is tuple else base.__name__.upper(), help=text)
 
 
@@ -269,23 +270,48 @@ class _RaisingParser(argparse.ArgumentParser):
         raise ConfigError(f"{message}; run with --help to list the flags")
 
 
-def parse_config(cls: type, argv: Sequence[str], defaults: Any = None) -> Any:
-    """A `cls` config from dotted flags in `argv` over `defaults` (or `cls()`).
+def parse_config(cls: type, argv: Sequence[str], defaults: Any = None,
+                 parser: argparse.ArgumentParser | None = None) -> Any:
+    """A `cls` config from dotted flags in `argv` over `defaults` (or `cls`'s own defaults).
+
+    `parser`, when given, receives the config's flags beside its own (e.g. a
+    driver's `--workdir`): `argv` is parsed by it whole, so --help lists every
+    field, and its own flags are left out of the config. Its `error` should
+    raise (see `_RaisingParser`) for the ConfigError below.
 
     Raises:
-      ConfigError: an unknown flag, a bad value, or a value the config rejects,
-        naming the flag.
+      ConfigError: an unknown flag, a missing required one, a bad value, or a
+        value the config rejects, naming the flag.
     """
-    parser = _RaisingParser(prog=cls.__name__, allow_abbrev=False)
+    own: set[str] = set()
+    if parser is None:
+        parser = _RaisingParser(prog=cls.__name__, allow_abbrev=False)
+    else:
+        own = {a.dest for a in parser._actions}
     add_arguments(parser, cls if defaults is None else defaults)
-    overrides = vars(parser.parse_args(list(argv)))
+    overrides = {k: v for k, v in vars(parser.parse_args(list(argv))).items() if k not in own}
     try:
+        if defaults is None and any(_default(cls, name) is dataclasses.MISSING for name in _fields(cls)):
+            # No instance to start from: required fields come from the flags (argparse checked they were given).
+            return config_from_dict(cls, _nested(overrides))
         return apply_overrides(cls() if defaults is None else defaults, overrides)
     except ConfigError as e:
         # Name the flags that built the config the error is about.
         flags = [f"--{k} {overrides[k]}" for k in overrides
                  if k.rpartition(".")[0] == e.path]
         raise ConfigError(f"{', '.join(flags) or 'flags'}: {e}", e.path) from e
+
+
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"a.b": 1}` as `{"a": {"b": 1}}`."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return out
 
 
 # ---------------------------------------------------------------------------

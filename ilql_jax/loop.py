@@ -78,7 +78,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ilql_jax import checkpoint, sharding, train
+from ilql_jax import checkpoint, files, sharding, train
 from ilql_jax.config import TrainConfig, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
@@ -299,7 +299,7 @@ def _drop_metrics_after(workdir: epath.Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     keep = [line for line in lines if _line_step(line) <= step]
     if len(keep) < len(lines):
-        path.write_text("".join(keep))
+        files.atomic_write_text(path, "".join(keep))
         _say(f"metrics.jsonl: dropped {len(lines) - len(keep)} line(s) past step {step}, which this run logs again")
 
 
@@ -432,7 +432,7 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config_to_dict(config)
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        files.atomic_write_text(workdir / "config.json", json.dumps(config_dict, indent=2) + "\n")
 
     abstract, shardings, random_init, train_step, _ = _programs(config.step, mesh, sharding.logical_rules(config.mesh))
     if state is None:

@@ -15,8 +15,10 @@ pipeline and the sampler see the same ids for the same markup.
 - `wordle_tokenizer()`: the 35-token Wordle character vocabulary (a symbol tokenizer).
 - `hf_tokenizer(directory)`: any `tokenizers`-library `tokenizer.json`.
 
-`save(directory)` writes `tokenizer_config.json` (with a `kind` field) next to
-the tokenizer's own files; `load_tokenizer(directory)` reloads either kind.
+`save(directory)` writes the tokenizer's own files, then `tokenizer_config.json`
+(with a `kind` field), each atomically: a directory holding
+`tokenizer_config.json` holds a complete tokenizer, even after a kill
+mid-save. `load_tokenizer(directory)` reloads either kind.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Protocol, runtime_checkable
 import tokenizers as hf_tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from ilql_jax import files
 from ilql_jax.hub import is_hub_id
 
 MARKUP = ("<s>", "</s>", "<a>", "</a>", "</eod>")
@@ -86,9 +89,8 @@ def _special_ids(token_to_id) -> dict[str, int]:
 
 
 def _write_config(directory: str, config: dict) -> None:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2)
+    # Written last and atomically: its presence means the tokenizer's other files are complete.
+    files.atomic_write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2))
 
 
 # --------------------------------------------------------------------------
@@ -134,8 +136,8 @@ class BPETokenizer:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
     def save(self, directory: str) -> None:
+        files.atomic_write_text(os.path.join(directory, TOKENIZER_FILE), self._tokenizer.to_str(pretty=True))
         _write_config(directory, {"kind": self.kind})
-        self._tokenizer.save(os.path.join(directory, TOKENIZER_FILE))
 
     @classmethod
     def from_directory(cls, directory: str) -> BPETokenizer:

@@ -21,6 +21,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from ilql_jax import files
 from ilql_jax.hub import is_hub_id
 from ilql_jax.models import gpt2
 
@@ -167,8 +168,7 @@ def params_to_hf(params: nnx.State, config: gpt2.GPT2Config) -> dict[str, np.nda
 
 def export_hf_gpt2(params: nnx.State, config: gpt2.GPT2Config, directory: str) -> None:
     """Writes `model.safetensors` and `config.json` that `transformers` loads as GPT2LMHeadModel."""
-    os.makedirs(directory, exist_ok=True)
-    safetensors.numpy.save_file(params_to_hf(params, config), os.path.join(directory, WEIGHTS_NAME),
-                                                            metadata={"format": "pt"})
-    with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-        json.dump(config_to_hf(config), f, indent=2)
+    # Each file atomically, config.json (which readers look for first) last.
+    files.atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME),
+                             safetensors.numpy.save(params_to_hf(params, config), metadata={"format": "pt"}))
+    files.atomic_write_text(os.path.join(directory, CONFIG_NAME), json.dumps(config_to_hf(config), indent=2))

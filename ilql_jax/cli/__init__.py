@@ -1,0 +1,118 @@
+"""`ilql-jax` (also `python -m ilql_jax`): train, generate and export on your own data.
+
+    ilql-jax train --data records.jsonl --workdir runs/mine
+    ilql-jax generate --workdir runs/mine --beta 8 --prompt "Hi, my order is late."
+    ilql-jax export --workdir runs/mine --out exported/
+
+`ilql-jax SUBCOMMAND --help` lists every option with its meaning and default
+(generated from the dataclasses in `options.py`); docs/cli.md has the data format.
+
+Bad input (a flag, a value, a data file) stops the command before it trains
+or decodes anything, with one line on stderr that names the flag, or the file,
+line and field, and exit status 2; set ILQL_DEBUG=1 for the traceback instead.
+
+Why the flags are parsed by `ilql_jax.config` (argparse) rather than a
+dataclass-CLI library such as tyro: the same dotted names, value syntax
+(`true`/`false`, `none`, JSON lists) and type checks serve `config.json`
+and every driver's flags already, and tyro (tried: 1.0.16) changes that syntax
+(`--flag/--no-flag`, kebab-case, space-separated tuples), prints its errors as
+multi-line panels where a bad flag here must be one line, and would add
+tyro, typeguard, rich and shtab to a lean install. `config.add_arguments`
+already builds --help from the dataclass fields and their docstrings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ilql_jax.config import ConfigError, parse_config
+
+__all__ = ["ArgumentParser", "main", "report_errors"]
+
+PROG = "ilql-jax"
+DEBUG_ENV = "ILQL_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, reported by `report_errors`) instead of printing usage."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}; run with --help to list the flags")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ilql_jax.data.records import DataError
+    return ConfigError, DataError, FileNotFoundError
+
+
+def report_errors(prog: str, fn: Callable[[], Any]) -> Any:
+    """`fn()`, with bad input reported as one line on stderr and SystemExit(2) (a traceback with ILQL_DEBUG=1).
+
+    A `Preempted` run (SIGTERM/SIGINT after a checkpoint) prints how to resume and exits 0.
+    """
+    from ilql_jax.loop import Preempted  # noqa: PLC0415 - keeps `--help` free of the training stack
+    try:
+        return fn()
+    except Preempted as e:
+        print(e)
+        raise SystemExit(0) from None
+    except _user_errors() as e:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        message = " ".join(str(e).split())  # one line, whatever the exception held
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _parser() -> tuple[ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="Run `ilql-jax SUBCOMMAND --help` for its options.")
+    subparsers = parser.add_subparsers(dest="command", metavar="{train,generate,export}", required=True)
+    from ilql_jax.cli.options import ExportOptions, GenerateOptions, TrainOptions
+    subs = {}
+    for name, cls in (("train", TrainOptions), ("generate", GenerateOptions), ("export", ExportOptions)):
+        summary = cls.__doc__.split("\n\n")[0]
+        subs[name] = subparsers.add_parser(name, help=summary.split(": ", 1)[-1], description=cls.__doc__.split(
+            "\n\n    Attributes:")[0].replace("\n    ", "\n"), allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        subs[name].options_class = cls
+    return parser, subs
+
+
+def parse(argv: Sequence[str]) -> tuple[str, Any]:
+    """`(subcommand, its options dataclass)` from the command line; ConfigError on bad input."""
+    argv = list(argv)
+    parser, subs = _parser()
+    if not argv or argv[0] not in subs:
+        parser.parse_args(argv)  # prints --help, or raises for a missing or unknown subcommand
+        raise ConfigError(f"unknown subcommand {argv[0]!r}; choose train, generate or export")
+    sub = subs[argv[0]]
+    return argv[0], parse_config(sub.options_class, argv[1:], parser=sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: parses, then runs the subcommand; returns 0 on success."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Orbax's read-only restores log a warning per checkpoint directory: noise here.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+    def run() -> int:
+        command, options = parse(argv)
+        if command == "train":
+            from ilql_jax.cli.train import train
+            train(options)
+        elif command == "generate":
+            from ilql_jax.cli.generate import generate
+            generate(options)
+        else:
+            from ilql_jax.cli.export import export
+            export(options)
+        return 0
+
+    return report_errors(PROG, run)
