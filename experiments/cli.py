@@ -1,27 +1,41 @@
-"""The command line every experiment shares: `--preset`, `--workdir`, then the config's own fields as flags."""
+"""The command line every experiment shares: `--preset`, `--workdir`, then the config's own fields as flags.
+
+`--help` lists every field of the config with its documented meaning and its
+default in the chosen preset (`--preset smoke --help` shows smoke's). Bad
+input (a flag, a value, a data file) is one line on stderr and exit status 2,
+before anything trains (ILQL_DEBUG=1: a traceback instead), as for `ilql-jax`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from ilql_jax.config import ConfigError, parse_config
-from ilql_jax.loop import Preempted
+from ilql_jax.cli import ArgumentParser, report_errors
+from ilql_jax.config import parse_config
 
 
 def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], run: Callable[[object, str], object],
          default_workdir: str, argv: Sequence[str] | None = None) -> int:
     """Parses flags over the chosen preset and runs; exits 0 after a SIGTERM/SIGINT checkpoint."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc)
-    parser.add_argument("--preset", choices=sorted(presets), default="default")
-    parser.add_argument("--workdir", default=default_workdir)
-    args, rest = parser.parse_known_args(argv)
-    try:
-        cfg = parse_config(config_cls, rest, presets[args.preset])
-    except ConfigError as e:
-        parser.error(str(e))
-    try:
-        run(cfg, args.workdir)
-    except Preempted as e:  # a checkpoint is saved; the same command resumes
-        print(e)
-    return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def go() -> int:
+        # The preset decides the defaults that --help shows, so it is read first.
+        first = ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+        first.add_argument("--preset", choices=sorted(presets), default="default")
+        first.add_argument("--workdir", default=default_workdir)
+        known, _ = first.parse_known_args(argv)
+        parser = ArgumentParser(prog=prog, description=doc, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--preset", choices=sorted(presets), default="default",
+                            help="named defaults for every field below (those shown are this preset's) "
+                                 "(default: default)")
+        parser.add_argument("--workdir", default=default_workdir,
+                            help=f"where the run's files go; a rerun resumes there (default: {default_workdir})")
+        cfg = parse_config(config_cls, argv, presets[known.preset], parser=parser)
+        run(cfg, known.workdir)
+        return 0
+
+    return report_errors(prog, go)

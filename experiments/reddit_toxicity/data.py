@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ilql_jax.data.episodes import Episode, agent, env, episode_tokens
+from ilql_jax.data.records import DataError, check_text
 
 from .corpus import DEFAULT_PAIRS, generate_corpus
 
@@ -58,10 +59,12 @@ __all__ = [
     "SPLIT_FRACTIONS",
     "check_data_spec",
     "fit_to_length",
+    "fits_in_length",
     "load_civil_comments",
     "load_jsonl",
     "load_paper_csv",
     "load_records",
+    "locate",
     "make_splits",
     "read_split",
     "split_path",
@@ -100,9 +103,9 @@ def _read_utf8(path: str | os.PathLike) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line_no = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}: line {line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        raise DataError(path, f"line {line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     if not text.strip():
-        raise ValueError(f"{path}: empty file (no records)")
+        raise DataError(path, "empty file (no records)")
     return text
 
 
@@ -113,9 +116,7 @@ def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
     for name in CSV_FILES:
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
-            raise ValueError(
-                f"{path}: missing; the paper's layout needs both {' and '.join(CSV_FILES)}"
-            )
+            raise DataError(path, f"missing; the paper's layout needs both {' and '.join(CSV_FILES)}")
         with io.StringIO(_read_utf8(path), newline="") as f:
             reader = csv.reader(f)
             for row_no, row in enumerate(reader, start=1):
@@ -123,50 +124,51 @@ def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
                     continue  # the header row, or a blank line
                 where = f"{path}: row {row_no} (line {reader.line_num})"
                 if len(row) < need:
-                    raise ValueError(
-                        f"{where} has {len(row)} columns, needs at least {need} "
+                    raise DataError(
+                        where, f"has {len(row)} columns, needs at least {need} "
                         f"(0-based: comment={CSV_COLUMNS['comment']}, "
                         f"score={CSV_COLUMNS['score']}, parent={CSV_COLUMNS['parent']})"
                     )
                 try:
                     score = _parse_int(row[CSV_COLUMNS["score"]])
                 except ValueError:
-                    raise ValueError(
-                        f"{where}: field 'score' (column {CSV_COLUMNS['score']}) must be an "
+                    raise DataError(
+                        where, f"field 'score' (column {CSV_COLUMNS['score']}) must be an "
                         f"integer, got {row[CSV_COLUMNS['score']]!r}"
                     ) from None
                 records.append({
-                    "parent": row[CSV_COLUMNS["parent"]],
-                    "comment": row[CSV_COLUMNS["comment"]],
+                    "parent": check_text(row[CSV_COLUMNS["parent"]], where, None, "parent"),
+                    "comment": check_text(row[CSV_COLUMNS["comment"]], where, None, "comment"),
                     "score": score,
                 })
     if not records:
-        raise ValueError(f"{directory}: {' and '.join(CSV_FILES)} hold no rows after their headers")
+        raise DataError(directory, f"{' and '.join(CSV_FILES)} hold no rows after their headers")
     return records
 
 
 def _check_record(obj, where: str) -> dict:
     """A JSONL object as a record, or a ValueError naming ``where`` and the field."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise DataError(where, f"expected a JSON object, got {type(obj).__name__}")
     for field in ("parent", "comment"):
         if field not in obj:
-            raise ValueError(f"{where}: missing field {field!r}")
+            raise DataError(where, f"missing field {field!r}")
         if not isinstance(obj[field], str):
-            raise ValueError(f"{where}: field {field!r} must be a string, got {obj[field]!r}")
+            raise DataError(where, f"field {field!r} must be a string, got {obj[field]!r}")
+        check_text(obj[field], where, None, field)  # markup inside text is refused here, not mid-run
     for field in ("score", "toxicity"):
         value = obj.get(field)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{where}: field {field!r} must be a number, got {value!r}")
+            raise DataError(where, f"field {field!r} must be a number, got {value!r}")
     return dict(obj)
 
 
 def load_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records from a JSONL file; blank lines are skipped."""
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
+        raise DataError(path, "no such file")
     records = []
     # split("\n"), not splitlines(): U+2028 and the like may stand unescaped in JSON strings.
     for line_no, line in enumerate(_read_utf8(path).split("\n"), start=1):
@@ -176,7 +178,7 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+            raise DataError(where, f"invalid JSON ({e.msg})") from None
         records.append(_check_record(obj, where))
     return records
 
@@ -213,10 +215,11 @@ def load_civil_comments(
         example = source[i]
         for field in ("text", "toxicity"):
             if field not in example:
-                raise ValueError(f"TFDS {name}[{split}] example {i}: missing field {field!r}")
+                raise DataError(f"TFDS {name}[{split}] example {i}", f"missing field {field!r}")
+        where = f"TFDS {name}[{split}] example {i}"
         records.append({
-            "parent": _as_str(example.get("parent_text", b"")),
-            "comment": _as_str(example["text"]),
+            "parent": check_text(_as_str(example.get("parent_text", b"")), where, None, "parent_text"),
+            "comment": check_text(_as_str(example["text"]), where, None, "text"),
             "toxicity": float(example["toxicity"]),
         })
     return records
@@ -336,6 +339,34 @@ def fit_to_length(
     """
     kept = [e for e in episodes if len(episode_tokens(e, tokenizer)) <= max_len]
     return kept, len(episodes) - len(kept)
+
+
+def fits_in_length(records: Sequence[Mapping], tokenizer, max_len: int) -> list[bool]:
+    """Whether each record's episode fits in ``max_len`` tokens (no reward needed: the layout is the same)."""
+    return [len(episode_tokens(e, tokenizer)) <= max_len for e in to_episodes(records, [0.0] * len(records))]
+
+
+def locate(data: str, record: Mapping) -> str:
+    """Where ``record`` came from: ``FILE: line N`` of a .jsonl source, ``FILE: row N`` of the paper's CSVs,
+    else ``data`` itself. Only for error messages: it reads the source again."""
+    key = (record.get("parent"), record.get("comment"))
+    if data.endswith(".jsonl") and os.path.isfile(data):
+        for line_no, line in enumerate(_read_utf8(data).split("\n"), start=1):
+            try:
+                obj = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and (obj.get("parent"), obj.get("comment")) == key:
+                return f"{data}: line {line_no}"
+    elif os.path.isdir(data):
+        for name in CSV_FILES:
+            path = os.path.join(data, name)
+            with io.StringIO(_read_utf8(path), newline="") as f:
+                for row_no, row in enumerate(csv.reader(f), start=1):
+                    if row_no > 1 and len(row) > max(CSV_COLUMNS.values()) and \
+                            (row[CSV_COLUMNS["parent"]], row[CSV_COLUMNS["comment"]]) == key:
+                        return f"{path}: row {row_no}"
+    return data
 
 
 def to_episodes(records: Sequence[Mapping], rewards: Sequence[float]) -> list[Episode]:

@@ -26,6 +26,7 @@ from experiments.reddit_toxicity import data as data_lib, rewards as rewards_lib
 from ilql_jax import losses, sampler, tokenizers, train
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
+from ilql_jax.data.records import DataError
 from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, hf_import, ilql
 from ilql_jax.state import OptimConfig
@@ -47,6 +48,8 @@ class RedditConfig:
       n_layer, n_embd, n_head: the scratch GPT-2 shape.
       max_len: tokens per episode; longer pairs are skipped and counted (a cut comment would lose its
         reward), as are test parents longer than max_len - max_new_tokens.
+      too_long: "skip" (longer pairs are skipped and counted, as above) or "error" (the run stops before
+        judging anything, naming the first such pair's file and line).
       batch_size: episodes per step (the paper's effective batch is 64).
       bc_steps, ilql_steps: training steps of π_β alone, then of ILQL.
       bc_learning_rate, learning_rate: AdamW rates for BC and ILQL.
@@ -75,6 +78,7 @@ class RedditConfig:
     n_embd: int = 128
     n_head: int = 4
     max_len: int = 72  # 99% of the default pairs take ≤ 59 tokens; prompts get 40, comments 32
+    too_long: str = "skip"
     batch_size: int = 32
     bc_steps: int = 800
     ilql_steps: int = 400
@@ -103,6 +107,8 @@ class RedditConfig:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {rewards_lib.REWARD_KINDS}")
         if not self.betas:
             raise ValueError("betas must not be empty")
+        if self.too_long not in ("skip", "error"):
+            raise ValueError(f"too_long must be 'skip' or 'error', got {self.too_long!r}")
         data_lib.check_data_spec(self.data)
 
 
@@ -123,7 +129,7 @@ def load_splits(cfg: RedditConfig, workdir: str) -> dict[str, list[dict]]:
         return {s: data_lib.read_split(workdir, s) for s in data_lib.SPLITS}
     records = data_lib.load_records(cfg.data, seed=cfg.seed, n_pairs=cfg.n_pairs)
     if not records:
-        raise ValueError(f"--data {cfg.data!r} holds no records")
+        raise DataError(cfg.data, "holds no records")
     return data_lib.make_splits(records, workdir, seed=cfg.seed)
 
 
@@ -256,12 +262,20 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     splits = load_splits(cfg, workdir)
     judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
     tok, trunk, weights = load_tokenizer_and_trunk(cfg, workdir, splits["train"])
+    # Lengths are checked before anything is judged: an error here costs no judging.
+    fits = {name: data_lib.fits_in_length(splits[name], tok, cfg.max_len) for name in ("train", "eval")}
+    for name, ok in fits.items():
+        if cfg.too_long == "error" and not all(ok):
+            record = splits[name][ok.index(False)]
+            raise DataError(data_lib.locate(cfg.data, record), f"the pair is longer than max_len={cfg.max_len} "
+                            "tokens with its markup; raise --max_len, or pass --too_long skip to skip such pairs")
+        if not any(ok):
+            raise DataError(cfg.data, f"every {name} pair is longer than max_len={cfg.max_len} tokens; raise --max_len")
     arrays, returns, skipped = {}, {}, {}
     for name in ("train", "eval"):
         r = rewards_lib.compute_rewards(splits[name], cfg.reward, judge=judge, seed=cfg.seed)
-        kept, skipped[name] = data_lib.fit_to_length(data_lib.to_episodes(splits[name], r), tok, cfg.max_len)
-        if not kept:
-            raise ValueError(f"every {name} pair is longer than max_len={cfg.max_len} tokens")
+        kept = [e for e, ok in zip(data_lib.to_episodes(splits[name], r), fits[name]) if ok]
+        skipped[name] = len(fits[name]) - len(kept)
         arrays[name] = episodes.episodes_to_arrays(kept, tok, cfg.max_len)
         returns[name] = r
     parents, skipped["test"] = eval_parents(cfg, tok, splits["test"])

@@ -18,8 +18,8 @@ shift the layout, so such a record is **refused**: the error names the file,
 line, field and string. Rewrite it in your data (e.g. ``<s>`` as ``&lt;s>``).
 
 Every problem raises `DataError`, a ValueError whose message is one line of
-the form ``FILE:LINE: FIELD: what was expected, got what`` (``FILE: ...`` for
-the whole file). `load_records` reads and checks the whole file before
+the form ``FILE: line N: FIELD: what was expected, got what`` (``FILE: ...``
+for the whole file). `load_records` reads and checks the whole file before
 returning, so a run fails on its first bad line before it trains anything;
 `check_lengths` then checks token lengths once the tokenizer exists.
 """
@@ -56,7 +56,7 @@ class DataError(ValueError):
     """Bad input data: one line naming the file, the line and the field, and what was expected."""
 
     def __init__(self, path: str | os.PathLike, message: str, line: int | None = None, field: str | None = None):
-        where = f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+        where = f"{os.fspath(path)}: line {line}" if line is not None else os.fspath(path)
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
         self.path, self.line, self.field = os.fspath(path), line, field
 
