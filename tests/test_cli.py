@@ -1,0 +1,334 @@
+"""`ilql-jax train/generate/export` end to end on JSONL the tests write, and the lean install's --help."""
+
+import configparser
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ilql_jax import cli, sampler, tokenizers
+from ilql_jax.cli import options
+from ilql_jax.config import _fields, _is_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--bc_steps", "3", "--ilql_steps", "3", "--batch_size", "8", "--n_layer", "1", "--n_embd", "32",
+        "--n_head", "2", "--max_len", "40", "--bpe_vocab_size", "300", "--progress", "false", "--log_every", "1"]
+
+
+def single_turn_records(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        good = bool(rng.random() < 0.5)
+        out.append({"prompt": f"ticket {i % 5}: my order is late",
+                    "response": "sorry, it ships today" if good else "not my problem", "reward": 1.0 if good else -1,
+                    "id": i})  # other keys are ignored
+    return out
+
+
+def multi_turn_records(n=40):
+    out = []
+    for i in range(n):
+        won = i % 3 == 0
+        out.append({"turns": [{"role": "env", "text": f"guess my number, hint {i % 4}"},
+                              {"role": "agent", "text": "is it five?", "reward": -1},
+                              {"role": "env", "text": "higher" if not won else "yes", "reward": None},
+                              {"role": "agent", "text": "seven" if won else "nine", "reward": 1.0 if won else -1.0}],
+                    "terminal": i % 4 != 0})
+    return out
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def leaf_flags(cls, prefix=""):
+    """Every leaf field of a (nested) config dataclass as its dotted flag."""
+    flags = []
+    for name, tp in _fields(cls).items():
+        flags += leaf_flags(tp, f"{prefix}{name}.") if _is_config(tp) else [f"--{prefix}{name}"]
+    return flags
+
+
+def policy_logits(state, trunk, ids):
+    from ilql_jax.models import gpt2
+    tokens = np.asarray([ids], np.int32)
+    _, logits = gpt2.forward(state.params["policy"], trunk, tokens, np.ones_like(tokens))
+    return np.asarray(logits)[0, :, :trunk.vocab_size]
+
+
+# --- end to end ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_single_turn_train_generate_export(tmp_path):
+    data = write_jsonl(tmp_path / "records.jsonl", single_turn_records())
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY]) == 0
+    for name in ("options.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "bc/config.json",
+                 "ilql/config.json", "ilql/metrics.jsonl"):
+        assert (workdir / name).is_file(), name
+    assert list((workdir / "ilql" / "tb").iterdir()) and (workdir / "ilql" / "checkpoints" / "3").is_dir()
+    assert json.loads((workdir / "ilql" / "config.json").read_text())["init"] == f"bc:{workdir / 'bc'}"
+    assert not list(workdir.rglob(".*.tmp-*"))  # atomic writes leave no temporary files
+    # The same command again resumes from the final checkpoints: nothing is trained or logged twice.
+    metrics = (workdir / "ilql" / "metrics.jsonl").read_text()
+    assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY]) == 0
+    assert (workdir / "ilql" / "metrics.jsonl").read_text() == metrics
+
+    # generate: 3 prompts x 2 samples in batches of 4 = two batches of one shape: one compilation.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ticket 1: my order is late\n\nticket 2: my order is late\nwhere is my parcel\n")
+    out = tmp_path / "generations.jsonl"
+    before = sampler.trace_count()
+    assert cli.main(["generate", "--workdir", str(workdir), "--prompts", str(prompts), "--num", "2",
+                     "--batch_size", "4", "--beta", "4", "--max_new_tokens", "8", "--out", str(out)]) == 0
+    assert sampler.trace_count() - before == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["line"], r["sample"]) for r in rows] == [(1, 0), (1, 1), (3, 0), (3, 1), (4, 0), (4, 1)]
+    for r in rows:
+        assert r["beta"] == 4.0 and 1 <= r["num_tokens"] <= 8 and isinstance(r["text"], str)
+        assert r["logp"] < 0 and r["logp_beta"] < 0
+        assert r["kl"] == pytest.approx(r["logp"] - r["logp_beta"], abs=1e-3)  # Σ_t (log π − log π_β)
+    # Greedy from a single --prompt prints to stdout, and is reproducible.
+    for mode in ("greedy", "beam"):
+        assert cli.main(["generate", "--workdir", str(workdir), "--prompt", "ticket 3: my order is late",
+                         "--mode", mode, "--max_new_tokens", "6"]) == 0
+
+    # export: π_β as a transformers GPT-2 with its tokenizer, and the value networks.
+    exported = tmp_path / "exported"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(exported)]) == 0
+    from transformers import AutoTokenizer, FlaxGPT2LMHeadModel
+
+    from ilql_jax import export as export_lib
+    from ilql_jax.cli.workdir import load_run
+    run = load_run(str(workdir))
+    trunk = run.config.step.model.trunk
+    hf_tok = AutoTokenizer.from_pretrained(str(exported))
+    text = "<s>ticket 1: my order is late</s>sorry"
+    ids = run.tokenizer.encode(text)
+    assert hf_tok(text)["input_ids"] == ids and len(hf_tok) == run.tokenizer.vocab_size
+    assert hf_tok.eos_token_id == run.tokenizer.end_a_id and hf_tok.pad_token_id == run.tokenizer.pad_id
+    hf_model = FlaxGPT2LMHeadModel.from_pretrained(str(exported))
+    hf_logits = np.asarray(hf_model(np.asarray([ids])).logits)[0]
+    np.testing.assert_allclose(hf_logits, policy_logits(run.state, trunk, ids), atol=1e-4, rtol=1e-4)
+    assert tokenizers.load_tokenizer(str(exported)).encode(text) == ids  # our loader reads the same files
+    # The value networks reload exactly, and the manifest names every tensor.
+    model_config, value, target = export_lib.load_values(str(exported), dropout=0.0)
+    assert model_config.target_on_online_trunk == run.config.step.model.target_on_online_trunk
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                        (value["value"], target), (run.state.params["value"], run.state.target_params))
+    assert all(jax.tree.leaves(same))
+    manifest = json.loads((exported / "values.json").read_text())
+    assert "value.v.out.kernel" in manifest["tensors"] and "target.trunk.wte.weight" in manifest["tensors"]
+    # A second export refuses to overwrite unless asked.
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", "--workdir", str(workdir), "--out", str(exported)])
+    assert e.value.code == 2
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(exported), "--overwrite", "true"]) == 0
+
+
+@pytest.mark.slow
+def test_multi_turn_train_with_held_out_split_then_generate(tmp_path):
+    data = write_jsonl(tmp_path / "games.jsonl", multi_turn_records())
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY, "--max_len", "48",
+                     "--eval_fraction", "0.25", "--freeze_policy", "true"]) == 0
+    metrics = [json.loads(line) for line in (workdir / "ilql" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/loss" in m for m in metrics)  # the held-out split is evaluated
+    config = json.loads((workdir / "ilql" / "config.json").read_text())
+    assert config["step"]["model"]["frozen_policy"] is True
+    # Histories as prompts: the agent replies to the last env turn, with the earlier turns as context.
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"turns": [{"role": "env", "text": "guess my number, hint 1"}, {"role": "agent", "text": "is it five?",
+                                                                         "reward": -1}, {"role": "env", "text": "higher"}]},
+        {"prompt": "guess my number, hint 2"}])
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["generate", "--workdir", str(workdir), "--prompts", str(prompts), "--mode", "best_of_n",
+                     "--n", "3", "--beta", "8", "--max_new_tokens", "6", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["higher", "guess my number, hint 2"]
+    assert all(r["mode"] == "best_of_n" for r in rows)
+
+
+# --- bad input: one line, file and line named, exit 2, no traceback, nothing trained --------------------------
+
+
+BAD_RECORDS = {
+    # name: (file bytes, what the message must contain)
+    "empty file": (b"\n  \n", "empty file"),
+    "non-JSON line": (b'{"prompt": "p", "response": "r", "reward": 1}\n{"prompt": oops}\n', "line 2: not JSON"),
+    "missing field": (b'{"prompt": "p", "reward": 1}\n', "line 1: response: missing"),
+    "wrong type": (b'{"prompt": "p", "response": "r", "reward": "high"}\n', "line 1: reward: expected a number"),
+    "wrong type in a turn": (b'{"turns": [{"role": "env", "text": "hi"}, {"role": "agent", "text": 5, "reward": 1}]}\n',
+                             "line 1: turns[1].text: expected a string"),
+    "agent turn without reward": (b'{"turns": [{"role": "agent", "text": "hi"}]}\n', "line 1: turns[0].reward: missing"),
+    "unknown role": (b'{"turns": [{"role": "user", "text": "hi"}]}\n', "line 1: turns[0].role: expected"),
+    "non-UTF-8": (b'{"prompt": "p", "response": "r", "reward": 1}\n{"prompt": "caf\xe9", "response": "r", "reward": 1}\n',
+                  "line 2: not valid UTF-8"),
+    "markup inside text": (b'{"prompt": "p", "response": "r", "reward": 1}\n'
+                           b'{"prompt": "use <s>strike</s> here", "response": "r", "reward": 1}\n',
+                           "line 2: prompt: contains the reserved markup string '<s>'"),
+    "over-long record": (b'{"prompt": "p", "response": "r", "reward": 1}\n' * 8
+                         + b'{"prompt": "' + b"many words " * 40 + b'", "response": "r", "reward": 1}\n',
+                         "line 9: record is"),
+}
+
+
+def _one_line_error(capsys, code, *needles):
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
+def test_train_refuses_bad_data_in_one_line(tmp_path, capsys, name):
+    content, expected = BAD_RECORDS[name]
+    data = tmp_path / "mine.jsonl"
+    data.write_bytes(content)
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY])
+    _one_line_error(capsys, e.value.code, f"{data}: {expected}" if "line" in expected else str(data), expected)
+    assert not (workdir / "bc").exists()  # refused before training
+
+
+def test_train_refuses_unknown_flag_and_bad_value(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "ok.jsonl", single_turn_records(8))
+    for flags, needle in ((["--bc_stepz", "3"], "unrecognized arguments: --bc_stepz 3"),
+                          (["--bc_steps", "many"], "--bc_steps: expected an int, got 'many'"),
+                          (["--too_long", "truncate"], "--too_long must be one of")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), *flags])
+        _one_line_error(capsys, e.value.code, needle)
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_refuses_another_model_in_a_used_workdir(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "ok.jsonl", single_turn_records(8))
+    workdir = tmp_path / "w"
+    (workdir / "tokenizer").mkdir(parents=True)
+    tokenizers.train_bpe_tokenizer(["a b"], 300).save(str(workdir / "tokenizer"))
+    (workdir / "options.json").write_text(json.dumps({"bpe_vocab_size": 512, "model": "scratch", "seed": 0,
+                                                      "eval_fraction": 0.0, "data_sha256": "0" * 64}))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY])
+    _one_line_error(capsys, e.value.code, "was trained with the data file's contents")
+
+
+def test_generate_refuses_markup_and_missing_workdir(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("fine\nnot </a> fine\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--workdir", str(tmp_path / "nowhere"), "--prompts", str(prompts)])
+    _one_line_error(capsys, e.value.code, "p.txt: line 2: prompt: contains the reserved markup string '</a>'")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--workdir", str(tmp_path / "nowhere"), "--prompt", "hi"])
+    _one_line_error(capsys, e.value.code, "no ilql/config.json")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--workdir", str(tmp_path), "--prompt", "hi", "--prompts", str(prompts)])
+    _one_line_error(capsys, e.value.code, "exactly one of --prompt")
+
+
+def _run_module(args, env_extra=None, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_a_real_process_exits_2_with_one_line_and_ilql_debug_shows_the_traceback(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "p", "response": "r"}\n')
+    args = ["-m", "ilql_jax", "train", "--data", str(data), "--workdir", str(tmp_path / "w")]
+    proc = _run_module(args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"ilql-jax: error: {data}: line 1: reward: missing; a single-turn record needs " \
+                                  '"prompt", "response" and "reward" (or use "turns")'
+    debug = _run_module(args, {"ILQL_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+# --- --help ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, cls", [("train", options.TrainOptions), ("generate", options.GenerateOptions),
+                                          ("export", options.ExportOptions)])
+def test_help_lists_every_option_with_its_meaning_and_default(capsys, command, cls):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    flags = leaf_flags(cls)
+    assert len(flags) >= 3
+    for flag in flags:
+        assert f"{flag} " in out, flag
+    # Meanings and defaults come from the dataclass docstring and fields.
+    assert out.count("(default: ") + out.count("(required)") >= len(flags)
+    if command == "train":
+        assert "share of the records held out" in out and "(default: 0.0)" in out and "--mesh.fsdp" in out
+
+
+@pytest.mark.parametrize("module, config", [("experiments.reddit_toxicity", "experiments.reddit_toxicity.run:RedditConfig"),
+                                            ("experiments.wordle", "experiments.wordle.run:WordleConfig"),
+                                            ("experiments.dialogue", "experiments.dialogue.run:DialogueConfig")])
+def test_driver_help_lists_every_config_field(capsys, module, config):
+    import importlib
+    main = importlib.import_module(f"{module}.__main__").main
+    mod, _, name = config.partition(":")
+    cls = getattr(importlib.import_module(mod), name)
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "smoke", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ["--preset", "--workdir", *leaf_flags(cls)]:
+        assert f"{flag} " in out, flag
+    assert out.count("(default: ") >= len(leaf_flags(cls))
+
+
+# --- the lean install -------------------------------------------------------------------------------------
+
+
+def test_setup_cfg_keeps_the_experiments_packages_out_of_the_core_install():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    core = cfg["options"]["install_requires"]
+    for package in ("alt-profanity-check", "wordfreq", "matplotlib", "transformers"):
+        assert package not in core
+        assert package in cfg["options.extras_require"]["experiments"] + cfg["options.extras_require"]["dev"]
+    assert "experiments" not in cfg["options.packages.find"]["include"]
+    assert cfg["options.entry_points"]["console_scripts"].strip() == "ilql-jax = ilql_jax.cli:main"
+    readme_install = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip install")]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert readme_install[0] in ci.splitlines()  # CI installs exactly what the README's quick start says
+
+
+BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"profanity_check", "wordfreq", "matplotlib", "transformers", "experiments"}:
+            raise ModuleNotFoundError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+import ilql_jax.cli, ilql_jax.loop, ilql_jax.sampler, ilql_jax.export, ilql_jax.cli.train  # noqa
+for argv in ([ "--help"], ["train", "--help"], ["generate", "--help"], ["export", "--help"]):
+    try:
+        ilql_jax.cli.main(argv)
+    except SystemExit as e:
+        assert e.code == 0, e.code
+print("HELP OK")
+"""
+
+
+def test_ilql_jax_help_runs_without_the_experiments_packages(tmp_path):
+    proc = _run_module(["-c", BLOCKER], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("HELP OK") and "usage: ilql-jax train" in proc.stdout
