@@ -332,3 +332,104 @@ def test_ilql_jax_help_runs_without_the_experiments_packages(tmp_path):
     proc = _run_module(["-c", BLOCKER], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith("HELP OK") and "usage: ilql-jax train" in proc.stdout
+
+
+# --- the same bad input through `python -m experiments.reddit_toxicity --data` ------------------------------------
+
+REDDIT_OK = b"".join(json.dumps({"parent": f"parent {i}", "comment": f"a civil reply {i}"}).encode() + b"\n"
+                     for i in range(40))
+BAD_REDDIT = {
+    "empty file": (b"\n \n", "empty file"),
+    "non-JSON line": (REDDIT_OK + b"{parent: 1}\n", "line 41: invalid JSON"),
+    "missing field": (REDDIT_OK + b'{"parent": "p"}\n', "line 41: missing field 'comment'"),
+    "wrong type": (REDDIT_OK + b'{"parent": "p", "comment": 7}\n', "line 41: field 'comment' must be a string"),
+    "non-UTF-8": (REDDIT_OK + b'{"parent": "caf\xe9", "comment": "c"}\n', "line 41: not valid UTF-8"),
+    "markup inside text": (REDDIT_OK + b'{"parent": "p", "comment": "so <s>strike</s> that"}\n',
+                           "line 41: comment: contains the reserved markup string '<s>'"),
+}
+
+
+def _reddit_with_a_long_training_pair():
+    """400 pairs, one of them (in the train split of seed 0) longer than the smoke preset's max_len."""
+    from experiments.reddit_toxicity import data as reddit_data
+    records = [{"parent": f"parent {i}", "comment": f"a civil reply {i}"} for i in range(400)]
+    train = reddit_data.split_records(records, seed=0)["train"]
+    i = records.index(train[5])
+    records[i] = {"parent": "many words " * 60, "comment": train[5]["comment"]}
+    assert reddit_data.split_records(records, seed=0)["train"][5] == records[i]  # the split keeps its place
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records), f"line {i + 1}: the pair is longer than max_len=128"
+
+
+BAD_REDDIT["over-long record"] = _reddit_with_a_long_training_pair
+
+
+@pytest.mark.parametrize("name", sorted(BAD_REDDIT))
+def test_reddit_data_refused_in_one_line_before_judging(tmp_path, capsys, name):
+    from experiments.reddit_toxicity.__main__ import main
+    content, expected = BAD_REDDIT[name]() if callable(BAD_REDDIT[name]) else BAD_REDDIT[name]
+    data = tmp_path / "comments.jsonl"
+    data.write_bytes(content)
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "smoke", "--data", str(data), "--workdir", str(workdir), "--too_long", "error"])
+    _one_line_error(capsys, e.value.code, f"{data}: {expected}" if "line" in expected else str(data), expected)
+    # Nothing judged, nothing trained.
+    assert not (workdir / "toxicity_cache.json").exists() and not (workdir / "bc").exists()
+
+
+def test_reddit_unknown_flag_in_one_line(capsys):
+    from experiments.reddit_toxicity.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "smoke", "--dat", "x.jsonl"])
+    _one_line_error(capsys, e.value.code, "unrecognized arguments: --dat x.jsonl")
+
+
+# --- a kill between workdir writes: the rerun succeeds ------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing catches it, nothing after it runs."""
+
+
+def kill_at_write(monkeypatch, name):
+    """Makes the atomic write of a file called `name` die after writing its temporary file, before the rename."""
+    from ilql_jax import files
+    real = files.atomic_write_bytes
+
+    def write(path, data):
+        if os.path.basename(os.fspath(path)) == name:
+            tmp = pathlib.Path(path).parent / f".{name}.tmp-killed"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data[: len(data) // 2])  # half a file, under its temporary name
+            raise Killed(name)
+        real(path, data)
+    monkeypatch.setattr(files, "atomic_write_bytes", write)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_tokenizer_killed_mid_save_is_rebuilt_on_the_rerun(tmp_path, monkeypatch, name):
+    from experiments.reddit_toxicity.run import PRESETS, load_tokenizer_and_trunk
+    records = [{"parent": f"parent {i}", "comment": f"reply number {i}"} for i in range(30)]
+    cfg = PRESETS["smoke"]
+    kill_at_write(monkeypatch, name)
+    with pytest.raises(Killed):
+        load_tokenizer_and_trunk(cfg, str(tmp_path), records)
+    # tokenizer.json is written first: tokenizer_config.json, which the driver takes as proof, never precedes it.
+    assert not (tmp_path / "tokenizer" / "tokenizer_config.json").exists()
+    monkeypatch.undo()
+    tok, _, _ = load_tokenizer_and_trunk(cfg, str(tmp_path), records)  # the rerun fits and saves it again
+    again, _, _ = load_tokenizer_and_trunk(cfg, str(tmp_path), records)  # and the next one reloads it
+    assert again.encode("<s>parent 3</s>reply") == tok.encode("<s>parent 3</s>reply")
+
+
+@pytest.mark.slow
+def test_ilql_jax_train_killed_between_writes_resumes(tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "records.jsonl", single_turn_records())
+    args = ["train", "--data", str(data), "--workdir", str(tmp_path / "run"), *TINY]
+    for name in ("tokenizer_config.json", "config.json"):  # the tokenizer's marker, then the BC run's config
+        kill_at_write(monkeypatch, name)
+        with pytest.raises(Killed):
+            cli.main(args)
+        monkeypatch.undo()
+    assert cli.main(args) == 0
+    assert (tmp_path / "run" / "ilql" / "checkpoints" / "3").is_dir()

@@ -269,8 +269,10 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
             record = splits[name][ok.index(False)]
             raise DataError(data_lib.locate(cfg.data, record), f"the pair is longer than max_len={cfg.max_len} "
                             "tokens with its markup; raise --max_len, or pass --too_long skip to skip such pairs")
-        if not any(ok):
-            raise DataError(cfg.data, f"every {name} pair is longer than max_len={cfg.max_len} tokens; raise --max_len")
+        if sum(ok) < cfg.batch_size:  # batches are never padded: the loop would refuse it after judging
+            raise DataError(cfg.data, f"{sum(ok)} {name} pairs fit in max_len={cfg.max_len} tokens "
+                            f"({len(ok) - sum(ok)} are longer), fewer than batch_size={cfg.batch_size}: "
+                            "add data, raise --max_len or lower --batch_size")
     arrays, returns, skipped = {}, {}, {}
     for name in ("train", "eval"):
         r = rewards_lib.compute_rewards(splits[name], cfg.reward, judge=judge, seed=cfg.seed)
