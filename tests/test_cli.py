@@ -88,7 +88,8 @@ def test_single_turn_train_generate_export(tmp_path):
     out = tmp_path / "generations.jsonl"
     before = sampler.trace_count()
     assert cli.main(["generate", "--workdir", str(workdir), "--prompts", str(prompts), "--num", "2",
-                     "--batch_size", "4", "--beta", "4", "--max_new_tokens", "8", "--out", str(out)]) == 0
+                     "--batch_size", "4", "--beta", "4", "--max_new_tokens", "8", "--forbid_markup", "true",
+                     "--out", str(out)]) == 0
     assert sampler.trace_count() - before == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["line"], r["sample"]) for r in rows] == [(1, 0), (1, 1), (3, 0), (3, 1), (4, 0), (4, 1)]
@@ -96,6 +97,7 @@ def test_single_turn_train_generate_export(tmp_path):
         assert r["beta"] == 4.0 and 1 <= r["num_tokens"] <= 8 and isinstance(r["text"], str)
         assert r["logp"] < 0 and r["logp_beta"] < 0
         assert r["kl"] == pytest.approx(r["logp"] - r["logp_beta"], abs=1e-3)  # Σ_t (log π − log π_β)
+        assert not any(m in r["text"] for m in ("<s>", "</s>", "<a>", "</eod>", "<pad>"))  # --forbid_markup
     # Greedy from a single --prompt prints to stdout, and is reproducible.
     for mode in ("greedy", "beam"):
         assert cli.main(["generate", "--workdir", str(workdir), "--prompt", "ticket 3: my order is late",
@@ -139,11 +141,14 @@ def test_multi_turn_train_with_held_out_split_then_generate(tmp_path):
     data = write_jsonl(tmp_path / "games.jsonl", multi_turn_records())
     workdir = tmp_path / "run"
     assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY, "--max_len", "48",
-                     "--eval_fraction", "0.25", "--freeze_policy", "true"]) == 0
+                     "--eval_fraction", "0.25", "--freeze_policy", "true", "--reward_norm", "scale"]) == 0
     metrics = [json.loads(line) for line in (workdir / "ilql" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in m for m in metrics)  # the held-out split is evaluated
     config = json.loads((workdir / "ilql" / "config.json").read_text())
     assert config["step"]["model"]["frozen_policy"] is True
+    # Rewards of ±1 per agent turn, scaled by their standard deviation on the training records.
+    norm = json.loads((workdir / "options.json").read_text())["reward_norm_fitted"]
+    assert norm["mode"] == "scale" and norm["shift"] == 0.0 and 0.5 < norm["scale"] < 1.0
     # Histories as prompts: the agent replies to the last env turn, with the earlier turns as context.
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [
         {"turns": [{"role": "env", "text": "guess my number, hint 1"}, {"role": "agent", "text": "is it five?",

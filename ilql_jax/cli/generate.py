@@ -68,6 +68,7 @@ def generate(opts: GenerateOptions) -> list[dict]:
 
     scfg = sampler.SamplerConfig(max_new_tokens=opts.max_new_tokens, mode=opts.mode, num_beams=opts.num_beams,
                                  n=opts.n, top_k=opts.top_k, top_p=opts.top_p)
+    forbidden = [tok.s_id, tok.end_s_id, tok.a_id, tok.eod_id, tok.pad_id] if opts.forbid_markup else None
     rows = [(p, k) for p in range(len(prompt_ids)) for k in range(opts.num)]
     key = jax.random.key(opts.seed)
     results = []
@@ -75,18 +76,19 @@ def generate(opts: GenerateOptions) -> list[dict]:
         out = sampler.sample(run.config.step.model, run.state.params, run.state.target_params, tokens, mask,
                              jax.random.fold_in(key, start), beta=opts.beta, temperature=opts.temperature,
                              adv_clip=opts.adv_clip, stop_ids=(tok.end_a_id,), pad_id=tok.pad_id,
-                             sampler_config=scfg)
+                             sampler_config=scfg, forbidden_ids=forbidden)
         out = jax.device_get(out)
         for i in range(n_real):
             p, k = rows[start + i]
             length = int(out.lengths[i])
             ids = [int(t) for t in out.tokens[i, :length]]
-            ids = ids[:ids.index(tok.end_a_id)] if tok.end_a_id in ids else ids
+            # Only the final stop id is cut (as generate_text does): markup emitted mid-reply stays visible.
+            ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
             line, history = histories[p]
             results.append({
                 "prompt": history[-1].text if history else "",
                 **({"line": line} if line is not None else {}),
-                "sample": k, "text": tok.decode(ids, skip_markup=True), "num_tokens": length,
+                "sample": k, "text": tok.decode(ids), "num_tokens": length,
                 "logp": float(np.sum(out.logp[i, :length])), "logp_beta": float(np.sum(out.logp_beta[i, :length])),
                 "kl": float(out.kl[i]), "beta": opts.beta, "mode": opts.mode,
             })

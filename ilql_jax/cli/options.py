@@ -16,6 +16,7 @@ __all__ = ["ExportOptions", "GenerateOptions", "TrainOptions", "MODES", "TOO_LON
 
 MODES = ("sample", "greedy", "beam", "best_of_n")  # = ilql_jax.sampler.MODES (not imported: --help stays light)
 TOO_LONG = ("error", "skip")
+REWARD_NORMS = ("none", "scale", "zscore")  # = ilql_jax.data.rewards.REWARD_NORMS
 
 
 def _check_positive(obj, *names: str) -> None:
@@ -57,6 +58,9 @@ class TrainOptions:
       gamma: per-token discount γ.
       alpha_cql: weight of the CQL term.
       polyak_alpha: target-network update rate (0.005 published, for far more steps).
+      reward_norm: "none" (rewards as given), "scale" (r / std) or "zscore" ((r − mean) / std), fitted on the
+        training records (ilql_jax.data.rewards; the fitted map goes into options.json). Scaling rewards by 1/s
+        scales A by 1/s: generate with β·s to steer as much.
       freeze_policy: keep π_β at the BC result during ILQL (only the values train), so β = 0 decodes exactly BC.
       dtype: compute dtype: "float32" (CPU) or "bfloat16" (accelerators).
       mesh: the device mesh; the default is data parallelism over every device.
@@ -85,6 +89,7 @@ class TrainOptions:
     gamma: float = 0.99
     alpha_cql: float = 0.1
     polyak_alpha: float = 0.05
+    reward_norm: str = "none"
     freeze_policy: bool = False
     dtype: str = "float32"
     mesh: MeshConfig = MeshConfig()
@@ -102,6 +107,8 @@ class TrainOptions:
             raise ValueError("--model must be 'scratch', 'gpt2' or a Hugging Face GPT-2 directory")
         if self.too_long not in TOO_LONG:
             raise ValueError(f"--too_long must be one of {TOO_LONG}, got {self.too_long!r}")
+        if self.reward_norm not in REWARD_NORMS:
+            raise ValueError(f"--reward_norm must be one of {REWARD_NORMS}, got {self.reward_norm!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"--eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_len < 4:
@@ -138,6 +145,8 @@ class GenerateOptions:
       top_p: keep the smallest set of π_β's tokens with this much probability (1: off).
       adv_clip: clip the advantage from above at this value while decoding (none: no clipping).
       max_new_tokens: reply length limit in tokens (the closing </a> included).
+      forbid_markup: never emit <s> </s> <a> </eod> <pad> inside a reply (it still ends at </a>); false
+        keeps the sampler's distribution, and markup emitted mid-reply is printed as it is.
       num_beams: beam width for mode beam.
       n: samples per generation for mode best_of_n.
       batch_size: rows decoded at once (the last batch is padded, so every batch has one shape).
@@ -156,6 +165,7 @@ class GenerateOptions:
     top_p: float = 1.0
     adv_clip: float | None = None
     max_new_tokens: int = 32
+    forbid_markup: bool = False
     num_beams: int = 4
     n: int = 4
     batch_size: int = 16

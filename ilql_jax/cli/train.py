@@ -28,6 +28,8 @@ __all__ = ["OPTIONS_FILE", "train", "train_configs"]
 OPTIONS_FILE = "options.json"
 # Options that decide what the tokenizer and the checkpoints hold: a rerun in the same workdir must keep them.
 _TOKENIZER_FIELDS = ("model", "bpe_vocab_size", "seed", "eval_fraction")
+# Rewards baked into the checkpoints' values.
+_VALUE_FIELDS = ("reward_norm",)
 _SHAPE_FIELDS = ("model", "n_layer", "n_embd", "n_head", "max_len")
 
 
@@ -55,9 +57,10 @@ def _check_workdir(opts: TrainOptions, data_sha256: str) -> None:
     if os.path.isfile(os.path.join(opts.workdir, "tokenizer", tokenizers.CONFIG_FILE)):
         fields += ["data_sha256", *_TOKENIZER_FIELDS]
     if _has_checkpoints(opts.workdir):
-        fields += ["data_sha256", *_SHAPE_FIELDS]
+        fields += ["data_sha256", *_SHAPE_FIELDS, *_VALUE_FIELDS]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
     for field in dict.fromkeys(fields):
-        if saved.get(field) != current[field]:
+        if saved.get(field, defaults.get(field)) != current[field]:
             what = "the data file's contents" if field == "data_sha256" else f"--{field} {saved.get(field)}"
             raise ConfigError(f"{opts.workdir} was trained with {what} (see {path}); this run has "
                               f"{'other contents' if field == 'data_sha256' else current[field]}: use the same, "
@@ -154,10 +157,20 @@ def train(opts: TrainOptions):
           + (f", {n_long + n_long_eval} skipped as longer than max_len={opts.max_len}" if n_long + n_long_eval else "")
           + f"; vocabulary {tok.vocab_size}")
 
+    from ilql_jax.data.rewards import fit_reward_norm
     from ilql_jax.loop import train_and_evaluate
 
-    arrays = episodes_to_arrays([r.episode for r in train_records], tok, opts.max_len)
-    eval_arrays = episodes_to_arrays([r.episode for r in eval_records], tok, opts.max_len) if eval_records else None
+    try:
+        norm = fit_reward_norm([r.episode for r in train_records], opts.reward_norm)
+    except ValueError as e:  # e.g. constant rewards have no scale
+        raise records_lib.DataError(opts.data, f"--reward_norm {opts.reward_norm}: {e}") from e
+    if opts.reward_norm != "none":
+        print(f"rewards: r ↦ (r − {norm.shift:.4g}) / {norm.scale:.4g} ({opts.reward_norm}, fitted on the train records)")
+    options = {**config_to_dict(opts), "data_sha256": data_sha256, "reward_norm_fitted": dataclasses.asdict(norm)}
+    files.atomic_write_text(os.path.join(opts.workdir, OPTIONS_FILE), json.dumps(options, indent=2) + "\n")
+    arrays = episodes_to_arrays(norm.apply(r.episode for r in train_records), tok, opts.max_len)
+    eval_arrays = (episodes_to_arrays(norm.apply(r.episode for r in eval_records), tok, opts.max_len)
+                   if eval_records else None)
     bc_cfg, rl_cfg = train_configs(opts, trunk, len(eval_records))
     print("1/2: behaviour cloning of π_β")
     train_and_evaluate(bc_cfg, os.path.join(opts.workdir, "bc"), arrays, eval_arrays)
