@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from experiments.mixtures import Mixture, mixture_weights
+from ilql_jax import files
 from ilql_jax.data.episodes import Episode
 
 from .catalogue import Catalogue
@@ -116,12 +116,9 @@ def evaluate_policy(policy, catalogue: Catalogue, n: int, seed: int) -> dict[str
 
 def save_dialogues(path: str, games: Iterable[DialogueGame]) -> None:
     """One JSON object per dialogue (see the module docstring)."""
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        for g in games:
-            f.write(json.dumps({"target": g.target, "utterances": [t.text for t in g.turns],
-                                "replies": [t.reply for t in g.turns], "policies": [t.policy for t in g.turns]}) + "\n")
+    files.atomic_write_text(path, "".join(
+        json.dumps({"target": g.target, "utterances": [t.text for t in g.turns], "replies": [t.reply for t in g.turns],
+                    "policies": [t.policy for t in g.turns]}) + "\n" for g in games))
 
 
 def _replay(record, catalogue: Catalogue) -> DialogueGame:

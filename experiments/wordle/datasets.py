@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from experiments.mixtures import Mixture, mixture_weights
+from ilql_jax import files
 from ilql_jax.data.episodes import Episode
 
 from .env import MAX_GUESSES, Turn, WordleGame
@@ -245,12 +245,7 @@ def _record(game: WordleGame) -> dict:
 
 def save_games(path: str, games: Iterable[WordleGame]) -> None:
     """Write one JSON object per game (see the module docstring)."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        for game in games:
-            f.write(json.dumps(_record(game)) + "\n")
+    files.atomic_write_text(path, "".join(json.dumps(_record(game)) + "\n" for game in games))
 
 
 def _parse_game(record, word_set: frozenset) -> WordleGame:

@@ -9,10 +9,11 @@ used with `save_vocab`, and `load_vocab` reads it back (`--vocab FILE`).
 
 from __future__ import annotations
 
-import os
 import re
 
 import wordfreq
+
+from ilql_jax import files
 
 __all__ = ["DEFAULT_N_WORDS", "WORD_LEN", "default_words", "is_word", "load_vocab", "save_vocab"]
 
@@ -80,8 +81,4 @@ def save_vocab(path: str, words) -> None:
         raise ValueError("words contain duplicates")
     if not words:
         raise ValueError("no words to save")
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(words) + "\n")
+    files.atomic_write_text(path, "\n".join(words) + "\n")  # diagnose reads it back
