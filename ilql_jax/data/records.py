@@ -102,7 +102,7 @@ def _terminal(obj: Mapping, path, line: int) -> bool:
 def _single_turn(obj: Mapping, path, line: int) -> Episode:
     for field in ("prompt", "response", "reward"):
         if field not in obj:
-            raise DataError(path, f"missing; a single-turn record needs \"prompt\", \"response\" and \"reward\" "
+            raise DataError(path, "missing; a single-turn record needs \"prompt\", \"response\" and \"reward\" "
                             "(or use \"turns\")", line, field)
     prompt = check_text(obj["prompt"], path, line, "prompt")
     response = check_text(obj["response"], path, line, "response")
