@@ -438,3 +438,14 @@ def test_ilql_jax_train_killed_between_writes_resumes(tmp_path, monkeypatch):
         monkeypatch.undo()
     assert cli.main(args) == 0
     assert (tmp_path / "run" / "ilql" / "checkpoints" / "3").is_dir()
+
+
+def test_reddit_label_reward_without_the_field_is_named_before_training(tmp_path, capsys):
+    from experiments.reddit_toxicity.__main__ import main
+    records = [{"parent": f"parent {i}", "comment": f"reply {i}", "toxicity": i % 3} for i in range(400)]
+    del records[17]["toxicity"]
+    data = write_jsonl(tmp_path / "labelled.jsonl", records)
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "smoke", "--data", str(data), "--workdir", str(tmp_path / "run"), "--reward", "label"])
+    _one_line_error(capsys, e.value.code, f"{data}: line 18: --reward label: has no 'toxicity' field")
+    assert not (tmp_path / "run" / "bc").exists()

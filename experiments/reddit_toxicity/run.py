@@ -198,7 +198,7 @@ def eval_parents(cfg: RedditConfig, tok, test: Sequence[dict]) -> tuple[list[str
         else:
             n_skipped += 1
     if not parents:
-        raise ValueError(f"no test parent fits in max_len - max_new_tokens = {room} tokens")
+        raise DataError(cfg.data, f"no test parent fits in max_len - max_new_tokens = {room} tokens")
     return parents, n_skipped
 
 
@@ -273,6 +273,15 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
             raise DataError(cfg.data, f"{sum(ok)} {name} pairs fit in max_len={cfg.max_len} tokens "
                             f"({len(ok) - sum(ok)} are longer), fewer than batch_size={cfg.batch_size}: "
                             "add data, raise --max_len or lower --batch_size")
+    if cfg.reward in ("upvotes", "label"):  # rewards from the data's own fields: each record checked here
+        for name in ("train", "eval"):
+            for record in splits[name]:
+                try:
+                    rewards_lib.compute_rewards([record], cfg.reward)
+                except ValueError as e:
+                    raise DataError(data_lib.locate(cfg.data, record),
+                                    str(e).replace("record 0", f"--reward {cfg.reward}:", 1)) from e
+    parents, n_test_skipped = eval_parents(cfg, tok, splits["test"])
     arrays, returns, skipped = {}, {}, {}
     for name in ("train", "eval"):
         r = rewards_lib.compute_rewards(splits[name], cfg.reward, judge=judge, seed=cfg.seed)
@@ -280,7 +289,7 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
         skipped[name] = len(fits[name]) - len(kept)
         arrays[name] = episodes.episodes_to_arrays(kept, tok, cfg.max_len)
         returns[name] = r
-    parents, skipped["test"] = eval_parents(cfg, tok, splits["test"])
+    skipped["test"] = n_test_skipped
     print(f"data: {len(splits['train'])} train / {len(splits['eval'])} eval / {len(splits['test'])} test pairs; "
           f"train reward {returns['train'].mean():.3f}; vocab {tok.vocab_size}")
     print(f"skipped as too long (max_len={cfg.max_len}, prompts ≤ {cfg.max_len - cfg.max_new_tokens} tokens): "
