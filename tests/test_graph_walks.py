@@ -79,3 +79,25 @@ def test_value_guidance_finds_short_paths_across_seeds(tmp_path):
         assert abs(opt[seed, 0.0] - data) < 0.15, (opt, data)
         assert opt[seed, 100.0] > opt[seed, 0.0] + 0.25, opt
         assert opt[seed, 100.0] > 0.8, opt
+
+
+def test_walk_stats_count_paths_composed_rather_than_copied():
+    from experiments.graph_walks.run import walk_stats
+
+    g, walks = graph_lib.make_task(1000, n_walks=1000)
+    reached = [w for w in walks if w[-1] == "a"]
+    copied = reached[0]
+    # A goal-reaching path no data walk takes: a shortest path that is not among the walks, if any.
+    sym, novel = g.symbols, None
+    for start in range(1, len(sym)):
+        path = [start]
+        while path[-1] != graph_lib.GOAL:
+            path.append(next(j for j in np.flatnonzero(g.edges[path[-1]]) if g.shortest[j] == g.shortest[path[-1]] - 1))
+        text = "".join(sym[i] for i in path)
+        if text not in walks:
+            novel = text
+            break
+    assert novel is not None
+    stats = walk_stats(g, [copied, novel + "bc", copied[:-1]], set(walks))  # the last never reaches the goal
+    assert stats["reached_goal"] == pytest.approx(2 / 3) and stats["unseen_paths"] == pytest.approx(1 / 2)
+    assert stats["optimality"] == pytest.approx((g.optimality(copied) + 1.0 + 0.0) / 3)

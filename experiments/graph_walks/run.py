@@ -156,9 +156,10 @@ def train_configs(cfg: GraphWalkConfig, recipe: str, vocab_size: int, seed: int,
                             init="bc:" + os.path.join(workdir, "bc"), **common)]
 
 
-def walk_optimality(cfg: GraphWalkConfig, graph: graph_lib.Graph, tok, model: ilql.ModelConfig, state, *,
-                    beta: float, mode: str, key: jax.Array) -> np.ndarray:
-    """Optimality of walks decoded from every non-goal start (`samples_per_start` each when sampling)."""
+def decode_walks(cfg: GraphWalkConfig, graph: graph_lib.Graph, tok, model: ilql.ModelConfig, state, *,
+                 beta: float, mode: str, key: jax.Array) -> list[str]:
+    """Walks (start node, then the decoded text) from every non-goal start (`samples_per_start` each when
+    sampling)."""
     n = cfg.samples_per_start if mode == "sample" else 1
     starts = [s for s in graph.symbols if s != graph.symbols[graph_lib.GOAL] for _ in range(n)]
     scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_length, mode=mode, top_k=cfg.top_k, order=cfg.order,
@@ -167,10 +168,22 @@ def walk_optimality(cfg: GraphWalkConfig, graph: graph_lib.Graph, tok, model: il
     texts = sampler.generate_text(tok, model, state.params, state.target_params, [[episodes.env(s)] for s in starts],
                                   key, sampler_config=scfg, beta=beta, temperature=cfg.temperature,
                                   allowed_ids=allowed)
-    return np.array([graph.optimality(s + text) for s, text in zip(starts, texts)])
+    return [s + text for s, text in zip(starts, texts)]
 
 
-def seed_rows(cfg: GraphWalkConfig, recipe: str, seed: int, graph, tok, arrays, workdir: str) -> list[dict]:
+def walk_stats(graph: graph_lib.Graph, walks: list[str], data_walks: set[str]) -> dict:
+    """Mean optimality (± s.e. over walks), the share reaching the goal, and the share of those whose path
+    (cut at the goal) is no walk of the data: composed from pieces of several walks rather than copied."""
+    opt = np.array([graph.optimality(w) for w in walks])
+    paths = [w[:graph.path_length(w)] for w, o in zip(walks, opt) if o > 0]
+    return {"optimality": float(opt.mean()), "stderr": float(opt.std() / np.sqrt(opt.size)),
+            "reached_goal": float((opt > 0).mean()),
+            "unseen_paths": float(np.mean([p not in data_walks for p in paths])) if paths else 0.0,
+            "walks": int(opt.size)}
+
+
+def seed_rows(cfg: GraphWalkConfig, recipe: str, seed: int, graph, tok, arrays, data_walks: set[str],
+              workdir: str) -> list[dict]:
     """Trains one recipe at one seed and decodes it at every β, sampled and greedy."""
     start = time.perf_counter()
     state = None
@@ -182,12 +195,10 @@ def seed_rows(cfg: GraphWalkConfig, recipe: str, seed: int, graph, tok, arrays, 
     rows = []
     for mode in ("sample", "greedy"):
         for beta in cfg.betas:
-            opt = walk_optimality(cfg, graph, tok, model, state, beta=beta, mode=mode,
-                                  key=jax.random.fold_in(jax.random.key(seed), int(beta * 1000)))
+            walks = decode_walks(cfg, graph, tok, model, state, beta=beta, mode=mode,
+                                 key=jax.random.fold_in(jax.random.key(seed), int(beta * 1000)))
             rows.append({"recipe": recipe, "decode": mode, "beta": beta, "seed": seed,
-                         "optimality": float(opt.mean()), "stderr": float(opt.std() / np.sqrt(opt.size)),
-                         "reached_goal": float((opt > 0).mean()), "walks": int(opt.size),
-                         "train_seconds": round(seconds, 1)})
+                         **walk_stats(graph, walks, data_walks), "train_seconds": round(seconds, 1)})
     return rows
 
 
@@ -207,10 +218,11 @@ def run(cfg: GraphWalkConfig, workdir: str) -> list[dict]:
     rows = []
     for seed in range(cfg.seeds):
         for recipe in cfg.recipes:
-            rows += seed_rows(cfg, recipe, seed, graph, tok, arrays, os.path.join(workdir, f"seed{seed}", recipe))
+            rows += seed_rows(cfg, recipe, seed, graph, tok, arrays, set(walks),
+                              os.path.join(workdir, f"seed{seed}", recipe))
             for row in rows[-2 * len(cfg.betas):]:
                 print(f"seed {seed} {recipe} {row['decode']} β={row['beta']:g}: optimality {row['optimality']:.3f}")
-    table = aggregate_lib.aggregate(rows, ("recipe", "decode", "beta"), ("optimality", "reached_goal"),
+    table = aggregate_lib.aggregate(rows, ("recipe", "decode", "beta"), ("optimality", "reached_goal", "unseen_paths"),
                                     {"optimality": "stderr"})
     data_row = {"data_optimality": float(data_opt.mean()), "data_stderr": float(data_opt.std() / np.sqrt(data_opt.size)),
                 "reward_norm": dataclasses.asdict(norm)}
@@ -225,6 +237,7 @@ COLUMNS: tuple[results.Column, ...] = (
     ("per seed", lambda r: " / ".join(f"{v:.2f}" for v in r["optimality_seeds"])),
     ("s.e. (walks)", lambda r: f"{r['optimality_se_episodes']:.3f}"),
     ("reach goal", lambda r: f"{r['reached_goal']:.2f}"),
+    ("paths not in data", lambda r: f"{r['unseen_paths']:.2f}"),
 )
 
 
