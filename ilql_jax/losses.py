@@ -25,6 +25,7 @@ are set to ``-inf`` before every ``logsumexp``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from typing import Any, Mapping, Optional
 
@@ -36,15 +37,21 @@ Array = chex.Array
 
 __all__ = [
     "LossConfig",
+    "PackedActions",
     "bc_loss",
     "bc_only_loss",
+    "bc_only_loss_packed",
     "cql_loss",
     "expectile_v_loss",
     "gather_actions",
     "gather_next",
+    "gather_packed",
     "ilql_loss",
+    "ilql_loss_packed",
+    "logsumexp_and_gather",
     "masked_mean",
     "next_actions",
+    "pack_actions",
     "q_loss",
     "td_target",
 ]
@@ -513,3 +520,258 @@ def bc_only_loss(
     loss, info = bc_loss(pi_logits_t, a_t, m_t, vocab_size)
     metrics = {"loss": loss, **info, "n_actions": jnp.sum(m_t.astype(jnp.float32))}
     return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# The lean path: losses evaluated at the action positions only.
+#
+# Every term of ILQL_SPEC §3 reads the vocabulary-sized outputs at action
+# states only (m_t = 1), and the target Q̄ at one entry per action. The lean
+# path packs each row's action positions into K static slots (`pack_actions`),
+# so the model runs the Q heads and π_β's LM head on [B, K] positions instead
+# of [B, T] (see `models/ilql.apply_packed`), and the losses below take those
+# packed tensors. K is a static capacity per row: shapes stay static (one
+# compilation), rows keep their batch index (so a batch sharded over rows stays
+# sharded the same way), and a row with fewer actions fills its tail slots with
+# masked padding. A row with more than K actions cannot be represented: the
+# loss is then NaN (see `ilql_loss_packed`), never silently computed on a subset.
+# ---------------------------------------------------------------------------
+
+
+@chex.dataclass(frozen=True)
+class PackedActions:
+    """A batch's action states packed into K slots per row (ILQL_SPEC §1).
+
+    Slot k of row b holds the k-th action state of row b in order; slots past
+    the row's action count hold padding (``m_k = 0``).
+
+    Attributes:
+        idx: ``[B, K]`` int32 state position t of each slot (some non-action
+            position in padding slots; always inside the row).
+        m_k: ``[B, K]`` float32 action mask of the slots.
+        a_k: ``[B, K]`` int32 action ``a_t = tokens[t + 1]`` (0 in padding slots).
+        r_k: ``[B, K]`` float32 reward ``r_t``.
+        next_k: ``[B, K]`` int32 ``next(t)``.
+        done_next_k: ``[B, K]`` float32 ``done(next(t))``.
+        overflow: ``[]`` bool, some row has more than K actions.
+    """
+
+    idx: Array
+    m_k: Array
+    a_k: Array
+    r_k: Array
+    next_k: Array
+    done_next_k: Array
+    overflow: Array
+
+
+def gather_packed(x_t: Array, idx: Array) -> Array:
+    """Reads ``x_t`` at packed positions along axis 1: ``[B, T, ...]`` → ``[B, K, ...]``."""
+    chex.assert_rank(idx, 2)
+    chex.assert_type(idx, int)
+    index = idx.reshape(idx.shape + (1,) * (x_t.ndim - 2))
+    return jnp.take_along_axis(x_t, index, axis=1)
+
+
+def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
+    """Packs the action states of a ``[B, T]`` batch into ``K = min(capacity, T)`` slots per row.
+
+    Args:
+        batch: as for ``ilql_loss`` (``tokens``, ``action_mask``, ``rewards``,
+            ``next_idx``, ``dones``).
+        capacity: slots per row; ``None`` means T (always enough).
+
+    Returns:
+        ``PackedActions``. Positions are kept in order (a stable sort of each
+        row's mask), so slot k of row b is the k-th action of row b.
+    """
+    tokens = _field(batch, "tokens")
+    m_t = _field(batch, "action_mask")
+    r_t = _field(batch, "rewards")
+    next_idx = _field(batch, "next_idx")
+    dones = _field(batch, "dones")
+    chex.assert_rank(tokens, 2)
+    chex.assert_equal_shape([tokens, m_t, r_t, next_idx, dones])
+    t = tokens.shape[1]
+    if capacity is not None and capacity < 1:
+        raise ValueError(f"pack_actions: capacity must be >= 1 or None, got {capacity}")
+    k = t if capacity is None else min(int(capacity), t)
+    real = m_t > 0
+    # Action positions first, in order; the remaining (non-action) positions fill the tail.
+    idx = jnp.argsort(jnp.where(real, 0, 1), axis=1, stable=True)[:, :k].astype(jnp.int32)
+    count = jnp.sum(real, axis=1)
+    m_k = (jnp.arange(k)[None, :] < count[:, None]).astype(jnp.float32)
+    a_k = _safe_actions(gather_packed(next_actions(tokens), idx), m_k)
+    next_k = gather_packed(next_idx, idx)
+    return PackedActions(
+        idx=idx,
+        m_k=m_k,
+        a_k=a_k,
+        r_k=gather_packed(r_t, idx).astype(jnp.float32),
+        next_k=next_k,
+        done_next_k=jnp.take_along_axis(dones, next_k, axis=1).astype(jnp.float32),
+        overflow=jnp.any(count > k),
+    )
+
+
+def _valid_vocab(x: Array, vocab_size: Optional[int]) -> Optional[Array]:
+    """Boolean ``[V_pad]`` of the real vocabulary entries, or None when nothing is padded."""
+    padded = x.shape[-1]
+    if vocab_size is None or vocab_size == padded:
+        return None
+    if not 0 < vocab_size < padded:
+        raise ValueError(
+            f"vocab_size={vocab_size} must be in (0, {padded}] (last axis of the "
+            "Q / logits tensor)."
+        )
+    return jnp.arange(padded) < vocab_size
+
+
+def _masked_f32(x: Array, valid: Optional[Array]) -> Array:
+    x = x.astype(jnp.float32)
+    return x if valid is None else jnp.where(valid, x, -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def logsumexp_and_gather(x_t: Array, a_t: Array, vocab_size: Optional[int] = None) -> tuple[Array, Array]:
+    """``(logsumexp_a x_t[a], x_t[a_t])`` over the real vocabulary, float32 ``[...]`` each.
+
+    The two reads every vocabulary-wide loss term makes of its logits: CQL's
+    and BC's ``logsumexp − x[a_t]`` (ILQL_SPEC §3) and L_Q's ``Q(h_t)[a_t]``.
+    Fused: the padded vocabulary tail (entries ``>= vocab_size``) is masked
+    inside the reductions rather than in a masked copy, and the backward pass
+    forms the logits' cotangent ``g_lse · softmax(x) + g_a · onehot(a_t)`` in one
+    elementwise pass, so beyond ``x_t`` itself (the matmul's output, kept for
+    the backward) the only vocabulary-sized tensor is that cotangent. Padded
+    entries get a zero cotangent.
+
+    Args:
+        x_t: ``[..., V_pad]`` logits (any float dtype; the padded tail may hold anything finite).
+        a_t: ``[...]`` int actions in ``[0, vocab_size)``; out of range gives NaN, as ``gather_actions``.
+        vocab_size: real vocabulary size (``None``: no padding).
+    """
+    return _logsumexp_and_gather_fwd(x_t, a_t, vocab_size)[0]
+
+
+def _logsumexp_and_gather_fwd(x_t, a_t, vocab_size):
+    chex.assert_equal_shape_prefix([x_t, a_t], a_t.ndim)
+    chex.assert_rank(x_t, a_t.ndim + 1)
+    chex.assert_type(a_t, int)
+    valid = _valid_vocab(x_t, vocab_size)
+    lse = jax.nn.logsumexp(_masked_f32(x_t, valid), axis=-1)
+    x_a = jnp.take_along_axis(x_t, a_t[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return (lse, x_a), (x_t, a_t, lse)
+
+
+def _logsumexp_and_gather_bwd(vocab_size, residuals, cotangents):
+    x_t, a_t, lse = residuals
+    g_lse, g_a = cotangents
+    valid = _valid_vocab(x_t, vocab_size)
+    probs = jnp.exp(_masked_f32(x_t, valid) - lse[..., None])
+    onehot = jnp.arange(x_t.shape[-1]) == a_t[..., None]
+    dx = g_lse[..., None] * probs + jnp.where(onehot, g_a[..., None], 0.0)
+    return dx.astype(x_t.dtype), None
+
+
+logsumexp_and_gather.defvjp(_logsumexp_and_gather_fwd, _logsumexp_and_gather_bwd)
+
+
+def _poison_if(loss: Array, overflow: Array) -> Array:
+    """NaN loss, and NaN gradients, when some row's actions did not fit the packing capacity."""
+    return loss * jnp.where(overflow, jnp.nan, 1.0)
+
+
+def ilql_loss_packed(
+    q1_k: Array,
+    q2_k: Array,
+    target_q_a: Array,
+    v_k: Array,
+    v_next_k: Array,
+    pi_logits_k: Optional[Array],
+    packed: PackedActions,
+    cfg: LossConfig,
+) -> tuple[Array, dict[str, Array]]:
+    """``ilql_loss`` on packed action slots: the same objective (ILQL_SPEC §3),
+
+        L = L_Q + L_V + α_cql · L_CQL + L_BC,
+
+    the same metrics, the same gradients, computed from the values at the K
+    packed slots of each row (`pack_actions`) instead of at every position.
+
+    Args:
+        q1_k: online Q1 at the slots, ``[B, K, V_pad]`` (padded tail as computed).
+        q2_k: online Q2, same shape.
+        target_q_a: ``min(Q̄1, Q̄2)(h_t)[a_t]`` at the slots, ``[B, K]``; stop-gradiented here.
+        v_k: online ``V(h_t)`` at the slots, ``[B, K]``.
+        v_next_k: online ``V(h_next(t))``, ``[B, K]``; stop-gradiented (by ``td_target``).
+        pi_logits_k: π_β logits at the slots ``[B, K, V_pad]``, or ``None`` (then
+            ``bc_loss`` and ``bc_nll`` are 0).
+        packed: the slots' actions, rewards, dones and mask.
+        cfg: a ``LossConfig``.
+
+    Returns:
+        ``(loss, metrics)`` with ``ilql_loss``'s metric keys. When
+        ``packed.overflow`` (a row had more actions than slots) the loss, and
+        so every gradient, is NaN.
+    """
+    m_k, a_k = packed.m_k, packed.a_k
+    chex.assert_rank([q1_k, q2_k, target_q_a, v_k, v_next_k], [3, 3, 2, 2, 2])
+    chex.assert_equal_shape([q1_k, q2_k])
+    chex.assert_equal_shape([target_q_a, v_k, v_next_k, m_k, a_k, packed.r_k, packed.done_next_k])
+    chex.assert_equal_shape_prefix([q1_k, m_k], 2)
+
+    y_k = td_target(packed.r_k, v_next_k, packed.done_next_k, cfg.gamma)
+
+    lse1, q1_a = logsumexp_and_gather(q1_k, a_k, cfg.vocab_size)
+    lse2, q2_a = logsumexp_and_gather(q2_k, a_k, cfg.vocab_size)
+    l_q, q_info = q_loss(q1_a, q2_a, y_k, m_k)
+
+    q_target_a = jax.lax.stop_gradient(target_q_a.astype(jnp.float32))
+    l_v, v_info = expectile_v_loss(q_target_a, v_k, m_k, cfg.tau)
+
+    cql_q1 = masked_mean(lse1 - q1_a, m_k)
+    cql_q2 = masked_mean(lse2 - q2_a, m_k)
+    l_cql = cql_q1 + cql_q2
+    cql_info = {"cql_loss": l_cql, "cql_q1": cql_q1, "cql_q2": cql_q2}
+
+    if pi_logits_k is None:
+        l_bc = jnp.zeros((), jnp.float32)
+        bc_info = {"bc_loss": l_bc, "bc_nll": l_bc}
+    else:
+        chex.assert_equal_shape_prefix([pi_logits_k, m_k], 2)
+        lse_pi, pi_a = logsumexp_and_gather(pi_logits_k, a_k, cfg.vocab_size)
+        nll_k = lse_pi - pi_a
+        nll = masked_mean(nll_k, m_k)
+        l_bc = nll
+        if cfg.beta_awac != 0:
+            adv_k = jax.lax.stop_gradient(q_target_a - v_k.astype(jnp.float32))
+            l_bc = masked_mean(jnp.exp(cfg.beta_awac * adv_k) * nll_k, m_k)
+        bc_info = {"bc_loss": l_bc, "bc_nll": nll}
+
+    loss = _poison_if(l_q + l_v + cfg.alpha_cql * l_cql + l_bc, packed.overflow)
+    metrics = {
+        "loss": loss,
+        **q_info,
+        **v_info,
+        **cql_info,
+        **bc_info,
+        "target_q_mean": masked_mean(q_target_a, m_k),
+        "n_actions": jnp.sum(m_k),
+    }
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return loss, metrics
+
+
+def bc_only_loss_packed(
+    pi_logits_k: Array, packed: PackedActions, vocab_size: Optional[int] = None
+) -> tuple[Array, dict[str, Array]]:
+    """``bc_only_loss`` on packed action slots (π_β's logits at the slots, ``[B, K, V_pad]``).
+
+    Same metrics; NaN loss when ``packed.overflow``.
+    """
+    chex.assert_rank(pi_logits_k, 3)
+    chex.assert_equal_shape_prefix([pi_logits_k, packed.m_k], 2)
+    lse, x_a = logsumexp_and_gather(pi_logits_k, packed.a_k, vocab_size)
+    nll = masked_mean(lse - x_a, packed.m_k)
+    loss = _poison_if(nll, packed.overflow)
+    return loss, {"loss": loss, "bc_loss": nll, "bc_nll": nll, "n_actions": jnp.sum(packed.m_k)}

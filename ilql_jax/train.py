@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ilql_jax import losses
@@ -34,6 +35,10 @@ class StepConfig:
       target_update_every: the target moves after every k-th optimizer step
         only (k = 1 published; trlx syncs every 5 steps with α = 0.1, DQN-style
         designs hard-copy every k steps with α = 1).
+      action_capacity: action states per row that the step evaluates the
+        vocabulary-sized heads at (`losses.pack_actions`); None: the whole row.
+        A batch with a row holding more actions gets a NaN loss. The training
+        loop sets it from the data when None (`with_action_capacity`).
     """
 
     mode: str = "ilql"
@@ -42,6 +47,7 @@ class StepConfig:
     optim: OptimConfig = OptimConfig()
     polyak_alpha: float = 0.005
     target_update_every: int = 1
+    action_capacity: int | None = None
 
     def __post_init__(self):
         if self.mode not in ("ilql", "bc"):
@@ -50,6 +56,8 @@ class StepConfig:
             raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
         if self.target_update_every < 1:
             raise ValueError(f"StepConfig.target_update_every must be >= 1, got {self.target_update_every}")
+        if self.action_capacity is not None and self.action_capacity < 1:
+            raise ValueError(f"StepConfig.action_capacity must be >= 1 or None, got {self.action_capacity}")
 
     @property
     def loss_config(self) -> losses.LossConfig:
@@ -86,9 +94,56 @@ def trained_params(config: StepConfig, params: Any) -> Any:
     return params
 
 
+def with_action_capacity(config: StepConfig, *action_masks: np.ndarray, multiple: int = 8) -> StepConfig:
+    """`config` with an `action_capacity` that holds every row of these `[N, T]` action masks.
+
+    None: set to the most actions any row has, rounded up to a multiple of
+    `multiple` (at most T). Set: checked, with a ValueError naming the first row
+    that holds more (its loss would be NaN).
+    """
+    if not action_masks:
+        return config
+    counts = [np.sum(np.asarray(m) > 0, axis=-1).reshape(-1) for m in action_masks]
+    if config.action_capacity is not None:
+        for i, c in enumerate(counts):
+            if c.size and c.max() > config.action_capacity:
+                row = int(np.argmax(c > config.action_capacity))
+                raise ValueError(f"action mask {i}, row {row}: {int(c[row])} action positions, more than "
+                                 f"step.action_capacity={config.action_capacity}; raise it or set it to none "
+                                 "(fitted to the data)")
+        return config
+    most = max(int(c.max()) if c.size else 0 for c in counts)
+    length = max(np.shape(m)[-1] for m in action_masks)
+    return dataclasses.replace(config, action_capacity=min(max(-(-most // multiple) * multiple, multiple), length))
+
+
 def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
             dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The scalar loss of one batch and its metrics (ILQL_SPEC §3)."""
+    """The scalar loss of one batch and its metrics (ILQL_SPEC §3), computed where the losses read.
+
+    The action states are packed into `config.action_capacity` slots per row
+    (`losses.pack_actions`); the vocabulary-sized heads run only there, and the
+    target Q̄ only at the taken action (`ilql.apply_packed`). Same values and
+    gradients as `reference_loss_fn`, which computes every head at every position.
+    """
+    trunk = config.model.trunk
+    packed = losses.pack_actions(batch, config.action_capacity)
+    if config.mode == "bc":
+        hidden, _ = gpt2.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
+                                 dropout_key=dropout_key, with_logits=False)
+        logits_k = gpt2.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
+                                  mask_padded=False)
+        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
+    out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
+                            dropout_key)
+    return losses.ilql_loss_packed(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
+                                   packed, config.loss_config)
+
+
+def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
+                      dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
+    (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory."""
     trunk = config.model.trunk
     if config.mode == "bc":
         _, logits = gpt2.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],

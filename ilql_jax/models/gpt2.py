@@ -198,8 +198,9 @@ class GPT2(nnx.Module):
         self.h = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layer)])
         self.ln_f = _layer_norm(cfg, rngs)
 
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None):
-        """Runs the trunk. Returns (hidden after ln_f [B, T, D] float32, logits [B, T, V_pad] float32, cache)."""
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None, with_logits=True):
+        """Runs the trunk. Returns (hidden after ln_f [B, T, D] float32, logits [B, T, V_pad] float32 or
+        None without `with_logits`, cache)."""
         cfg = self.cfg
         x = self.wte(tokens) + self.wpe(positions)
         x = self.drop(x, deterministic=rngs is None, rngs=rngs)
@@ -212,15 +213,16 @@ class GPT2(nnx.Module):
                 x, kv = block(x, mask, kv, cache_index, rngs=rngs)
             new_cache.append(kv)
         hidden = self.ln_f(x).astype(jnp.float32)
-        logits = self.lm_logits(hidden)
+        logits = self.lm_logits(hidden) if with_logits else None
         return hidden, logits, (None if cache is None else new_cache)
 
-    def lm_logits(self, hidden):
-        """Tied LM head in float32 with padded vocabulary entries masked to -inf."""
+    def lm_logits(self, hidden, mask_padded=True):
+        """Tied LM head in float32; padded vocabulary entries -inf, or left as computed (finite)
+        without `mask_padded`, for a consumer that masks them inside a fused reduction."""
         cfg = self.cfg
         wte = self.wte.embedding[...]
         logits = jnp.einsum("...d,vd->...v", hidden.astype(cfg.dtype), wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
-        return mask_padded_vocab(logits, cfg.vocab_size)
+        return mask_padded_vocab(logits, cfg.vocab_size) if mask_padded else logits
 
 
 def mask_padded_vocab(logits: Array, vocab_size: int) -> Array:
@@ -270,7 +272,7 @@ def positions_from_mask(attention_mask: Array) -> Array:
 
 
 def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array | None = None,
-                        *, dropout_key: Array | None = None) -> tuple[Array, Array]:
+                        *, dropout_key: Array | None = None, with_logits: bool = True) -> tuple[Array, Array | None]:
     """Full causal forward pass.
 
     Args:
@@ -278,6 +280,8 @@ def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
         attention_mask: [B, T], 1 on real tokens (left or right padding both work);
             None means all real.
         dropout_key: enables dropout when given.
+        with_logits: False skips the LM head (logits None), for callers that
+            read only the hidden states or only some positions' logits.
 
     Returns:
         hidden [B, T, D] (after ln_f, float32) and logits [B, T, V_pad] (float32,
@@ -292,7 +296,8 @@ def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
     key_mask = attention_mask.astype(bool)
     mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-    hidden, logits, _ = _model(params, config)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs)
+    hidden, logits, _ = _model(params, config)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                               with_logits=with_logits)
     return hidden, logits
 
 
@@ -326,7 +331,7 @@ def init_cache(config: GPT2Config, batch_size: int, cache_len: int) -> KVCache:
             position=jnp.zeros((batch_size,), jnp.int32))
 
 
-def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions):
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True):
     b, t = tokens.shape
     key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
     s = key_mask.shape[1]
@@ -334,18 +339,18 @@ def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions)
     causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
     mask = causal[None] & key_mask[:, None, :]
     hidden, logits, kv = _model(params, config)(
-            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index)
+            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index, with_logits=with_logits)
     new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask,
                                 index=cache.index + t, position=positions[:, -1] + 1)
     return hidden, logits, new
 
 
 def prefill(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array,
-                        cache_len: int) -> tuple[Array, Array, KVCache]:
+                        cache_len: int, *, with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Runs a (left-padded) prompt batch and returns a cache with `cache_len` slots.
 
-    Returns hidden [B, P, D], logits [B, P, V_pad] and the cache; the last
-    column of logits is the distribution over the first new token.
+    Returns hidden [B, P, D], logits [B, P, V_pad] (None without `with_logits`)
+    and the cache; the last column of logits is the distribution over the first new token.
     """
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, attention_mask])
@@ -353,21 +358,25 @@ def prefill(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
     if cache_len < p:
         raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
     cache = init_cache(config, b, cache_len)
-    return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask))
+    return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask),
+                       with_logits)
 
 
-def lm_logits(params: Params, config: GPT2Config, hidden: Array) -> Array:
-    """The tied LM head on final hidden states: [..., D] → [..., V_pad] float32, padded entries -inf."""
-    return _model(params, config).lm_logits(hidden)
+def lm_logits(params: Params, config: GPT2Config, hidden: Array, *, mask_padded: bool = True) -> Array:
+    """The tied LM head on final hidden states: [..., D] → [..., V_pad] float32, padded entries -inf
+    (left as computed without `mask_padded`)."""
+    return _model(params, config).lm_logits(hidden, mask_padded)
 
 
-def decode_step(params: Params, config: GPT2Config, cache: KVCache, token: Array) -> tuple[Array, Array, KVCache]:
-    """Feeds one token per row. Returns hidden [B, D], logits [B, V_pad] and the new cache."""
+def decode_step(params: Params, config: GPT2Config, cache: KVCache, token: Array, *,
+                with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+    """Feeds one token per row. Returns hidden [B, D], logits [B, V_pad] (None without
+    `with_logits`) and the new cache."""
     chex.assert_rank(token, 1)
     b = token.shape[0]
     hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
-                                                                            cache.position[:, None])
-    return hidden[:, 0], logits[:, 0], cache
+                                        cache.position[:, None], with_logits)
+    return hidden[:, 0], (None if logits is None else logits[:, 0]), cache
 
 
 def _check_length(config: GPT2Config, t: int) -> None:

@@ -87,3 +87,31 @@ def q_t(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array) -> jax.Ar
     chex.assert_rank(hidden, 3)
     q = nnx.merge(_graphdef(config, config.padded_vocab_size), params)(hidden.astype(config.dtype))
     return gpt2.mask_padded_vocab(q, config.vocab_size)
+
+
+def q_t_unmasked(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array) -> jax.Array:
+    """Q(h_t, ·) like `q_t`, with the padded vocabulary tail left as computed (finite), for a consumer
+    that masks it inside a fused reduction (`losses.logsumexp_and_gather`) rather than in a
+    vocabulary-sized copy."""
+    chex.assert_rank(hidden, 3)
+    return nnx.merge(_graphdef(config, config.padded_vocab_size), params)(hidden.astype(config.dtype))
+
+
+def q_at(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array, a_t: jax.Array) -> jax.Array:
+    """Q(h_t)[a_t]: [B, K, D] hidden, [B, K] actions in [0, vocab_size) → [B, K] float32.
+
+    Equals `q_t(...)` gathered at `a_t` without its other V_pad − 1 outputs: the
+    first layer runs as usual, then only the output layer's columns a_t (one
+    2d-long dot per position instead of a 2d × V_pad matmul), so no [B, K, V]
+    tensor exists. For the target Q̄, which the loss reads at the taken action only.
+    """
+    chex.assert_rank([hidden, a_t], [3, 2])
+    chex.assert_equal_shape_prefix([hidden, a_t], 2)
+    head = nnx.merge(_graphdef(config, config.padded_vocab_size), params)
+    z = jax.nn.relu(head.fc(hidden.astype(config.dtype)))
+    dtype = jnp.dtype(config.dtype)
+    # Gathered along the kernel's vocabulary axis as it lies ([2d, V_pad]): no transposed copy of the kernel.
+    w_a = jnp.take(head.out.kernel[...].astype(dtype), a_t, axis=1)   # [2d, B, K]
+    b_a = jnp.take(head.out.bias[...].astype(dtype), a_t)              # [B, K]
+    q = jnp.einsum("bkh,hbk->bk", z.astype(dtype), w_a) + b_a
+    return q.astype(jnp.float32)

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ilql_jax import losses
 from ilql_jax.models import gpt2, heads
 
 Params = dict[str, Any]
@@ -122,6 +123,70 @@ def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array
         target_q2_t=jax.lax.stop_gradient(heads.q_t(target["q2"], cfg, target_hidden)),
         v_t=heads.v_t(value["v"], cfg, hidden),
         pi_logits_t=pi_logits,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedOutputs:
+    """What the lean forward gives `losses.ilql_loss_packed`: values at K packed action slots per row.
+
+    Vocabulary-sized outputs exist only at the slots and only where a loss reads
+    the whole vocabulary (CQL on the online Q heads, BC on π_β); their padded
+    vocabulary tail is left as computed and masked inside the loss's fused
+    logsumexp. The target Q̄ is read at the taken action alone.
+    """
+
+    q1_k: jax.Array               # [B, K, V_pad], online
+    q2_k: jax.Array
+    target_q_a: jax.Array         # [B, K] min(Q̄1, Q̄2)(h_t)[a_t], no gradient
+    v_k: jax.Array                # [B, K] V(h_t), online
+    v_next_k: jax.Array           # [B, K] V(h_next(t)), online, no gradient
+    pi_logits_k: jax.Array | None  # [B, K, V_pad], π_β; None when frozen
+
+
+def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: jax.Array,
+                 attention_mask: jax.Array, packed: losses.PackedActions,
+                 dropout_key: jax.Array | None = None) -> PackedOutputs:
+    """The ILQL networks evaluated only where `losses.ilql_loss_packed` reads them.
+
+    The trunks run on every position (each state's hidden depends on the whole
+    prefix); no trunk computes LM logits over [B, T]. Then, at the packed action
+    states `packed.idx`: the online Q heads (whole vocabulary: CQL needs it), V,
+    π_β's LM head (BC), and the target Q heads' first layer and the output
+    columns of a_t only (`heads.q_at`); V at the next states `packed.next_k`.
+    Same values as `apply` at those positions (same dropout draws too: the
+    trunks' forwards are the same calls).
+    """
+    cfg = config.trunk
+    k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    value = online["value"]
+    hidden, _ = gpt2.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=k_value, with_logits=False)
+    if config.target_on_online_trunk:
+        target_hidden = hidden
+    else:
+        target_hidden, _ = gpt2.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
+    h_k = losses.gather_packed(hidden, packed.idx)
+    h_next = jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))
+    target_h_k = jax.lax.stop_gradient(losses.gather_packed(target_hidden, packed.idx))
+    target_q_a = jnp.minimum(heads.q_at(target["q1"], cfg, target_h_k, packed.a_k),
+                             heads.q_at(target["q2"], cfg, target_h_k, packed.a_k))
+    if config.frozen_policy:
+        pi_logits_k = None
+    else:
+        if config.shared_policy:
+            h_policy = hidden
+        else:
+            h_policy, _ = gpt2.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy,
+                                       with_logits=False)
+        pi_logits_k = gpt2.lm_logits(policy_params(config, online), cfg,
+                                     losses.gather_packed(h_policy, packed.idx), mask_padded=False)
+    return PackedOutputs(
+        q1_k=heads.q_t_unmasked(value["q1"], cfg, h_k),
+        q2_k=heads.q_t_unmasked(value["q2"], cfg, h_k),
+        target_q_a=jax.lax.stop_gradient(target_q_a),
+        v_k=heads.v_t(value["v"], cfg, h_k),
+        v_next_k=heads.v_t(value["v"], cfg, h_next),
+        pi_logits_k=pi_logits_k,
     )
 
 
