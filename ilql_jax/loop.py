@@ -61,6 +61,7 @@ the call) keeps `config.json` a complete description of the run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -419,6 +420,12 @@ def train_and_evaluate(
     if config.batch_size % batch_shards:
         raise ValueError(f"batch_size={config.batch_size} does not split over the mesh's {batch_shards} batch shards "
                          f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); make it a multiple")
+    # The vocabulary-sized heads run at this many action states per row: fitted to all the data when
+    # unset (config.json keeps "none": the fit is a function of the data), so every batch fits; checked when set.
+    masks = {"train_data": train_data["action_mask"]}
+    if eval_data is not None:
+        masks["eval_data"] = eval_data["action_mask"]
+    fitted = dataclasses.replace(config, step=train.with_action_capacity(config.step, masks))
     workdir = epath.Path(workdir)
     # Saves never replace a newer checkpoint, so a run that does not resume needs a workdir without later ones.
     latest = None if state is None and config.resume else _latest_checkpoint(workdir)
@@ -434,7 +441,7 @@ def train_and_evaluate(
     if jax.process_index() == 0:
         files.atomic_write_text(workdir / "config.json", json.dumps(config_dict, indent=2) + "\n")
 
-    abstract, shardings, random_init, train_step, _ = _programs(config.step, mesh, sharding.logical_rules(config.mesh))
+    abstract, shardings, random_init, train_step, _ = _programs(fitted.step, mesh, sharding.logical_rules(config.mesh))
     if state is None:
         init_fn = functools.partial(_fresh_state, config, shardings, random_init, trunk, policy)
         state, extra, restored = checkpoint.restore_or_init(workdir, init_fn, shardings, resume=config.resume,
@@ -488,7 +495,7 @@ def train_and_evaluate(
                 window, window_tokens, window_start = [], 0, time.perf_counter()
             if _is_eval_step(config, step):
                 eval_start = time.perf_counter()
-                logs.update(_evaluations(config, step, state, eval_data, mesh, on_eval))
+                logs.update(_evaluations(fitted, step, state, eval_data, mesh, on_eval))
                 window_start += time.perf_counter() - eval_start  # keep eval time out of tokens/s
             if logs:
                 writer.write(step, logs)

@@ -94,26 +94,26 @@ def trained_params(config: StepConfig, params: Any) -> Any:
     return params
 
 
-def with_action_capacity(config: StepConfig, *action_masks: np.ndarray, multiple: int = 8) -> StepConfig:
-    """`config` with an `action_capacity` that holds every row of these `[N, T]` action masks.
+def with_action_capacity(config: StepConfig, action_masks: Mapping[str, np.ndarray], multiple: int = 8) -> StepConfig:
+    """`config` with an `action_capacity` that holds every row of these named `[N, T]` action masks.
 
     None: set to the most actions any row has, rounded up to a multiple of
     `multiple` (at most T). Set: checked, with a ValueError naming the first row
     that holds more (its loss would be NaN).
     """
-    if not action_masks:
+    counts = {name: np.sum(np.asarray(m) > 0, axis=-1).reshape(-1) for name, m in action_masks.items()}
+    if not counts:
         return config
-    counts = [np.sum(np.asarray(m) > 0, axis=-1).reshape(-1) for m in action_masks]
     if config.action_capacity is not None:
-        for i, c in enumerate(counts):
+        for name, c in counts.items():
             if c.size and c.max() > config.action_capacity:
                 row = int(np.argmax(c > config.action_capacity))
-                raise ValueError(f"action mask {i}, row {row}: {int(c[row])} action positions, more than "
-                                 f"step.action_capacity={config.action_capacity}; raise it or set it to none "
-                                 "(fitted to the data)")
+                raise ValueError(f"{name} row {row} has {int(c[row])} action positions, more than "
+                                 f"step.action_capacity={config.action_capacity}; raise it, or set it to none "
+                                 "to fit it to the data")
         return config
-    most = max(int(c.max()) if c.size else 0 for c in counts)
-    length = max(np.shape(m)[-1] for m in action_masks)
+    most = max(int(c.max()) if c.size else 0 for c in counts.values())
+    length = max(np.shape(m)[-1] for m in action_masks.values())
     return dataclasses.replace(config, action_capacity=min(max(-(-most // multiple) * multiple, multiple), length))
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from ilql_jax import losses, tokenizers, train
+from ilql_jax.config import TrainConfig
+from ilql_jax.loop import train_and_evaluate
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, heads, ilql
 
@@ -219,16 +221,26 @@ def test_a_row_over_capacity_poisons_the_loss_and_gradients():
 def test_with_action_capacity_fits_and_checks():
     masks = np.asarray(_batch()["action_mask"])
     most = int(_counts(_batch()).max())
-    fitted = train.with_action_capacity(train.StepConfig(), masks, masks[:2])
+    fitted = train.with_action_capacity(train.StepConfig(), {"train_data": masks, "eval_data": masks[:2]})
     assert fitted.action_capacity == min(-(-most // 8) * 8, MAX_LEN) >= most
-    assert train.with_action_capacity(train.StepConfig(), masks[:, :4]).action_capacity == 4  # at most T
+    assert train.with_action_capacity(train.StepConfig(), {"x": masks[:, :4]}).action_capacity == 4  # at most T
     explicit = train.StepConfig(action_capacity=most)
-    assert train.with_action_capacity(explicit, masks) is explicit
-    with pytest.raises(ValueError, match=r"action mask 1, row 0: \d+ action positions, more than "
+    assert train.with_action_capacity(explicit, {"x": masks}) is explicit
+    with pytest.raises(ValueError, match=r"eval_data row 0 has \d+ action positions, more than "
                                          r"step.action_capacity=3"):
-        train.with_action_capacity(train.StepConfig(action_capacity=3), masks[:0], masks)
+        train.with_action_capacity(train.StepConfig(action_capacity=3), {"train_data": masks[:0], "eval_data": masks})
     with pytest.raises(ValueError, match="action_capacity"):
         train.StepConfig(action_capacity=0)
+
+
+def test_the_loop_refuses_data_over_an_explicit_capacity_before_writing_anything(tmp_path):
+    config = TrainConfig(step=train.StepConfig(model=MODELS["separate"], action_capacity=3), batch_size=2,
+                         max_len=MAX_LEN, num_steps=1, progress=False)
+    arrays = episodes.episodes_to_arrays(GAMES, TOK, MAX_LEN)
+    with pytest.raises(ValueError, match=r"train_data row 0 has 12 action positions, more than "
+                                         r"step.action_capacity=3"):
+        train_and_evaluate(config, str(tmp_path / "run"), arrays)
+    assert not (tmp_path / "run").exists()
 
 
 def _shapes_in(jaxpr):
