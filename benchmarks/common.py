@@ -210,3 +210,159 @@ def emit(record: dict[str, Any]) -> None:
     out = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in record.items()}
     print(json.dumps(out), flush=True)
     sys.stdout.flush()
+
+
+# --- memory --------------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory_bytes() -> int:
+    """The device's peak allocation on an accelerator; this process's peak RSS on a CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return peak_rss_bytes()
+
+
+class BandwidthMeter:
+    """Best achieved memory read bandwidth (bytes/s) of the default device, measured in this run.
+
+    The denominator of a decode step's memory-bandwidth bound. Several jitted
+    kernels that each read one `nbytes` float32 buffer (far beyond the caches)
+    once and write next to nothing are timed; the best rate over all of them
+    and all `measure()` calls counts, so the bound it gives is the tightest
+    this machine showed (a rate measured at a busy moment would loosen it).
+    """
+
+    def __init__(self, nbytes: int = 256 << 20):
+        cols = 4096
+        self.nbytes = nbytes - nbytes % (4 * cols)
+        self._x = jnp.ones((self.nbytes // (4 * cols), cols), jnp.float32)
+        v = jnp.ones((1, self._x.shape[0]), jnp.float32)
+        self._kernels = {"sum": jax.jit(jnp.sum), "matvec": jax.jit(lambda x: v @ x)}
+        for f in self._kernels.values():
+            jax.block_until_ready(f(self._x))
+        self.best_s, self.best_kernel = float("inf"), None
+
+    def measure(self, repeats: int = 3) -> float:
+        for name, f in self._kernels.items():
+            t = time_fn(lambda: f(self._x), steps=repeats, warmup=0)
+            if t["best_s"] < self.best_s:
+                self.best_s, self.best_kernel = t["best_s"], name
+        return self.bytes_per_s
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.nbytes / self.best_s
+
+
+# --- subprocesses -------------------------------------------------------------
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json_lines(cmd: list[str], *, env: dict | None = None, timeout: float | None = None) -> list[dict]:
+    """Runs `cmd`, returns the JSON objects it printed one per line (other lines are ignored).
+
+    Raises RuntimeError with the command's stderr tail when it fails.
+    """
+    import subprocess
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
+    out = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def worker_env() -> dict:
+    """The environment for a benchmark worker: this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class Peer:
+    """The official PyTorch ILQL, prepared outside this repository (see the peer harness's README).
+
+    `dir` holds `ilql/` (the official tree) and `venv/` (its Python), as the
+    harness's setup.sh makes them; the harness scripts (peer_official_step.py,
+    peer_official_sample.py) are found in `harness`, by default the first of
+    `$PEER_HARNESS`, `<repo>/../shared/peer` and `<repo>/../../shared/peer` that holds them.
+    """
+
+    def __init__(self, dir: str, harness: str | None = None):
+        self.dir = os.path.abspath(dir)
+        self.tree = os.path.join(self.dir, "ilql")
+        self.python = os.path.join(self.dir, "venv", "bin", "python")
+        if not os.path.isdir(os.path.join(self.tree, "src")) or not os.access(self.python, os.X_OK):
+            raise SystemExit(f"--peer {dir}: expected ilql/src and venv/bin/python there (run the peer harness's "
+                             "setup.sh with PEER_DIR pointing at it)")
+        candidates = [harness] if harness else [
+            os.environ.get("PEER_HARNESS"), os.path.join(REPO_ROOT, "..", "shared", "peer"),
+            os.path.join(REPO_ROOT, "..", "..", "shared", "peer")]
+        for c in candidates:
+            if c and os.path.isfile(os.path.join(c, "peer_official_step.py")):
+                self.harness = os.path.abspath(c)
+                break
+        else:
+            raise SystemExit("peer harness scripts not found; pass --peer-harness DIR (the folder holding "
+                             "peer_official_step.py) or set PEER_HARNESS")
+
+    def run(self, script: str, args: list[str]) -> list[dict]:
+        return run_json_lines([self.python, os.path.join(self.harness, script), "--repo", self.tree, *args])
+
+
+def alternate(rounds: int, runs: dict[str, Callable[[], Any]]) -> dict[str, list]:
+    """Calls each of `runs` once per round, the order reversed every other round; their results per name."""
+    out = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            out[name].append(runs[name]())
+    return out
+
+
+# --- synthetic episodes in the official harness's layout -----------------------
+
+
+class IdTokenizer:
+    """Token ids written as text ("17 4 99"); the six markup ids at the top of the vocabulary, in the
+    order the official ToxicityTokenizer (and the peer harness's stand-in for it) adds them."""
+
+    def __init__(self, vocab_size: int):
+        base = vocab_size - 6
+        self.end_a_id, self.a_id, self.eod_id, self.s_id, self.end_s_id, self.pad_id = range(base, base + 6)
+        self.content_vocab = base - 1  # as the harness: no id of GPT-2's <|endoftext|> (base - 1)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in text.split()]
+
+
+def reddit_like_arrays(vocab_size: int, batch: int, seq_len: int, seed: int = 0, parent_frac: float = 0.5):
+    """`batch` Reddit-style episodes `<s> parent </s> comment </a> </eod>` of exactly `seq_len` tokens,
+    through `episodes.episodes_to_arrays`: the layout the peer harness times (its make_dataset), with
+    the same parent/comment split and rewards drawn from {0, −5, −10}. Random token ids."""
+    import numpy as np
+    from ilql_jax.data import episodes
+
+    tok = IdTokenizer(vocab_size)
+    n_text = seq_len - 4
+    parent = max(1, min(n_text - 1, int(round(n_text * parent_frac))))
+    rng = np.random.default_rng(seed)
+    text = lambda n: " ".join(str(i) for i in rng.integers(0, tok.content_vocab, n))
+    eps = [episodes.Episode((episodes.env(text(parent)), episodes.agent(text(n_text - parent),
+                                                                         float(rng.choice([0.0, -5.0, -10.0])))),
+                            terminal=True) for _ in range(batch)]
+    return episodes.episodes_to_arrays(eps, tok, seq_len)

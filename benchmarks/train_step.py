@@ -1,27 +1,47 @@
-"""Throughput and MFU of the whole jitted ILQL train step.
+"""Throughput, MFU and memory of the whole jitted ILQL train step, beside the official PyTorch step.
 
-    python -m benchmarks.train_step [--shapes tiny,gpt2-small] [--steps N]
+    python -m benchmarks.train_step [--shapes tiny,gpt2-small] [--steps N] [--rounds R]
+                                    [--peer DIR [--peer-harness DIR]] [--no-reference]
 
-Prints one JSON object per line, one per shape: batch 8 × 128 tokens, float32,
-dropout 0, the default networks (value trunk with V/Q1/Q2 heads, a target trunk
-with target Q heads, a separate π_β), AdamW and the Polyak update, timed after a
-compile call and a warm-up step.
+One JSON object per shape: batch 8 × 128 tokens, float32, dropout 0, the
+default networks (value trunk with V/Q1/Q2 heads, a target trunk with target Q
+heads, a separate π_β), AdamW and the Polyak update. Each round runs our step
+in a fresh process (compile, a warm-up step, then `--steps` timed steps; the
+best counts) and, with `--peer`, the official `PerTokenIQL` step at the same
+shape through the peer harness (its own process and venv), alternating which
+goes first; the best round of each is reported. The batch has the layout the
+peer harness times: `<s> parent(62) </s> comment(62) </a> </eod>` per row
+(`common.reddit_like_arrays`), so both steps see the same 63 action states per
+row.
 
-Model FLOPs per token (matmuls only, as for `benchmarks.trunk`):
-  value trunk fwd+bwd   6·12·L·d² + 12·L·T·d     (its LM logits are unused and compiled away)
-  V, Q1, Q2 heads f+b   6·(3·d·2d + 2d·1 + 2·2d·V_pad)
-  target trunk fwd      2·12·L·d² + 4·L·T·d
-  target Q heads fwd    2·2·(d·2d + 2d·V_pad)
-  π_β fwd+bwd           6·(12·L·d² + V_pad·d) + 12·L·T·d
-`peak_memory_bytes` is the process's peak resident memory (CPU) or the
-device's peak allocation (accelerators).
+Fields:
+- `tokens_per_s` (best step), `tokens_per_s_median`, `step_ms`;
+  with `--peer`: `peer_tokens_per_s` (their best step), `peer_tokens_per_s_median`,
+  `ratio` (best over best) and `ratio_median`.
+- `model_tflops_per_step`: the FLOPs the math needs (`honest_step_flops`), not
+  what any implementation does; `mfu` = that ÷ best step time ÷ `peak_gflops`,
+  the best float32 2048³ matmul rate measured in the same process
+  (`common.PeakMeter`). `full_path_tflops_per_step`: what computing every head
+  at every position over the whole vocabulary costs (the reference path).
+- `peak_memory_bytes`: peak RSS of the process that ran this shape (CPU) or the
+  device's peak allocation; `peer_peak_memory_bytes` (their process's peak
+  RSS) and `memory_ratio` beside it.
+- `activation_bytes_per_token`: XLA's compiled memory analysis of the loss's
+  value-and-gradient (arguments: the parameters and the batch; outputs: loss,
+  metrics, gradients; so the state is excluded), its temporary bytes ÷ B·T.
+  `reference_activation_bytes_per_token` is the same for `train.reference_loss_fn`
+  (every head at every position over the vocabulary: the step before the lean
+  path), from a compile-only process; `activation_ratio` = ours ÷ reference.
+  `step_temp_bytes`: the whole train step's temporary bytes (gradients and
+  AdamW's temporaries included).
+- `other_cpu_load`: the share of the CPU that other processes took while our
+  steps were timed; above ~0.2 every time here is contended.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 
 if __package__ in (None, ""):  # run as `python benchmarks/train_step.py`
@@ -39,88 +59,214 @@ SHAPES = ("tiny", "gpt2-small")
 DEFAULT_STEPS = {"tiny": 10, "gpt2-small": 2}
 
 
-def make_config(shape: str) -> train.StepConfig:
-    trunk = gpt2.GPT2Config.tiny(dropout=0.0) if shape == "tiny" else gpt2.GPT2Config.gpt2_small(dropout=0.0)
-    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk))
+def make_trunk(shape: str) -> gpt2.GPT2Config:
+    if shape == "tiny":
+        return gpt2.GPT2Config.tiny(dropout=0.0)
+    if shape == "gpt2-small":
+        return gpt2.GPT2Config.gpt2_small(dropout=0.0)
+    raise ValueError(f"unknown shape {shape!r}")
 
 
-def ilql_flops_per_token(cfg: gpt2.GPT2Config, t: int) -> int:
-    """Matmul FLOPs per token of one ILQL step (see the module docstring)."""
-    L, d, v = cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size
-    body, attn_fwd = 12 * L * d * d, 4 * L * t * d
-    value = 6 * body + 3 * attn_fwd
-    heads = 6 * (3 * d * 2 * d + 2 * d + 2 * 2 * d * v)
-    target = 2 * body + attn_fwd + 2 * 2 * (d * 2 * d + 2 * d * v)
-    policy = 6 * (body + v * d) + 3 * attn_fwd
-    return value + heads + target + policy
+def make_config(shape: str, batch: dict | None = None) -> train.StepConfig:
+    """The default networks; the action capacity fitted to `batch` as the training loop fits it."""
+    config = train.StepConfig(model=ilql.ModelConfig(trunk=make_trunk(shape)))
+    if batch is not None:
+        config = train.with_action_capacity(config, {"batch": batch["action_mask"]})
+    return config
 
 
 def synthetic_batch(cfg: gpt2.GPT2Config) -> dict[str, np.ndarray]:
-    """One agent utterance per row after a 32-token prompt; every row terminal."""
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, cfg.vocab_size, (BATCH, SEQ_LEN)).astype(np.int32)
-    action = np.zeros((BATCH, SEQ_LEN), np.float32)
-    action[:, 31:SEQ_LEN - 1] = 1
-    rewards = np.zeros((BATCH, SEQ_LEN), np.float32)
-    rewards[:, SEQ_LEN - 2] = -1.0
-    next_idx = np.minimum(np.arange(SEQ_LEN) + 1, SEQ_LEN - 1)[None].repeat(BATCH, 0).astype(np.int32)
-    dones = np.zeros((BATCH, SEQ_LEN), np.float32)
-    dones[:, -1] = 1
-    return {"tokens": tokens, "attention_mask": np.ones_like(tokens), "action_mask": action,
-            "rewards": rewards, "next_idx": next_idx, "dones": dones}
+    return common.reddit_like_arrays(cfg.vocab_size, BATCH, SEQ_LEN)
 
 
-def peak_memory_bytes() -> int:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> dict[str, int]:
+    """Matmul FLOPs one ILQL step needs on `batch` (ILQL_SPEC §2-3), whatever computes it.
+
+    With N = B·T positions, A real action states, S the distinct states whose
+    V a loss reads (action states and their next states), L layers, width d,
+    the *real* vocabulary V (padding is a layout choice), and fwd = 2 FLOPs per
+    multiply-add, backward = 2 × forward:
+
+      trunk forward (per position)   2·12·L·d² + 4·L·T·d   (attention over all T keys,
+                                     as `common.transformer_flops_per_token` counts it)
+      value trunk                    3 × trunk forward × N   (forward + backward)
+      target trunk                   1 × trunk forward × N   (absent when on the online trunk)
+      π_β trunk                      3 × trunk forward × N   (absent when shared or frozen)
+      online Q1, Q2 (d → 2d → V)     3 × 2·(2d² + 2d·V) × A each   (CQL reads the whole vocabulary)
+      V head (d → 2d → 1)            2·(2d² + 2d) × S forward, 2 × that × A backward
+      target Q̄1, Q̄2                 (2·2d² + 2·2d) × A each: the first layer, then one output column
+      π_β's LM head (d → V)          3 × 2·d·V × A   (BC reads the whole vocabulary at action states)
+
+    Not counted: embedding lookups, biases, layer norms, softmaxes, the
+    optimizer, the Polyak update (not matmuls), and the backward through
+    positions after a row's last read state (they reach no loss; a few per row).
+    """
+    cfg = model.trunk
+    L, d, v, t = cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch["tokens"].shape[1]
+    m = np.asarray(batch["action_mask"]) > 0
+    n = int(np.asarray(batch["tokens"]).size)
+    a = int(m.sum())
+    states = sum(len(set(np.flatnonzero(row)) | set(np.asarray(nxt)[row].tolist()))
+                 for row, nxt in zip(m, np.asarray(batch["next_idx"])))
+    trunk_fwd = (2 * 12 * L * d * d + 4 * L * t * d) * n
+    flops = {"value_trunk": 3 * trunk_fwd,
+             "target_trunk": 0 if model.target_on_online_trunk else trunk_fwd,
+             "policy_trunk": 0 if (model.shared_policy or model.frozen_policy) else 3 * trunk_fwd,
+             "q_heads": 2 * 3 * 2 * (2 * d * d + 2 * d * v) * a,
+             "v_head": 2 * (2 * d * d + 2 * d) * states + 4 * (2 * d * d + 2 * d) * a,
+             "target_q_heads": 2 * (2 * 2 * d * d + 2 * 2 * d) * a,
+             "policy_lm_head": 0 if model.frozen_policy else 3 * 2 * d * v * a}
+    flops["total"] = sum(flops.values())
+    return flops
 
 
-def bench_shape(shape: str, steps: int, meter: common.PeakMeter) -> dict:
-    config = make_config(shape)
+def full_path_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> int:
+    """Matmul FLOPs of the reference path: every head, and every trunk's LM head, over the padded
+    vocabulary at every position (the LM logits of the value and target trunks are dropped by XLA)."""
+    cfg = model.trunk
+    L, d, vp, t = cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size, batch["tokens"].shape[1]
+    n = int(np.asarray(batch["tokens"]).size)
+    body, attn = 12 * L * d * d, 4 * L * t * d
+    value = 6 * body + 3 * attn + 6 * (3 * d * 2 * d + 2 * d + 2 * 2 * d * vp)
+    target = 2 * body + attn + 2 * 2 * (d * 2 * d + 2 * d * vp)
+    policy = 6 * (body + vp * d) + 3 * attn
+    return (value + target + policy) * n
+
+
+def _grad_program(config: train.StepConfig, state, batch, loss_fn):
+    """The loss's value-and-gradient w.r.t. the trained parameters, compiled (not run)."""
+    def f(trained, params, target, batch):
+        return jax.value_and_grad(lambda p: loss_fn(config, {**params, **p}, target, batch, None),
+                                  has_aux=True)(trained)
+    trained = train.trained_params(config, state.params)
+    frozen = {k: v for k, v in state.params.items() if k not in trained}
+    return jax.jit(f).lower(trained, frozen, state.target_params, batch).compile()
+
+
+def _temp_bytes(compiled) -> int | None:
+    analysis = compiled.memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
+def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True) -> dict:
+    """One shape in this process: `mode` "time" (compile, run, time, memory) or "reference-memory"
+    (only compile the reference path's value-and-gradient and report its temporary bytes)."""
+    malloc_tuned = tune_malloc and common.tune_malloc()  # before the first JAX computation
+    batch = synthetic_batch(make_trunk(shape))
+    config = make_config(shape, batch)
+    tokens = BATCH * SEQ_LEN
+    if mode == "reference-memory":
+        state = jax.eval_shape(lambda: train.init_state(config, jax.random.key(0)))
+        temp = _temp_bytes(_grad_program(config, state, batch, train.reference_loss_fn))
+        return {"bench": "train_step_reference_memory", "shape": shape,
+                "reference_activation_bytes_per_token": None if temp is None else temp / tokens}
+    meter = common.PeakMeter()
+    meter.measure(5)
     state = train.init_state(config, jax.random.key(0))
-    batch = synthetic_batch(config.model.trunk)
+    activation = _temp_bytes(_grad_program(config, jax.eval_shape(lambda: state), batch, train.loss_fn))
     step = train.make_train_step(config)
-    state, metrics = step(state, batch)  # compile
+    compiled = step.lower(state, batch).compile()
+    state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     holder = {"state": state}
 
     def run():
-        holder["state"], m = step(holder["state"], batch)
-        holder["metrics"] = m
-        return m
+        holder["state"], holder["metrics"] = compiled(holder["state"], batch)
+        return holder["metrics"]
 
-    t = common.time_fn(run, steps=steps, warmup=1)
+    with common.OtherLoad() as load:
+        t = common.time_fn(run, steps=steps, warmup=1, between=lambda: meter.measure(1))
     meter.measure()
-    step_flops = ilql_flops_per_token(config.model.trunk, SEQ_LEN) * BATCH * SEQ_LEN
-    achieved = step_flops / t["best_s"] / 1e9
+    flops = honest_step_flops(config.model, batch)
+    achieved = flops["total"] / t["best_s"] / 1e9
     return {
-        "bench": "train_step", "shape": shape, "tokens_per_s": BATCH * SEQ_LEN / t["best_s"],
-        "peak_gflops": meter.gflops, "mfu": achieved / meter.gflops, "achieved_gflops": achieved,
-        "peak_memory_bytes": peak_memory_bytes(), "step_ms": 1e3 * t["best_s"],
-        "step_ms_median": 1e3 * t["median_s"], "timed_steps": t["n"], "batch": BATCH, "seq_len": SEQ_LEN,
-        "dtype": config.model.trunk.dtype, "dropout": 0.0, "loss": float(holder["metrics"]["loss"]), "model_tflops_per_step": step_flops / 1e12,
-        "device": common.device_info(),
+        "bench": "train_step", "shape": shape, "tokens_per_s": tokens / t["best_s"],
+        "tokens_per_s_median": tokens / t["median_s"], "step_ms": 1e3 * t["best_s"],
+        "mfu": achieved / meter.gflops, "achieved_gflops": achieved, "peak_gflops": meter.gflops,
+        "model_tflops_per_step": flops["total"] / 1e12,
+        "model_tflops_by_part": {k: v / 1e12 for k, v in flops.items() if k != "total"},
+        "full_path_tflops_per_step": full_path_flops(config.model, batch) / 1e12,
+        "activation_bytes_per_token": None if activation is None else activation / tokens,
+        "step_temp_bytes": _temp_bytes(compiled),
+        "peak_memory_bytes": common.peak_memory_bytes(),
+        "timed_steps": t["n"], "other_cpu_load": load.fraction, "batch": BATCH, "seq_len": SEQ_LEN,
+        "actions": int(np.sum(batch["action_mask"])), "action_capacity": config.action_capacity,
+        "dtype": config.model.trunk.dtype, "dropout": 0.0, "loss": float(holder["metrics"]["loss"]),
+        "malloc_tuned": malloc_tuned, "device": common.device_info(),
     }
+
+
+def _peer_args(cfg: gpt2.GPT2Config, steps: int) -> list[str]:
+    # Their --vocab is the base vocabulary; they add 6 markup tokens, so ours = theirs in total.
+    return ["--preset", "custom", "--n-layer", str(cfg.n_layer), "--n-embd", str(cfg.n_embd),
+            "--n-head", str(cfg.n_head), "--vocab", str(cfg.vocab_size - 6), "-B", str(BATCH), "-T", str(SEQ_LEN),
+            "--steps", str(steps), "--slow-steps", str(steps), "--skip-infer"]
+
+
+def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, reference: bool) -> dict:
+    ours_cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", shape, "--steps", str(steps)]
+
+    def ours():
+        return [r for r in common.run_json_lines(ours_cmd, env=common.worker_env()) if r.get("bench") == "train_step"][0]
+
+    runs = {"ours": ours}
+    if peer is not None:
+        runs["peer"] = lambda: [r for r in peer.run("peer_official_step.py", _peer_args(make_trunk(shape), steps))
+                                if r.get("kind") == "train_step"][0]
+    results = common.alternate(rounds, runs)
+    best = max(results["ours"], key=lambda r: r["tokens_per_s"])
+    rec = dict(best)
+    rec["rounds"] = rounds
+    rec["tokens_per_s_rounds"] = [r["tokens_per_s"] for r in results["ours"]]
+    rec["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in results["ours"])
+    if peer is not None:
+        theirs = max(results["peer"], key=lambda r: r["tokens_per_s_best"])
+        rec.update({
+            "peer_tokens_per_s": theirs["tokens_per_s_best"],
+            "peer_tokens_per_s_median": theirs["tokens_per_s"],
+            "peer_tokens_per_s_rounds": [r["tokens_per_s_best"] for r in results["peer"]],
+            "ratio": rec["tokens_per_s"] / theirs["tokens_per_s_best"],
+            "ratio_median": rec["tokens_per_s_median"] / theirs["tokens_per_s"],
+            "peer_peak_memory_bytes": int(max(r["maxrss_GiB"] for r in results["peer"]) * 2**30),
+            "peer_est_tflops_per_step": theirs["est_gflop"] / 1e3,
+            "peer_threads": theirs["threads"],
+        })
+        rec["memory_ratio"] = rec["peak_memory_bytes"] / rec["peer_peak_memory_bytes"]
+    if reference:
+        cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", shape, "--mode", "reference-memory"]
+        ref = common.run_json_lines(cmd, env=common.worker_env())[0]["reference_activation_bytes_per_token"]
+        rec["reference_activation_bytes_per_token"] = ref
+        if ref and rec.get("activation_bytes_per_token"):
+            rec["activation_ratio"] = rec["activation_bytes_per_token"] / ref
+    return rec
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per shape (default: tiny 10, gpt2-small 2)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per round (default: tiny 10, gpt2-small 2); the peer runs as many")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of ours (and the peer's)")
+    parser.add_argument("--peer", metavar="DIR", help="the official code prepared by the peer harness's setup.sh "
+                        "(holds ilql/ and venv/): time it too, at the same shapes")
+    parser.add_argument("--peer-harness", metavar="DIR", help="folder of peer_official_step.py (default: found)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip compiling the reference (full-vocabulary) path for its activation memory")
+    parser.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc as it is "
+                        "(see common.tune_malloc)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="time", choices=("time", "reference-memory"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc))
+        return
     shapes = [s for s in args.shapes.split(",") if s]
     for s in shapes:
         if s not in SHAPES:
             parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
-    malloc_tuned = common.tune_malloc()  # before the first JAX computation
-    meter = common.PeakMeter()
-    meter.measure(5)
+    peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
     for s in shapes:
-        rec = bench_shape(s, args.steps or DEFAULT_STEPS[s], meter)
-        rec["malloc_tuned"] = malloc_tuned
-        common.emit(rec)
+        common.emit(bench_shape(s, args.steps or DEFAULT_STEPS[s], args.rounds, peer, not args.no_reference))
 
 
 if __name__ == "__main__":

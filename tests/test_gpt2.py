@@ -133,3 +133,20 @@ def test_config_errors():
     params = gpt2.init(config, jax.random.key(0))
     with pytest.raises(ValueError, match="n_positions"):
         gpt2.forward(params, config, jnp.ones((1, 9), jnp.int32))
+
+
+@pytest.mark.parametrize("shape", [(5, 12), (2, 3, 12)])
+def test_gelu_linear_equals_gelu_then_linear_values_and_gradients(shape):
+    """The MLP's fused GELU + c_proj (GELU recomputed in the backward pass) against autodiff of the plain formula."""
+    kh, kw, kb, kg = jax.random.split(jax.random.key(0), 4)
+    h = 2 * jax.random.normal(kh, shape)
+    w = jax.random.normal(kw, (12, 7)) / 3
+    b = jax.random.normal(kb, (7,))
+    cot = jax.random.normal(kg, shape[:-1] + (7,))
+    plain = lambda h, w, b: jax.nn.gelu(h, approximate=True) @ w + b
+    np.testing.assert_allclose(jax.jit(gpt2.gelu_linear)(h, w, b), plain(h, w, b), rtol=1e-6, atol=1e-6)
+    got = jax.jit(jax.vjp(gpt2.gelu_linear, h, w, b)[1])(cot)
+    want = jax.vjp(plain, h, w, b)[1](cot)
+    for g, e, name in zip(got, want, ("h", "kernel", "bias")):
+        assert g.shape == e.shape and g.dtype == e.dtype, name
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=name)

@@ -29,7 +29,7 @@ TRUNK = gpt2.GPT2Config.tiny(vocab_size=TOK.vocab_size, n_layer=1, n_embd=24, n_
 
 _agent, _env = episodes.agent, episodes.env
 GAMES = [
-    # Two guesses (13 actions, </a> of "crane" bootstraps from the state before "slate").
+    # Two guesses (12 actions; the </a> of "crane" bootstraps from the state before "slate").
     episodes.Episode((_agent("crane", -1.0), _env("<b><y><b><b><g>"), _agent("slate", 0.0),
                       _env("<g><g><g><g><g>")), terminal=True),
     # Cut by MAX_LEN inside the fourth guess: not terminal, its last action bootstraps.
