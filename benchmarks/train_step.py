@@ -29,9 +29,12 @@ Fields:
 - `activation_bytes_per_token`: XLA's compiled memory analysis of the loss's
   value-and-gradient (arguments: the parameters and the batch; outputs: loss,
   metrics, gradients; so the state is excluded), its temporary bytes ÷ B·T.
-  `reference_activation_bytes_per_token` is the same for `train.reference_loss_fn`
-  (every head at every position over the vocabulary: the step before the lean
-  path), from a compile-only process; `activation_ratio` = ours ÷ reference.
+  The same for the full-vocabulary path (every head at every position):
+  `reference_activation_bytes_per_token` on the code as of `REFERENCE_REV`
+  (today's step before the lean one, from `git archive` of this checkout) and
+  `full_vocab_activation_bytes_per_token` on this code's trunk
+  (`train.reference_loss_fn`); `activation_ratio_reference` and
+  `activation_ratio_full_vocab` = ours ÷ each. Compile-only processes.
   `step_temp_bytes`: the whole train step's temporary bytes (gradients and
   AdamW's temporaries included).
 - `other_cpu_load`: the share of the CPU that other processes took while our
@@ -46,6 +49,8 @@ import sys
 
 if __package__ in (None, ""):  # run as `python benchmarks/train_step.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.environ.get("ILQL_JAX_REFERENCE_SRC"):  # a reference-memory worker: ilql_jax as of another revision
+    sys.path.insert(0, os.environ["ILQL_JAX_REFERENCE_SRC"])
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -57,6 +62,8 @@ from ilql_jax.models import gpt2, ilql  # noqa: E402
 BATCH, SEQ_LEN = 8, 128
 SHAPES = ("tiny", "gpt2-small")
 DEFAULT_STEPS = {"tiny": 10, "gpt2-small": 2}
+# main just before the lean step (issue 21): "today's" activation memory is measured on its code.
+REFERENCE_REV = "9507787"
 
 
 def make_trunk(shape: str) -> gpt2.GPT2Config:
@@ -153,13 +160,16 @@ def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True) -> dict:
     (only compile the reference path's value-and-gradient and report its temporary bytes)."""
     malloc_tuned = tune_malloc and common.tune_malloc()  # before the first JAX computation
     batch = synthetic_batch(make_trunk(shape))
-    config = make_config(shape, batch)
     tokens = BATCH * SEQ_LEN
-    if mode == "reference-memory":
+    if mode in ("reference-memory", "full-vocab-memory"):
+        # reference-memory runs on another revision's ilql_jax (ILQL_JAX_REFERENCE_SRC), whose loss_fn is the
+        # full-vocabulary path; full-vocab-memory on this one's reference_loss_fn (the same trunk).
+        config = train.StepConfig(model=ilql.ModelConfig(trunk=make_trunk(shape)))
+        loss_fn = train.reference_loss_fn if mode == "full-vocab-memory" else train.loss_fn
         state = jax.eval_shape(lambda: train.init_state(config, jax.random.key(0)))
-        temp = _temp_bytes(_grad_program(config, state, batch, train.reference_loss_fn))
-        return {"bench": "train_step_reference_memory", "shape": shape,
-                "reference_activation_bytes_per_token": None if temp is None else temp / tokens}
+        temp = _temp_bytes(_grad_program(config, state, batch, loss_fn))
+        return {"bench": mode, "shape": shape, "activation_bytes_per_token": None if temp is None else temp / tokens}
+    config = make_config(shape, batch)
     meter = common.PeakMeter()
     meter.measure(5)
     state = train.init_state(config, jax.random.key(0))
@@ -233,11 +243,44 @@ def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, r
         })
         rec["memory_ratio"] = rec["peak_memory_bytes"] / rec["peer_peak_memory_bytes"]
     if reference:
+        rec.update(reference_memory(shape))
+    return rec
+
+
+def reference_memory(shape: str) -> dict:
+    """Activation memory per token of the full-vocabulary path: on this code's trunk
+    (`full_vocab_activation_bytes_per_token`) and as of REFERENCE_REV, today's step before
+    this lean one (`reference_activation_bytes_per_token`, from `git archive` of this checkout)."""
+    import shutil
+    import subprocess
+    import tempfile
+    out = {}
+    cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", shape, "--mode", "full-vocab-memory"]
+    out["full_vocab_activation_bytes_per_token"] = common.run_json_lines(
+        cmd, env=common.worker_env())[0]["activation_bytes_per_token"]
+    tree = tempfile.mkdtemp(prefix="ilql_jax_reference_")
+    try:
+        archive = subprocess.run(["git", "-C", common.REPO_ROOT, "archive", REFERENCE_REV, "ilql_jax"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        env = {**common.worker_env(), "ILQL_JAX_REFERENCE_SRC": tree}
         cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", shape, "--mode", "reference-memory"]
-        ref = common.run_json_lines(cmd, env=common.worker_env())[0]["reference_activation_bytes_per_token"]
-        rec["reference_activation_bytes_per_token"] = ref
-        if ref and rec.get("activation_bytes_per_token"):
-            rec["activation_ratio"] = rec["activation_bytes_per_token"] / ref
+        out["reference_activation_bytes_per_token"] = common.run_json_lines(cmd, env=env)[0][
+            "activation_bytes_per_token"]
+        out["reference_rev"] = REFERENCE_REV
+    except (subprocess.CalledProcessError, RuntimeError) as e:
+        print(f"reference memory at {REFERENCE_REV} not measured: {e}", file=sys.stderr)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return out
+
+
+def _ratios(rec: dict) -> None:
+    ours = rec.get("activation_bytes_per_token")
+    for key in ("reference", "full_vocab"):
+        ref = rec.get(f"{key}_activation_bytes_per_token")
+        if ours and ref:
+            rec[f"activation_ratio_{key}"] = ours / ref
     return rec
 
 
@@ -255,7 +298,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc as it is "
                         "(see common.tune_malloc)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="time", choices=("time", "reference-memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="time", choices=("time", "reference-memory", "full-vocab-memory"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc))
@@ -266,7 +310,9 @@ def main(argv=None) -> None:
             parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
     for s in shapes:
-        common.emit(bench_shape(s, args.steps or DEFAULT_STEPS[s], args.rounds, peer, not args.no_reference))
+        rec = bench_shape(s, args.steps or DEFAULT_STEPS[s], args.rounds, peer, not args.no_reference)
+        _ratios(rec)
+        common.emit(rec)
 
 
 if __name__ == "__main__":
