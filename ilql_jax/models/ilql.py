@@ -10,7 +10,11 @@ Target parameters (a Polyak copy, no target V)::
     {"trunk": GPT-2, "q1": Q head, "q2": Q head}   # "trunk" absent when target_on_online_trunk
 
 All trunks start from one GPT-2 parameter tree (random or imported); π_β may
-start from its own (a BC checkpoint). Dropout in the target trunk is off: the
+start from its own (a BC checkpoint).
+
+Two forwards: `apply` evaluates every head at every position (the direct
+computation, kept as the reference and for diagnostics), `apply_packed` only
+where the losses read them (the train step's; see docs/lean_step.md). Dropout in the target trunk is off: the
 reference leaves it on, but a noisy target only adds variance to Q̄.
 """
 
