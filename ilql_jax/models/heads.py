@@ -111,7 +111,8 @@ def q_at(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array, a_t: jax
     z = jax.nn.relu(head.fc(hidden.astype(config.dtype)))
     dtype = jnp.dtype(config.dtype)
     # Gathered along the kernel's vocabulary axis as it lies ([2d, V_pad]): no transposed copy of the kernel.
-    w_a = jnp.take(head.out.kernel[...].astype(dtype), a_t, axis=1)   # [2d, B, K]
-    b_a = jnp.take(head.out.bias[...].astype(dtype), a_t)              # [B, K]
+    # Cast after the gather, so a compute dtype below param_dtype never copies the whole kernel.
+    w_a = jnp.take(head.out.kernel[...], a_t, axis=1).astype(dtype)   # [2d, B, K]
+    b_a = jnp.take(head.out.bias[...], a_t).astype(dtype)              # [B, K]
     q = jnp.einsum("bkh,hbk->bk", z.astype(dtype), w_a) + b_a
     return q.astype(jnp.float32)
