@@ -23,8 +23,8 @@ Fields:
   the best float32 2048³ matmul rate measured in the same process
   (`common.PeakMeter`). `full_path_tflops_per_step`: what computing every head
   at every position over the whole vocabulary costs (the reference path).
-- `peak_memory_bytes`: peak RSS of the process that ran this shape (CPU) or the
-  device's peak allocation; `peer_peak_memory_bytes` (their process's peak
+- `peak_memory_bytes`: peak RSS of the process that ran this shape (CPU; the
+  heap trimmed once after setup, `common.trim_heap`) or the device's peak allocation; `peer_peak_memory_bytes` (their process's peak
   RSS) and `memory_ratio` beside it.
 - `activation_bytes_per_token`: XLA's compiled memory analysis of the loss's
   value-and-gradient (arguments: the parameters and the batch; outputs: loss,
