@@ -70,13 +70,13 @@ def test_smoke_preset_writes_every_seed_row_and_the_aggregate(tmp_path):
 def test_value_guidance_finds_short_paths_across_seeds(tmp_path):
     """The suite's version of the learning benchmark (preset "fast": 2 × 64 trunk, trlx's data, steps and
     settings, the default PyTorch-style head initialisation): at β = 100 every seed's walks are much closer to
-    optimal than π_β's own (β = 0), which stay near the data's."""
+    optimal than π_β's own (β = 0), which are no better than the data's: the values find the short paths."""
     main_mod.main(["--preset", "fast", "--workdir", str(tmp_path), "--recipes", '["shared"]'])
     saved = json.loads((tmp_path / "results.json").read_text())
     opt = {(r["seed"], r["beta"]): r["optimality"] for r in saved["seeds"] if r["decode"] == "sample"}
     data = saved["data"]["data_optimality"]
     for seed in (0, 1):
-        assert abs(opt[seed, 0.0] - data) < 0.15, (opt, data)
+        assert opt[seed, 0.0] < data + 0.05, (opt, data)
         assert opt[seed, 100.0] > opt[seed, 0.0] + 0.25, opt
         assert opt[seed, 100.0] > 0.8, opt
 
