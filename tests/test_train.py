@@ -126,6 +126,20 @@ def test_same_seed_gives_bitwise_identical_metrics():
     assert any(not np.array_equal(ma["loss"], mc["loss"]) for ma, mc in zip(a, c))
 
 
+def test_remat_step_equals_the_plain_step():
+    """Rematerialised blocks (also in the target trunk and π_β, which run inside jax.grad
+    without being differentiated) give the plain step's state, dropout included."""
+    batch = _batch([WORDLE] * 2, max_len=32)
+    states = []
+    for remat in (False, True):
+        cfg = train.StepConfig(model=ilql.ModelConfig(trunk=_trunk(remat=remat, dropout=0.1)))
+        state = train.init_state(cfg, jax.random.key(4))
+        state, metrics = train.make_train_step(cfg)(state, batch)
+        states.append((state, metrics))
+    chex.assert_trees_all_close(states[1][1], states[0][1], atol=1e-6)
+    chex.assert_trees_all_close(states[1][0].params, states[0][0].params, atol=1e-6)
+
+
 def test_bc_mode_trains_only_the_policy():
     cfg = train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=_trunk()), optim=OptimConfig(learning_rate=3e-3))
     state = train.init_state(cfg, jax.random.key(0))

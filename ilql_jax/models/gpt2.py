@@ -251,10 +251,7 @@ class GPT2(nnx.Module):
         new_cache = []
         for i, block in enumerate(self.h):
             kv = None if cache is None else cache[i]
-            if cfg.remat:
-                x, kv = nnx.remat(lambda blk, x, m, kv, ci, r: blk(x, m, kv, ci, rngs=r))(block, x, mask, kv, cache_index, rngs)
-            else:
-                x, kv = block(x, mask, kv, cache_index, rngs=rngs)
+            x, kv = _run_block(block, x, mask, kv, cache_index, rngs, cfg.remat)
             new_cache.append(kv)
         hidden = self.ln_f(x).astype(jnp.float32)
         logits = self.lm_logits(hidden) if with_logits else None
@@ -267,6 +264,32 @@ class GPT2(nnx.Module):
         wte = self.wte.embedding[...]
         logits = jnp.einsum("...d,vd->...v", hidden.astype(cfg.dtype), wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
         return mask_padded_vocab(logits, cfg.vocab_size) if mask_padded else logits
+
+
+def _run_block(block: Block, x, mask, kv_cache, cache_index, rngs, remat: bool):
+    """One block, called directly or (remat) under `jax.checkpoint`.
+
+    The checkpointed call is a pure function of the block's state rather than
+    `nnx.remat`: nnx.remat writes the block's variables back after the call,
+    which fails for parameters closed over from an outer trace (the target
+    trunk runs inside the train step's `jax.grad` without being
+    differentiated). The dropout stream is threaded through, so the masks are
+    those of the direct call.
+    """
+    if not remat:
+        return block(x, mask, kv_cache, cache_index, rngs=rngs)
+    graphdef, state = nnx.split(block)
+    rng_def, rng_state = (None, None) if rngs is None else nnx.split(rngs)
+
+    def run(state, rng_state, x, mask, kv_cache, cache_index):
+        r = None if rng_state is None else nnx.merge(rng_def, rng_state)
+        out = nnx.merge(graphdef, state)(x, mask, kv_cache, cache_index, rngs=r)
+        return out, (None if r is None else nnx.state(r))
+
+    out, rng_state = jax.checkpoint(run)(state, rng_state, x, mask, kv_cache, cache_index)
+    if rngs is not None:
+        nnx.update(rngs, rng_state)
+    return out
 
 
 def mask_padded_vocab(logits: Array, vocab_size: int) -> Array:
