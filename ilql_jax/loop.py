@@ -177,8 +177,7 @@ def _programs(step_config: train.StepConfig, mesh: jax.sharding.Mesh, rules: sha
     # As sharding.init_sharded_state (each device computes only its shards), but compiled once.
     init = jax.jit(lambda key: train.init_state(step_config, key), out_shardings=shardings)
     train_step = sharding.make_sharded_train_step(step_config, mesh, shardings)
-    # Replicated metrics: every process can read them.
-    eval_step = jax.jit(train.make_eval_step(step_config), out_shardings=NamedSharding(mesh, P()))
+    eval_step = sharding.make_sharded_eval_step(step_config, mesh, shardings)
     return abstract, shardings, init, train_step, eval_step
 
 

@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ilql_jax import train
+from ilql_jax.models import gpt2
 from ilql_jax.state import ILQLState
 
 AXES = ("data", "fsdp", "tensor")
@@ -237,13 +238,40 @@ def make_sharded_train_step(step_config: train.StepConfig, mesh: jax.sharding.Me
     """`(state, batch) -> (state, metrics)`, jitted with the state donated.
 
     The state keeps `state_shardings` across steps, the batch comes in as
-    `batch_sharding(mesh)` (use `place_batch`) and metrics come out replicated,
-    so every process can read them.
+    `batch_sharding(mesh)` (use `place_batch`), activations stay split like
+    the batch (`activation_layout`), and metrics come out replicated, so
+    every process can read them.
     """
     replicated = NamedSharding(mesh, P())
-    return jax.jit(functools.partial(train.train_step, step_config),
-                   in_shardings=(state_shardings, batch_sharding(mesh)),
+
+    def step(state, batch):
+        with activation_layout(mesh):
+            return train.train_step(step_config, state, batch)
+
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_sharded_eval_step(step_config: train.StepConfig, mesh: jax.sharding.Mesh,
+                           state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """`(state, batch) -> metrics` (`train.make_eval_step`) on the mesh; metrics replicated."""
+
+    def step(state, batch):
+        with activation_layout(mesh):
+            return train.loss_fn(step_config, state.params, state.target_params, batch, None)[1]
+
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
+                   out_shardings=NamedSharding(mesh, P()))
+
+
+def activation_layout(mesh: jax.sharding.Mesh):
+    """A context for tracing a program on `mesh`: the trunks' activations stay split by rows
+    over ("data", "fsdp"), as the batch is (`gpt2.shard_batch`); their other axes are left to XLA."""
+
+    def layout(ndim: int) -> NamedSharding:
+        return NamedSharding(mesh, P(BATCH_AXES, *(P.UNCONSTRAINED,) * (ndim - 1)))
+
+    return gpt2.batch_layout(layout)
 
 
 def _multi_process_cluster() -> bool:

@@ -19,6 +19,8 @@ exactly like the same prompt without padding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Any
@@ -221,8 +223,8 @@ class Block(nnx.Module):
     def __call__(self, x, mask, kv_cache=None, cache_index=None, *, rngs=None):
         dtype = x.dtype
         a, kv_cache = self.attn(self.ln_1(x).astype(dtype), mask, kv_cache, cache_index, rngs=rngs)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x).astype(dtype), rngs=rngs)
+        x = shard_batch(x + a)
+        x = shard_batch(x + self.mlp(self.ln_2(x).astype(dtype), rngs=rngs))
         return x, kv_cache
 
 
@@ -246,14 +248,14 @@ class GPT2(nnx.Module):
         """Runs the trunk. Returns (hidden after ln_f [B, T, D] float32, logits [B, T, V_pad] float32 or
         None without `with_logits`, cache)."""
         cfg = self.cfg
-        x = self.wte(tokens) + self.wpe(positions)
+        x = shard_batch(self.wte(tokens) + self.wpe(positions))
         x = self.drop(x, deterministic=rngs is None, rngs=rngs)
         new_cache = []
         for i, block in enumerate(self.h):
             kv = None if cache is None else cache[i]
             x, kv = _run_block(block, x, mask, kv, cache_index, rngs, cfg.remat)
             new_cache.append(kv)
-        hidden = self.ln_f(x).astype(jnp.float32)
+        hidden = shard_batch(self.ln_f(x).astype(jnp.float32))
         logits = self.lm_logits(hidden) if with_logits else None
         return hidden, logits, (None if cache is None else new_cache)
 
@@ -264,6 +266,32 @@ class GPT2(nnx.Module):
         wte = self.wte.embedding[...]
         logits = jnp.einsum("...d,vd->...v", hidden.astype(cfg.dtype), wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
         return mask_padded_vocab(logits, cfg.vocab_size) if mask_padded else logits
+
+
+# Set by `batch_layout` while `sharding.py` traces a program on a mesh: rank -> the
+# sharding that splits an activation's leading (batch) axis as the batch is. None: no constraint.
+_BATCH_LAYOUT: contextvars.ContextVar = contextvars.ContextVar("batch_layout", default=None)
+
+
+@contextlib.contextmanager
+def batch_layout(layout):
+    """While tracing under it, `shard_batch(x)` constrains `x` to `layout(x.ndim)` (a `jax.sharding.Sharding`)."""
+    token = _BATCH_LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _BATCH_LAYOUT.reset(token)
+
+
+def shard_batch(x: Array) -> Array:
+    """`x` with its leading (batch) axis kept split like the batch (under `batch_layout`; else `x`).
+
+    Without it, XLA's partitioner may gather a whole batch of activations to
+    multiply them by FSDP-sharded weights instead of gathering the weights
+    (measured: 25 GiB more per device for one GPT-2 XL layer on 64 devices).
+    """
+    layout = _BATCH_LAYOUT.get()
+    return x if layout is None else jax.lax.with_sharding_constraint(x, layout(x.ndim))
 
 
 def _run_block(block: Block, x, mask, kv_cache, cache_index, rngs, remat: bool):
