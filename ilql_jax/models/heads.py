@@ -55,8 +55,17 @@ class MLPHead(nnx.Module):
         self.out = _linear(2 * d, out, ("mlp", out_axis), init, **kw)
 
     def __call__(self, h):
-        y = self.out(jax.nn.relu(self.fc(h)))
-        return y.astype(jnp.float32)
+        """[..., d] in the compute dtype → [..., out] float32.
+
+        The hidden layer runs in the compute dtype; the output matmul
+        accumulates in float32 and its bias is added in float32, so Q and V are
+        never rounded to the compute dtype (in bfloat16 a step of 2⁻⁷|Q|, which
+        β = 16 would turn into logit shifts larger than the advantages).
+        """
+        x = jax.nn.relu(self.fc(h))
+        kernel = self.out.kernel[...].astype(x.dtype)
+        y = jnp.einsum("...i,io->...o", x, kernel, preferred_element_type=jnp.float32)
+        return y + self.out.bias[...].astype(jnp.float32)
 
 
 def init_v_head(config: gpt2.GPT2Config, key: jax.Array, init: str = "pytorch") -> nnx.State:
