@@ -76,8 +76,6 @@ import numpy as np
 import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ilql_jax import checkpoint, files, sharding, train
 from ilql_jax.config import TrainConfig, config_to_dict
@@ -174,8 +172,8 @@ def _programs(step_config: train.StepConfig, mesh: jax.sharding.Mesh, rules: sha
     reused across calls (e.g. in a notebook)."""
     abstract = sharding.abstract_state(step_config)
     shardings = sharding.state_shardings(abstract, mesh, rules)
-    # As sharding.init_sharded_state (each device computes only its shards), but compiled once.
-    init = jax.jit(lambda key: train.init_state(step_config, key), out_shardings=shardings)
+    # Each device computes (or copies) only its own shards of a fresh state.
+    init = sharding.make_init(step_config, shardings)
     train_step = sharding.make_sharded_train_step(step_config, mesh, shardings)
     eval_step = sharding.make_sharded_eval_step(step_config, mesh, shardings)
     return abstract, shardings, init, train_step, eval_step
@@ -231,7 +229,7 @@ def _evaluations(config: TrainConfig, step: int, state: ILQLState, eval_data: Ar
     return logs
 
 
-def init_weights(init: str, trunk: gpt2.GPT2Config) -> gpt2.Params | None:
+def init_weights(init: str, trunk: gpt2.GPT2Config, shardings: Any = None) -> gpt2.Params | None:
     """The GPT-2 weights that `TrainConfig.init` names (None for "scratch": random).
 
     "bc:DIR" reads π_β from the newest checkpoint of the run in DIR (a BC run,
@@ -239,30 +237,37 @@ def init_weights(init: str, trunk: gpt2.GPT2Config) -> gpt2.Params | None:
     hub id, whose shape must match `trunk` (its vocabulary may grow within the
     embedding's padding, as with added markup tokens). The weights start the
     value trunk and π_β (`train.init_state(config, key, trunk=weights)`).
+    With `shardings` (`sharding.trunk_shardings`), every device reads only its
+    own shards (orbax restores them; safetensors slices are read per device);
+    otherwise they come back whole (host numpy or one device).
     """
     if init == "scratch":
         return None
     if init.startswith("bc:"):
-        return checkpoint.load_policy_from_checkpoint(init[3:], gpt2.abstract_params(trunk))
-    loaded, weights = hf_import.load_hf_gpt2(init, dtype=trunk.dtype, param_dtype=trunk.param_dtype,
-                                             dropout=trunk.dropout, remat=trunk.remat)
+        return checkpoint.load_policy_from_checkpoint(init[3:], checkpoint.abstract_like(gpt2.abstract_params(trunk),
+                                                                                       shardings))
+    overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat)
+    _, loaded = hf_import.read_config(init, **overrides)
     for name in ("n_positions", "n_embd", "n_layer", "n_head", "padded_vocab_size", "layer_norm_epsilon"):
         if getattr(loaded, name) != getattr(trunk, name):
             raise ValueError(f"init={init!r} has {name}={getattr(loaded, name)}, but step.model.trunk has "
                              f"{name}={getattr(trunk, name)}")
-    return weights
+    return hf_import.load_hf_gpt2(init, shardings=shardings, **overrides)[1]
 
 
-def _fresh_state(config: TrainConfig, shardings: Any, random_init: Callable[[jax.Array], ILQLState],
+def _fresh_state(config: TrainConfig, shardings: Any, init: Callable[..., ILQLState],
                  trunk: gpt2.Params | None, policy: gpt2.Params | None) -> ILQLState:
-    """A new state on the mesh, from given weights, from `config.init`'s, or random."""
+    """A new state built on the mesh in its shardings, from given weights, from `config.init`'s, or random.
+
+    Weights are placed shard by shard first (given ones copied onto the mesh
+    unless already there), so no device holds a whole trunk or state.
+    """
     key = jax.random.key(config.seed)
+    trunk_shardings = sharding.trunk_shardings(shardings)
     if trunk is None and policy is None:
-        trunk = init_weights(config.init, config.step.model.trunk)
-    if trunk is None and policy is None:
-        return random_init(key)
-    # The weights are whole on every host anyway; donating frees the unsharded copy.
-    return sharding.shard_state(train.init_state(config.step, key, trunk, policy), shardings, donate=True)
+        trunk = init_weights(config.init, config.step.model.trunk, trunk_shardings)
+    trunk, policy = (None if w is None else sharding.place(w, trunk_shardings) for w in (trunk, policy))
+    return init(key, trunk, policy)
 
 
 def _latest_checkpoint(workdir: epath.Path) -> int | None:
@@ -440,9 +445,9 @@ def train_and_evaluate(
     if jax.process_index() == 0:
         files.atomic_write_text(workdir / "config.json", json.dumps(config_dict, indent=2) + "\n")
 
-    abstract, shardings, random_init, train_step, _ = _programs(fitted.step, mesh, sharding.logical_rules(config.mesh))
+    abstract, shardings, init, train_step, _ = _programs(fitted.step, mesh, sharding.logical_rules(config.mesh))
     if state is None:
-        init_fn = functools.partial(_fresh_state, config, shardings, random_init, trunk, policy)
+        init_fn = functools.partial(_fresh_state, config, shardings, init, trunk, policy)
         state, extra, restored = checkpoint.restore_or_init(workdir, init_fn, shardings, resume=config.resume,
                                                             abstract_state=abstract)
     else:

@@ -166,12 +166,46 @@ def abstract_state(step_config: train.StepConfig) -> ILQLState:
     return jax.eval_shape(lambda: train.init_state(step_config, jax.random.key(0)))
 
 
-def init_sharded_state(step_config: train.StepConfig, key: jax.Array, shardings: Any) -> ILQLState:
-    """A fresh random state, as `train.init_state` makes it, built under jit so
-    that every device computes only its own shards (nothing is materialised
-    whole on one host). For imported weights, build the state with
-    `train.init_state(..., trunk, policy)` and place it with `shard_state`."""
-    return jax.jit(lambda k: train.init_state(step_config, k), out_shardings=shardings)(key)
+def make_init(step_config: train.StepConfig, shardings: Any) -> Callable[..., ILQLState]:
+    """`init(key, trunk=None, policy=None) -> state`: `train.init_state` jitted (`.lower` works) with
+    `shardings` as its output shardings, so every device computes (or copies) only its own shards of the state.
+
+    `trunk` and `policy` (GPT-2 weights) should already lie on the mesh in
+    their own shardings (`trunk_shardings`; `place`, `hf_import.load_hf_gpt2(...,
+    shardings=...)` and `checkpoint.load_policy_from_checkpoint` put them
+    there), so that no device ever holds the whole state, nor a whole trunk,
+    unless the mesh has one device.
+    """
+    return jax.jit(lambda key, trunk=None, policy=None: train.init_state(step_config, key, trunk, policy),
+                   out_shardings=shardings)
+
+
+def init_sharded_state(step_config: train.StepConfig, key: jax.Array, shardings: Any,
+                       trunk: Any = None, policy: Any = None) -> ILQLState:
+    """A fresh state, as `train.init_state` makes it (random, or from `trunk` / `policy` weights),
+    built directly in `shardings` (see `make_init`; weights not yet on the mesh are placed first)."""
+    trunk, policy = (None if w is None else place(w, trunk_shardings(shardings)) for w in (trunk, policy))
+    return make_init(step_config, shardings)(key, trunk, policy)
+
+
+def trunk_shardings(shardings: ILQLState) -> Any:
+    """The shardings of one GPT-2 trunk's parameters, taken from a state's shardings
+    (`state_shardings`): every trunk of the state (value, target, π_β) is laid out alike."""
+    params = shardings.params
+    return params["value"]["trunk"] if "value" in params else params["policy"]
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """`tree` on `shardings` (a matching tree, or a prefix): leaves already there are kept, others
+    copied there (`shard_state`). Multi-process: every process passes the same host values."""
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: _keep_or_put(x, s), sub), shardings, tree,
+                        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+
+
+def _keep_or_put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    return _put(x if isinstance(x, jax.Array) else np.asarray(x), sharding, donate=False)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -8,6 +8,13 @@ devices. Two modes:
       8 devices: one ILQL step on a (data=2, fsdp=4) FSDP mesh; writes the
       result and what the shardings look like (the test compares it with the
       same step on one device).
+  python tests/_sharding_worker.py born8 OUT.json HF_DIR WORKDIR
+      8 devices, FSDP over all of them: the compiled init (random, from the
+      Hugging Face GPT-2 in HF_DIR, and from a BC checkpoint it saves in
+      WORKDIR) and what it places where; writes a JSON report for the test.
+  python tests/_sharding_worker.py layout8 OUT.json
+      8 devices, FSDP: per-device temporary bytes of the compiled train step
+      traced under `sharding.activation_layout` and without it.
   JAX_COORDINATOR_ADDRESS=... JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=i python tests/_sharding_worker.py multiprocess OUT.npz
       one of two processes joined by jax.distributed: 5 sharded steps, each
       process feeding its half of the global batch; process 0 writes the
@@ -97,6 +104,103 @@ def mesh8(out: str) -> None:
              source_alive=np.array(source_alive))
 
 
+def _layout(tree, shardings=None) -> list:
+    """[path, global shape, spec, one device's shard shape, bytes] per leaf (of `shardings`, or the arrays')."""
+    import jax
+
+    shardings = jax.tree.map(lambda x: x.sharding, tree) if shardings is None else shardings
+    rows = []
+    for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(shardings)):
+        rows.append([jax.tree_util.keystr(path), list(x.shape), str(s.spec), list(s.shard_shape(x.shape)),
+                     int(x.size * x.dtype.itemsize), bool(s.is_fully_replicated)])
+    return rows
+
+
+def _max_diff_trees(a, b) -> float:
+    import jax
+
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def born8(out: str, hf_dir: str, workdir: str) -> None:
+    import json
+
+    import jax
+
+    from ilql_jax import checkpoint, loop, sharding, train
+    from ilql_jax.models import hf_import, ilql
+
+    assert jax.device_count() == 8, jax.devices()
+    trunk = hf_import.read_config(hf_dir, dropout=0.0)[1]
+    mesh_cfg = sharding.MeshConfig(data=1, fsdp=8, fsdp_params=True)
+    mesh, rules = sharding.make_mesh(mesh_cfg), sharding.logical_rules(mesh_cfg)
+    report = {}
+    for mode in ("ilql", "bc"):
+        cfg = train.StepConfig(mode=mode, model=ilql.ModelConfig(trunk=trunk))
+        abstract = sharding.abstract_state(cfg)
+        shardings = sharding.state_shardings(abstract, mesh, rules)
+        init = sharding.make_init(cfg, shardings)
+        key = jax.random.key(0)
+        compiled = init.lower(key).compile()
+        report[f"{mode}/random"] = {"output_bytes": compiled.memory_analysis().output_size_in_bytes,
+                                    "leaves": _layout(abstract, compiled.output_shardings)}
+        state = init(key)
+        report[f"{mode}/random"]["placed"] = _layout(state)
+        if mode == "bc":
+            # A BC run's checkpoint, for `init="bc:DIR"`.
+            with checkpoint.Checkpointer(workdir, checkpoint.CheckpointConfig(async_save=False)) as ckpt:
+                ckpt.save(1, state)
+            bc_policy = state.params["policy"]
+            continue
+        trunk_shardings = sharding.trunk_shardings(shardings)
+        weights = loop.init_weights(hf_dir, trunk, trunk_shardings)  # as the loop imports `init=HF_DIR`
+        compiled = init.lower(key, weights).compile()
+        state = init(key, weights)
+        host = hf_import.load_hf_gpt2(hf_dir, dropout=0.0)[1]  # the unsharded import, as numpy
+        report["ilql/hf"] = {
+            "output_bytes": compiled.memory_analysis().output_size_in_bytes,
+            "leaves": _layout(abstract, compiled.output_shardings), "placed": _layout(state),
+            "imported": _layout(weights), "imported_vs_host": _max_diff_trees(weights, host),
+            "trunks_vs_host": max(_max_diff_trees(t, host) for t in (
+                state.params["value"]["trunk"], state.params["policy"], state.target_params["trunk"]))}
+    restored = loop.init_weights(f"bc:{workdir}", trunk, trunk_shardings)
+    report["bc_restore"] = {"placed": _layout(restored), "vs_saved": _max_diff_trees(restored, bc_policy)}
+    with open(out, "w") as f:
+        json.dump(report, f)
+
+
+def layout8(out: str) -> None:
+    import contextlib
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    from ilql_jax import sharding, train
+    from ilql_jax.models import gpt2, ilql
+
+    cfg = train.StepConfig(model=ilql.ModelConfig(trunk=gpt2.GPT2Config.tiny(vocab_size=1000)))
+    mesh_cfg = sharding.MeshConfig(data=1, fsdp=8, fsdp_params=True)
+    mesh = sharding.make_mesh(mesh_cfg)
+    abstract = sharding.abstract_state(cfg)
+    shardings = sharding.state_shardings(abstract, mesh, sharding.logical_rules(mesh_cfg))
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    rows = sharding.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((16, 64), jnp.int32 if k in ("tokens", "attention_mask", "next_idx")
+                                     else jnp.float32, sharding=rows) for k in train.BATCH_KEYS}
+    temp = {}
+    for name, layout in (("rows", sharding.activation_layout), ("free", lambda mesh: contextlib.nullcontext())):
+        sharding.activation_layout, original = layout, sharding.activation_layout
+        try:
+            compiled = sharding.make_sharded_train_step(cfg, mesh, shardings).lower(state, batch).compile()
+        finally:
+            sharding.activation_layout = original
+        temp[name] = compiled.memory_analysis().temp_size_in_bytes
+    with open(out, "w") as f:
+        json.dump(temp, f)
+
+
 def multiprocess(out: str) -> None:
     import jax
 
@@ -134,6 +238,10 @@ if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "mesh8":
         mesh8(out)
+    elif mode == "layout8":
+        layout8(out)
+    elif mode == "born8":
+        born8(out, *sys.argv[3:5])
     elif mode == "multiprocess":
         multiprocess(out)
     else:

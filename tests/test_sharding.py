@@ -8,6 +8,7 @@ Rule mapping is checked here on an `AbstractMesh`, which needs no devices.
 
 import dataclasses
 import functools
+import json
 import os
 import socket
 import subprocess
@@ -259,6 +260,51 @@ def test_fsdp_step_on_8_devices_equals_the_single_device_step(tmp_path):
     assert layout["q1_out"] == ("P('fsdp', None)", "(64, 128)", "(16, 128)")
     assert layout["v_out_bias"] == ("P(None,)", "(1,)", "(1,)")
     assert layout["step"] == ("P()", "()", "()")
+
+
+def _check_born_sharded(layout: list, output_bytes: int | None = None) -> None:
+    """Every leaf of 1024 elements or more is split 8 ways; the per-device output is at most
+    1/8 of the state plus the leaves that stay whole on every device (scalars, the key, ...)
+    plus the output tuple's table of buffer addresses (8 bytes a leaf, which XLA counts too)."""
+    for path, shape, spec, shard, nbytes, replicated in layout:
+        if np.prod(shape) >= 1024:
+            assert "fsdp" in spec and np.prod(shard) * 8 == np.prod(shape), (path, shape, spec, shard)
+    if output_bytes is not None:
+        total = sum(row[4] for row in layout)
+        whole = sum(row[4] for row in layout if row[5])
+        assert whole < total / 100, whole  # the bound below is not vacuous
+        assert output_bytes <= total / 8 + whole + 8 * len(layout), (output_bytes, total, whole, len(layout))
+
+
+def test_state_is_born_sharded_on_8_devices(tmp_path):
+    """Random init, a Hugging Face import and a `bc:` checkpoint each build the state in its FSDP
+    sharding: the compiled init outputs only this device's shards, and nothing is placed whole."""
+    from tests.hf_fixtures import random_hf_gpt2
+
+    random_hf_gpt2(tmp_path / "hf", vocab_size=300, n_embd=64, n_layer=2, n_head=4)
+    out = tmp_path / "born8.json"
+    with open(tmp_path / "log", "w+b") as log:
+        _finish([_start(["born8", str(out), str(tmp_path / "hf"), str(tmp_path / "bc")], 8, log)], [log])
+    report = json.loads(out.read_text())
+    for name in ("ilql/random", "bc/random", "ilql/hf"):
+        _check_born_sharded(report[name]["leaves"], report[name]["output_bytes"])
+        # The arrays it made lie as compiled.
+        assert report[name]["placed"] == report[name]["leaves"], name
+    hf = report["ilql/hf"]
+    _check_born_sharded(hf["imported"])  # the imported trunk, too, came in shard by shard
+    assert hf["imported_vs_host"] == 0.0 and hf["trunks_vs_host"] == 0.0
+    _check_born_sharded(report["bc_restore"]["placed"])
+    assert report["bc_restore"]["vs_saved"] == 0.0
+
+
+def test_fsdp_step_keeps_activations_split_by_rows(tmp_path):
+    """Traced under `activation_layout`, the FSDP step gathers weights rather than whole batches of
+    activations: measured here, 38% fewer temporary bytes per device (25 GiB a layer at GPT-2 XL)."""
+    out = tmp_path / "layout8.json"
+    with open(tmp_path / "log", "w+b") as log:
+        _finish([_start(["layout8", str(out)], 8, log)], [log])
+    temp = json.loads(out.read_text())
+    assert temp["rows"] < 0.75 * temp["free"], temp
 
 
 def _free_port() -> int:

@@ -16,6 +16,8 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -102,25 +104,57 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
 
 
-def load_hf_gpt2(path_or_hub_id: str, **config_overrides) -> tuple[gpt2.GPT2Config, nnx.State]:
-    """Loads a Hugging Face GPT-2 checkpoint into our config and parameters.
-
-    Args:
-        path_or_hub_id: a directory holding `model.safetensors` and `config.json`,
-            the weights file itself, or a hub id such as "gpt2" (network needed).
-        **config_overrides: e.g. `dtype="bfloat16"`, `dropout=0.0`, `remat=True`.
-    """
+def read_config(path_or_hub_id: str, **config_overrides) -> tuple[str, gpt2.GPT2Config]:
+    """(the checkpoint's directory, our config from its `config.json`); reads no weights."""
     directory = resolve(path_or_hub_id)
     cfg_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"no {CONFIG_NAME} beside the weights in {directory}")
     with open(cfg_path) as f:
         try:
-            config = config_from_hf(json.load(f), **config_overrides)
+            return directory, config_from_hf(json.load(f), **config_overrides)
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_path}: invalid JSON: {e}") from e
-    tensors = read_safetensors(os.path.join(directory, WEIGHTS_NAME))
-    return config, params_from_hf(tensors, config, source=directory)
+
+
+def load_hf_gpt2(path_or_hub_id: str, *, shardings: Any = None, **config_overrides) -> tuple[gpt2.GPT2Config, nnx.State]:
+    """Loads a Hugging Face GPT-2 checkpoint into our config and parameters.
+
+    Args:
+        path_or_hub_id: a directory holding `model.safetensors` and `config.json`,
+            the weights file itself, or a hub id such as "gpt2" (network needed).
+        shardings: where the parameters go (a tree like `gpt2.abstract_params`'
+            of `jax.sharding.Sharding`s, e.g. `sharding.trunk_shardings(...)`).
+            Each device then receives only its own slices, read straight from
+            the file; no device (nor host) holds a whole tensor it does not
+            keep. None: numpy arrays on the host.
+        **config_overrides: e.g. `dtype="bfloat16"`, `dropout=0.0`, `remat=True`.
+    """
+    directory, config = read_config(path_or_hub_id, **config_overrides)
+    weights = os.path.join(directory, WEIGHTS_NAME)
+    if shardings is None:
+        return config, params_from_hf(read_safetensors(weights), config, source=directory)
+    return config, _sharded_params(weights, config, shardings, source=directory)
+
+
+def _check_keys(keys: set[str], config: gpt2.GPT2Config, source: str) -> None:
+    kmap = key_map(config)
+    unknown = sorted(keys - set(kmap))
+    missing = sorted(set(kmap) - keys)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) in GPT-2 checkpoint: {', '.join(unknown[:5])}")
+    if missing:
+        raise ValueError(f"{source}: missing key(s) in GPT-2 checkpoint: {', '.join(missing[:5])}")
+
+
+def _expected_shape(hf_key: str, stored: tuple[int, ...], ours: tuple[int, ...], config: gpt2.GPT2Config,
+                    source: str) -> None:
+    """Raises unless a stored tensor fits our parameter (wte: stored unpadded, ours padded to 128s)."""
+    if hf_key == "wte.weight":
+        if stored != (config.vocab_size, config.n_embd):
+            raise ValueError(f"{source}: {hf_key} has shape {stored}, expected {(config.vocab_size, config.n_embd)}")
+    elif stored != ours:
+        raise ValueError(f"{source}: {hf_key} has shape {stored}, expected {ours}")
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], config: gpt2.GPT2Config, source: str = "<tensors>") -> nnx.State:
@@ -128,30 +162,72 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: gpt2.GPT2Config, sour
     tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
     lm_head = tensors.pop("lm_head.weight", None)
     tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
-    kmap = key_map(config)
-    unknown = sorted(set(tensors) - set(kmap))
-    missing = sorted(set(kmap) - set(tensors))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) in GPT-2 checkpoint: {', '.join(unknown[:5])}")
-    if missing:
-        raise ValueError(f"{source}: missing key(s) in GPT-2 checkpoint: {', '.join(missing[:5])}")
+    _check_keys(set(tensors), config, source)
     if lm_head is not None and not np.array_equal(lm_head, tensors["wte.weight"]):
         raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied GPT-2 heads are supported")
 
     params = gpt2.abstract_params(config)
     flat = dict(nnx.to_flat_state(params))
-    for hf_key, path in kmap.items():
+    for hf_key, path in key_map(config).items():
         value = tensors[hf_key]
         value = value.T if hf_key in TRANSPOSED else value
         expected = flat[path].value.shape
+        _expected_shape(hf_key, value.shape, expected, config, source)
         if hf_key == "wte.weight":  # stored unpadded; our embedding is padded to a multiple of 128
-            if value.shape != (config.vocab_size, config.n_embd):
-                raise ValueError(f"{source}: {hf_key} has shape {value.shape}, expected {(config.vocab_size, config.n_embd)}")
             value = np.pad(value, ((0, expected[0] - value.shape[0]), (0, 0)))
-        if value.shape != expected:
-            raise ValueError(f"{source}: {hf_key} has shape {value.shape}, expected {expected}")
         flat[path] = flat[path].replace(np.asarray(value, dtype=config.param_dtype))
     return nnx.from_flat_state(flat)
+
+
+def _sharded_params(path: str, config: gpt2.GPT2Config, shardings: Any, source: str) -> nnx.State:
+    """`params_from_hf` of the file at `path`, each tensor placed by `jax.make_array_from_callback`:
+    every device's slice is read from the (memory-mapped) file on its own."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    flat = dict(nnx.to_flat_state(gpt2.abstract_params(config)))
+    flat_shardings = dict(nnx.to_flat_state(shardings))
+    try:
+        f = safetensors.safe_open(path, framework="numpy")
+    except Exception as e:  # noqa: BLE001 - safetensors raises several error types
+        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    with f:
+        names = {k.removeprefix("transformer."): k for k in f.keys()}
+        lm_head = names.pop("lm_head.weight", None)
+        names = {k: v for k, v in names.items() if not k.endswith(_IGNORED_SUFFIXES)}
+        _check_keys(set(names), config, source)
+        if lm_head is not None and not _tied(f, lm_head, names["wte.weight"]):
+            raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied GPT-2 heads are supported")
+        for hf_key, param_path in key_map(config).items():
+            if hf_key in TRANSPOSED:  # none for GPT-2; a transposed read would need its own slicing
+                raise NotImplementedError(f"sharded loading of transposed tensor {hf_key}")
+            tensor = f.get_slice(names[hf_key])
+            expected = flat[param_path].value.shape
+            _expected_shape(hf_key, tuple(tensor.get_shape()), expected, config, source)
+            rows = config.vocab_size if hf_key == "wte.weight" else expected[0]
+            array = jax.make_array_from_callback(
+                    expected, flat_shardings[param_path].value,
+                    lambda index, t=tensor, rows=rows, shape=expected: _read_slice(t, index, rows, shape, config.param_dtype))
+            flat[param_path] = flat[param_path].replace(array)
+    return nnx.from_flat_state(flat)
+
+
+def _read_slice(tensor, index: tuple[slice, ...], rows: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """`index` of a stored tensor whose first axis is zero-padded from `rows` to `shape[0]` entries."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    first = range(*index[0].indices(shape[0]))
+    stored = tensor[(slice(first.start, min(first.stop, rows)),) + index[1:]] if first.start < rows else None
+    out = np.zeros([len(range(*s.indices(n))) for s, n in zip(index, shape)], jnp.dtype(dtype))
+    if stored is not None:
+        out[:stored.shape[0]] = stored
+    return out
+
+
+def _tied(f, lm_head: str, wte: str, chunk: int = 8192) -> bool:
+    """Whether two [V, d] tensors of an open file are equal, read `chunk` rows at a time."""
+    a, b = f.get_slice(lm_head), f.get_slice(wte)
+    if tuple(a.get_shape()) != tuple(b.get_shape()):
+        return False
+    return all(np.array_equal(a[i:i + chunk], b[i:i + chunk]) for i in range(0, a.get_shape()[0], chunk))
 
 
 def params_to_hf(params: nnx.State, config: gpt2.GPT2Config) -> dict[str, np.ndarray]:
