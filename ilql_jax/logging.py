@@ -1,17 +1,22 @@
 """Scalar metrics to stdout, `metrics.jsonl` and TensorBoard, from process 0 only.
 
-In the workdir::
+In the workdir (local or `gs://`)::
 
     metrics.jsonl   one JSON object per write: {"step": 100, "train/loss": 1.23, ...}
     tb/             TensorBoard event files (tensorboardX)
 
-`metrics.jsonl` is appended to, so a resumed run continues the same file.
-Non-finite values are written as `NaN`/`Infinity`, which Python's `json` reads back.
+`metrics.jsonl` is never appended to, since object stores cannot append:
+each write rewrites the whole file (`files.write_text`: written beside it
+and renamed locally, one object on `gs://`). A resumed run starts from the
+lines already there, less those at or past its first step (it logs them
+again). Non-finite values are written as `NaN`/`Infinity`, which Python's
+`json` reads back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +25,18 @@ import tensorboardX
 import tqdm
 from etils import epath
 
+from ilql_jax import files
+
 __all__ = ["MetricWriter"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _line_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a line cut short by a crash
 
 
 class MetricWriter:
@@ -30,18 +46,31 @@ class MetricWriter:
       workdir: directory (local or `gs://`) that receives `metrics.jsonl` and `tb/`.
       enabled: whether this process writes; default `jax.process_index() == 0`
         (resolved here, not at import, so `jax.distributed.initialize()` can come first).
-      purge_step: on a resume, the first step to be written again; TensorBoard
-        drops its older events from that step on, so curves do not double back.
+      purge_step: on a resume, the first step to be written again: lines of
+        `metrics.jsonl` from it on are dropped (`dropped` counts them), and
+        TensorBoard drops its older events from it on, so curves do not double back.
     """
 
     def __init__(self, workdir: str | epath.Path, *, enabled: bool | None = None, purge_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else bool(enabled)
+        self.dropped = 0
         if not self.enabled:
             return
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._path = workdir / METRICS_FILE
+        self._lines: list[str] = []
+        if self._path.exists():
+            lines = self._path.read_text().splitlines(keepends=True)
+            last = math.inf if purge_step is None else purge_step - 1
+            self._lines = [line for line in lines if _line_step(line) <= last]
+            self.dropped = len(lines) - len(self._lines)
+            if self.dropped:
+                self._flush()
         self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"), purge_step=purge_step)
+
+    def _flush(self) -> None:
+        files.write_text(self._path, "".join(self._lines), shared=False)  # `enabled` says who writes
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Writes one line of scalars (host numbers or 0-d arrays) at `step`."""
@@ -50,15 +79,14 @@ class MetricWriter:
         scalars = {name: float(value) for name, value in metrics.items()}
         # tqdm.write prints above a running progress bar instead of through it.
         tqdm.tqdm.write(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-        self._jsonl.flush()
+        self._lines.append(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._flush()
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, int(step))
         self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
             self._tb.close()
             self.enabled = False  # later writes are no-ops, not errors on closed files
 

@@ -64,7 +64,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import signal
 import threading
 import time
@@ -289,25 +288,6 @@ def _changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: 
     return keys
 
 
-def _line_step(line: str) -> float:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf  # a line cut short by a crash
-
-
-def _drop_metrics_after(workdir: epath.Path, step: int) -> None:
-    """Removes `metrics.jsonl` lines past `step`: a resumed run logs those steps again."""
-    path = workdir / "metrics.jsonl"
-    if jax.process_index() != 0 or not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if _line_step(line) <= step]
-    if len(keep) < len(lines):
-        files.atomic_write_text(path, "".join(keep))
-        _say(f"metrics.jsonl: dropped {len(lines) - len(keep)} line(s) past step {step}, which this run logs again")
-
-
 def _fetch_finite(window: list, ckpt: checkpoint.Checkpointer) -> list:
     """The window's `(step, metrics)` on the host; FloatingPointError at the first step whose loss is not finite."""
     window = jax.device_get(window)
@@ -442,8 +422,7 @@ def train_and_evaluate(
 
     workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config_to_dict(config)
-    if jax.process_index() == 0:
-        files.atomic_write_text(workdir / "config.json", json.dumps(config_dict, indent=2) + "\n")
+    files.write_json(workdir / "config.json", config_dict, indent=2)  # process 0 only
 
     abstract, shardings, init, train_step, _ = _programs(fitted.step, mesh, sharding.logical_rules(config.mesh))
     if state is None:
@@ -459,7 +438,6 @@ def train_and_evaluate(
         changed = _changed_keys(extra.get("config", {}), json.loads(json.dumps(config_dict)))
         if changed:
             _say(f"the config differs from the checkpoint's in: {', '.join(changed)}")
-    _drop_metrics_after(workdir, start)
 
     batches = BatchIterator(train_data, config.batch_size, config.seed, start_step=start,
                             process_index=jax.process_index(), process_count=jax.process_count())
@@ -476,6 +454,8 @@ def train_and_evaluate(
           MetricWriter(workdir, purge_step=start + 1 if start else None) as writer,
           tqdm.tqdm(total=config.num_steps, initial=start, disable=not show_bar, desc="train",
                     dynamic_ncols=True) as bar):
+        if writer.dropped:
+            _say(f"metrics.jsonl: dropped {writer.dropped} line(s) from step {start + 1} on, which this run logs again")
         if start == 0 and 0 in config.eval_steps:
             writer.write(0, _evaluations(config, 0, state, eval_data, mesh, on_eval))
         window_tokens, window_start = 0, time.perf_counter()
