@@ -1,9 +1,13 @@
-"""The command line every experiment shares: `--preset`, `--workdir`, then the config's own fields as flags.
+"""The command line every experiment shares: `--preset`, `--workdir` (local or `gs://`), then the config's own
+fields as flags.
 
 `--help` lists every field of the config with its documented meaning and its
 default in the chosen preset (`--preset smoke --help` shows smoke's). Bad
 input (a flag, a value, a data file) is one line on stderr and exit status 2,
 before anything trains (ILQL_DEBUG=1: a traceback instead), as for `ilql-jax`.
+
+The same command runs on every host of a multi-host job: `jax.distributed` is initialised
+first (a no-op on one host; see `ilql_jax.sharding.maybe_initialize_distributed`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ilql_jax.cli import ArgumentParser, report_errors
 from ilql_jax.config import parse_config
+from ilql_jax.sharding import maybe_initialize_distributed
 
 
 def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], run: Callable[[object, str], object],
@@ -22,6 +27,7 @@ def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], r
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def go() -> int:
+        maybe_initialize_distributed()  # before any other JAX call
         # The preset decides the defaults that --help shows, so it is read first.
         first = ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
         first.add_argument("--preset", choices=sorted(presets), default="default")
@@ -33,7 +39,8 @@ def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], r
                             help="named defaults for every field below (those shown are this preset's) "
                                  "(default: default)")
         parser.add_argument("--workdir", default=default_workdir,
-                            help=f"where the run's files go; a rerun resumes there (default: {default_workdir})")
+                            help=f"where the run's files go, local or gs://; a rerun resumes there "
+                                 f"(default: {default_workdir})")
         cfg = parse_config(config_cls, argv, presets[known.preset], parser=parser)
         run(cfg, known.workdir)
         return 0

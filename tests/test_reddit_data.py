@@ -403,9 +403,10 @@ def test_local_gpt2_directory_gives_tokenizer_trunk_and_weights(tmp_path, record
     import dataclasses
     import shutil
 
-    from experiments.reddit_toxicity.run import RedditConfig, load_tokenizer_and_trunk
+    from experiments.reddit_toxicity.run import RedditConfig, load_tokenizer_and_trunk, train_configs
     from ilql_jax import tokenizers
     from ilql_jax.data.episodes import episodes_to_arrays
+    from ilql_jax.loop import init_weights
 
     model_dir = tmp_path / "gpt2-local"
     tensors = _tiny_hf_gpt2(model_dir, vocab_size=50257, n_embd=8, n_positions=64)
@@ -414,7 +415,10 @@ def test_local_gpt2_directory_gives_tokenizer_trunk_and_weights(tmp_path, record
     shutil.copy(f"{files}/vocab.bpe", model_dir / "merges.txt")
 
     cfg = RedditConfig(model=str(model_dir), max_len=64)
-    tok, trunk, weights = load_tokenizer_and_trunk(cfg, str(tmp_path / "run"), records[:10])
+    tok, trunk = load_tokenizer_and_trunk(cfg, str(tmp_path / "run"), records[:10])
+    bc_config = train_configs(cfg, trunk)[0]
+    assert bc_config.init == str(model_dir)  # the BC run starts from the directory's weights
+    weights = init_weights(bc_config.init, bc_config.step.model.trunk)
     # GPT-2's ids, with the markup in the padded embedding rows.
     assert tok.encode("Hello world") == [15496, 995]
     assert 50257 <= min(tok.s_id, tok.end_a_id, tok.pad_id) and tok.vocab_size <= trunk.padded_vocab_size

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 
 import numpy as np
+from etils import epath
 
 __all__ = ["DEFAULT_PATH", "Catalogue", "load_catalogue"]
 
@@ -51,9 +53,9 @@ class Catalogue:
 
 
 def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
-    """Reads a catalogue CSV (see the module docstring); ValueError naming file and line on bad input."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    """Reads a catalogue CSV, local or `gs://` (see the module docstring); ValueError naming file and line on
+    bad input."""
+    rows = list(csv.reader(io.StringIO(epath.Path(path).read_text(), newline="")))
     if not rows or not rows[0] or rows[0][0] != "name":
         raise ValueError(f"{path}:1: the header must start with 'name', then the attribute names")
     attributes = tuple(rows[0][1:])

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from etils import epath
 
 from experiments.mixtures import Mixture, mixture_weights
 from ilql_jax import files
@@ -114,11 +115,12 @@ def evaluate_policy(policy, catalogue: Catalogue, n: int, seed: int) -> dict[str
     return dialogue_stats(games)
 
 
-def save_dialogues(path: str, games: Iterable[DialogueGame]) -> None:
-    """One JSON object per dialogue (see the module docstring)."""
-    files.atomic_write_text(path, "".join(
-        json.dumps({"target": g.target, "utterances": [t.text for t in g.turns], "replies": [t.reply for t in g.turns],
-                    "policies": [t.policy for t in g.turns]}) + "\n" for g in games))
+def save_dialogues(path: str | epath.PathLike, games: Iterable[DialogueGame]) -> None:
+    """One JSON object per dialogue (see the module docstring); a shared file: process 0 writes it."""
+    files.write_text(path, "".join(
+            json.dumps({"target": g.target, "utterances": [t.text for t in g.turns],
+                        "replies": [t.reply for t in g.turns], "policies": [t.policy for t in g.turns]}) + "\n"
+            for g in games))
 
 
 def _replay(record, catalogue: Catalogue) -> DialogueGame:
@@ -141,17 +143,16 @@ def _replay(record, catalogue: Catalogue) -> DialogueGame:
     return game
 
 
-def load_dialogues(path: str, catalogue: Catalogue) -> list[DialogueGame]:
+def load_dialogues(path: str | epath.PathLike, catalogue: Catalogue) -> list[DialogueGame]:
     """Dialogues of a JSONL file written by `save_dialogues`, replayed; ValueError naming file and line."""
     games = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                games.append(_replay(json.loads(line), catalogue))
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from e
+    for lineno, line in enumerate(epath.Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            games.append(_replay(json.loads(line), catalogue))
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from e
     if not games:
         raise ValueError(f"{path}: no dialogues")
     return games

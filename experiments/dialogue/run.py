@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import re
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from experiments import plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
-from ilql_jax import losses, sampler, train
+from ilql_jax import files, losses, sampler, train
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.loop import train_and_evaluate
@@ -179,15 +179,17 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, guide
 def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     """Runs the benchmark; returns the result rows (also written to the workdir)."""
     t0 = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    workdir = epath.Path(workdir)
     catalogue = catalogue_lib.load_catalogue(cfg.catalogue)
-    tok = vocab.word_tokenizer(catalogue)
-    tok.save(os.path.join(workdir, "tokenizer"))
+    tok = vocab.word_tokenizer(catalogue)  # built from the catalogue, the same on every process
+    if files.is_writer():
+        tok.save(workdir / "tokenizer")
 
     games = datasets.generate_dialogues(catalogue, cfg.n_train + cfg.n_heldout, cfg.seed)
     train_games, heldout_games = games[:cfg.n_train], games[cfg.n_train:]
-    datasets.save_dialogues(os.path.join(workdir, "data", "train.jsonl"), train_games)
-    datasets.save_dialogues(os.path.join(workdir, "data", "heldout.jsonl"), heldout_games)
+    # Seeded, so every process generates the same dialogues; process 0 records them.
+    datasets.save_dialogues(workdir / "data" / "train.jsonl", train_games)
+    datasets.save_dialogues(workdir / "data" / "heldout.jsonl", heldout_games)
     train_arrays = episodes.episodes_to_arrays(datasets.dialogues_to_episodes(train_games, cfg.reward), tok,
                                                cfg.max_len)
     heldout_arrays = episodes.episodes_to_arrays(datasets.dialogues_to_episodes(heldout_games, cfg.reward), tok,
@@ -207,7 +209,7 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
         tc = train_config(cfg, trained, tok.vocab_size)
         start = time.perf_counter()
         if trained not in states:
-            states[trained] = train_and_evaluate(tc, os.path.join(workdir, trained), train_arrays, heldout_arrays,
+            states[trained] = train_and_evaluate(tc, str(workdir / trained), train_arrays, heldout_arrays,
                                                  returns=returns if tc.bc_top_fraction is not None else None)
         speaker = model_speaker(cfg, trained, states[trained], tok, cfg.seed, guided=method == "ilql")
         stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
@@ -232,8 +234,8 @@ COLUMNS: tuple[results.Column, ...] = (
 )
 
 
-def write_results(workdir: str, rows: list[dict], cfg: DialogueConfig, seconds: float) -> None:
+def write_results(workdir: str | epath.PathLike, rows: list[dict], cfg: DialogueConfig, seconds: float) -> None:
     results.write_table(workdir, rows, COLUMNS,
                         f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
                         f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
-    plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Ask-to-identify dialogue")
+    plots.bar_plot_returns(epath.Path(workdir) / "results.png", rows, "Ask-to-identify dialogue")

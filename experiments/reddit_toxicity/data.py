@@ -46,7 +46,9 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
+from ilql_jax import files
 from ilql_jax.data.episodes import Episode, agent, env, episode_tokens
 from ilql_jax.data.records import DataError, check_text
 
@@ -96,9 +98,9 @@ def _parse_int(text: str) -> int:
 
 
 def _read_utf8(path: str | os.PathLike) -> str:
-    """The text of ``path``; a ValueError naming the file and line if it is not UTF-8 or is empty."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    """The text of ``path`` (local or ``gs://``); a ValueError naming the file and line if it is not
+    UTF-8 or is empty."""
+    raw = epath.Path(path).read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -114,8 +116,8 @@ def load_paper_csv(directory: str | os.PathLike) -> list[dict]:
     need = max(CSV_COLUMNS.values()) + 1
     records = []
     for name in CSV_FILES:
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path):
+        path = epath.Path(directory) / name
+        if not path.is_file():
             raise DataError(path, f"missing; the paper's layout needs both {' and '.join(CSV_FILES)}")
         with io.StringIO(_read_utf8(path), newline="") as f:
             reader = csv.reader(f)
@@ -167,7 +169,7 @@ def _check_record(obj, where: str) -> dict:
 
 def load_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records from a JSONL file; blank lines are skipped."""
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise DataError(path, "no such file")
     records = []
     # split("\n"), not splitlines(): U+2028 and the like may stand unescaped in JSON strings.
@@ -246,15 +248,15 @@ def load_records(
         return load_civil_comments(
             split=split, data_dir=data_dir, name=data[len("tfds:"):], max_examples=max_examples
         )
-    if os.path.isdir(data):
+    if epath.Path(data).is_dir():
         return load_paper_csv(data)
     return load_jsonl(data)
 
 
 def check_data_spec(data: str) -> None:
     """A ValueError unless ``data`` names a source ``load_records`` knows (files are read later)."""
-    if data == "default" or (data.startswith("tfds:") and len(data) > 5) or os.path.isdir(data) \
-            or data.endswith(".jsonl"):
+    if data == "default" or (data.startswith("tfds:") and len(data) > 5) or data.endswith(".jsonl") \
+            or epath.Path(data).is_dir():
         return
     raise ValueError(
         f"unknown data {data!r}: use 'default', 'tfds:civil_comments', a directory with "
@@ -288,19 +290,14 @@ def split_records(
     return {name: [dict(records[i]) for i in part] for name, part in zip(SPLITS, parts)}
 
 
-def split_path(workdir: str | os.PathLike, name: str) -> str:
+def split_path(workdir: str | os.PathLike, name: str) -> epath.Path:
     """Where split ``name`` is saved: ``<workdir>/data/<name>.jsonl``."""
-    return os.path.join(workdir, "data", f"{name}.jsonl")
+    return epath.Path(workdir) / "data" / f"{name}.jsonl"
 
 
 def write_jsonl(records: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """One JSON object per line (written to a temporary file, then renamed)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """One JSON object per line, written whole (``files.write_text``); a shared file: process 0 writes it."""
+    files.write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def make_splits(
@@ -350,7 +347,7 @@ def locate(data: str, record: Mapping) -> str:
     """Where ``record`` came from: ``FILE: line N`` of a .jsonl source, ``FILE: row N`` of the paper's CSVs,
     else ``data`` itself. Only for error messages: it reads the source again."""
     key = (record.get("parent"), record.get("comment"))
-    if data.endswith(".jsonl") and os.path.isfile(data):
+    if data.endswith(".jsonl") and epath.Path(data).is_file():
         for line_no, line in enumerate(_read_utf8(data).split("\n"), start=1):
             try:
                 obj = json.loads(line) if line.strip() else None
@@ -358,9 +355,9 @@ def locate(data: str, record: Mapping) -> str:
                 continue
             if isinstance(obj, dict) and (obj.get("parent"), obj.get("comment")) == key:
                 return f"{data}: line {line_no}"
-    elif os.path.isdir(data):
+    elif epath.Path(data).is_dir():
         for name in CSV_FILES:
-            path = os.path.join(data, name)
+            path = epath.Path(data) / name
             with io.StringIO(_read_utf8(path), newline="") as f:
                 for row_no, row in enumerate(csv.reader(f), start=1):
                     if row_no > 1 and len(row) > max(CSV_COLUMNS.values()) and \

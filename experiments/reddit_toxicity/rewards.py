@@ -42,10 +42,12 @@ import importlib.metadata
 import json
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from etils import epath
+
+from ilql_jax import files
 
 __all__ = [
     "CACHE_FILE",
@@ -110,17 +112,16 @@ class ToxicityJudge:
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None):
-        self.cache_path = None if cache_dir is None else os.path.join(cache_dir, CACHE_FILE)
+        self.cache_path = None if cache_dir is None else epath.Path(cache_dir) / CACHE_FILE
         self.n_judged = 0
         self._name = _judge_name()
         self._probs: dict[str, float] = {}
-        if self.cache_path is not None and os.path.exists(self.cache_path):
+        if self.cache_path is not None and self.cache_path.exists():
             self._load()
 
     def _load(self):
         try:
-            with open(self.cache_path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(self.cache_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(
                 f"toxicity cache {self.cache_path} is unreadable ({e}); delete it to re-judge"
@@ -134,13 +135,9 @@ class ToxicityJudge:
         # Another judge's cache is ignored and overwritten on the next save.
 
     def _save(self):
-        directory = os.path.dirname(self.cache_path) or "."
-        os.makedirs(directory, exist_ok=True)
-        # Write then rename, so an interrupted run never leaves half a cache.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".toxicity_cache.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"judge": self._name, "probs": self._probs}, f)
-        os.replace(tmp, self.cache_path)
+        # Written whole (never half a cache), and only by process 0: every process judges the
+        # same texts to the same probabilities, and the cache is a shared file of the run.
+        files.write_json(self.cache_path, {"judge": self._name, "probs": self._probs})
 
     def probs(self, texts: Sequence[str]) -> np.ndarray:
         """P(offensive) per text (float64), judging each new distinct text once."""

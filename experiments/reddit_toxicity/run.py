@@ -15,15 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from etils import epath
 
+from experiments import plots
 from experiments.reddit_toxicity import data as data_lib, rewards as rewards_lib
-from ilql_jax import diagnostics, losses, sampler, tokenizers, train
+from ilql_jax import diagnostics, files, losses, sampler, tokenizers, train
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.data.records import DataError
@@ -127,46 +128,59 @@ PRESETS = {
 # --- data, tokenizer, model --------------------------------------------------
 
 
-def load_splits(cfg: RedditConfig, workdir: str) -> dict[str, list[dict]]:
-    """Train/eval/test records, split by seed and saved in the workdir (reused when present)."""
-    if all(os.path.exists(data_lib.split_path(workdir, s)) for s in data_lib.SPLITS):
-        return {s: data_lib.read_split(workdir, s) for s in data_lib.SPLITS}
-    records = data_lib.load_records(cfg.data, seed=cfg.seed, n_pairs=cfg.n_pairs)
-    if not records:
-        raise DataError(cfg.data, "holds no records")
-    return data_lib.make_splits(records, workdir, seed=cfg.seed)
+def load_splits(cfg: RedditConfig, workdir: str | epath.PathLike) -> dict[str, list[dict]]:
+    """Train/eval/test records, split by seed and saved in the workdir (reused when present).
+
+    Every process reads the files process 0 wrote, so all train on the same records.
+    """
+    saved = all(data_lib.split_path(workdir, s).exists() for s in data_lib.SPLITS)
+    files.sync("reddit: splits looked for")  # no process looks after process 0 starts writing
+    if not saved:
+        if files.is_writer():
+            records = data_lib.load_records(cfg.data, seed=cfg.seed, n_pairs=cfg.n_pairs)
+            if not records:
+                raise DataError(cfg.data, "holds no records")
+            data_lib.make_splits(records, workdir, seed=cfg.seed)
+        files.sync("reddit: splits written")
+    return {s: data_lib.read_split(workdir, s) for s in data_lib.SPLITS}
 
 
-def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str, train_records: Sequence[dict]):
-    """The tokenizer (saved with the run) and the trunk config plus starting weights (None: random)."""
-    tok_dir = os.path.join(workdir, "tokenizer")
+def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str | epath.PathLike, train_records: Sequence[dict]):
+    """The tokenizer (saved with the run; every process loads process 0's) and the trunk config.
+
+    A pretrained `--model`'s weights are not read here: the BC run starts from
+    them (`train_configs`' `init`), each device reading only its shards.
+    """
+    tok_dir = epath.Path(workdir) / "tokenizer"
+    saved = (tok_dir / tokenizers.CONFIG_FILE).exists()
+    files.sync("reddit: tokenizer looked for")
+    if not saved:
+        if files.is_writer():
+            if cfg.model == "scratch":
+                texts = [t for r in train_records for t in (r["parent"], r["comment"])]
+                tokenizers.train_bpe_tokenizer(texts, cfg.bpe_vocab_size).save(tok_dir)
+            else:
+                # Pretrained GPT-2: its tokenizer plus our markup ids, which land in the
+                # padded embedding rows (50257..50262 < 50304), starting from zero.
+                tokenizers.gpt2_tokenizer(None if cfg.model == "gpt2" else cfg.model).save(tok_dir)
+        files.sync("reddit: tokenizer written")
+    tok = tokenizers.load_tokenizer(tok_dir)
     if cfg.model == "scratch":
-        if os.path.exists(os.path.join(tok_dir, "tokenizer_config.json")):
-            tok = tokenizers.load_tokenizer(tok_dir)
-        else:
-            texts = [t for r in train_records for t in (r["parent"], r["comment"])]
-            tok = tokenizers.train_bpe_tokenizer(texts, cfg.bpe_vocab_size)
-            tok.save(tok_dir)
-        trunk = gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_len, n_embd=cfg.n_embd,
-                                n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
-        return tok, trunk, None
-    # Pretrained GPT-2: its tokenizer plus our markup ids, which land in the
-    # padded embedding rows (50257..50262 < 50304), starting from zero.
-    tok = tokenizers.gpt2_tokenizer(None if cfg.model == "gpt2" else cfg.model)
-    tok.save(tok_dir)
-    trunk, weights = hf_import.load_hf_gpt2(cfg.model)
+        return tok, gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_len, n_embd=cfg.n_embd,
+                                    n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
+    trunk = hf_import.read_config(cfg.model)[1]  # the weights are read shard by shard by the BC run
     if tok.vocab_size > trunk.padded_vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} ids; the model's embedding holds {trunk.padded_vocab_size}")
     trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
     if cfg.max_len > trunk.n_positions:
         raise ValueError(f"max_len={cfg.max_len} exceeds the model's n_positions={trunk.n_positions}")
-    return tok, trunk, weights
+    return tok, trunk
 
 
 def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config) -> tuple[TrainConfig, TrainConfig]:
-    """Loop configs for BC π_β and for ILQL."""
+    """Loop configs for BC π_β (starting from `cfg.model`'s weights unless scratch) and for ILQL."""
     common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4, seed=cfg.seed)
-    bc = TrainConfig(
+    bc = TrainConfig(init=cfg.model,
         step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk),
                               optim=OptimConfig(learning_rate=cfg.bc_learning_rate)),
         num_steps=cfg.bc_steps, log_every=max(1, cfg.bc_steps // 10), eval_every=max(1, cfg.bc_steps // 3),
@@ -274,12 +288,17 @@ def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge
 
 
 def run(cfg: RedditConfig, workdir: str) -> list[dict]:
-    """Trains BC π_β and ILQL, sweeps β, writes the results; returns the rows."""
+    """Trains BC π_β and ILQL, sweeps β, writes the results; returns the rows.
+
+    Multi-host: the same command on every host, with a shared workdir (e.g.
+    `gs://`); every process reads process 0's splits and tokenizer, trains
+    and decodes its part, and process 0 writes the shared files.
+    """
     t0 = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    workdir = epath.Path(workdir)
     splits = load_splits(cfg, workdir)
     judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
-    tok, trunk, weights = load_tokenizer_and_trunk(cfg, workdir, splits["train"])
+    tok, trunk = load_tokenizer_and_trunk(cfg, workdir, splits["train"])
     # Lengths are checked before anything is judged: an error here costs no judging.
     fits = {name: data_lib.fits_in_length(splits[name], tok, cfg.max_len) for name in ("train", "eval")}
     for name, ok in fits.items():
@@ -314,10 +333,10 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
           + ", ".join(f"{n} {name}" for name, n in skipped.items()))
 
     bc_cfg, rl_cfg = train_configs(cfg, trunk)
-    bc_state = train_and_evaluate(bc_cfg, os.path.join(workdir, "bc"), arrays["train"], arrays["eval"], trunk=weights)
+    bc_state = train_and_evaluate(bc_cfg, str(workdir / "bc"), arrays["train"], arrays["eval"])
     # Every ILQL trunk starts from the BC π_β, as they would from a pretrained GPT-2.
-    policy = jax.tree.map(lambda x: x, bc_state.params["policy"])
-    state = train_and_evaluate(rl_cfg, os.path.join(workdir, "ilql"), arrays["train"], arrays["eval"],
+    policy = bc_state.params["policy"]
+    state = train_and_evaluate(rl_cfg, str(workdir / "ilql"), arrays["train"], arrays["eval"],
                                trunk=policy, policy=policy)
 
     rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge)
@@ -330,13 +349,15 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     return rows
 
 
-def write_results(workdir: str, cfg: RedditConfig, rows: list[dict], parents: Sequence[str],
+def write_results(workdir: epath.Path, cfg: RedditConfig, rows: list[dict], parents: Sequence[str],
                   generations: dict, seconds: float, skipped: dict[str, int]) -> None:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(workdir, "generations.jsonl"), "w") as f:
-        for i, parent in enumerate(parents):
-            f.write(json.dumps({"parent": parent, **{f"beta={b:g}": g[i] for b, g in generations.items()}}) + "\n")
+    """results.json, generations.jsonl, results.md and reward_vs_kl.png: shared files, from process 0."""
+    if not files.is_writer():
+        return
+    files.write_json(workdir / "results.json", rows, indent=2)
+    files.write_text(workdir / "generations.jsonl", "".join(
+            json.dumps({"parent": parent, **{f"beta={b:g}": g[i] for b, g in generations.items()}}) + "\n"
+            for i, parent in enumerate(parents)))
     lines = ["| β | mean reward ± s.e. | toxic rate | KL from π_β | distinct-1 | distinct-2 | mean length | n |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -350,12 +371,11 @@ def write_results(workdir: str, cfg: RedditConfig, rows: list[dict], parents: Se
     for i in range(min(5, len(parents))):
         lines += [f"- **parent:** {parents[i]}", f"  - β={lo:g}: {generations[lo][i]}",
                   f"  - β={hi:g}: {generations[hi][i]}"]
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    plot_reward_vs_kl(os.path.join(workdir, "reward_vs_kl.png"), rows)
+    files.write_text(workdir / "results.md", "\n".join(lines) + "\n")
+    plot_reward_vs_kl(workdir / "reward_vs_kl.png", rows)
 
 
-def plot_reward_vs_kl(path: str, rows: list[dict]) -> None:
+def plot_reward_vs_kl(path: str | epath.PathLike, rows: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
@@ -369,5 +389,4 @@ def plot_reward_vs_kl(path: str, rows: list[dict]) -> None:
     ax.set_ylabel("mean reward (±2 s.e.)")
     ax.set_title("Reddit toxicity: reward vs KL")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save_figure(path, fig)

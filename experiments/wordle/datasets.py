@@ -41,6 +41,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+from etils import epath
 
 from experiments.mixtures import Mixture, mixture_weights
 from ilql_jax import files
@@ -243,9 +244,9 @@ def _record(game: WordleGame) -> dict:
     }
 
 
-def save_games(path: str, games: Iterable[WordleGame]) -> None:
-    """Write one JSON object per game (see the module docstring)."""
-    files.atomic_write_text(path, "".join(json.dumps(_record(game)) + "\n" for game in games))
+def save_games(path: str | epath.PathLike, games: Iterable[WordleGame]) -> None:
+    """Write one JSON object per game (see the module docstring); a shared file: process 0 writes it."""
+    files.write_text(path, "".join(json.dumps(_record(game)) + "\n" for game in games))
 
 
 def _parse_game(record, word_set: frozenset) -> WordleGame:
@@ -282,7 +283,7 @@ def _parse_game(record, word_set: frozenset) -> WordleGame:
     return game
 
 
-def load_games(path: str, words: Iterable[str]) -> list[WordleGame]:
+def load_games(path: str | epath.PathLike, words: Iterable[str]) -> list[WordleGame]:
     """Games of a JSONL file written by `save_games`, replayed against `words`.
 
     Blank lines are skipped; anything else wrong raises ValueError naming the
@@ -290,14 +291,13 @@ def load_games(path: str, words: Iterable[str]) -> list[WordleGame]:
     """
     word_set = frozenset(words)
     games = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                games.append(_parse_game(json.loads(line), word_set))
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{lineno}: {e}") from e
+    for lineno, line in enumerate(epath.Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            games.append(_parse_game(json.loads(line), word_set))
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{path}:{lineno}: {e}") from e
     if not games:
         raise ValueError(f"{path}: no games")
     return games

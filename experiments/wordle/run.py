@@ -30,11 +30,11 @@ a mean discounted return-to-go of −1.9 in the data); at 0.2 they reach it in
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from experiments import plots, results
 from experiments.wordle import datasets, env, words as words_lib
@@ -228,16 +228,17 @@ def print_row(row: dict) -> None:
 def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     """Runs the benchmark; returns the result rows (also written to the workdir)."""
     t0 = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    workdir = epath.Path(workdir)
     tok = tokenizers.wordle_tokenizer()
     words = words_lib.load_vocab(cfg.vocab) if cfg.vocab else words_lib.default_words(cfg.n_words)
-    words_lib.save_vocab(os.path.join(workdir, "words.txt"), words)
+    # The words and the seeded games are the same on every process; process 0 records them.
+    words_lib.save_vocab(workdir / "words.txt", words)
 
     games = datasets.generate_games(words, cfg.n_train_games + cfg.n_heldout_games, cfg.seed,
                                     datasets.MIXTURES[cfg.mixture])
     train_games, heldout_games = games[:cfg.n_train_games], games[cfg.n_train_games:]
-    datasets.save_games(os.path.join(workdir, "data", "train.jsonl"), train_games)
-    datasets.save_games(os.path.join(workdir, "data", "heldout.jsonl"), heldout_games)
+    datasets.save_games(workdir / "data" / "train.jsonl", train_games)
+    datasets.save_games(workdir / "data" / "heldout.jsonl", heldout_games)
     train_arrays = episodes.episodes_to_arrays(datasets.games_to_episodes(train_games), tok, cfg.max_len)
     heldout_arrays = episodes.episodes_to_arrays(datasets.games_to_episodes(heldout_games), tok, cfg.max_len)
     returns = np.array([g.total_return for g in train_games])
@@ -250,9 +251,9 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
         expert, words, cfg.n_eval_games, seed=cfg.seed + 1)}]
     rows.append({"method": "data (behaviour mix)", **data_stats})
     for method in (m for m in METHODS if m in cfg.methods):  # BC first: rl_from_bc reads its checkpoint
-        tc = train_config(cfg, method, bc_workdir=os.path.join(workdir, "bc"))
+        tc = train_config(cfg, method, bc_workdir=str(workdir / "bc"))
         start = time.perf_counter()
-        state = train_and_evaluate(tc, os.path.join(workdir, method), train_arrays, heldout_arrays,
+        state = train_and_evaluate(tc, str(workdir / method), train_arrays, heldout_arrays,
                                    returns=returns if tc.bc_top_fraction is not None else None)
         stats = play(model_guesser(cfg, method, state, tok, cfg.seed), words, cfg.n_eval_games, cfg.seed + 1)
         rows.append({"method": method, **stats, "train_steps": tc.num_steps,
@@ -280,10 +281,10 @@ COLUMNS: tuple[results.Column, ...] = (
 )
 
 
-def write_results(workdir: str, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
+def write_results(workdir: str | epath.PathLike, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
     words = cfg.vocab or f"{cfg.n_words}"
     n_methods = sum(r["method"] in METHODS for r in rows)
     results.write_table(workdir, rows, COLUMNS,
                         f"{n_methods} methods, {cfg.n_train_games} training games over {words} words, "
                         f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
-    plots.bar_plot_returns(os.path.join(workdir, "results.png"), rows, "Wordle")
+    plots.bar_plot_returns(epath.Path(workdir) / "results.png", rows, "Wordle")

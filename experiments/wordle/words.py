@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 
 import wordfreq
+from etils import epath
 
 from ilql_jax import files
+
 
 __all__ = ["DEFAULT_N_WORDS", "WORD_LEN", "default_words", "is_word", "load_vocab", "save_vocab"]
 
@@ -43,35 +45,30 @@ def default_words(n: int = DEFAULT_N_WORDS) -> list[str]:
     raise ValueError(f"wordfreq has only {len(words)} five-letter words, asked for {n}")
 
 
-def load_vocab(path: str) -> list[str]:
-    """Words of a vocabulary file: one five-letter lowercase word per line.
+def load_vocab(path: str | epath.PathLike) -> list[str]:
+    """Words of a vocabulary file (local or `gs://`): one five-letter lowercase word per line.
 
     Blank lines and surrounding whitespace are ignored. Raises ValueError naming
     the file and line for a bad word or a duplicate, and for an empty file.
     """
     words: list[str] = []
     first_line: dict[str, int] = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            word = line.strip()
-            if not word:
-                continue
-            if not is_word(word):
-                raise ValueError(
-                    f"{path}:{lineno}: {word!r} is not a word of {WORD_LEN} lowercase letters a-z"
-                )
-            if word in first_line:
-                raise ValueError(
-                    f"{path}:{lineno}: duplicate word {word!r} (first on line {first_line[word]})"
-                )
-            first_line[word] = lineno
-            words.append(word)
+    for lineno, line in enumerate(epath.Path(path).read_text().splitlines(), start=1):
+        word = line.strip()
+        if not word:
+            continue
+        if not is_word(word):
+            raise ValueError(f"{path}:{lineno}: {word!r} is not a word of {WORD_LEN} lowercase letters a-z")
+        if word in first_line:
+            raise ValueError(f"{path}:{lineno}: duplicate word {word!r} (first on line {first_line[word]})")
+        first_line[word] = lineno
+        words.append(word)
     if not words:
         raise ValueError(f"{path}: vocabulary file has no words")
     return words
 
 
-def save_vocab(path: str, words) -> None:
+def save_vocab(path: str | epath.PathLike, words) -> None:
     """Write `words` one per line, so that `load_vocab(path)` gives them back."""
     words = list(words)
     for i, word in enumerate(words):
@@ -81,4 +78,4 @@ def save_vocab(path: str, words) -> None:
         raise ValueError("words contain duplicates")
     if not words:
         raise ValueError("no words to save")
-    files.atomic_write_text(path, "\n".join(words) + "\n")  # diagnose reads it back
+    files.write_text(path, "\n".join(words) + "\n")  # a shared file: process 0 writes it
