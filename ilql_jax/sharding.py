@@ -10,14 +10,17 @@ TPU/GPU slice::
     mesh_cfg = MeshConfig(fsdp=4, fsdp_params=True)
     mesh = make_mesh(mesh_cfg)
     shardings = state_shardings(abstract_state(step_cfg), mesh, logical_rules(mesh_cfg))
-    state = init_sharded_state(step_cfg, jax.random.key(0), shardings)  # or shard_state(state, shardings)
+    state = init_sharded_state(step_cfg, jax.random.key(0), shardings)  # born sharded; or with GPT-2 weights:
+    # weights = hf_import.load_hf_gpt2(path, shardings=trunk_shardings(shardings))[1]
+    # state = init_sharded_state(step_cfg, jax.random.key(0), shardings, trunk=weights)
     step = make_sharded_train_step(step_cfg, mesh, shardings)
     for host_batch in batches:                   # this process's rows, as numpy
         state, metrics = step(state, place_batch(host_batch, mesh))
 
 The batch axis is split over ("data", "fsdp"): every device of those two axes
-sees different rows, and "tensor" devices share rows. Parameters are
-replicated (pure data parallelism) unless the rules shard them.
+sees different rows, and "tensor" devices share rows; the trunks' activations
+stay split the same way (`activation_layout`). Parameters are replicated
+(pure data parallelism) unless the rules shard them.
 """
 
 from __future__ import annotations
