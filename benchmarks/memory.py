@@ -1,0 +1,404 @@
+"""Per-device memory of the ILQL train step and the sampler's decode step, from the compiled programs.
+
+    python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl] [--devices 1,8,64]
+        [--rules dp,fsdp] [--dtypes float32,bfloat16] [--remat off,on] [--batch-per-device 8]
+        [--seq-len 128] [--jobs N] [--no-check] [--full-depth] [--xla-cpu-defaults]
+
+Nothing is allocated: every program is lowered and compiled ahead of time for
+fake CPU devices (`--xla_force_host_platform_device_count=64`) with the state,
+batch and decode state given as abstract arrays carrying their shardings, and
+the figures come from XLA's memory analysis of the compiled (per-device SPMD)
+program: `bytes_per_device` = arguments + outputs + temporaries − aliased
+(the train step donates the state, so its outputs alias it).
+
+One JSON line per case:
+
+- `"bench": "memory"`, `program` ("train": the full ILQL step, value trunk with
+  V/Q1/Q2 heads, target trunk and Q̄ heads, π_β, AdamW, Polyak; "decode": one
+  `sampler.step_state` of the three trunks over a KV cache of `seq_len` slots),
+  `model`, `devices`, `rules` ("dp": parameters replicated; "fsdp": parameters,
+  targets and Adam moments split over all devices, `MeshConfig(fsdp=n,
+  fsdp_params=True)`), `dtype` (compute; parameters are float32), `remat`
+  (train only), `batch_per_device`, `seq_len`, `tokens_per_device`;
+- `bytes_per_device` (and `gib_per_device`), its parts `argument_bytes`,
+  `output_bytes`, `temp_bytes`, `alias_bytes`; `state_bytes_per_device`: this
+  device's shards of the train state (params, target, Adam moments; for
+  decode, of the parameters), counted exactly from the shapes;
+- `fits_16gib`, `fits_80gib`, `fits_141gib`: bytes_per_device ≤ that many GiB;
+- `derived_from_depths`: see below (null when compiled at full depth).
+
+Then, for GPT-2 XL, one `"bench": "memory_budget"` line per (devices, rules,
+dtype, remat) train case: the largest batch per device (and tokens per device,
+at `seq_len`) whose step fits 16, 80 and 141 GiB.
+
+How it stays within minutes on two cores. Compiling the full-depth programs
+takes minutes each (GPT-2 XL: 48 unrolled layers × three trunks, ~150 s on a
+shared 2-core CPU), and there are 100 cases. Per-device memory is affine in
+the depth (the state and each layer's saved activations grow by the same
+amount per layer, and at most a few layers' temporaries are live at once), so
+each case is compiled at 2 and 3 layers (same width, vocabulary, batch and
+mesh) and its four byte counts are extrapolated linearly to the real depth;
+`state_bytes_per_device` is exact. The XL budgets come from the same two
+depths at two batch sizes (bytes affine in the batch at each depth). One
+1-device case with identical rules is shared by "dp" and "fsdp". Compilation
+uses `xla_backend_optimization_level=0` (LLVM's optimisation, which the memory
+analysis does not depend on: identical figures, half the time), cases run in
+`--jobs` processes (default: one per core), and every run ends with a
+`"memory_check"` line comparing the extrapolation with a full-depth compile
+of a GPT-2 small case (`--no-check` skips it; `--full-depth` compiles every
+case at its real depth instead, for checking, at hours of CPU).
+
+XLA:CPU flags. By default XLA:CPU combines every gradient all-reduce of the
+step into one (keeping every layer's whole gradient alive until the end) and
+schedules for concurrency rather than memory; the accelerator compilers
+reduce-scatter gradients and schedule under a memory limit. This benchmark
+disables both (`--xla_disable_hlo_passes=cpu-all-reduce-combiner
+--xla_cpu_enable_concurrency_optimized_scheduler=false`), which brings the CPU
+figures for FSDP to what ZeRO-3 predicts (GPT-2 XL on 64 devices, bfloat16,
+remat: ~25 GiB with the defaults); `--xla-cpu-defaults` keeps them. Other
+caveats: XLA:CPU computes some bfloat16 operations in float32, and buffer
+assignment differs between backends, so treat the figures as a plan (leave
+~10% headroom), not as a guarantee for TPU or GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/memory.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GIB = 2 ** 30
+BUDGETS_GIB = (16, 80, 141)
+MAX_DEVICES = 64
+# (n_layer, n_embd, n_head) of the four GPT-2 sizes; vocabulary 50257 (padded to 50304), 1024 positions.
+MODELS = {"gpt2-small": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
+          "gpt2-xl": (48, 1600, 25)}
+DEPTHS = (3, 6)  # the two depths every case is compiled at (see the module docstring)
+XLA_CPU_MEMORY_FLAGS = ("--xla_disable_hlo_passes=cpu-all-reduce-combiner "
+                        "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+FIELDS = ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One program on one mesh; `rules` is "dp" on one device (the layouts coincide)."""
+
+    program: str  # "train" | "decode"
+    model: str
+    devices: int
+    rules: str  # "dp" | "fsdp"
+    dtype: str
+    remat: bool
+    batch_per_device: int
+    seq_len: int
+    dropout: float = 0.0
+
+    def at(self, **changes) -> "Case":
+        return dataclasses.replace(self, **changes)
+
+
+def trunk_config(case: Case, n_layer: int | None = None):
+    from ilql_jax.models import gpt2
+
+    layers, width, heads = MODELS[case.model]
+    return gpt2.GPT2Config(n_layer=layers if n_layer is None else n_layer, n_embd=width, n_head=heads,
+                           dtype=case.dtype, remat=case.remat, dropout=case.dropout)
+
+
+def _mesh(case: Case):
+    import jax
+
+    from ilql_jax import sharding
+
+    fsdp = case.rules == "fsdp"
+    cfg = sharding.MeshConfig(data=1 if fsdp else case.devices, fsdp=case.devices if fsdp else 1, fsdp_params=fsdp)
+    return sharding.make_mesh(cfg, jax.devices()[:case.devices]), sharding.logical_rules(cfg)
+
+
+def _abstract(tree, shardings):
+    import jax
+
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _step_config(case: Case, n_layer: int | None = None):
+    from ilql_jax import train
+    from ilql_jax.models import ilql
+
+    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk_config(case, n_layer)))
+
+
+def lower_train(case: Case, n_layer: int):
+    """The sharded ILQL train step, lowered for abstract inputs."""
+    import jax
+    import jax.numpy as jnp
+
+    from ilql_jax import sharding, train
+
+    cfg = _step_config(case, n_layer)
+    mesh, rules = _mesh(case)
+    abstract = sharding.abstract_state(cfg)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    rows = case.batch_per_device * case.devices
+    batch_sharding = sharding.batch_sharding(mesh)
+    ints = ("tokens", "attention_mask", "next_idx")
+    batch = {k: jax.ShapeDtypeStruct((rows, case.seq_len), jnp.int32 if k in ints else jnp.float32,
+                                     sharding=batch_sharding) for k in train.BATCH_KEYS}
+    step = sharding.make_sharded_train_step(cfg, mesh, shardings)
+    return step.lower(_abstract(abstract, shardings), batch)
+
+
+def decode_lengths(seq_len: int) -> tuple[int, int]:
+    """(prompt length, new tokens) of a decode case whose cache holds `seq_len` slots."""
+    new = min(32, seq_len // 2)
+    return seq_len - new, new
+
+
+def lower_decode(case: Case, n_layer: int):
+    """One `sampler.step_state` (three trunks, Q̄ and V heads, over a cache of `seq_len` slots), lowered."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ilql_jax import sampler, sharding
+
+    cfg = _step_config(case, n_layer)
+    mesh, rules = _mesh(case)
+    abstract = sharding.abstract_state(cfg)
+    online = sharding.state_shardings(abstract.params, mesh, rules)
+    target = sharding.state_shardings(abstract.target_params, mesh, rules)
+    online, target = _abstract(abstract.params, online), _abstract(abstract.target_params, target)
+    prompt, new = decode_lengths(case.seq_len)
+    sc = sampler.SamplerConfig(max_new_tokens=new, mode="sample", prompt_buckets=(prompt,))
+    rows = case.batch_per_device * case.devices
+    tokens = jax.ShapeDtypeStruct((rows, prompt), jnp.int32)
+    state = jax.eval_shape(lambda o, t, p, k: sampler.init_state(cfg.model, sc, o, t, p, p, k), online, target, tokens,
+                           jax.random.key(0))
+    by_row = NamedSharding(mesh, P(sharding.BATCH_AXES))
+    replicated = NamedSharding(mesh, P())
+    state_shardings = jax.tree.map(lambda x: by_row if x.ndim and x.shape[0] == rows else replicated, state)
+    knobs = sampler.make_knobs(beta=1.0, stop_ids=(0,), pad_id=1)
+
+    def step(online, target, knobs, state):
+        with sharding.activation_layout(mesh):
+            return sampler.step_state(cfg.model, sc, online, target, knobs, state)
+
+    step = jax.jit(step, in_shardings=(jax.tree.map(lambda x: x.sharding, online),
+                                       jax.tree.map(lambda x: x.sharding, target), replicated, state_shardings),
+                   out_shardings=state_shardings, donate_argnums=3)
+    return step.lower(online, target, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), knobs),
+                      _abstract(state, state_shardings))
+
+
+def compile_case(case: Case, n_layer: int) -> dict[str, Any]:
+    """Memory analysis of one program at `n_layer` layers (runs in a worker process)."""
+    t0 = time.perf_counter()
+    lowered = (lower_train if case.program == "train" else lower_decode)(case, n_layer)
+    stats = lowered.compile(compiler_options=COMPILER_OPTIONS).memory_analysis()
+    return {"argument_bytes": int(stats.argument_size_in_bytes), "output_bytes": int(stats.output_size_in_bytes),
+            "temp_bytes": int(stats.temp_size_in_bytes), "alias_bytes": int(stats.alias_size_in_bytes),
+            "compile_s": time.perf_counter() - t0}
+
+
+def state_bytes_per_device(case: Case) -> int:
+    """Bytes of this device's shards of the train state (decode: of the online and target parameters)."""
+    import jax
+    import numpy as np
+
+    from ilql_jax import sharding
+
+    abstract = sharding.abstract_state(_step_config(case))
+    mesh, rules = _mesh(case)
+    tree = abstract if case.program == "train" else (abstract.params, abstract.target_params)
+    shardings = sharding.state_shardings(tree, mesh, rules)
+    return int(sum(np.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+                   for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))))
+
+
+def total(parts: dict[str, float]) -> float:
+    return parts["argument_bytes"] + parts["output_bytes"] + parts["temp_bytes"] - parts["alias_bytes"]
+
+
+def extrapolate(shallow: dict[int, dict], depth: int) -> dict[str, float]:
+    """Each byte count, linear in the depth through the two compiled depths, at `depth`."""
+    (la, a), (lb, b) = sorted(shallow.items())
+    return {f: a[f] + (b[f] - a[f]) * (depth - la) / (lb - la) for f in FIELDS}
+
+
+def row(case: Case, parts: dict[str, float], state_bytes: int, derived: bool) -> dict[str, Any]:
+    bytes_per_device = int(round(total(parts)))
+    return {
+        "bench": "memory", "program": case.program, "model": case.model, "devices": case.devices,
+        "rules": case.rules, "dtype": case.dtype, "remat": case.remat if case.program == "train" else None,
+        "batch_per_device": case.batch_per_device, "seq_len": case.seq_len,
+        "tokens_per_device": case.batch_per_device * case.seq_len,
+        "bytes_per_device": bytes_per_device, "gib_per_device": bytes_per_device / GIB,
+        "state_bytes_per_device": state_bytes, "state_gib_per_device": state_bytes / GIB,
+        **{f: int(round(parts[f])) for f in FIELDS},
+        **{f"fits_{b}gib": bytes_per_device <= b * GIB for b in BUDGETS_GIB},
+        "derived_from_depths": list(DEPTHS) if derived else None,
+    }
+
+
+def budget_row(case: Case, at: dict[tuple[int, int], dict], state_bytes: int) -> dict[str, Any]:
+    """Largest batch per device that fits each budget, from bytes(depth, batch) at two depths × two batches."""
+    b1, b2 = sorted({b for _, b in at})
+    depth = MODELS[case.model][0]
+    full = {b: total(extrapolate({l: at[(l, b)] for l in DEPTHS}, depth)) for b in (b1, b2)}
+    per_row = (full[b2] - full[b1]) / (b2 - b1)
+    fixed = full[b1] - per_row * b1
+    out = {"bench": "memory_budget", "program": "train", "model": case.model, "devices": case.devices,
+           "rules": case.rules, "dtype": case.dtype, "remat": case.remat, "seq_len": case.seq_len,
+           "fixed_bytes_per_device": int(fixed), "bytes_per_row": int(per_row),
+           "state_bytes_per_device": state_bytes, "derived_from": {"depths": list(DEPTHS), "batches": [b1, b2]}}
+    for budget in BUDGETS_GIB:
+        rows = max(0, int((budget * GIB - fixed) // per_row)) if per_row > 0 else 0
+        out[f"max_batch_per_device_{budget}gib"] = rows
+        out[f"max_tokens_per_device_{budget}gib"] = rows * case.seq_len
+    return out
+
+
+def cases(args) -> list[Case]:
+    out = []
+    for model in args.models:
+        for devices in args.devices:
+            for rules in args.rules:
+                for dtype in args.dtypes:
+                    for remat in args.remat:
+                        out.append(Case("train", model, devices, rules, dtype, remat, args.batch_per_device,
+                                        args.seq_len))
+                    if args.decode:
+                        out.append(Case("decode", model, devices, rules, dtype, False, args.batch_per_device,
+                                        args.seq_len))
+    return out
+
+
+def compiled_key(case: Case) -> Case:
+    """The program whose per-device figures a case reports.
+
+    On one device "dp" and "fsdp" lay everything out alike. A data-parallel
+    decode step needs no communication (parameters replicated, rows split),
+    so each device runs the one-device program on its own rows. A
+    data-parallel train step's per-device program does not depend on the
+    number of devices beyond 1 (each holds the whole state and its own rows;
+    the gradient all-reduce buffers have the state's size): 64 devices report
+    the 8-device program (checked equal on gpt2-small and gpt2-medium).
+    """
+    if case.devices == 1 or (case.program == "decode" and case.rules == "dp"):
+        return case.at(rules="dp", devices=1)
+    if case.program == "train" and case.rules == "dp":
+        return case.at(devices=min(case.devices, 8))
+    return case
+
+
+def _init_worker(xla_flags: str) -> None:
+    os.environ["XLA_FLAGS"] = xla_flags
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def _run(task: tuple[Case, int]) -> tuple[tuple[Case, int], dict]:
+    case, depth = task
+    return task, compile_case(case, depth)
+
+
+def _parse_list(text: str, allowed, kind=str) -> list:
+    values = [kind(v) for v in text.split(",") if v]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
+    return values
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), type=lambda t: _parse_list(t, MODELS))
+    parser.add_argument("--devices", default="1,8,64", type=lambda t: _parse_list(t, (1, 2, 4, 8, 16, 32, 64), int))
+    parser.add_argument("--rules", default="dp,fsdp", type=lambda t: _parse_list(t, ("dp", "fsdp")))
+    parser.add_argument("--dtypes", default="float32,bfloat16", type=lambda t: _parse_list(t, ("float32", "bfloat16")))
+    parser.add_argument("--remat", default="off,on",
+                        type=lambda t: [v == "on" for v in _parse_list(t, ("off", "on"))])
+    parser.add_argument("--batch-per-device", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip the decode-step cases")
+    parser.add_argument("--no-budget", dest="budget", action="store_false", help="skip GPT-2 XL's budget lines")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the full-depth check of the depth extrapolation")
+    parser.add_argument("--full-depth", action="store_true", help="compile every case at its real depth (slow)")
+    parser.add_argument("--xla-cpu-defaults", action="store_true",
+                        help="keep XLA:CPU's all-reduce combiner and concurrency scheduler (see the docstring)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes")
+    args = parser.parse_args(argv)
+    if args.batch_per_device < 1 or not 1 <= args.seq_len <= 1024:
+        parser.error("need --batch-per-device >= 1 and 1 <= --seq-len <= 1024")
+
+    flags = f"--xla_force_host_platform_device_count={MAX_DEVICES}"
+    if not args.xla_cpu_defaults:
+        flags += " " + XLA_CPU_MEMORY_FLAGS
+    _init_worker(flags)  # this process computes state sizes with the same devices
+    t_start = time.perf_counter()
+
+    todo = cases(args)
+    depths = lambda case: (MODELS[case.model][0],) if args.full_depth else DEPTHS
+    tasks = {(compiled_key(c), d) for c in todo for d in depths(c)}
+    budget_cases = [c for c in todo if args.budget and c.program == "train" and c.model == "gpt2-xl"]
+    double = lambda c: c.at(batch_per_device=2 * c.batch_per_device)
+    tasks |= {(compiled_key(double(c)), d) for c in budget_cases for d in DEPTHS}
+    check = Case("train", "gpt2-small", 8, "fsdp", "bfloat16", True, args.batch_per_device, args.seq_len)
+    if args.check and not args.full_depth:
+        tasks |= {(check, d) for d in DEPTHS} | {(check, MODELS[check.model][0])}
+    # Largest programs first, so that the pool's last tasks are short.
+    order = sorted(tasks, key=lambda t: (-t[1] * MODELS[t[0].model][1] * t[0].devices ** 0.5, str(t)))
+
+    results: dict[tuple[Case, int], dict] = {}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx,
+                                                initializer=_init_worker, initargs=(flags,)) as pool:
+        for task, result in pool.map(_run, order):
+            results[task] = result
+    compile_s = sum(r["compile_s"] for r in results.values())
+
+    from benchmarks import common
+
+    state_cache: dict[Case, int] = {}
+
+    def state_bytes(case: Case) -> int:
+        key = case.at(dtype="float32", remat=False, batch_per_device=1)
+        if key not in state_cache:
+            state_cache[key] = state_bytes_per_device(key)
+        return state_cache[key]
+
+    for case in todo:
+        key = compiled_key(case)
+        if args.full_depth:
+            parts, derived = results[(key, MODELS[case.model][0])], False
+        else:
+            parts, derived = extrapolate({d: results[(key, d)] for d in DEPTHS}, MODELS[case.model][0]), True
+        common.emit(row(case, parts, state_bytes(case), derived))
+    for case in budget_cases:
+        at = {(d, b): results[(compiled_key(c), d)] for c in (case, double(case)) for d in DEPTHS
+              for b in (c.batch_per_device,)}
+        common.emit(budget_row(case, at, state_bytes(case)))
+    if args.check and not args.full_depth:
+        depth = MODELS[check.model][0]
+        derived = total(extrapolate({d: results[(check, d)] for d in DEPTHS}, depth))
+        compiled = total(results[(check, depth)])
+        common.emit({"bench": "memory_check", "case": dataclasses.asdict(check), "depth": depth,
+                     "derived_bytes": int(derived), "compiled_bytes": int(compiled),
+                     "relative_error": (derived - compiled) / compiled})
+    common.emit({"bench": "memory_summary", "cases": len(todo), "compiles": len(results), "jobs": args.jobs,
+                 "compile_cpu_s": compile_s, "wall_s": time.perf_counter() - t_start, "xla_flags": flags,
+                 "device": common.device_info()})
+
+
+if __name__ == "__main__":
+    main()
