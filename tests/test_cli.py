@@ -422,8 +422,8 @@ def test_tokenizer_killed_mid_save_is_rebuilt_on_the_rerun(tmp_path, monkeypatch
     # tokenizer.json is written first: tokenizer_config.json, which the driver takes as proof, never precedes it.
     assert not (tmp_path / "tokenizer" / "tokenizer_config.json").exists()
     monkeypatch.undo()
-    tok, _, _ = load_tokenizer_and_trunk(cfg, str(tmp_path), records)  # the rerun fits and saves it again
-    again, _, _ = load_tokenizer_and_trunk(cfg, str(tmp_path), records)  # and the next one reloads it
+    tok, _ = load_tokenizer_and_trunk(cfg, str(tmp_path), records)  # the rerun fits and saves it again
+    again, _ = load_tokenizer_and_trunk(cfg, str(tmp_path), records)  # and the next one reloads it
     assert again.encode("<s>parent 3</s>reply") == tok.encode("<s>parent 3</s>reply")
 
 
