@@ -87,6 +87,7 @@ XLA_CPU_MEMORY_FLAGS = ("--xla_disable_hlo_passes=cpu-all-reduce-combiner "
                         "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 FIELDS = ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes")
+BUDGET_BATCH_FACTOR = 4  # XL budgets: bytes fitted through batch_per_device and 4x it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +252,8 @@ def row(case: Case, parts: dict[str, float], state_bytes: int, derived: bool) ->
 
 
 def budget_row(case: Case, at: dict[tuple[int, int], dict], state_bytes: int) -> dict[str, Any]:
-    """Largest batch per device that fits each budget, from bytes(depth, batch) at two depths × two batches."""
+    """Largest batch per device that fits each budget: bytes(batch) is taken as affine through the two
+    batches' full-depth figures (each from two depths), and solved for each budget."""
     b1, b2 = sorted({b for _, b in at})
     depth = MODELS[case.model][0]
     full = {b: total(extrapolate({l: at[(l, b)] for l in DEPTHS}, depth)) for b in (b1, b2)}
@@ -259,7 +261,7 @@ def budget_row(case: Case, at: dict[tuple[int, int], dict], state_bytes: int) ->
     fixed = full[b1] - per_row * b1
     out = {"bench": "memory_budget", "program": "train", "model": case.model, "devices": case.devices,
            "rules": case.rules, "dtype": case.dtype, "remat": case.remat, "seq_len": case.seq_len,
-           "fixed_bytes_per_device": int(fixed), "bytes_per_row": int(per_row),
+           "bytes_per_device_at_batch": {b1: int(full[b1]), b2: int(full[b2])}, "bytes_per_row": int(per_row),
            "state_bytes_per_device": state_bytes, "derived_from": {"depths": list(DEPTHS), "batches": [b1, b2]}}
     for budget in BUDGETS_GIB:
         rows = max(0, int((budget * GIB - fixed) // per_row)) if per_row > 0 else 0
@@ -351,7 +353,7 @@ def main(argv=None) -> None:
     depths = lambda case: (MODELS[case.model][0],) if args.full_depth else DEPTHS
     tasks = {(compiled_key(c), d) for c in todo for d in depths(c)}
     budget_cases = [c for c in todo if args.budget and c.program == "train" and c.model == "gpt2-xl"]
-    double = lambda c: c.at(batch_per_device=2 * c.batch_per_device)
+    double = lambda c: c.at(batch_per_device=BUDGET_BATCH_FACTOR * c.batch_per_device)
     tasks |= {(compiled_key(double(c)), d) for c in budget_cases for d in DEPTHS}
     check = Case("train", "gpt2-small", 8, "fsdp", "bfloat16", True, args.batch_per_device, args.seq_len)
     if args.check and not args.full_depth:
