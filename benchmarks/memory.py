@@ -3,6 +3,7 @@
     python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl] [--devices 1,8,64]
         [--rules dp,fsdp] [--dtypes float32,bfloat16] [--remat off,on] [--batch-per-device 8]
         [--seq-len 128] [--jobs N] [--no-check] [--full-depth] [--xla-cpu-defaults]
+    python -m benchmarks.memory --markdown OUT.jsonl [--models gpt2-xl]   # the tables of docs/accelerators.md
 
 Nothing is allocated: every program is lowered and compiled ahead of time for
 fake CPU devices (`--xla_force_host_platform_device_count=64`) with the state,
@@ -32,33 +33,40 @@ dtype, remat) train case: the largest batch per device (and tokens per device,
 at `seq_len`) whose step fits 16, 80 and 141 GiB.
 
 How it stays within minutes on two cores. Compiling the full-depth programs
-takes minutes each (GPT-2 XL: 48 unrolled layers × three trunks, ~150 s on a
-shared 2-core CPU), and there are 100 cases. Per-device memory is affine in
-the depth (the state and each layer's saved activations grow by the same
-amount per layer, and at most a few layers' temporaries are live at once), so
-each case is compiled at 2 and 3 layers (same width, vocabulary, batch and
-mesh) and its four byte counts are extrapolated linearly to the real depth;
-`state_bytes_per_device` is exact. The XL budgets come from the same two
-depths at two batch sizes (bytes affine in the batch at each depth). One
-1-device case with identical rules is shared by "dp" and "fsdp". Compilation
-uses `xla_backend_optimization_level=0` (LLVM's optimisation, which the memory
-analysis does not depend on: identical figures, half the time), cases run in
-`--jobs` processes (default: one per core), and every run ends with a
-`"memory_check"` line comparing the extrapolation with a full-depth compile
-of a GPT-2 small case (`--no-check` skips it; `--full-depth` compiles every
-case at its real depth instead, for checking, at hours of CPU).
+takes minutes each (GPT-2 XL: 48 unrolled layers × three trunks, 2.5 to 9
+minutes on a shared 2-core CPU), and there are 144 cases. Per-device memory
+grows about linearly with the depth (the state and each layer's saved
+activations and gradients grow by the same amount per layer), so each case is
+compiled at 3 and 6 layers (same width, vocabulary, batch and mesh) and its
+four byte counts are extrapolated linearly to the real depth;
+`state_bytes_per_device` is exact. Checked against full-depth compiles: GPT-2
+small, 8 devices, FSDP, bfloat16, remat 0.4% under (the `"memory_check"` line
+every run ends with; `--no-check` skips it), GPT-2 XL on 64 devices 3.2% under
+(7.24 GiB derived, 7.48 GiB compiled); from 2 and 3 layers XL came out 17%
+under, hence 3 and 6. The XL budgets fit bytes through `--batch-per-device`
+and 4× it (each from the same two depths), so they carry the depth
+extrapolation's error twice. Programs whose per-device figures cannot differ
+are compiled once (`compiled_key`): on one device "dp" is "fsdp"; a
+data-parallel decode step is the one-device program; a data-parallel train
+step on 64 devices is the 8-device one. Compilation uses
+`xla_backend_optimization_level=0` (LLVM's optimisation, which the memory
+analysis does not depend on: identical figures, half the time), and cases run
+in `--jobs` processes (default: one per core). `--full-depth` compiles every
+case at its real depth instead, at hours of CPU.
 
 XLA:CPU flags. By default XLA:CPU combines every gradient all-reduce of the
 step into one (keeping every layer's whole gradient alive until the end) and
 schedules for concurrency rather than memory; the accelerator compilers
 reduce-scatter gradients and schedule under a memory limit. This benchmark
 disables both (`--xla_disable_hlo_passes=cpu-all-reduce-combiner
---xla_cpu_enable_concurrency_optimized_scheduler=false`), which brings the CPU
-figures for FSDP to what ZeRO-3 predicts (GPT-2 XL on 64 devices, bfloat16,
-remat: ~25 GiB with the defaults); `--xla-cpu-defaults` keeps them. Other
-caveats: XLA:CPU computes some bfloat16 operations in float32, and buffer
-assignment differs between backends, so treat the figures as a plan (leave
-~10% headroom), not as a guarantee for TPU or GPU.
+--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`): GPT-2 XL on 64
+devices, FSDP, bfloat16, remat, compiled at full depth, needs 7.48 GiB per
+device with them and 32.9 GiB with the defaults (`--xla-cpu-defaults`). Other
+caveats (docs/accelerators.md, 3.3): XLA:CPU all-reduces each gradient and
+then slices it where accelerators reduce-scatter, and computes many bfloat16
+operations in float32, so its figures err on the side of caution; buffer
+assignment differs between backends, so treat them as a plan (leave ~10%
+headroom), not as a guarantee for TPU or GPU.
 """
 
 from __future__ import annotations
@@ -270,6 +278,43 @@ def budget_row(case: Case, at: dict[tuple[int, int], dict], state_bytes: int) ->
     return out
 
 
+def markdown(rows: list[dict], model: str = "gpt2-xl") -> str:
+    """The tables docs/accelerators.md quotes, from this benchmark's JSON lines (`--markdown FILE`)."""
+    gib = lambda b: f"{b / GIB:.1f}"
+    mesh = lambda r: "1 device" if r["devices"] == 1 else f"{r['devices']} × {r['rules']}"
+    train = [r for r in rows if r.get("bench") == "memory" and r["model"] == model and r["program"] == "train"
+             and not (r["devices"] == 1 and r["rules"] == "fsdp")]
+    out = [f"{model}, train step, {train[0]['batch_per_device']} × {train[0]['seq_len']} tokens per device: "
+           "GiB per device (state), fits 16 / 80 / 141 GiB", "",
+           "| mesh | float32 | float32 + remat | bfloat16 | bfloat16 + remat |", "|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["devices"], r["rules"]) for r in train):
+        cells = []
+        for dtype, remat in (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True)):
+            r = next(r for r in train if (r["devices"], r["rules"], r["dtype"], r["remat"]) == (*key, dtype, remat))
+            fits = "/".join("✓" if r[f"fits_{b}gib"] else "✗" for b in BUDGETS_GIB)
+            cells.append(f"{gib(r['bytes_per_device'])} ({gib(r['state_bytes_per_device'])}) {fits}")
+        out.append(f"| {mesh(train[[(x['devices'], x['rules']) for x in train].index(key)])} | " + " | ".join(cells) + " |")
+    budget = [r for r in rows if r.get("bench") == "memory_budget" and r["model"] == model
+              and not (r["devices"] == 1 and r["rules"] == "fsdp")]
+    if budget:
+        out += ["", f"{model}: most tokens per device (batch per device × {budget[0]['seq_len']}) whose train step "
+                "fits 16 / 80 / 141 GiB", "", "| mesh | dtype | remat | 16 GiB | 80 GiB | 141 GiB |",
+                "|---|---|---|---|---|---|"]
+        for r in budget:
+            out.append(f"| {mesh(r)} | {r['dtype']} | {'on' if r['remat'] else 'off'} | "
+                       + " | ".join(str(r[f"max_tokens_per_device_{b}gib"]) for b in BUDGETS_GIB) + " |")
+    decode = [r for r in rows if r.get("bench") == "memory" and r["model"] == model and r["program"] == "decode"
+              and not (r["devices"] == 1 and r["rules"] == "fsdp")]
+    if decode:
+        out += ["", f"{model}, decode step ({decode[0]['batch_per_device']} rows per device, cache of "
+                f"{decode[0]['seq_len']} slots): GiB per device", "", "| mesh | float32 | bfloat16 |", "|---|---|---|"]
+        for key in dict.fromkeys((r["devices"], r["rules"]) for r in decode):
+            pick = {r["dtype"]: r for r in decode if (r["devices"], r["rules"]) == key}
+            out.append(f"| {mesh(pick['float32'])} | {gib(pick['float32']['bytes_per_device'])} | "
+                       f"{gib(pick['bfloat16']['bytes_per_device'])} |")
+    return "\n".join(out)
+
+
 def cases(args) -> list[Case]:
     out = []
     for model in args.models:
@@ -339,7 +384,13 @@ def main(argv=None) -> None:
     parser.add_argument("--xla-cpu-defaults", action="store_true",
                         help="keep XLA:CPU's all-reduce combiner and concurrency scheduler (see the docstring)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes")
+    parser.add_argument("--markdown", metavar="FILE", help="print the docs' tables from FILE (this benchmark's "
+                        "output) for --models' first model, and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown([json.loads(line) for line in f if line.strip()], args.models[0]))
+        return
     if args.batch_per_device < 1 or not 1 <= args.seq_len <= 1024:
         parser.error("need --batch-per-device >= 1 and 1 <= --seq-len <= 1024")
 
