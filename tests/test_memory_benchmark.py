@@ -1,0 +1,63 @@
+"""benchmarks/memory.py: its arithmetic, and (slow) a small run of it on fake CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = memory.GIB
+
+
+def _parts(total: float) -> dict:
+    return {"argument_bytes": total, "output_bytes": 0.0, "temp_bytes": 0.0, "alias_bytes": 0.0}
+
+
+def test_byte_counts_are_extrapolated_linearly_in_the_depth():
+    shallow = {3: {"argument_bytes": 30, "output_bytes": 3, "temp_bytes": 100, "alias_bytes": 30},
+               6: {"argument_bytes": 60, "output_bytes": 6, "temp_bytes": 130, "alias_bytes": 60}}
+    assert memory.extrapolate(shallow, 48) == {"argument_bytes": 480, "output_bytes": 48, "temp_bytes": 550,
+                                               "alias_bytes": 480}
+    assert memory.total(memory.extrapolate(shallow, 48)) == 480 + 48 + 550 - 480
+
+
+def test_programs_that_cannot_differ_are_compiled_once():
+    case = memory.Case("train", "gpt2-xl", 64, "dp", "bfloat16", True, 8, 128)
+    assert memory.compiled_key(case) == case.at(devices=8)  # data parallel: the 8-device program
+    assert memory.compiled_key(case.at(rules="fsdp")) == case.at(rules="fsdp")  # FSDP shards depend on the count
+    assert memory.compiled_key(case.at(devices=1, rules="fsdp")) == case.at(devices=1)
+    decode = case.at(program="decode", remat=False)
+    assert memory.compiled_key(decode) == decode.at(devices=1)  # no communication: the one-device program
+
+
+def test_budget_solves_the_affine_fit_for_each_budget():
+    case = memory.Case("train", "gpt2-xl", 64, "fsdp", "bfloat16", True, 8, 128)
+    # 10 GiB at batch 8, 1 GiB more per row: 16 GiB fits 14 rows, 80 GiB 78, 141 GiB 139.
+    at = {(d, b): _parts((10 + (b - 8)) * GIB) for d in memory.DEPTHS for b in (8, 32)}
+    row = memory.budget_row(case, at, state_bytes=GIB)
+    assert [row[f"max_batch_per_device_{b}gib"] for b in memory.BUDGETS_GIB] == [14, 78, 139]
+    assert row["max_tokens_per_device_16gib"] == 14 * 128
+
+
+@pytest.mark.slow
+def test_a_small_run_shards_the_state_under_fsdp_and_fits(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--models", "gpt2-small", "--devices", "1,8",
+           "--dtypes", "float32", "--remat", "on", "--no-budget", "--no-check", "--jobs", "1"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    train = {(r["devices"], r["rules"]): r for r in rows if r["bench"] == "memory" and r["program"] == "train"}
+    assert set(train) == {(1, "dp"), (1, "fsdp"), (8, "dp"), (8, "fsdp")}
+    assert train[(1, "dp")]["bytes_per_device"] == train[(1, "fsdp")]["bytes_per_device"]
+    one, fsdp = train[(1, "dp")], train[(8, "fsdp")]
+    # FSDP over 8 devices: an eighth of the state (and less than 1/7 allowing for the few replicated leaves).
+    assert one["state_bytes_per_device"] / 8 <= fsdp["state_bytes_per_device"] < one["state_bytes_per_device"] / 7
+    assert fsdp["bytes_per_device"] < 0.5 * train[(8, "dp")]["bytes_per_device"]
+    assert all(r["fits_80gib"] and r["derived_from_depths"] == list(memory.DEPTHS) for r in train.values())
+    assert sum(r["program"] == "decode" for r in rows if r["bench"] == "memory") == 4
+    assert rows[-1]["bench"] == "memory_summary"
