@@ -29,17 +29,23 @@ def _reference(params: nnx.State, hidden: jax.Array) -> np.ndarray:
     return np.asarray(x, np.float64) @ kernel + np.asarray(params["out"]["bias"].value, np.float64)
 
 
-@pytest.mark.parametrize("head", ["q", "v"])
+@pytest.mark.parametrize("head", ["q", "v", "q_at"])
 def test_bfloat16_heads_return_float32_accumulated_values(head):
     key = jax.random.key(0)
     hidden = 3.0 * jax.random.normal(jax.random.key(1), (2, 5, CONFIG.n_embd), jnp.float32)
-    if head == "q":
-        params = _head_with_large_values(heads.init_q_head, key, -10.0)
-        out = heads.q_t(params, CONFIG, hidden)[..., :CONFIG.vocab_size]
-    else:
+    if head == "v":
         params = _head_with_large_values(heads.init_v_head, key, -10.0)
         out = heads.v_t(params, CONFIG, hidden)[..., None]
-    reference = _reference(params, hidden)[..., :out.shape[-1]]
+        reference = _reference(params, hidden)
+    else:
+        params = _head_with_large_values(heads.init_q_head, key, -10.0)
+        reference = _reference(params, hidden)[..., :CONFIG.vocab_size]
+        if head == "q":
+            out = heads.q_t(params, CONFIG, hidden)[..., :CONFIG.vocab_size]
+        else:  # the target Q̄ at the taken actions only
+            a_t = jax.random.randint(jax.random.key(2), hidden.shape[:2], 0, CONFIG.vocab_size)
+            out = heads.q_at(params, CONFIG, hidden, a_t)[..., None]
+            reference = np.take_along_axis(reference, np.asarray(a_t)[..., None], axis=-1)
     assert out.dtype == jnp.float32
     assert 8 < np.abs(reference).mean() < 12  # the |Q| ≈ 10 regime the bfloat16 step would spoil
     np.testing.assert_allclose(np.asarray(out, np.float64), reference, rtol=0, atol=1e-3)

@@ -122,6 +122,6 @@ def q_at(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array, a_t: jax
     # Gathered along the kernel's vocabulary axis as it lies ([2d, V_pad]): no transposed copy of the kernel.
     # Cast after the gather, so a compute dtype below param_dtype never copies the whole kernel.
     w_a = jnp.take(head.out.kernel[...], a_t, axis=1).astype(dtype)   # [2d, B, K]
-    b_a = jnp.take(head.out.bias[...], a_t).astype(dtype)              # [B, K]
-    q = jnp.einsum("bkh,hbk->bk", z.astype(dtype), w_a) + b_a
-    return q.astype(jnp.float32)
+    b_a = jnp.take(head.out.bias[...], a_t).astype(jnp.float32)        # [B, K]
+    # Accumulated and biased in float32, as `MLPHead.__call__`: Q̄ is never rounded to the compute dtype.
+    return jnp.einsum("bkh,hbk->bk", z.astype(dtype), w_a, preferred_element_type=jnp.float32) + b_a
