@@ -2,7 +2,7 @@
 
     python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl] [--devices 1,8,64]
         [--rules dp,fsdp] [--dtypes float32,bfloat16] [--remat off,on] [--batch-per-device 8]
-        [--seq-len 128] [--jobs N] [--no-check] [--full-depth] [--xla-cpu-defaults]
+        [--seq-len 128] [--action-capacity K] [--jobs N] [--no-check] [--full-depth] [--xla-cpu-defaults]
     python -m benchmarks.memory --markdown OUT.jsonl [--models gpt2-xl]   # the tables of docs/accelerators.md
 
 Nothing is allocated: every program is lowered and compiled ahead of time for
@@ -20,7 +20,10 @@ One JSON line per case:
   `model`, `devices`, `rules` ("dp": parameters replicated; "fsdp": parameters,
   targets and Adam moments split over all devices, `MeshConfig(fsdp=n,
   fsdp_params=True)`), `dtype` (compute; parameters are float32), `remat`
-  (train only), `batch_per_device`, `seq_len`, `tokens_per_device`;
+  (train only), `batch_per_device`, `seq_len`, `tokens_per_device`,
+  `action_capacity` (train: the action slots per row at which the step runs
+  the vocabulary-sized heads; by default every position, the most it can need;
+  `--action-capacity` for your data's, which the loop fits);
 - `bytes_per_device` (and `gib_per_device`), its parts `argument_bytes`,
   `output_bytes`, `temp_bytes`, `alias_bytes`; `state_bytes_per_device`: this
   device's shards of the train state (params, target, Adam moments; for
@@ -111,6 +114,7 @@ class Case:
     batch_per_device: int
     seq_len: int
     dropout: float = 0.0
+    action_capacity: int | None = None  # action slots per row of the train step; None: every position
 
     def at(self, **changes) -> "Case":
         return dataclasses.replace(self, **changes)
@@ -144,7 +148,8 @@ def _step_config(case: Case, n_layer: int | None = None):
     from ilql_jax import train
     from ilql_jax.models import ilql
 
-    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk_config(case, n_layer)))
+    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk_config(case, n_layer)),
+                            action_capacity=case.action_capacity)
 
 
 def lower_train(case: Case, n_layer: int):
@@ -251,6 +256,7 @@ def row(case: Case, parts: dict[str, float], state_bytes: int, derived: bool) ->
         "rules": case.rules, "dtype": case.dtype, "remat": case.remat if case.program == "train" else None,
         "batch_per_device": case.batch_per_device, "seq_len": case.seq_len,
         "tokens_per_device": case.batch_per_device * case.seq_len,
+        "action_capacity": min(case.action_capacity or case.seq_len, case.seq_len) if case.program == "train" else None,
         "bytes_per_device": bytes_per_device, "gib_per_device": bytes_per_device / GIB,
         "state_bytes_per_device": state_bytes, "state_gib_per_device": state_bytes / GIB,
         **{f: int(round(parts[f])) for f in FIELDS},
@@ -323,7 +329,7 @@ def cases(args) -> list[Case]:
                 for dtype in args.dtypes:
                     for remat in args.remat:
                         out.append(Case("train", model, devices, rules, dtype, remat, args.batch_per_device,
-                                        args.seq_len))
+                                        args.seq_len, action_capacity=args.action_capacity))
                     if args.decode:
                         out.append(Case("decode", model, devices, rules, dtype, False, args.batch_per_device,
                                         args.seq_len))
@@ -376,6 +382,9 @@ def main(argv=None) -> None:
                         type=lambda t: [v == "on" for v in _parse_list(t, ("off", "on"))])
     parser.add_argument("--batch-per-device", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--action-capacity", type=int, default=None,
+                        help="action slots per row of the train step (StepConfig.action_capacity; the loop fits it "
+                             "to the data); default: every position, the most the step can need")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip the decode-step cases")
     parser.add_argument("--no-budget", dest="budget", action="store_false", help="skip GPT-2 XL's budget lines")
     parser.add_argument("--no-check", dest="check", action="store_false",
@@ -406,7 +415,8 @@ def main(argv=None) -> None:
     budget_cases = [c for c in todo if args.budget and c.program == "train" and c.model == "gpt2-xl"]
     double = lambda c: c.at(batch_per_device=BUDGET_BATCH_FACTOR * c.batch_per_device)
     tasks |= {(compiled_key(double(c)), d) for c in budget_cases for d in DEPTHS}
-    check = Case("train", "gpt2-small", 8, "fsdp", "bfloat16", True, args.batch_per_device, args.seq_len)
+    check = Case("train", "gpt2-small", 8, "fsdp", "bfloat16", True, args.batch_per_device, args.seq_len,
+                 action_capacity=args.action_capacity)
     if args.check and not args.full_depth:
         tasks |= {(check, d) for d in DEPTHS} | {(check, MODELS[check.model][0])}
     # Largest programs first, so that the pool's last tasks are short.
@@ -425,7 +435,7 @@ def main(argv=None) -> None:
     state_cache: dict[Case, int] = {}
 
     def state_bytes(case: Case) -> int:
-        key = case.at(dtype="float32", remat=False, batch_per_device=1)
+        key = case.at(dtype="float32", remat=False, batch_per_device=1, action_capacity=None)
         if key not in state_cache:
             state_cache[key] = state_bytes_per_device(key)
         return state_cache[key]
