@@ -43,10 +43,10 @@ activations and gradients grow by the same amount per layer), so each case is
 compiled at 3 and 6 layers (same width, vocabulary, batch and mesh) and its
 four byte counts are extrapolated linearly to the real depth;
 `state_bytes_per_device` is exact. Checked against full-depth compiles: GPT-2
-small, 8 devices, FSDP, bfloat16, remat 0.4% under (the `"memory_check"` line
-every run ends with; `--no-check` skips it), GPT-2 XL on 64 devices 3.2% under
-(7.24 GiB derived, 7.48 GiB compiled); from 2 and 3 layers XL came out 17%
-under, hence 3 and 6. The XL budgets fit bytes through `--batch-per-device`
+small, 8 devices, FSDP, bfloat16, remat 1.2% under (the `"memory_check"` line
+every run ends with; `--no-check` skips it), and GPT-2 XL on 64 devices (see
+docs/accelerators.md, 3.3); before the lean step, from 2 and 3 layers XL came
+out 17% under and from 3 and 6 3.2% under, hence 3 and 6. The XL budgets fit bytes through `--batch-per-device`
 and 4× it (each from the same two depths), so they carry the depth
 extrapolation's error twice. Programs whose per-device figures cannot differ
 are compiled once (`compiled_key`): on one device "dp" is "fsdp"; a
@@ -62,14 +62,14 @@ step into one (keeping every layer's whole gradient alive until the end) and
 schedules for concurrency rather than memory; the accelerator compilers
 reduce-scatter gradients and schedule under a memory limit. This benchmark
 disables both (`--xla_disable_hlo_passes=cpu-all-reduce-combiner
---xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`): GPT-2 XL on 64
-devices, FSDP, bfloat16, remat, compiled at full depth, needs 7.48 GiB per
-device with them and 32.9 GiB with the defaults (`--xla-cpu-defaults`). Other
-caveats (docs/accelerators.md, 3.3): XLA:CPU all-reduces each gradient and
-then slices it where accelerators reduce-scatter, and computes many bfloat16
-operations in float32, so its figures err on the side of caution; buffer
-assignment differs between backends, so treat them as a plan (leave ~10%
-headroom), not as a guarantee for TPU or GPU.
+--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`): before the
+lean step, GPT-2 XL on 64 devices, FSDP, bfloat16, remat, compiled at full
+depth, needed 7.48 GiB per device with them and 32.9 GiB with the defaults
+(`--xla-cpu-defaults`). Other caveats (docs/accelerators.md, 3.3): XLA:CPU
+hoists rematerialised recomputation, so remat hardly lowers the activations
+it keeps, and it computes many bfloat16 operations in float32, so its figures
+err on the side of caution; buffer assignment differs between backends, so
+treat them as a plan (leave ~10% headroom), not as a guarantee for TPU or GPU.
 """
 
 from __future__ import annotations
