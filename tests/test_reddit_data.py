@@ -442,7 +442,7 @@ def test_value_settings_reach_the_ilql_step():
 
     trunk = gpt2.GPT2Config(vocab_size=64, n_positions=72, n_embd=16, n_layer=1, n_head=2)
     default = RedditConfig()
-    assert (default.polyak_alpha, default.adv_clip) == (0.05, 0.0)  # the README's run (see its Reddit section)
-    bc, rl = train_configs(RedditConfig(polyak_alpha=0.3, target_on_online_trunk=True), trunk)
+    assert (default.polyak_alpha, default.adv_clip, default.alpha_cql) == (0.05, 0.0, 0.01)  # the README's run
+    bc, rl = train_configs(RedditConfig(polyak_alpha=0.3, target_on_online_trunk=True, alpha_cql=0.25), trunk)
     assert rl.step.polyak_alpha == 0.3 and rl.step.model.target_on_online_trunk
     assert bc.step.mode == "bc" and rl.step.loss.alpha_cql == 0.25 and rl.step.loss.tau == 0.6
