@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["aggregate", "across_seeds"]
+__all__ = ["aggregate", "across_seeds", "mean_se", "per_seed", "seed_workdir", "training_seeds"]
 
 
 def across_seeds(values: Sequence[float]) -> tuple[float, float]:
@@ -43,3 +43,28 @@ def aggregate(rows: Sequence[dict], by: Sequence[str], metrics: Sequence[str],
                 agg[f"{m}_se_episodes"] = float(np.mean([r[episode_stderr[m]] for r in group]))
         out.append(agg)
     return out
+
+
+def training_seeds(first: int, n: int) -> list[int]:
+    """The training seeds of a run with `seeds=n` starting at `seed=first`: first, first + 1, ..."""
+    if n < 1:
+        raise ValueError(f"seeds must be >= 1, got {n}")
+    return list(range(first, first + n))
+
+
+def seed_workdir(workdir, seed: int, n_seeds: int):
+    """Where one seed's runs go: the workdir itself for a single seed (as before seeds existed), else `seed<k>/`."""
+    return workdir if n_seeds == 1 else workdir / f"seed{seed}"
+
+
+def mean_se(row: dict, metric: str, fmt: str = ".3f") -> str:
+    """"mean ± s.e." of an aggregated metric: the s.e. across seeds with several seeds, else the per-episode
+    one (when the rows carry it), else the mean alone."""
+    se = row.get(f"{metric}_se_seeds") if row.get("n_seeds", 1) > 1 else row.get(f"{metric}_se_episodes")
+    return f"{row[metric]:{fmt}}" + ("" if se is None else f" ± {se:{fmt}}")
+
+
+def per_seed(row: dict, metric: str, fmt: str = ".3f") -> str:
+    """The per-seed values of an aggregated metric, "a / b / c" ("" for a single seed)."""
+    values = row.get(f"{metric}_seeds", [])
+    return " / ".join(f"{v:{fmt}}" for v in values) if len(values) > 1 else ""

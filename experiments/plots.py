@@ -19,8 +19,9 @@ def save_figure(path: str | epath.PathLike, fig) -> None:
     files.write_bytes(path, buffer.getvalue())
 
 
-def bar_plot_returns(path: str | epath.PathLike, rows: list[dict], title: str) -> None:
-    """One bar per method: `mean_return` ± 2·`stderr` (the comparison the issues ask for)."""
+def bar_plot_returns(path: str | epath.PathLike, table: list[dict], title: str) -> None:
+    """One bar per method: the mean return over seeds ± 2 s.e. across seeds (± 2 per-episode s.e. for a single
+    seed), with each seed's return as a dot: the spread the claims rest on."""
     if not files.is_writer():
         return
     import matplotlib
@@ -28,10 +29,15 @@ def bar_plot_returns(path: str | epath.PathLike, rows: list[dict], title: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar([r["method"] for r in rows], [r["mean_return"] for r in rows],
-           yerr=[2 * r["stderr"] for r in rows], capsize=3)
-    ax.set_ylabel("mean return (±2 s.e.)")
+    x = range(len(table))
+    se = [r["mean_return_se_seeds"] if r["n_seeds"] > 1 else r.get("mean_return_se_episodes", 0.0) for r in table]
+    ax.bar(x, [r["mean_return"] for r in table], yerr=[2 * s for s in se], capsize=3, alpha=0.7)
+    for i, r in zip(x, table):
+        values = r["mean_return_seeds"]
+        if len(values) > 1:
+            ax.scatter([i] * len(values), values, color="black", s=8, zorder=3)
+    ax.set_xticks(list(x), [r["method"] for r in table], rotation=30, ha="right")
+    ax.set_ylabel("mean return (±2 s.e.; dots: seeds)")
     ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     save_figure(path, fig)

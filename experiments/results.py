@@ -1,4 +1,5 @@
-"""The result files of the Wordle and dialogue benchmarks: `results.json` (the rows) and `results.md` (a table)."""
+"""The result files of the benchmarks: `results.json` (every seed's rows and the rows aggregated over seeds) and
+`results.md` (the aggregated table)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ __all__ = ["Column", "write_table"]
 Column = tuple[str, Callable[[dict], str]]  # header, row -> cell
 
 
-def write_table(workdir: str | epath.PathLike, rows: Sequence[dict], columns: Sequence[Column], footer: str) -> None:
-    """`rows` as JSON, and as a markdown table of `columns` followed by `footer` (shared files: process 0)."""
+def write_table(workdir: str | epath.PathLike, table: Sequence[dict], columns: Sequence[Column], footer: str, *,
+                seed_rows: Sequence[dict], **extra) -> None:
+    """results.json `{"aggregate": table, "seeds": seed_rows, **extra}`, and results.md: `table` as a markdown
+    table of `columns` followed by `footer` (shared files: process 0)."""
     workdir = epath.Path(workdir)
-    files.write_json(workdir / "results.json", list(rows), indent=2)
+    files.write_json(workdir / "results.json", {"aggregate": list(table), "seeds": list(seed_rows), **extra}, indent=2)
     lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in table]
     files.write_text(workdir / "results.md", "\n".join(lines + ["", footer]) + "\n")

@@ -304,8 +304,14 @@ class SymbolTokenizer:
                 continue
             token = next((text[pos:pos + n] for n in self._lengths if text[pos:pos + n] in self._ids), None)
             if token is None:
-                end = text.find(">", pos) if text[pos] == "<" else pos
-                unit = text[pos:end + 1] if end >= 0 else text[pos:]
+                # Name what failed: a markup-like tag, the word (symbols written apart), or the character.
+                if text[pos] == "<":
+                    end = text.find(">", pos) + 1 or len(text)
+                elif self.separator:
+                    end = next((i for i in range(pos, len(text)) if text[i].isspace()), len(text))
+                else:
+                    end = pos + 1
+                unit = text[pos:end]
                 raise ValueError(f"{self._name} tokenizer: no symbol matches {unit!r} at position {pos} in {text!r}")
             ids.append(self._ids[token])
             pos += len(token)

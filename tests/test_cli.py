@@ -162,6 +162,36 @@ def test_multi_turn_train_with_held_out_split_then_generate(tmp_path):
     assert all(r["mode"] == "best_of_n" for r in rows)
 
 
+@pytest.mark.slow
+def test_symbol_data_trains_and_generates_with_a_symbol_tokenizer(tmp_path, capsys):
+    """Small vocabularies from the command line: walks over graph nodes, one id per node (`--tokenizer symbols`),
+    then a saved `symbol_tokenizer` directory (`--tokenizer DIR`) that must cover every record."""
+    rng = np.random.default_rng(0)
+    nodes = ["n0", "n1", "n2", "n3", "n4"]
+    records = [{"prompt": str(rng.choice(nodes)), "response": " ".join(rng.choice(nodes, size=int(rng.integers(1, 5)))),
+                "reward": float(rng.random())} for _ in range(40)]
+    data = write_jsonl(tmp_path / "walks.jsonl", records)
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY, "--tokenizer", "symbols"]) == 0
+    tok = tokenizers.load_tokenizer(str(workdir / "tokenizer"))
+    assert tok.kind == "symbols" and tok.vocab_size == len(nodes) + 6  # the nodes, pad and markup: nothing merged
+    assert tok.decode(tok.encode("n3 n1 n4")) == "n3 n1 n4"
+    capsys.readouterr()
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["generate", "--workdir", str(workdir), "--prompt", "n2", "--beta", "4", "--max_new_tokens", "4",
+                     "--forbid_markup", "true", "--out", str(out)]) == 0
+    text = json.loads(out.read_text().splitlines()[0])["text"]
+    assert all(symbol in nodes for symbol in text.split()), text  # every id decodes to a node
+    # A saved symbol tokenizer that lacks a node of the data: one line naming the file and line, before training.
+    tokenizers.symbol_tokenizer(nodes[:-1], separator=" ").save(str(tmp_path / "tok"))
+    missing = next(i for i, r in enumerate(records, 1) if "n4" in (r["prompt"] + " " + r["response"]).split())
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "run2"), *TINY,
+                  "--tokenizer", str(tmp_path / "tok")])
+    _one_line_error(capsys, e.value.code, f"walks.jsonl: line {missing}", "no symbol matches 'n4'")
+    assert not (tmp_path / "run2" / "bc").exists()
+
+
 # --- bad input: one line, file and line named, exit 2, no traceback, nothing trained --------------------------
 
 

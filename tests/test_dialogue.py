@@ -203,7 +203,7 @@ def test_expert_wins_every_target_and_data_round_trip(cat, tmp_path):
 @pytest.mark.slow
 def test_dialogue_smoke(tmp_path):
     assert dialogue_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "results.json").read_text())
+    rows = json.loads((tmp_path / "results.json").read_text())["seeds"]
     assert [r["method"] for r in rows] == ["info_gain (scripted expert)", "data (behaviour mix)", "bc", "pbc20", "ilql"]
     for r in rows:
         assert set(r) >= {"mean_return", "stderr", "success_rate", "mean_turns", "mean_return_yn", "stderr_yn",

@@ -32,6 +32,9 @@ def test_bad_mixtures_are_named(mixes, message):
 
 def test_write_table(tmp_path):
     rows = [{"method": "bc", "x": 0.5}, {"method": "ilql", "x": 0.25}]
-    write_table(str(tmp_path), rows, [("method", lambda r: r["method"]), ("x", lambda r: f"{r['x']:.2f}")], "footer.")
-    assert json.loads((tmp_path / "results.json").read_text()) == rows
+    seed_rows = [dict(r, seed=0) for r in rows]
+    write_table(str(tmp_path), rows, [("method", lambda r: r["method"]), ("x", lambda r: f"{r['x']:.2f}")], "footer.",
+                seed_rows=seed_rows, data={"n": 3})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"aggregate": rows, "seeds": seed_rows,
+                                                                    "data": {"n": 3}}
     assert (tmp_path / "results.md").read_text() == "| method | x |\n|---|---|\n| bc | 0.50 |\n| ilql | 0.25 |\n\nfooter.\n"

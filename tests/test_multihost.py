@@ -72,9 +72,9 @@ def test_two_processes_run_the_reddit_smoke_preset_and_write_what_one_process_wr
             log.close()
 
     single, pair = tmp_path / "single", tmp_path / "pair"
-    rows = json.loads((single / "results.json").read_text())
-    assert [r["beta"] for r in rows] == [0.0, 4.0] and all(r["n"] == 30 for r in rows)
-    assert json.loads((pair / "results.json").read_text()) == rows
+    saved = json.loads((single / "results.json").read_text())
+    assert [r["beta"] for r in saved["seeds"]] == [0.0, 4.0] and all(r["n"] == 30 for r in saved["seeds"])
+    assert json.loads((pair / "results.json").read_text()) == saved
     assert (pair / "generations.jsonl").read_text() == (single / "generations.jsonl").read_text()
     # The processes trained together: one BC and one ILQL run, whose logs process 0 wrote.
     for stage in ("bc", "ilql"):

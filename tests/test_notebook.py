@@ -51,7 +51,7 @@ def test_notebook_runs_the_smoke_preset(tmp_path, monkeypatch):
 
     install, setup, train, plot, reuse = _code_cells(nb)
     assert install.outputs == []  # not on Colab: nothing installed
-    rows = json.loads((work / "runs" / "quickstart" / "results.json").read_text())
+    rows = json.loads((work / "runs" / "quickstart" / "results.json").read_text())["aggregate"]
     assert [r["beta"] for r in rows] == [0.0, 1.0, 4.0, 16.0]
     assert rows[-1]["kl"] > rows[0]["kl"]  # steering moves the policy away from π_β
     printed = _stdout(train)

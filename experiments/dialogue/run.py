@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import plots, results
+from experiments import aggregate as aggregate_lib, plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
@@ -56,7 +56,9 @@ class DialogueConfig:
       catalogue: the catalogue CSV (default: the shipped 100 items × 23 attributes).
       reward: the training reward, one of `env.REWARDS` (standard, yn, conservative).
       n_train, n_heldout, n_eval: dialogues in the data set, for the held-out loss, and played per method.
-      seed: data, initialisation and evaluation seed.
+      seed: the data and evaluation-targets seed, and the first training seed.
+      seeds: training seeds seed, seed + 1, …: each trains every method on the same dialogues; the table is
+        their mean ± the standard error across seeds.
       n_layer, n_embd, n_head: the GPT-2 shape (random init, word-level vocabulary).
       max_len: tokens per dialogue (the longest generated one is ~100; 120 leaves room for decoding).
       max_new_tokens: decode limit per utterance (`</a>` included; the longest scripted one has 8 words).
@@ -77,6 +79,7 @@ class DialogueConfig:
     n_heldout: int = 256
     n_eval: int = 1024
     seed: int = 0
+    seeds: int = 1
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
@@ -95,6 +98,8 @@ class DialogueConfig:
     bc_from_ilql: bool = True
 
     def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         bad = [m for m in self.methods if not _METHOD.match(m)]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; use bc, pbcNN (1 ≤ NN ≤ 99) or ilql")
@@ -114,8 +119,8 @@ def trunk_config(cfg: DialogueConfig, vocab_size: int) -> gpt2.GPT2Config:
                            n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
 
 
-def train_config(cfg: DialogueConfig, method: str, vocab_size: int) -> TrainConfig:
-    """The loop's config for one method."""
+def train_config(cfg: DialogueConfig, method: str, vocab_size: int, seed: int | None = None) -> TrainConfig:
+    """The loop's config for one method at training seed `seed` (`cfg.seed` by default)."""
     model = ilql.ModelConfig(trunk=trunk_config(cfg, vocab_size))
     optim = OptimConfig(learning_rate=cfg.learning_rate)
     if method == "ilql":
@@ -127,8 +132,8 @@ def train_config(cfg: DialogueConfig, method: str, vocab_size: int) -> TrainConf
         num_steps = cfg.bc_steps
         fraction = None if method == "bc" else int(method[3:]) / 100
     return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.max_len, num_steps=num_steps,
-                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4, seed=cfg.seed,
-                       bc_top_fraction=fraction)
+                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4,
+                       seed=cfg.seed if seed is None else seed, bc_top_fraction=fraction)
 
 
 def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[str, float]:
@@ -177,7 +182,8 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, guide
 
 
 def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
-    """Runs the benchmark; returns the result rows (also written to the workdir)."""
+    """Runs the benchmark (every method once per training seed); returns the rows aggregated over seeds
+    (`experiments.aggregate`); results.json also keeps every seed's rows."""
     t0 = time.perf_counter()
     workdir = epath.Path(workdir)
     catalogue = catalogue_lib.load_catalogue(cfg.catalogue)
@@ -199,43 +205,67 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     print(f"data: {len(train_games)} dialogues, mean return {data_stats['mean_return']:.3f}, "
           f"success rate {data_stats['success_rate']:.3f}")
 
-    rows = [{"method": "info_gain (scripted expert)",
+    rows = [{"method": "info_gain (scripted expert)", "seed": None,
              **datasets.evaluate_policy(InfoGainPolicy(catalogue), catalogue, cfg.n_eval, seed=cfg.seed + 1)},
-            {"method": "data (behaviour mix)", **data_stats}]
-    states = {}
+            {"method": "data (behaviour mix)", "seed": None, **data_stats}]
+    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
+        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, catalogue,
+                          train_arrays, heldout_arrays, returns)
+    table = aggregate_lib.aggregate(rows, ("method",), METRICS, EPISODE_STDERR)
+    if cfg.seeds > 1:
+        for r in table:
+            print(f"{r['method']} over {r['n_seeds']} seed(s): mean return {aggregate_lib.mean_se(r, 'mean_return')}, "
+                  f"success rate {aggregate_lib.mean_se(r, 'success_rate')}")
+    write_results(workdir, table, rows, cfg, time.perf_counter() - t0)
+    return table
+
+
+METRICS = ("mean_return", "success_rate", "mean_turns", "unparsed_rate", "mean_return_yn", "mean_return_conservative",
+           "n_dialogues")
+EPISODE_STDERR = {"mean_return": "stderr", "mean_return_yn": "stderr_yn",
+                  "mean_return_conservative": "stderr_conservative"}
+
+
+def seed_rows(cfg: DialogueConfig, seed: int, workdir: epath.Path, tok, catalogue, train_arrays, heldout_arrays,
+              returns: np.ndarray) -> list[dict]:
+    """Trains every method at one training seed and plays the evaluation dialogues (the same for every seed)."""
+    rows, states = [], {}
+    label = f"seed {seed} " if cfg.seeds > 1 else ""
     for method in cfg.methods:
         # "bc" may be read off the ILQL run's π_β (see the module docstring).
         trained = "ilql" if (method == "bc" and cfg.bc_from_ilql and "ilql" in cfg.methods) else method
-        tc = train_config(cfg, trained, tok.vocab_size)
+        tc = train_config(cfg, trained, tok.vocab_size, seed)
         start = time.perf_counter()
         if trained not in states:
             states[trained] = train_and_evaluate(tc, str(workdir / trained), train_arrays, heldout_arrays,
                                                  returns=returns if tc.bc_top_fraction is not None else None)
-        speaker = model_speaker(cfg, trained, states[trained], tok, cfg.seed, guided=method == "ilql")
+        speaker = model_speaker(cfg, trained, states[trained], tok, seed, guided=method == "ilql")
         stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
-        rows.append({"method": method, **stats, "trained_as": trained, "train_steps": tc.num_steps,
+        rows.append({"method": method, "seed": seed, **stats, "trained_as": trained, "train_steps": tc.num_steps,
                      "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
+        print(f"{label}{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
               f"success rate {stats['success_rate']:.3f}, turns {stats['mean_turns']:.2f}")
-
-    write_results(workdir, rows, cfg, time.perf_counter() - t0)
     return rows
 
 
 COLUMNS: tuple[results.Column, ...] = (
     ("method", lambda r: r["method"]),
-    ("return ± s.e.", lambda r: f"{r['mean_return']:.3f} ± {r['stderr']:.3f}"),
-    ("success", lambda r: f"{r['success_rate']:.3f}"),
+    ("return ± s.e.", lambda r: aggregate_lib.mean_se(r, "mean_return")),
+    ("per seed", lambda r: aggregate_lib.per_seed(r, "mean_return")),
+    ("success", lambda r: aggregate_lib.mean_se(r, "success_rate")),
     ("mean turns", lambda r: f"{r['mean_turns']:.2f}"),
     ("unparsed", lambda r: f"{r['unparsed_rate']:.3f}"),
-    ("`yn` return", lambda r: f"{r['mean_return_yn']:.3f} ± {r['stderr_yn']:.3f}"),
-    ("`conservative` return", lambda r: f"{r['mean_return_conservative']:.3f} ± {r['stderr_conservative']:.3f}"),
-    ("dialogues", lambda r: str(r["n_dialogues"])),
+    ("`yn` return", lambda r: aggregate_lib.mean_se(r, "mean_return_yn")),
+    ("`conservative` return", lambda r: aggregate_lib.mean_se(r, "mean_return_conservative")),
+    ("dialogues", lambda r: f"{r['n_dialogues']:g}"),
 )
 
 
-def write_results(workdir: str | epath.PathLike, rows: list[dict], cfg: DialogueConfig, seconds: float) -> None:
-    results.write_table(workdir, rows, COLUMNS,
+def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[dict], cfg: DialogueConfig,
+                  seconds: float) -> None:
+    spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over dialogues"
+              if cfg.seeds > 1 else "one seed: ± is the s.e. over dialogues")
+    results.write_table(workdir, table, COLUMNS,
                         f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
-                        f"adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
-    plots.bar_plot_returns(epath.Path(workdir) / "results.png", rows, "Ask-to-identify dialogue")
+                        f"adv_clip = {cfg.adv_clip}; {spread}; {seconds / 60:.1f} min in all.", seed_rows=rows)
+    plots.bar_plot_returns(epath.Path(workdir) / "results.png", table, "Ask-to-identify dialogue")

@@ -27,7 +27,6 @@ seed's rows and the rows aggregated over seeds), `results.md`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -245,7 +244,5 @@ def write_results(workdir: str, cfg: GraphWalkConfig, table: list[dict], rows: l
                   seconds: float) -> None:
     results.write_table(workdir, table, COLUMNS,
                         f"Data: mean optimality {data_row['data_optimality']:.3f} ± {data_row['data_stderr']:.3f} "
-                        f"({cfg.n_walks} random walks). {cfg.seeds} seeds; {seconds / 60:.1f} min in all.")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"aggregate": table, "seeds": rows, "data": data_row, "config": dataclasses.asdict(cfg)}, f,
-                  indent=2)
+                        f"({cfg.n_walks} random walks). {cfg.seeds} seeds; {seconds / 60:.1f} min in all.",
+                        seed_rows=rows, data=data_row, config=dataclasses.asdict(cfg))

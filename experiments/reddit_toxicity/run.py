@@ -5,6 +5,9 @@ rewards (`--reward`, judged once per text and cached) → tokenizer and GPT-2
 trunk (`--model`) → BC π_β (`workdir/bc`) → ILQL with every trunk starting
 from π_β (`workdir/ilql`) → for each β, one comment sampled per held-out
 parent, judged → `results.json`, `results.md`, `reward_vs_kl.png`.
+With `--seeds N`, the data, splits, tokenizer and rewards stay fixed and
+BC + ILQL + the sweep run once per training seed (`seed<k>/bc`, `seed<k>/ilql`);
+the table reports the mean over seeds ± the standard error across seeds.
 
 The paper's Reddit experiment (ILQL_SPEC §6–§7): τ = 0.6, γ = 0.99,
 α_cql = 0.25, sampling with β up to 16.
@@ -22,7 +25,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import plots
+from experiments import aggregate as aggregate_lib, plots, results
 from experiments.reddit_toxicity import data as data_lib, rewards as rewards_lib
 from ilql_jax import diagnostics, files, losses, sampler, tokenizers, train
 from ilql_jax.config import TrainConfig
@@ -67,7 +70,9 @@ class RedditConfig:
       max_new_tokens: comment length limit.
       n_eval: held-out parents per β (from the test split).
       eval_batch: rows decoded at once.
-      seed: data, split, initialisation and sampling seed.
+      seed: the data and split seed, and the first training seed.
+      seeds: training seeds seed, seed + 1, …: each trains BC and ILQL (initialisation, batch order)
+        and samples the sweep on the same data; the table is their mean ± the standard error across seeds.
     """
 
     data: str = "default"
@@ -106,8 +111,11 @@ class RedditConfig:
     n_eval: int = 512
     eval_batch: int = 128
     seed: int = 0
+    seeds: int = 1
 
     def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.reward not in rewards_lib.REWARD_KINDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {rewards_lib.REWARD_KINDS}")
         if not self.betas:
@@ -177,9 +185,11 @@ def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str | epath.PathLike, t
     return tok, trunk
 
 
-def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config) -> tuple[TrainConfig, TrainConfig]:
-    """Loop configs for BC π_β (starting from `cfg.model`'s weights unless scratch) and for ILQL."""
-    common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4, seed=cfg.seed)
+def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = None) -> tuple[TrainConfig, TrainConfig]:
+    """Loop configs for BC π_β (starting from `cfg.model`'s weights unless scratch) and for ILQL, at training
+    seed `seed` (`cfg.seed` by default)."""
+    common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4,
+                  seed=cfg.seed if seed is None else seed)
     bc = TrainConfig(init=cfg.model,
         step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk),
                               optim=OptimConfig(learning_rate=cfg.bc_learning_rate)),
@@ -263,15 +273,16 @@ def advantage_slope(cfg: RedditConfig, tok, model, state, parents: Sequence[str]
                                                        positions)))
 
 
-def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge) -> tuple[list[dict], dict]:
-    """The β sweep: one row of statistics per β, and the generations."""
+def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge, seed: int) -> tuple[list[dict], dict]:
+    """The β sweep at training seed `seed`: one row of statistics per β, and the generations."""
     rows, generations = [], {}
+    label = f"seed {seed} " if cfg.seeds > 1 else ""
     for beta in cfg.betas:
-        texts, kl, lengths = generate(cfg, tok, model, state, parents, beta, jax.random.key(cfg.seed + 1))
+        texts, kl, lengths = generate(cfg, tok, model, state, parents, beta, jax.random.key(seed + 1))
         levels = rewards_lib.judge_levels(texts, judge)
         reward = rewards_lib.rewards_from_levels(levels)
         rows.append({
-            "beta": beta, "mean_reward": float(reward.mean()),
+            "seed": seed, "beta": beta, "mean_reward": float(reward.mean()),
             "stderr": float(reward.std(ddof=1) / math.sqrt(len(reward))) if len(reward) > 1 else 0.0,
             "toxic_rate": rewards_lib.toxic_rate(levels), "kl": float(kl.mean()),
             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
@@ -279,7 +290,7 @@ def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge
         })
         generations[beta] = texts
         r = rows[-1]
-        print(f"β={beta:g}: reward {r['mean_reward']:.3f} ± {r['stderr']:.3f}, toxic {r['toxic_rate']:.3f}, "
+        print(f"{label}β={beta:g}: reward {r['mean_reward']:.3f} ± {r['stderr']:.3f}, toxic {r['toxic_rate']:.3f}, "
               f"KL {r['kl']:.2f}, distinct-2 {r['distinct_2']:.3f}")
     return rows, generations
 
@@ -288,7 +299,8 @@ def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge
 
 
 def run(cfg: RedditConfig, workdir: str) -> list[dict]:
-    """Trains BC π_β and ILQL, sweeps β, writes the results; returns the rows.
+    """Trains BC π_β and ILQL, sweeps β (once per training seed), writes the results; returns the rows
+    aggregated over seeds (`experiments.aggregate`).
 
     Multi-host: the same command on every host, with a shared workdir (e.g.
     `gs://`); every process reads process 0's splits and tokenizer, trains
@@ -332,61 +344,144 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     print(f"skipped as too long (max_len={cfg.max_len}, prompts ≤ {cfg.max_len - cfg.max_new_tokens} tokens): "
           + ", ".join(f"{n} {name}" for name, n in skipped.items()))
 
-    bc_cfg, rl_cfg = train_configs(cfg, trunk)
+    rows, examples, minutes = [], {}, [(time.perf_counter() - t0) / 60]  # setup, then each seed
+    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
+        seed_dir = aggregate_lib.seed_workdir(workdir, seed, cfg.seeds)
+        seed_rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge)
+        write_generations(seed_dir, parents, generations)
+        rows += seed_rows
+        examples = examples or generations
+        minutes.append((time.perf_counter() - t0) / 60 - sum(minutes))
+    table = aggregate_lib.aggregate(rows, ("beta",), METRICS, {"mean_reward": "stderr"})
+    criteria = main_criteria(table, rows)
+    if cfg.seeds > 1:
+        for r in table:
+            print(f"β={r['beta']:g} over {cfg.seeds} seeds: reward {aggregate_lib.mean_se(r, 'mean_reward')}, "
+                  f"toxic {aggregate_lib.mean_se(r, 'toxic_rate')}, KL {aggregate_lib.mean_se(r, 'kl', '.2f')}, "
+                  f"distinct-2 {aggregate_lib.mean_se(r, 'distinct_2')}")
+    if criteria:
+        print(criteria_line(criteria))
+    print(f"minutes: setup {minutes[0]:.1f}, per seed " + " / ".join(f"{m:.1f}" for m in minutes[1:]))
+    write_results(workdir, cfg, table, rows, criteria, parents, examples, minutes, skipped)
+    return table
+
+
+METRICS = ("mean_reward", "toxic_rate", "kl", "distinct_1", "distinct_2", "mean_length", "advantage_slope")
+
+
+def train_and_sweep(cfg: RedditConfig, seed: int, workdir: epath.Path, tok, trunk, arrays: dict, parents: Sequence[str],
+                    judge) -> tuple[list[dict], dict]:
+    """One training seed: BC π_β, ILQL from it, the β sweep; the rows (with `seed`) and the generations."""
+    bc_cfg, rl_cfg = train_configs(cfg, trunk, seed)
     bc_state = train_and_evaluate(bc_cfg, str(workdir / "bc"), arrays["train"], arrays["eval"])
     # Every ILQL trunk starts from the BC π_β, as they would from a pretrained GPT-2.
     policy = bc_state.params["policy"]
     state = train_and_evaluate(rl_cfg, str(workdir / "ilql"), arrays["train"], arrays["eval"],
                                trunk=policy, policy=policy)
-
-    rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge)
+    rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge, seed)
     # How much of β·A only sharpens π_β, read on π_β's own comments (the lowest β evaluated).
     k = advantage_slope(cfg, tok, rl_cfg.step.model, state, parents, generations[min(generations)])
     for row in rows:
         row["advantage_slope"] = k
     print(f"A ≈ k·log π_β + …: median k = {k:.3f}, so β = 8 acts on π_β like a temperature {1 / (1 + 8 * k):.2f}")
-    write_results(workdir, cfg, rows, parents, generations, time.perf_counter() - t0, skipped)
-    return rows
+    return rows, generations
 
 
-def write_results(workdir: epath.Path, cfg: RedditConfig, rows: list[dict], parents: Sequence[str],
-                  generations: dict, seconds: float, skipped: dict[str, int]) -> None:
-    """results.json, generations.jsonl, results.md and reward_vs_kl.png: shared files, from process 0."""
-    if not files.is_writer():
-        return
-    files.write_json(workdir / "results.json", rows, indent=2)
-    files.write_text(workdir / "generations.jsonl", "".join(
+# --- results ---------------------------------------------------------------------
+
+CRITERIA_BETA = 8.0
+
+
+def main_criteria(table: Sequence[dict], rows: Sequence[dict], beta: float = CRITERIA_BETA) -> dict | None:
+    """The main job's criteria at β (None unless the sweep has β = 0 and β): the toxic rate at most half of
+    π_β's (β = 0) and distinct-2 at least 0.8 of π_β's, for the means over seeds and for each seed against its
+    own π_β."""
+    agg = {r["beta"]: r for r in table}
+    if 0.0 not in agg or beta not in agg:
+        return None
+
+    def holds(base: dict, steered: dict) -> bool:
+        return (steered["toxic_rate"] <= 0.5 * base["toxic_rate"]
+                and steered["distinct_2"] >= 0.8 * base["distinct_2"])
+
+    by_seed: dict = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], {})[r["beta"]] = r
+    return {"beta": beta, "toxic_rate": [agg[0.0]["toxic_rate"], agg[beta]["toxic_rate"]],
+            "distinct_2": [agg[0.0]["distinct_2"], agg[beta]["distinct_2"]],
+            "mean_holds": holds(agg[0.0], agg[beta]),
+            "seeds_hold": {str(s): holds(r[0.0], r[beta]) for s, r in by_seed.items()}}
+
+
+def criteria_line(c: dict) -> str:
+    seeds = list(c["seeds_hold"].values())
+    return (f"main criteria at β = {c['beta']:g} (toxic ≤ ½ π_β's, distinct-2 ≥ 0.8 π_β's): toxic "
+            f"{c['toxic_rate'][0]:.3f} → {c['toxic_rate'][1]:.3f}, distinct-2 {c['distinct_2'][0]:.3f} → "
+            f"{c['distinct_2'][1]:.3f}; {'hold' if c['mean_holds'] else 'FAIL'} for the mean, "
+            f"{sum(seeds)} of {len(seeds)} seeds hold")
+
+
+COLUMNS: tuple[results.Column, ...] = (
+    ("β", lambda r: f"{r['beta']:g}"),
+    ("mean reward ± s.e.", lambda r: aggregate_lib.mean_se(r, "mean_reward")),
+    ("toxic rate", lambda r: aggregate_lib.mean_se(r, "toxic_rate")),
+    ("KL from π_β", lambda r: aggregate_lib.mean_se(r, "kl", ".2f")),
+    ("distinct-2", lambda r: aggregate_lib.mean_se(r, "distinct_2")),
+    ("distinct-1", lambda r: aggregate_lib.mean_se(r, "distinct_1")),
+    ("mean length", lambda r: aggregate_lib.mean_se(r, "mean_length", ".1f")),
+    ("toxic per seed", lambda r: aggregate_lib.per_seed(r, "toxic_rate")),
+    ("distinct-2 per seed", lambda r: aggregate_lib.per_seed(r, "distinct_2")),
+)
+
+
+def write_generations(workdir: epath.Path, parents: Sequence[str], generations: dict) -> None:
+    """generations.jsonl: each held-out parent with its comment at every β (process 0)."""
+    if files.is_writer():
+        files.write_text(workdir / "generations.jsonl", "".join(
             json.dumps({"parent": parent, **{f"beta={b:g}": g[i] for b, g in generations.items()}}) + "\n"
             for i, parent in enumerate(parents)))
-    lines = ["| β | mean reward ± s.e. | toxic rate | KL from π_β | distinct-1 | distinct-2 | mean length | n |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['beta']:g} | {r['mean_reward']:.3f} ± {r['stderr']:.3f} | {r['toxic_rate']:.3f} | "
-                     f"{r['kl']:.2f} | {r['distinct_1']:.3f} | {r['distinct_2']:.3f} | {r['mean_length']:.1f} | "
-                     f"{r['n']} |")
-    lines += ["", f"data {cfg.data!r}, reward {cfg.reward!r}, model {cfg.model!r}; {seconds / 60:.1f} min in all.",
-              "Skipped as longer than max_len: " + ", ".join(f"{n} {name}" for name, n in skipped.items()) + ".",
-              "", "## Examples", ""]
-    lo, hi = min(generations), max(generations)
+
+
+def write_results(workdir: epath.Path, cfg: RedditConfig, table: list[dict], rows: list[dict], criteria: dict | None,
+                  parents: Sequence[str], examples: dict, minutes: Sequence[float], skipped: dict[str, int]) -> None:
+    """results.json (every seed's rows and the aggregate), results.md and reward_vs_kl.png (process 0)."""
+    if not files.is_writer():
+        return
+    spread = ("mean ± s.e. across seeds" if cfg.seeds > 1
+              else "one seed: ± is the s.e. over comments (reward only); pass --seeds 3 for the spread across seeds")
+    footer = [f"{cfg.seeds} seed(s) ({spread}); data {cfg.data!r}, reward {cfg.reward!r}, model {cfg.model!r}; "
+              f"{len(parents)} held-out parents per β; {sum(minutes):.1f} min in all (setup {minutes[0]:.1f}, "
+              "then per seed " + " / ".join(f"{m:.1f}" for m in minutes[1:]) + ").",
+              "Skipped as longer than max_len: " + ", ".join(f"{n} {name}" for name, n in skipped.items()) + "."]
+    if criteria:
+        footer += ["", criteria_line(criteria) + "."]
+    footer += ["", f"## Examples (seed {cfg.seed})", ""]
+    lo, hi = min(examples), max(examples)
     for i in range(min(5, len(parents))):
-        lines += [f"- **parent:** {parents[i]}", f"  - β={lo:g}: {generations[lo][i]}",
-                  f"  - β={hi:g}: {generations[hi][i]}"]
-    files.write_text(workdir / "results.md", "\n".join(lines) + "\n")
-    plot_reward_vs_kl(workdir / "reward_vs_kl.png", rows)
+        footer += [f"- **parent:** {parents[i]}", f"  - β={lo:g}: {examples[lo][i]}",
+                   f"  - β={hi:g}: {examples[hi][i]}"]
+    results.write_table(workdir, table, COLUMNS, "\n".join(footer), seed_rows=rows, criteria=criteria)
+    plot_reward_vs_kl(workdir / "reward_vs_kl.png", table)
 
 
-def plot_reward_vs_kl(path: str | epath.PathLike, rows: list[dict]) -> None:
+def plot_reward_vs_kl(path: str | epath.PathLike, table: list[dict]) -> None:
+    """Mean reward against KL per β, ±2 s.e. across seeds (over comments for one seed), each seed a dot."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    kl = [r["kl"] for r in rows]
-    ax.errorbar(kl, [r["mean_reward"] for r in rows], yerr=[2 * r["stderr"] for r in rows], marker="o", capsize=3)
-    for r in rows:
+    several = table[0]["n_seeds"] > 1
+    yerr = [2 * (r["mean_reward_se_seeds"] if several else r["mean_reward_se_episodes"]) for r in table]
+    xerr = [2 * r["kl_se_seeds"] for r in table] if several else None
+    ax.errorbar([r["kl"] for r in table], [r["mean_reward"] for r in table], xerr=xerr, yerr=yerr, marker="o",
+                capsize=3)
+    for r in table:
+        if several:
+            ax.scatter(r["kl_seeds"], r["mean_reward_seeds"], color="black", s=6, zorder=3)
         ax.annotate(f"β={r['beta']:g}", (r["kl"], r["mean_reward"]), textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("KL from π_β (nats per comment)")
-    ax.set_ylabel("mean reward (±2 s.e.)")
+    ax.set_ylabel("mean reward (±2 s.e.)" + ("; dots: seeds" if several else ""))
     ax.set_title("Reddit toxicity: reward vs KL")
     fig.tight_layout()
     plots.save_figure(path, fig)

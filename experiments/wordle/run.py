@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import plots, results
+from experiments import aggregate as aggregate_lib, plots, results
 from experiments.wordle import datasets, env, words as words_lib
 from experiments.wordle.policies import ExpertPolicy
 from ilql_jax import losses, sampler, tokenizers, train
@@ -64,7 +64,9 @@ class WordleConfig:
       n_train_games: games in the offline data set.
       n_heldout_games: games for the held-out loss.
       n_eval_games: games played per method (fixed answers and seeds).
-      seed: data, initialisation and evaluation seed.
+      seed: the data and evaluation-games seed, and the first training seed.
+      seeds: training seeds seed, seed + 1, …: each trains every method on the same games; the table is
+        their mean ± the standard error across seeds.
       n_layer, n_embd, n_head: the GPT-2 shape (random init, 35-token vocabulary).
       max_len: tokens per game (six guesses of 12 tokens plus markup fit in 75).
       batch_size: episodes per step.
@@ -96,6 +98,7 @@ class WordleConfig:
     n_heldout_games: int = 256
     n_eval_games: int = 1024
     seed: int = 0
+    seeds: int = 1
     n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
@@ -118,6 +121,8 @@ class WordleConfig:
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.mixture not in datasets.MIXTURES:
             raise ValueError(f"unknown mixture {self.mixture!r}; choose from {sorted(datasets.MIXTURES)}")
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -154,8 +159,9 @@ def optim_config(cfg: WordleConfig, num_steps: int, learning_rate: float | None 
                        total_steps=num_steps if cfg.cosine else None)
 
 
-def train_config(cfg: WordleConfig, method: str, bc_workdir: str | None = None) -> TrainConfig:
-    """The loop's config for one method; `bc_workdir` is the BC run that `rl_from_bc` starts from."""
+def train_config(cfg: WordleConfig, method: str, bc_workdir: str | None = None, seed: int | None = None) -> TrainConfig:
+    """The loop's config for one method at training seed `seed` (`cfg.seed` by default); `bc_workdir` is the BC
+    run that `rl_from_bc` starts from."""
     model = model_config(cfg)
     init = "scratch"
     if method in VALUE_GUIDED:
@@ -173,8 +179,8 @@ def train_config(cfg: WordleConfig, method: str, bc_workdir: str | None = None) 
         step = train.StepConfig(mode="bc", model=model, optim=optim_config(cfg, num_steps))
         fraction = None if method == "bc" else int(method[3:]) / 100
     return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.max_len, num_steps=num_steps,
-                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4, seed=cfg.seed,
-                       bc_top_fraction=fraction, init=init)
+                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4,
+                       seed=cfg.seed if seed is None else seed, bc_top_fraction=fraction, init=init)
 
 
 def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str, float]:
@@ -220,13 +226,15 @@ def beta0_name(method: str) -> str:
     return f"{method} at β = 0"
 
 
-def print_row(row: dict) -> None:
-    print(f"{row['method']}: mean return {row['mean_return']:.3f} ± {row['stderr']:.3f}, "
+def print_row(row: dict, n_seeds: int = 1) -> None:
+    label = f"seed {row['seed']} " if n_seeds > 1 else ""
+    print(f"{label}{row['method']}: mean return {row['mean_return']:.3f} ± {row['stderr']:.3f}, "
           f"win rate {row['win_rate']:.3f}")
 
 
 def run(cfg: WordleConfig, workdir: str) -> list[dict]:
-    """Runs the benchmark; returns the result rows (also written to the workdir)."""
+    """Runs the benchmark (every method once per training seed); returns the rows aggregated over seeds
+    (`experiments.aggregate`); results.json also keeps every seed's rows."""
     t0 = time.perf_counter()
     workdir = epath.Path(workdir)
     tok = tokenizers.wordle_tokenizer()
@@ -247,44 +255,62 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
           f"win rate {data_stats['win_rate']:.3f}")
 
     expert = ExpertPolicy(words)
-    rows = [{"method": "expert (upper reference)", **datasets.evaluate_policy(
+    rows = [{"method": "expert (upper reference)", "seed": None, **datasets.evaluate_policy(
         expert, words, cfg.n_eval_games, seed=cfg.seed + 1)}]
-    rows.append({"method": "data (behaviour mix)", **data_stats})
+    rows.append({"method": "data (behaviour mix)", "seed": None, **data_stats})
+    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
+        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, words,
+                          train_arrays, heldout_arrays, returns)
+    table = aggregate_lib.aggregate(rows, ("method",), METRICS, {"mean_return": "stderr"})
+    write_results(workdir, table, rows, cfg, time.perf_counter() - t0)
+    return table
+
+
+METRICS = ("mean_return", "win_rate", "mean_guesses", "repeat_rate", "invalid_rate", "n_games")
+
+
+def seed_rows(cfg: WordleConfig, seed: int, workdir: epath.Path, tok, words: list[str], train_arrays, heldout_arrays,
+              returns: np.ndarray) -> list[dict]:
+    """Trains every method at one training seed and plays the evaluation games (the same for every seed)."""
+    rows = []
     for method in (m for m in METHODS if m in cfg.methods):  # BC first: rl_from_bc reads its checkpoint
-        tc = train_config(cfg, method, bc_workdir=str(workdir / "bc"))
+        tc = train_config(cfg, method, bc_workdir=str(workdir / "bc"), seed=seed)
         start = time.perf_counter()
         state = train_and_evaluate(tc, str(workdir / method), train_arrays, heldout_arrays,
                                    returns=returns if tc.bc_top_fraction is not None else None)
-        stats = play(model_guesser(cfg, method, state, tok, cfg.seed), words, cfg.n_eval_games, cfg.seed + 1)
-        rows.append({"method": method, **stats, "train_steps": tc.num_steps,
+        stats = play(model_guesser(cfg, method, state, tok, seed), words, cfg.n_eval_games, cfg.seed + 1)
+        rows.append({"method": method, "seed": seed, **stats, "train_steps": tc.num_steps,
                      "seconds": round(time.perf_counter() - start, 1)})
-        print_row(rows[-1])
+        print_row(rows[-1], cfg.seeds)
         if method in VALUE_GUIDED:
             # The same checkpoint at β = 0 is its π_β alone: what the values add is the gap to this row.
-            stats = play(model_guesser(dataclasses.replace(cfg, beta=0.0), method, state, tok, cfg.seed),
+            stats = play(model_guesser(dataclasses.replace(cfg, beta=0.0), method, state, tok, seed),
                          words, cfg.n_eval_games, cfg.seed + 1)
-            rows.append({"method": beta0_name(method), **stats})
-            print_row(rows[-1])
-
-    write_results(workdir, rows, cfg, time.perf_counter() - t0)
+            rows.append({"method": beta0_name(method), "seed": seed, **stats})
+            print_row(rows[-1], cfg.seeds)
     return rows
 
 
 COLUMNS: tuple[results.Column, ...] = (
     ("method", lambda r: r["method"]),
-    ("mean return ± s.e.", lambda r: f"{r['mean_return']:.3f} ± {r['stderr']:.3f}"),
-    ("win rate", lambda r: f"{r['win_rate']:.3f}"),
+    ("mean return ± s.e.", lambda r: aggregate_lib.mean_se(r, "mean_return")),
+    ("per seed", lambda r: aggregate_lib.per_seed(r, "mean_return")),
+    ("win rate", lambda r: aggregate_lib.mean_se(r, "win_rate")),
     ("mean guesses", lambda r: f"{r['mean_guesses']:.2f}"),
     ("repeated guesses", lambda r: f"{r['repeat_rate']:.3f}"),
     ("invalid guesses", lambda r: f"{r['invalid_rate']:.3f}"),
-    ("games", lambda r: str(r["n_games"])),
+    ("games", lambda r: f"{r['n_games']:g}"),
 )
 
 
-def write_results(workdir: str | epath.PathLike, rows: list[dict], cfg: WordleConfig, seconds: float) -> None:
+def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[dict], cfg: WordleConfig,
+                  seconds: float) -> None:
     words = cfg.vocab or f"{cfg.n_words}"
-    n_methods = sum(r["method"] in METHODS for r in rows)
-    results.write_table(workdir, rows, COLUMNS,
+    n_methods = sum(r["method"] in METHODS for r in table)
+    spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over games"
+              if cfg.seeds > 1 else "one seed: ± is the s.e. over games")
+    results.write_table(workdir, table, COLUMNS,
                         f"{n_methods} methods, {cfg.n_train_games} training games over {words} words, "
-                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {seconds / 60:.1f} min in all.")
-    plots.bar_plot_returns(epath.Path(workdir) / "results.png", rows, "Wordle")
+                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {spread}; {seconds / 60:.1f} min in all.",
+                        seed_rows=rows)
+    plots.bar_plot_returns(epath.Path(workdir) / "results.png", table, "Wordle")

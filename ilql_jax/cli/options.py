@@ -42,7 +42,11 @@ class TrainOptions:
       model: "scratch" (a small GPT-2 shape below and a BPE fitted to the data), "gpt2" (the hub's GPT-2
         weights and tokenizer: needs network) or a local Hugging Face GPT-2 directory (e.g. one `ilql-jax export`
         wrote).
-      bpe_vocab_size: vocabulary of the fitted BPE (model scratch only; ≥ 262).
+      tokenizer: model scratch only: "bpe" (a byte-level BPE of bpe_vocab_size ids fitted to the data),
+        "symbols" (one id per whitespace-separated symbol of the data, e.g. graph nodes "a f c" or moves
+        "e2e4 e7e5"; generations are joined by spaces), "chars" (one id per non-space character; joined
+        without spaces), or a directory holding a saved tokenizer (e.g. `symbol_tokenizer([...]).save(dir)`).
+      bpe_vocab_size: vocabulary of the fitted BPE (tokenizer bpe only; ≥ 262).
       n_layer: transformer blocks (model scratch only).
       n_embd: model width (model scratch only).
       n_head: attention heads (model scratch only; must divide n_embd).
@@ -73,6 +77,7 @@ class TrainOptions:
     data: str
     workdir: str
     model: str = "scratch"
+    tokenizer: str = "bpe"
     bpe_vocab_size: int = 2048
     n_layer: int = 2
     n_embd: int = 128
@@ -105,6 +110,10 @@ class TrainOptions:
             raise ValueError("--workdir must name a directory")
         if not self.model:
             raise ValueError("--model must be 'scratch', 'gpt2' or a Hugging Face GPT-2 directory")
+        if not self.tokenizer:
+            raise ValueError("--tokenizer must be 'bpe', 'symbols', 'chars' or a saved tokenizer's directory")
+        if self.tokenizer != "bpe" and self.model != "scratch":
+            raise ValueError(f"--tokenizer {self.tokenizer} needs --model scratch (a pretrained model brings its own)")
         if self.too_long not in TOO_LONG:
             raise ValueError(f"--too_long must be one of {TOO_LONG}, got {self.too_long!r}")
         if self.reward_norm not in REWARD_NORMS:

@@ -27,7 +27,7 @@ __all__ = ["OPTIONS_FILE", "train", "train_configs"]
 
 OPTIONS_FILE = "options.json"
 # Options that decide what the tokenizer and the checkpoints hold: a rerun in the same workdir must keep them.
-_TOKENIZER_FIELDS = ("model", "bpe_vocab_size", "seed", "eval_fraction")
+_TOKENIZER_FIELDS = ("model", "tokenizer", "bpe_vocab_size", "seed", "eval_fraction")
 # Rewards baked into the checkpoints' values.
 _VALUE_FIELDS = ("reward_norm",)
 _SHAPE_FIELDS = ("model", "n_layer", "n_embd", "n_head", "max_len")
@@ -76,18 +76,38 @@ def _split(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
     return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
-def _tokenizer_and_trunk(opts: TrainOptions, train_records: list):
+def _scratch_tokenizer(opts: TrainOptions, train_records: list, eval_records: list):
+    """`--tokenizer`: a BPE fitted to the training records, one id per symbol or character of all records, or a
+    saved tokenizer; a symbol tokenizer must encode every record (else one line naming it)."""
+    if opts.tokenizer == "bpe":
+        return tokenizers.train_bpe_tokenizer([seg.text for r in train_records for seg in r.episode.segments],
+                                              opts.bpe_vocab_size)
+    records = train_records + eval_records
+    if opts.tokenizer in ("symbols", "chars"):
+        texts = [seg.text for r in records for seg in r.episode.segments]
+        units = {u for t in texts for u in (t.split() if opts.tokenizer == "symbols" else "".join(t.split()))}
+        return tokenizers.symbol_tokenizer(sorted(units), " " if opts.tokenizer == "symbols" else "")
+    if not os.path.isfile(os.path.join(opts.tokenizer, tokenizers.CONFIG_FILE)):
+        raise ConfigError(f"--tokenizer {opts.tokenizer}: not 'bpe', 'symbols' or 'chars', and no saved tokenizer "
+                          f"there ({tokenizers.CONFIG_FILE} missing)")
+    tok = tokenizers.load_tokenizer(opts.tokenizer)
+    for r in records:
+        for seg in r.episode.segments:
+            try:
+                tok.encode(seg.text)
+            except ValueError as e:
+                raise records_lib.DataError(opts.data, f"--tokenizer {opts.tokenizer}: {e}", r.line) from None
+    return tok
+
+
+def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: list):
     """The run's tokenizer (reloaded when saved) and GPT-2 trunk config."""
     from ilql_jax.models import gpt2, hf_import
 
     tok_dir = os.path.join(opts.workdir, "tokenizer")
     saved = os.path.isfile(os.path.join(tok_dir, tokenizers.CONFIG_FILE))  # written last: the rest is there
     if opts.model == "scratch":
-        if saved:
-            tok = tokenizers.load_tokenizer(tok_dir)
-        else:
-            texts = [seg.text for r in train_records for seg in r.episode.segments]
-            tok = tokenizers.train_bpe_tokenizer(texts, opts.bpe_vocab_size)
+        tok = tokenizers.load_tokenizer(tok_dir) if saved else _scratch_tokenizer(opts, train_records, eval_records)
         trunk = gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=opts.max_len, n_embd=opts.n_embd,
                                 n_layer=opts.n_layer, n_head=opts.n_head, dropout=0.0, dtype=opts.dtype)
     else:
@@ -146,7 +166,7 @@ def train(opts: TrainOptions):
     files.atomic_write_text(os.path.join(opts.workdir, OPTIONS_FILE),
                             json.dumps({**config_to_dict(opts), "data_sha256": data_sha256}, indent=2) + "\n")
 
-    tok, trunk = _tokenizer_and_trunk(opts, train_records)
+    tok, trunk = _tokenizer_and_trunk(opts, train_records, eval_records)
     train_records, n_long = records_lib.check_lengths(train_records, tok, opts.max_len, opts.data, opts.too_long)
     eval_records, n_long_eval = records_lib.check_lengths(eval_records, tok, opts.max_len, opts.data, opts.too_long)
     if len(train_records) < opts.batch_size:
