@@ -264,3 +264,21 @@ def test_cli_trains_generates_and_exports_a_llama_directory(tmp_path):
     same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
                         (value["value"], target), (run.state.params["value"], run.state.target_params))
     assert all(jax.tree.leaves(same))
+
+
+def test_export_loads_in_transformers_flax_llama_with_the_same_logits(tmp_path):
+    """π_β exported as a Hugging Face Llama directory is read by `transformers`' own (Flax) Llama, whose logits
+    match ours; its RoPE is θ = 10000 unscaled, so the trunk here is too (the fixtures cover the rest)."""
+    from transformers import FlaxLlamaForCausalLM
+
+    config = llama.LlamaConfig.tiny(vocab_size=150, n_positions=64)
+    params = llama.init(config, jax.random.key(3))
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(4), len(leaves))
+    params = jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    hf_import.export_hf(params, config, str(tmp_path))
+    hf_model = FlaxLlamaForCausalLM.from_pretrained(str(tmp_path))
+    tokens = np.asarray([[3, 17, 5, 99, 42, 7, 8, 120]], np.int32)
+    theirs = np.asarray(hf_model(tokens).logits)
+    _, ours = llama.forward(params, config, jnp.asarray(tokens))
+    assert _max_err(ours, theirs, np.ones(tokens.shape)) < 1e-4
