@@ -104,7 +104,7 @@ def test_added_markup_rows_start_as_the_mean_row_and_export_round_trips_exactly(
     stays zero, the old ids' logits do not move; export then re-import gives the same parameters and
     bit-identical π_β logits."""
     directory = str(FIXTURES / case)
-    base, _ = hf_import.read_config(directory)
+    _, base = hf_import.read_config(directory)
     config, params = hf_import.load_hf(directory, vocab_size=base.vocab_size + 6)
     emb = np.asarray(params["embed_tokens"]["embedding"].value)
     stored = hf_import.read_all(directory)
@@ -282,3 +282,25 @@ def test_export_loads_in_transformers_flax_llama_with_the_same_logits(tmp_path):
     theirs = np.asarray(hf_model(tokens).logits)
     _, ours = llama.forward(params, config, jnp.asarray(tokens))
     assert _max_err(ours, theirs, np.ones(tokens.shape)) < 1e-4
+
+
+def test_a_llama_run_config_round_trips_through_json_and_flags():
+    """config.json and dotted flags tell the trunks apart by LlamaConfig.arch; a GPT-2 config is written as before."""
+    from ilql_jax import ModelConfig, StepConfig, TrainConfig, config_from_dict, parse_config
+    from ilql_jax.config import ConfigError, config_to_dict
+
+    cfg = TrainConfig(step=StepConfig(model=ModelConfig(trunk=llama.LlamaConfig.tiny())), max_len=64)
+    data = json.loads(json.dumps(config_to_dict(cfg)))
+    assert data["step"]["model"]["trunk"]["arch"] == "llama"
+    assert config_from_dict(TrainConfig, data) == cfg
+    flagged = parse_config(TrainConfig, ["--step.model.trunk.n_kv_head", "4", "--step.model.trunk.rope_type", "llama3"],
+                           defaults=cfg)
+    assert flagged.step.model.trunk == llama.LlamaConfig.tiny(n_kv_head=4, rope_type="llama3")
+    assert "arch" not in config_to_dict(TrainConfig())["step"]["model"]["trunk"]  # GPT-2: unchanged layout
+    data["step"]["model"]["trunk"]["arch"] = "mamba"
+    with pytest.raises(ConfigError, match="step.model.trunk.*unknown arch 'mamba'"):
+        config_from_dict(TrainConfig, data)
+    with pytest.raises(ValueError, match="n_head=4 is not a multiple of n_kv_head=3"):
+        llama.LlamaConfig.tiny(n_kv_head=3)
+    with pytest.raises(TypeError, match="not a trunk config"):
+        trunk.implementation(object())
