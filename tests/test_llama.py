@@ -84,14 +84,15 @@ def test_fixtures_cover_gqa_rope_scaling_biases_and_both_heads():
 
 
 def test_sharded_placement_reads_the_same_weights():
-    """`load_hf(..., shardings=)` (each device reads its own slices of the shard files) gives the host import."""
+    """`load_hf(..., shardings=)` (each device reads its own slices of the shard files) gives the host import,
+    markup rows included."""
     from ilql_jax import sharding
     directory = str(FIXTURES / "llama_gqa_rope3")
-    config, host = hf_import.load_hf(directory)
+    config, host = hf_import.load_hf(directory, vocab_size=166)
     mesh = sharding.make_mesh(sharding.MeshConfig())
     shardings = sharding.state_shardings(llama.abstract_params(config), mesh,
                                          sharding.logical_rules(sharding.MeshConfig(fsdp_params=True)))
-    _, placed = hf_import.load_hf(directory, shardings=shardings)
+    _, placed = hf_import.load_hf(directory, shardings=shardings, vocab_size=166)
     a, b = _flat(host), _flat(placed)
     assert a.keys() == b.keys()
     for k in a:

@@ -412,7 +412,8 @@ def _equal(a, b, chunk: int = 8192) -> bool:
     """Whether two [V, d] tensors (arrays or file slices) are equal, read `chunk` rows at a time."""
     if tuple(a.shape) != tuple(b.shape):
         return False
-    return all(np.array_equal(a[i:i + chunk], b[i:i + chunk]) for i in range(0, a.shape[0], chunk))
+    n = a.shape[0]  # file slices do not clamp an end past the last row
+    return all(np.array_equal(a[i:min(i + chunk, n)], b[i:min(i + chunk, n)]) for i in range(0, n, chunk))
 
 
 def _stored_shape(e: Entry, ours: tuple[int, ...], stored_vocab: int) -> tuple[int, ...]:
@@ -424,9 +425,9 @@ def _stored_shape(e: Entry, ours: tuple[int, ...], stored_vocab: int) -> tuple[i
 
 def _mean_row(tensor, chunk: int = 8192) -> np.ndarray:
     """The mean of a stored [V, d] tensor's rows, in float64, read `chunk` rows at a time."""
-    total = np.zeros(tensor.shape[1], np.float64)
-    for i in range(0, tensor.shape[0], chunk):
-        total += np.asarray(tensor[i:i + chunk], np.float64).sum(0)
+    total, n = np.zeros(tensor.shape[1], np.float64), tensor.shape[0]
+    for i in range(0, n, chunk):
+        total += np.asarray(tensor[i:min(i + chunk, n)], np.float64).sum(0)
     return total / tensor.shape[0]
 
 
