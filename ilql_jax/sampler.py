@@ -386,7 +386,7 @@ def init_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     for name, params in _trunks(model_config, online, target).items():
         # No LM head here: only the last hidden state is kept (π_β's logits come from it in the step).
         hidden, _, caches[name] = trunk_lib.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m,
-                                               with_logits=False)
+                                                    with_logits=False)
         hiddens[name] = hidden[:, -1]
     h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     # Beam search starts from one live beam per prompt, so the first step does
@@ -461,7 +461,8 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     # After the last step this decode is wasted (1 of M); it keeps the loop body uniform.
     hiddens, caches = {}, {}
     for name, params in _trunks(model_config, online, target).items():
-        hiddens[name], _, caches[name] = trunk_lib.decode_step(params, cfg, state.caches[name], token, with_logits=False)
+        hiddens[name], _, caches[name] = trunk_lib.decode_step(params, cfg, state.caches[name], token,
+                                                               with_logits=False)
     h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     return DecodeState(
         step=t + 1, caches=caches, h_policy=h_policy, h_value=h_value, h_target=h_target, done=done,

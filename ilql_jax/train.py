@@ -131,9 +131,9 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
     packed = losses.pack_actions(batch, config.action_capacity)
     if config.mode == "bc":
         hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
-                                 dropout_key=dropout_key, with_logits=False)
+                                      dropout_key=dropout_key, with_logits=False)
         logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
-                                  mask_padded=False)
+                                       mask_padded=False)
         return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
     out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
                             dropout_key)
@@ -148,7 +148,7 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
     trunk = config.model.trunk
     if config.mode == "bc":
         _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
-                                 dropout_key=dropout_key)
+                                      dropout_key=dropout_key)
         return losses.bc_only_loss(logits, batch, trunk.vocab_size)
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
     return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,

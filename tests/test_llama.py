@@ -305,3 +305,15 @@ def test_a_llama_run_config_round_trips_through_json_and_flags():
         llama.LlamaConfig.tiny(n_kv_head=3)
     with pytest.raises(TypeError, match="not a trunk config"):
         trunk.implementation(object())
+
+
+def test_bfloat16_compute_keeps_hidden_states_and_logits_float32():
+    config = llama.LlamaConfig.tiny(vocab_size=90)
+    params = llama.init(config, jax.random.key(0))
+    tokens = jnp.asarray([[5, 6, 7, 8, 9]])
+    hidden, logits = llama.forward(params, config, tokens)
+    import dataclasses
+    hidden16, logits16 = llama.forward(params, dataclasses.replace(config, dtype="bfloat16"), tokens)
+    assert hidden16.dtype == logits16.dtype == jnp.float32
+    np.testing.assert_allclose(logits16[..., :90], logits[..., :90], atol=0.05)
+    assert float(jnp.max(jnp.abs(logits16[..., :90] - logits[..., :90]))) > 0  # the compute dtype took effect

@@ -181,9 +181,9 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
             h_policy = hidden
         else:
             h_policy, _ = trunk_lib.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy,
-                                       with_logits=False)
+                                            with_logits=False)
         pi_logits_k = trunk_lib.lm_logits(policy_params(config, online), cfg,
-                                     losses.gather_packed(h_policy, packed.idx), mask_padded=False)
+                                          losses.gather_packed(h_policy, packed.idx), mask_padded=False)
     return PackedOutputs(
         q1_k=heads.q_t_unmasked(value["q1"], cfg, h_k),
         q2_k=heads.q_t_unmasked(value["q2"], cfg, h_k),
