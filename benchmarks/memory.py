@@ -1,6 +1,6 @@
 """Per-device memory of the ILQL train step and the sampler's decode step, from the compiled programs.
 
-    python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl] [--devices 1,8,64]
+    python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl,llama-1b] [--devices 1,8,64]
         [--rules dp,fsdp] [--dtypes float32,bfloat16] [--remat off,on] [--batch-per-device 8]
         [--seq-len 128] [--action-capacity K] [--jobs N] [--no-check] [--full-depth] [--xla-cpu-defaults]
     python -m benchmarks.memory --markdown OUT.jsonl [--models gpt2-xl]   # the tables of docs/accelerators.md
@@ -91,8 +91,11 @@ GIB = 2 ** 30
 BUDGETS_GIB = (16, 80, 141)
 MAX_DEVICES = 64
 # (n_layer, n_embd, n_head) of the four GPT-2 sizes; vocabulary 50257 (padded to 50304), 1024 positions.
+# "llama-1b": Llama 3.2 1B's shape (`LlamaConfig.llama_3_2_1b`: 8 KV heads, SwiGLU 8192, tied embeddings),
+# its 128256 ids plus ILQL's 6 markup ids (padded to 128384).
 MODELS = {"gpt2-small": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
-          "gpt2-xl": (48, 1600, 25)}
+          "gpt2-xl": (48, 1600, 25), "llama-1b": (16, 2048, 32)}
+LLAMA_MARKUP_IDS = 6
 DEPTHS = (3, 6)  # the two depths every case is compiled at (see the module docstring)
 XLA_CPU_MEMORY_FLAGS = ("--xla_disable_hlo_passes=cpu-all-reduce-combiner "
                         "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
@@ -121,9 +124,14 @@ class Case:
 
 
 def trunk_config(case: Case, n_layer: int | None = None):
-    from ilql_jax.models import gpt2
+    from ilql_jax.models import gpt2, llama
 
     layers, width, heads = MODELS[case.model]
+    if case.model.startswith("llama"):
+        base = llama.LlamaConfig.llama_3_2_1b()
+        return llama.LlamaConfig.llama_3_2_1b(n_layer=layers if n_layer is None else n_layer, dtype=case.dtype,
+                                              remat=case.remat, dropout=case.dropout,
+                                              vocab_size=base.vocab_size + LLAMA_MARKUP_IDS)
     return gpt2.GPT2Config(n_layer=layers if n_layer is None else n_layer, n_embd=width, n_head=heads,
                            dtype=case.dtype, remat=case.remat, dropout=case.dropout)
 
@@ -374,7 +382,7 @@ def _parse_list(text: str, allowed, kind=str) -> list:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), type=lambda t: _parse_list(t, MODELS))
+    parser.add_argument("--models", default=",".join(m for m in MODELS if m.startswith("gpt2")), type=lambda t: _parse_list(t, MODELS))
     parser.add_argument("--devices", default="1,8,64", type=lambda t: _parse_list(t, (1, 2, 4, 8, 16, 32, 64), int))
     parser.add_argument("--rules", default="dp,fsdp", type=lambda t: _parse_list(t, ("dp", "fsdp")))
     parser.add_argument("--dtypes", default="float32,bfloat16", type=lambda t: _parse_list(t, ("float32", "bfloat16")))

@@ -42,6 +42,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_tokenizer": ("ilql_jax.tokenizers", "reloads any tokenizer written by its `save(directory)`"),
     # --- Configuration: frozen dataclasses, nested; every field is documented on its class.
     "GPT2Config": ("ilql_jax.models.gpt2", "the GPT-2 trunk's shape and numerics (`GPT2Config.tiny()` for tests)"),
+    "LlamaConfig": ("ilql_jax.models.llama",
+                    "a Llama-architecture trunk (Llama 2/3, TinyLlama, SmolLM2, Qwen2): GQA, RoPE, SwiGLU"),
     "ModelConfig": ("ilql_jax.models.ilql", "which ILQL networks exist: trunk shape, shared π_β, target trunk"),
     "LossConfig": ("ilql_jax.losses", "γ, expectile τ, α_cql and β_awac of the ILQL objective"),
     "OptimConfig": ("ilql_jax.state", "AdamW: learning rate, schedule, clipping, gradient accumulation"),
@@ -67,6 +69,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_policy_from_checkpoint": ("ilql_jax.checkpoint", "π_β's GPT-2 weights from a run's checkpoint"),
     "export_params": ("ilql_jax.checkpoint", "writes a parameter tree alone (orbax), e.g. for serving"),
     "load_params": ("ilql_jax.checkpoint", "reads an `export_params` directory back"),
+    "load_hf": ("ilql_jax.models.hf_import",
+                "a Hugging Face GPT-2, Llama or Qwen2 (safetensors directory, sharded or not, or hub id) as weights"),
+    "export_hf": ("ilql_jax.models.hf_import", "our trunk's weights as a directory `transformers` loads"),
     "load_hf_gpt2": ("ilql_jax.models.hf_import",
                      "a Hugging Face GPT-2 (safetensors directory or hub id) as our config and weights"),
     "export_hf_gpt2": ("ilql_jax.models.hf_import", "our GPT-2 weights as a directory `transformers` loads"),
@@ -104,7 +109,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.loop import Preempted, train_and_evaluate
     from ilql_jax.losses import LossConfig
     from ilql_jax.models.gpt2 import GPT2Config
-    from ilql_jax.models.hf_import import export_hf_gpt2, load_hf_gpt2
+    from ilql_jax.models.hf_import import export_hf, export_hf_gpt2, load_hf, load_hf_gpt2
+    from ilql_jax.models.llama import LlamaConfig
     from ilql_jax.models.ilql import ModelConfig
     from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
     from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed

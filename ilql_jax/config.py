@@ -70,7 +70,7 @@ class TrainConfig:
       init: where a fresh state's GPT-2 weights come from (read only when no
         checkpoint is restored): "scratch" (random, from seed); "bc:DIR" (the
         π_β of the BC run in workdir DIR, newest checkpoint; it starts the value
-        trunk and π_β); else a Hugging Face GPT-2 directory or hub id (its shape
+        trunk and π_β); else a Hugging Face GPT-2, Llama or Qwen2 directory or hub id (its shape
         must match step.model.trunk).
     """
 
@@ -132,6 +132,37 @@ _LEAF_TYPES = (int, float, str, bool, tuple)
 
 def _is_config(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _is_nested(tp: Any) -> bool:
+    """A nested config: a dataclass, or a choice of dataclasses (`_config_union`)."""
+    return _is_config(tp) or bool(_config_union(tp))
+
+
+def _config_union(tp: Any) -> tuple[type, ...]:
+    """The dataclasses of an annotation such as `GPT2Config | LlamaConfig` (a choice of nested config), else ()."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return ()
+    args = typing.get_args(tp)
+    return args if all(isinstance(a, type) and dataclasses.is_dataclass(a) for a in args) else ()
+
+
+def _config_class(tp: Any, value: Any = None) -> type:
+    """The dataclass a config annotation stands for: itself, or for a union the member `value` is (an
+    instance), or names (a dict whose "arch" matches the member's `arch` default; a dict without "arch"
+    is the member that has no `arch` field, e.g. a GPT2Config saved before LlamaConfig existed)."""
+    members = _config_union(tp)
+    if not members:
+        return tp
+    if dataclasses.is_dataclass(value) and type(value) in members:
+        return type(value)
+    arch = value.get("arch") if isinstance(value, Mapping) else None
+    for cls in members:
+        own = _default(cls, "arch") if "arch" in _fields(cls) else None
+        if own == arch:
+            return cls
+    raise ConfigError(f"unknown arch {arch!r}; expected one of "
+                      f"{[_default(c, 'arch') if 'arch' in _fields(c) else None for c in members]}")
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -244,8 +275,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls_or_instance: Any, prefix:
     for name, tp in _fields(cls).items():
         path = prefix + name
         default = _default(cls, name) if is_cls else getattr(cls_or_instance, name)
-        if _is_config(tp):
-            add_arguments(parser, tp if default is dataclasses.MISSING else default, path + ".")
+        if _is_nested(tp):
+            add_arguments(parser, _config_class(tp) if default is dataclasses.MISSING else default, path + ".")
             continue
         base, optional = _leaf(tp, path)
 
@@ -341,7 +372,14 @@ def config_from_dict(cls: type, data: Mapping[str, Any], _prefix: str = "") -> A
     kwargs = {}
     for name, value in data.items():
         tp, path = fields[name], _prefix + name
-        kwargs[name] = config_from_dict(tp, value, path + ".") if _is_config(tp) else _check_value(value, tp, path)
+        if _is_nested(tp):
+            try:
+                cls_of_value = _config_class(tp, value)
+            except ConfigError as e:
+                raise ConfigError(f"config key {path!r}: {e}", path) from None
+            kwargs[name] = config_from_dict(cls_of_value, value, path + ".")
+        else:
+            kwargs[name] = _check_value(value, tp, path)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # a missing required field, or __post_init__ refusing
@@ -357,10 +395,10 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         *parents, leaf = key.split(".")
         for i, name in enumerate(parents):
             fields = _fields(cls)
-            if name not in fields or not _is_config(fields[name]):
+            if name not in fields or not _is_nested(fields[name]):
                 raise ConfigError(f"unknown config key {'.'.join(parents[:i + 1])!r} in {key!r}", key)
-            node, cls = node[name], fields[name]
-        if leaf not in _fields(cls) or _is_config(_fields(cls)[leaf]):
+            node, cls = node[name], _config_class(fields[name], node[name])
+        if leaf not in _fields(cls) or _is_nested(_fields(cls)[leaf]):
             raise ConfigError(f"unknown config key {key!r}", key)
         node[leaf] = value
     return config_from_dict(type(config), data)

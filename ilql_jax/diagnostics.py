@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import trunk as trunk_lib
 
 __all__ = ["advantage_slope"]
 
@@ -31,7 +32,7 @@ def _slopes(model_config: ilql.ModelConfig, online, target, tokens, attention_ma
     out = ilql.apply(model_config, online, target, tokens, attention_mask)
     pi_logits = out.pi_logits_t
     if pi_logits is None:  # a frozen π_β: apply() skips it, since training does not need it
-        _, pi_logits = gpt2.forward(ilql.policy_params(model_config, online), cfg, tokens, attention_mask)
+        _, pi_logits = trunk_lib.forward(ilql.policy_params(model_config, online), cfg, tokens, attention_mask)
     v = cfg.vocab_size
     log_pi = jax.nn.log_softmax(pi_logits[..., :v], axis=-1)
     adv = (jnp.minimum(out.target_q1_t, out.target_q2_t) - out.v_t[..., None])[..., :v]

@@ -1,20 +1,21 @@
-"""A trained run as files other tools read: π_β as a Hugging Face GPT-2, the value networks as safetensors.
+"""A trained run as files other tools read: π_β as a Hugging Face model (GPT-2, Llama or Qwen2, as trained), the
+value networks as safetensors.
 
 `export_run(directory, tokenizer, model_config, params, target_params, step)` writes::
 
-    model.safetensors, config.json    π_β as GPT2LMHeadModel (hf_import.export_hf_gpt2)
+    model.safetensors, config.json    π_β as GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM (hf_import.export_hf)
     tokenizer.json                    the BPE (the `tokenizers` library's format)
-    tokenizer_config.json             for transformers (GPT2TokenizerFast) and for load_tokenizer ("kind")
+    tokenizer_config.json             for transformers (GPT2TokenizerFast, or PreTrainedTokenizerFast) and load_tokenizer
     special_tokens_map.json           <s> as bos, </a> as eos (a reply ends there), <pad>
     values.safetensors                the value trunk, V/Q heads and target networks (names below)
-    values.json                       the manifest: shapes, the trunk's GPT-2 config, how A is formed
+    values.json                       the manifest: shapes, the trunk's Hugging Face config, how A is formed
 
-Tensor names in values.safetensors: ``value.trunk.<GPT-2 key>`` (Hugging Face
-GPT-2 keys, e.g. ``value.trunk.h.0.attn.c_attn.weight``; the embedding
-unpadded), ``value.{v,q1,q2}.{fc,out}.{kernel,bias}`` (MLP heads d → 2d → out
+Tensor names in values.safetensors: ``value.trunk.<Hugging Face key>`` (the
+trunk's own keys, e.g. ``value.trunk.h.0.attn.c_attn.weight`` for GPT-2; the
+embedding unpadded), ``value.{v,q1,q2}.{fc,out}.{kernel,bias}`` (MLP heads d → 2d → out
 with a ReLU, kernels [in, out]; Q's output axis is the padded vocabulary),
 ``target.{q1,q2}.…`` and, unless the target reads the online trunk,
-``target.trunk.<GPT-2 key>``. `load_values` reads them back into the
+``target.trunk.<Hugging Face key>``. `load_values` reads them back into the
 parameter trees the sampler takes.
 """
 
@@ -31,7 +32,7 @@ import safetensors.numpy
 from flax import nnx
 
 from ilql_jax import files
-from ilql_jax.models import gpt2, heads, hf_import, ilql
+from ilql_jax.models import gpt2, heads, hf_import, ilql, llama
 
 __all__ = ["VALUES_FILE", "VALUES_MANIFEST", "export_run", "load_values"]
 
@@ -40,7 +41,7 @@ VALUES_MANIFEST = "values.json"
 FORMAT = "ilql_jax.values/1"
 
 
-def _trunk_tensors(prefix: str, params: gpt2.Params, trunk: gpt2.GPT2Config) -> dict[str, np.ndarray]:
+def _trunk_tensors(prefix: str, params: gpt2.Params, trunk: gpt2.GPT2Config | llama.LlamaConfig) -> dict[str, np.ndarray]:
     return {f"{prefix}.{k}": v for k, v in hf_import.params_to_hf(params, trunk).items()}
 
 
@@ -64,7 +65,7 @@ def value_tensors(model_config: ilql.ModelConfig, params: ilql.Params, target_pa
     return out
 
 
-def _tokenizer_files(tokenizer, n_positions: int) -> dict[str, str]:
+def _tokenizer_files(tokenizer, n_positions: int, tokenizer_class: str = "GPT2TokenizerFast") -> dict[str, str]:
     """tokenizer.json and the two JSON files `transformers.AutoTokenizer` reads beside it."""
     hf_tokenizer = getattr(tokenizer, "_tokenizer", None)
     if getattr(tokenizer, "kind", None) != "bpe" or hf_tokenizer is None:
@@ -73,7 +74,7 @@ def _tokenizer_files(tokenizer, n_positions: int) -> dict[str, str]:
     special = {"bos_token": "<s>", "eos_token": "</a>", "pad_token": "<pad>", "unk_token": None}
     config = {
         "kind": "bpe",  # what ilql_jax.tokenizers.load_tokenizer reads; transformers ignores it
-        "tokenizer_class": "GPT2TokenizerFast",
+        "tokenizer_class": tokenizer_class,
         "model_max_length": n_positions,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
@@ -95,7 +96,8 @@ def export_run(directory: str | os.PathLike, tokenizer, model_config: ilql.Model
     manifest = {
         "format": FORMAT,
         "step": int(step),
-        "gpt2_config": hf_import.config_to_hf(trunk),
+        # "gpt2_config" as before for GPT-2 trunks, so their manifests stay as they were.
+        ("gpt2_config" if isinstance(trunk, gpt2.GPT2Config) else "hf_config"): hf_import.config_to_hf(trunk),
         "model": {k: v for k, v in dataclasses.asdict(model_config).items() if k != "trunk"},
         "padded_vocab_size": trunk.padded_vocab_size,
         "advantage": "A(h_t, a) = min(Q̄1, Q̄2)(h_t, a) − V(h_t): Q̄ from the target heads on target.trunk's "
@@ -106,8 +108,9 @@ def export_run(directory: str | os.PathLike, tokenizer, model_config: ilql.Model
         "tensors": {name: list(t.shape) for name, t in sorted(tensors.items())},
     }
     policy = ilql.policy_params(model_config, params)
-    hf_import.export_hf_gpt2(policy, trunk, directory)
-    for name, text in _tokenizer_files(tokenizer, trunk.n_positions).items():
+    hf_import.export_hf(policy, trunk, directory)
+    tokenizer_class = "GPT2TokenizerFast" if isinstance(trunk, gpt2.GPT2Config) else "PreTrainedTokenizerFast"
+    for name, text in _tokenizer_files(tokenizer, trunk.n_positions, tokenizer_class).items():
         files.atomic_write_text(os.path.join(directory, name), text)
     files.atomic_write_bytes(os.path.join(directory, VALUES_FILE),
                              safetensors.numpy.save(tensors, metadata={"format": FORMAT}))
@@ -127,7 +130,7 @@ def _heads_from(tensors: dict[str, np.ndarray], prefix: str, like: nnx.State, so
     return nnx.from_flat_state(flat)
 
 
-def _trunk_from(tensors: dict[str, np.ndarray], prefix: str, trunk: gpt2.GPT2Config, source: str) -> gpt2.Params:
+def _trunk_from(tensors: dict[str, np.ndarray], prefix: str, trunk, source: str) -> gpt2.Params:
     sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     return hf_import.params_from_hf(sub, trunk, source=f"{source} ({prefix})")
 
@@ -137,7 +140,7 @@ def load_values(directory: str | os.PathLike, **trunk_overrides: Any
     """`(model_config, value params, target params)` from an `export_run` directory.
 
     The value params are `{"value": {"trunk", "v", "q1", "q2"}}`; add π_β
-    (`hf_import.load_hf_gpt2(directory)`) as `"policy"` for the sampler.
+    (`hf_import.load_hf(directory)`) as `"policy"` for the sampler.
     """
     directory = os.fspath(directory)
     manifest_path = os.path.join(directory, VALUES_MANIFEST)
@@ -145,7 +148,10 @@ def load_values(directory: str | os.PathLike, **trunk_overrides: Any
         manifest = json.load(f)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    trunk = hf_import.config_from_hf(manifest["gpt2_config"], **trunk_overrides)
+    hf_config = manifest.get("gpt2_config", manifest.get("hf_config"))
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{manifest_path}: no 'gpt2_config' or 'hf_config' object")
+    trunk = hf_import.config_from_hf(hf_config, **trunk_overrides)
     model_config = ilql.ModelConfig(trunk=trunk, **manifest["model"])
     path = os.path.join(directory, VALUES_FILE)
     tensors = hf_import.read_safetensors(path)

@@ -81,7 +81,8 @@ from ilql_jax.config import TrainConfig, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
 from ilql_jax.logging import MetricWriter
-from ilql_jax.models import gpt2, hf_import
+from ilql_jax.models import gpt2, hf_import, llama
+from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import ILQLState
 
 __all__ = ["Preempted", "check_arrays", "evaluate", "init_weights", "select_train_rows", "train_and_evaluate"]
@@ -228,14 +229,16 @@ def _evaluations(config: TrainConfig, step: int, state: ILQLState, eval_data: Ar
     return logs
 
 
-def init_weights(init: str, trunk: gpt2.GPT2Config, shardings: Any = None) -> gpt2.Params | None:
-    """The GPT-2 weights that `TrainConfig.init` names (None for "scratch": random).
+def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, shardings: Any = None) -> gpt2.Params | None:
+    """The trunk weights that `TrainConfig.init` names (None for "scratch": random).
 
     "bc:DIR" reads π_β from the newest checkpoint of the run in DIR (a BC run,
-    or an ILQL run's π_β); anything else is a Hugging Face GPT-2 directory or
-    hub id, whose shape must match `trunk` (its vocabulary may grow within the
-    embedding's padding, as with added markup tokens). The weights start the
-    value trunk and π_β (`train.init_state(config, key, trunk=weights)`).
+    or an ILQL run's π_β); anything else is a Hugging Face directory or hub id
+    (GPT-2, Llama or Qwen2), whose shape must match `trunk` (its vocabulary may
+    grow: within the embedding's padding for GPT-2, as with added markup
+    tokens; to `trunk.vocab_size` for Llama, new rows starting as the mean
+    row, see `hf_import`). The weights start the value trunk and π_β
+    (`train.init_state(config, key, trunk=weights)`).
     With `shardings` (`sharding.trunk_shardings`), every device reads only its
     own shards (orbax restores them; safetensors slices are read per device);
     otherwise they come back whole (host numpy or one device).
@@ -243,10 +246,22 @@ def init_weights(init: str, trunk: gpt2.GPT2Config, shardings: Any = None) -> gp
     if init == "scratch":
         return None
     if init.startswith("bc:"):
-        return checkpoint.load_policy_from_checkpoint(init[3:], checkpoint.abstract_like(gpt2.abstract_params(trunk),
-                                                                                       shardings))
+        return checkpoint.load_policy_from_checkpoint(init[3:], checkpoint.abstract_like(
+            trunk_lib.abstract_params(trunk), shardings))
     overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat)
+    if isinstance(trunk, llama.LlamaConfig):
+        overrides["vocab_size"] = trunk.vocab_size
+        _, loaded = hf_import.read_config(init, **overrides)
+        if not isinstance(loaded, llama.LlamaConfig):
+            raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a LlamaConfig")
+        for field in dataclasses.fields(loaded):
+            if getattr(loaded, field.name) != getattr(trunk, field.name):
+                raise ValueError(f"init={init!r} has {field.name}={getattr(loaded, field.name)}, but step.model.trunk "
+                                 f"has {field.name}={getattr(trunk, field.name)}")
+        return hf_import.load_hf(init, shardings=shardings, **overrides)[1]
     _, loaded = hf_import.read_config(init, **overrides)
+    if not isinstance(loaded, gpt2.GPT2Config):
+        raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a GPT2Config")
     for name in ("n_positions", "n_embd", "n_layer", "n_head", "padded_vocab_size", "layer_norm_epsilon"):
         if getattr(loaded, name) != getattr(trunk, name):
             raise ValueError(f"init={init!r} has {name}={getattr(loaded, name)}, but step.model.trunk has "

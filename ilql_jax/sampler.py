@@ -42,6 +42,7 @@ import numpy as np
 
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, heads, ilql
+from ilql_jax.models import trunk as trunk_lib
 
 Array = jax.Array
 
@@ -384,8 +385,8 @@ def init_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     hiddens, caches = {}, {}
     for name, params in _trunks(model_config, online, target).items():
         # No LM head here: only the last hidden state is kept (π_β's logits come from it in the step).
-        hidden, _, caches[name] = gpt2.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m,
-                                               with_logits=False)
+        hidden, _, caches[name] = trunk_lib.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m,
+                                                    with_logits=False)
         hiddens[name] = hidden[:, -1]
     h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     # Beam search starts from one live beam per prompt, so the first step does
@@ -433,7 +434,7 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     cfg, sc = model_config.trunk, sampler_config
     ids = jnp.arange(cfg.padded_vocab_size)
     valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id) & knobs.allowed
-    pi_logits = gpt2.lm_logits(_policy_trunk(model_config, online), cfg, state.h_policy)
+    pi_logits = trunk_lib.lm_logits(_policy_trunk(model_config, online), cfg, state.h_policy)
     adv = advantage(model_config, online, target, state.h_value, state.h_target)
     logits = perturb_logits(pi_logits, adv, valid, beta=knobs.beta, temperature=knobs.temperature,
                             adv_clip=knobs.adv_clip, order=sc.order, top_k=sc.top_k, top_p=sc.top_p)
@@ -460,7 +461,8 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     # After the last step this decode is wasted (1 of M); it keeps the loop body uniform.
     hiddens, caches = {}, {}
     for name, params in _trunks(model_config, online, target).items():
-        hiddens[name], _, caches[name] = gpt2.decode_step(params, cfg, state.caches[name], token, with_logits=False)
+        hiddens[name], _, caches[name] = trunk_lib.decode_step(params, cfg, state.caches[name], token,
+                                                               with_logits=False)
     h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     return DecodeState(
         step=t + 1, caches=caches, h_policy=h_policy, h_value=h_value, h_target=h_target, done=done,

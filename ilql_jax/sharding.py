@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules, batch placement and the sharded train step.
 
 The models name parameter axes logically ("vocab", "embed", "heads", "mlp";
-see `models/gpt2.py`); this module maps those names onto a mesh with axes
+see `models/gpt2.py` and `models/llama.py`); this module maps those names onto a mesh with axes
 ("data", "fsdp", "tensor") through rules kept in config, so no mesh name
 appears in a model. Typical use, identical on one CPU and on a multi-host
 TPU/GPU slice::
@@ -11,7 +11,7 @@ TPU/GPU slice::
     mesh = make_mesh(mesh_cfg)
     shardings = state_shardings(abstract_state(step_cfg), mesh, logical_rules(mesh_cfg))
     state = init_sharded_state(step_cfg, jax.random.key(0), shardings)  # born sharded; or with GPT-2 weights:
-    # weights = hf_import.load_hf_gpt2(path, shardings=trunk_shardings(shardings))[1]
+    # weights = hf_import.load_hf(path, shardings=trunk_shardings(shardings))[1]   # GPT-2, Llama, Qwen2
     # state = init_sharded_state(step_cfg, jax.random.key(0), shardings, trunk=weights)
     step = make_sharded_train_step(step_cfg, mesh, shardings)
     for host_batch in batches:                   # this process's rows, as numpy
@@ -192,7 +192,7 @@ def init_sharded_state(step_config: train.StepConfig, key: jax.Array, shardings:
 
 
 def trunk_shardings(shardings: ILQLState) -> Any:
-    """The shardings of one GPT-2 trunk's parameters, taken from a state's shardings
+    """The shardings of one trunk's parameters, taken from a state's shardings
     (`state_shardings`): every trunk of the state (value, target, π_β) is laid out alike."""
     params = shardings.params
     return params["value"]["trunk"] if "value" in params else params["policy"]

@@ -13,6 +13,7 @@ import optax
 
 from ilql_jax import losses
 from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import (ILQLState, OptimConfig, create_state, learning_rate_schedule, make_optimizer,
                             polyak_update)
 
@@ -80,7 +81,7 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | Non
     k_params, k_rng = jax.random.split(key)
     if config.mode == "bc":
         start = policy if policy is not None else trunk
-        params = {"policy": gpt2.init(config.model.trunk, k_params) if start is None else start}
+        params = {"policy": trunk_lib.init(config.model.trunk, k_params) if start is None else start}
         target = {}
     else:
         params, target = ilql.init(config.model, k_params, trunk, policy)
@@ -129,10 +130,10 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
     trunk = config.model.trunk
     packed = losses.pack_actions(batch, config.action_capacity)
     if config.mode == "bc":
-        hidden, _ = gpt2.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
-                                 dropout_key=dropout_key, with_logits=False)
-        logits_k = gpt2.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
-                                  mask_padded=False)
+        hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
+                                      dropout_key=dropout_key, with_logits=False)
+        logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
+                                       mask_padded=False)
         return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
     out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
                             dropout_key)
@@ -146,8 +147,8 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
     (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory."""
     trunk = config.model.trunk
     if config.mode == "bc":
-        _, logits = gpt2.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
-                                 dropout_key=dropout_key)
+        _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
+                                      dropout_key=dropout_key)
         return losses.bc_only_loss(logits, batch, trunk.vocab_size)
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
     return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,

@@ -4,10 +4,10 @@ JAX fixes its device count at first use, so the multi-device checks run here,
 in a fresh interpreter whose environment (set by the test) asks for fake CPU
 devices. Two modes:
 
-  python tests/_sharding_worker.py mesh8 OUT.npz
+  python tests/_sharding_worker.py mesh8 OUT.npz [ARCH]
       8 devices: one ILQL step on a (data=2, fsdp=4) FSDP mesh; writes the
       result and what the shardings look like (the test compares it with the
-      same step on one device).
+      same step on one device). ARCH: "gpt2" (default) or "llama" (the trunk).
   python tests/_sharding_worker.py born8 OUT.json HF_DIR WORKDIR
       8 devices, FSDP over all of them: the compiled init (random, from the
       Hugging Face GPT-2 in HF_DIR, and from a BC checkpoint it saves in
@@ -37,13 +37,17 @@ STEPS = 5
 WORDS = ("crane", "slate", "adieu", "house", "pious", "mound", "quiet", "zebra")
 
 
-def step_config():
+def step_config(arch: str = "gpt2"):
     from ilql_jax import train
-    from ilql_jax.models import gpt2, ilql
+    from ilql_jax.models import gpt2, ilql, llama
     from ilql_jax.state import OptimConfig
 
-    trunk = gpt2.GPT2Config.tiny(vocab_size=tokenizers.wordle_tokenizer().vocab_size, n_layer=1, n_embd=32,
-                                 n_positions=32)
+    vocab = tokenizers.wordle_tokenizer().vocab_size
+    if arch == "llama":  # GQA, q/k/v biases, untied head: every kind of Llama parameter is sharded
+        trunk = llama.LlamaConfig.tiny(vocab_size=vocab, n_layer=1, n_embd=32, n_head=4, n_kv_head=2, head_dim=8,
+                                       intermediate_size=64, n_positions=32, qkv_bias=True, hf_model_type="qwen2")
+    else:
+        trunk = gpt2.GPT2Config.tiny(vocab_size=vocab, n_layer=1, n_embd=32, n_positions=32)
     # The key bias of attention has an analytically zero gradient (softmax is
     # shift-invariant), so with the default eps=1e-8 Adam turns float noise
     # there into steps of about ±lr whose sign depends on summation order. A
@@ -67,13 +71,13 @@ def flat(tree, prefix: str) -> dict[str, np.ndarray]:
     return {prefix + jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def mesh8(out: str) -> None:
+def mesh8(out: str, arch: str = "gpt2") -> None:
     import jax
 
     from ilql_jax import sharding, train
 
     assert jax.device_count() == 8, jax.devices()
-    cfg = step_config()
+    cfg = step_config(arch)
     state = train.init_state(cfg, jax.random.key(0))
     mesh_cfg = sharding.MeshConfig(data=2, fsdp=4, fsdp_params=True)
     mesh = sharding.make_mesh(mesh_cfg)
@@ -90,13 +94,20 @@ def mesh8(out: str) -> None:
     def layout(x):  # spec, global shape, shape of one shard
         return np.array([str(x.sharding.spec), str(x.shape), str(x.addressable_shards[0].data.shape)])
 
-    leaves = {"wte": new.params["value"]["trunk"]["wte"]["embedding"][...],
+    # The embedding and the first MLP matrix of each trunk (their names differ by architecture).
+    emb, blocks, fc = (("wte", "h", ("mlp", "c_fc")) if arch == "gpt2" else
+                       ("embed_tokens", "layers", ("mlp", "gate_proj")))
+    mlp = lambda tree: tree[blocks][0][fc[0]][fc[1]]["kernel"][...]
+    leaves = {"wte": new.params["value"]["trunk"][emb]["embedding"][...],
               "q1_out": new.params["value"]["q1"]["out"]["kernel"][...],
-              "c_fc": new.params["value"]["trunk"]["h"][0]["mlp"]["c_fc"]["kernel"][...],
-              "target_c_fc": new.target_params["trunk"]["h"][0]["mlp"]["c_fc"]["kernel"][...],
-              "mu_c_fc": new.opt_state[0].mu["value"]["trunk"]["h"][0]["mlp"]["c_fc"]["kernel"][...],
+              "c_fc": mlp(new.params["value"]["trunk"]),
+              "target_c_fc": mlp(new.target_params["trunk"]),
+              "mu_c_fc": mlp(new.opt_state[0].mu["value"]["trunk"]),
               "v_out_bias": new.params["value"]["v"]["out"]["bias"][...],
               "step": new.step}
+    if arch == "llama":
+        leaves["lm_head"] = new.params["policy"]["lm_head"]["kernel"][...]
+        leaves["k_bias"] = new.params["value"]["trunk"]["layers"][0]["self_attn"]["k_proj"]["bias"][...]
     np.savez(out, **flat((new.params, new.target_params, metrics), "sharded"),
              **flat(init_direct.params, "init_direct"),
              mesh_shape=np.array(list(mesh.shape.values())),
@@ -237,7 +248,7 @@ def multiprocess(out: str) -> None:
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "mesh8":
-        mesh8(out)
+        mesh8(out, *sys.argv[3:4])
     elif mode == "layout8":
         layout8(out)
     elif mode == "born8":

@@ -46,3 +46,34 @@ def random_hf_gpt2(directory, *, vocab_size, n_embd, n_layer, n_head, n_position
     safetensors.numpy.save_file(flax_gpt2_to_pt(model.params), os.path.join(directory, "model.safetensors"))
     hf_config.to_json_file(os.path.join(directory, "config.json"))
     return model
+
+
+def random_hf_llama(directory, config, *, seed=0, tokenizer_texts=None):
+    """A random Llama-architecture checkpoint (every parameter perturbed) written by our exporter, with a
+    byte-level BPE `tokenizer.json` fitted to `tokenizer_texts` when given (no markup: the import adds it).
+
+    With a tokenizer, the model's vocabulary is the tokenizer's size, as Llama 3's is, so ILQL's markup ids
+    become new rows. Returns (config, params) as written.
+    """
+    import dataclasses
+
+    import tokenizers as hf_tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from ilql_jax.models import hf_import, llama
+
+    os.makedirs(directory, exist_ok=True)
+    if tokenizer_texts is not None:
+        tok = hf_tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(tokenizer_texts, trainers.BpeTrainer(
+            vocab_size=config.vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        tok.save(os.path.join(directory, "tokenizer.json"))
+        config = dataclasses.replace(config, vocab_size=tok.get_vocab_size())
+    params = llama.init(config, jax.random.key(seed))
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    params = jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    hf_import.export_hf(params, config, str(directory))
+    return config, params

@@ -61,3 +61,21 @@ def test_a_small_run_shards_the_state_under_fsdp_and_fits(tmp_path):
     assert all(r["fits_80gib"] and r["derived_from_depths"] == list(memory.DEPTHS) for r in train.values())
     assert sum(r["program"] == "decode" for r in rows if r["bench"] == "memory") == 4
     assert rows[-1]["bench"] == "memory_summary"
+
+
+def test_llama_1b_rows_use_llama_3_2_1b_shape_and_count_its_state():
+    """The "llama-1b" rows: Llama 3.2 1B's shape with ILQL's 6 markup ids, and its train state counted from the
+    parameter shapes (float32 weights + AdamW's two moments for the trained networks, weights for the targets)."""
+    case = memory.Case("train", "llama-1b", 1, "dp", "bfloat16", True, 8, 128)
+    cfg = memory.trunk_config(case)
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.intermediate_size) == (16, 2048, 32, 8, 8192)
+    assert (cfg.vocab_size, cfg.padded_vocab_size, cfg.tie_word_embeddings, cfg.rope_type) == (128262, 128384, True,
+                                                                                                  "llama3")
+    d, v, kv = cfg.n_embd, cfg.padded_vocab_size, cfg.n_kv_head * cfg.head_dim
+    block = 2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size + 2 * d
+    trunk = v * d + cfg.n_layer * block + d
+    v_head, q_head = (d * 2 * d + 2 * d) + (2 * d + 1), (d * 2 * d + 2 * d) + (2 * d * v + v)
+    expected = 12 * (2 * trunk + v_head + 2 * q_head) + 4 * (trunk + 2 * q_head)
+    got = memory.state_bytes_per_device(case)
+    assert expected <= got < expected + 1024  # + the step counters and the key
+    assert round(got / GIB, 1) == 48.3  # docs/llama.md

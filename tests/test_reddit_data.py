@@ -435,6 +435,28 @@ def test_local_gpt2_directory_gives_tokenizer_trunk_and_weights(tmp_path, record
         load_tokenizer_and_trunk(dataclasses.replace(cfg, max_len=128), str(tmp_path / "run2"), records[:10])
 
 
+def test_local_llama_directory_gives_tokenizer_trunk_and_weights(tmp_path, records):
+    """`--model DIR` with a Llama-architecture directory (tokenizer.json + safetensors): the markup becomes new
+    ids past the checkpoint's, whose embedding rows the BC run's weights start at the mean row."""
+    from experiments.reddit_toxicity.run import RedditConfig, load_tokenizer_and_trunk, train_configs
+    from ilql_jax.loop import init_weights
+    from ilql_jax.models import llama
+    from tests.hf_fixtures import random_hf_llama
+
+    model_dir = tmp_path / "llama-local"
+    base, params = random_hf_llama(model_dir, llama.LlamaConfig.tiny(vocab_size=300, n_positions=64),
+                                   tokenizer_texts=[r["comment"] for r in records] + [r["parent"] for r in records])
+    cfg = RedditConfig(model=str(model_dir), max_len=64)
+    tok, trunk = load_tokenizer_and_trunk(cfg, str(tmp_path / "run"), records[:10])
+    assert isinstance(trunk, llama.LlamaConfig) and trunk.vocab_size == tok.vocab_size == base.vocab_size + 6
+    assert min(tok.s_id, tok.end_a_id, tok.pad_id) >= base.vocab_size
+    weights = init_weights(train_configs(cfg, trunk)[0].init, trunk)
+    emb = np.asarray(weights["embed_tokens"]["embedding"])
+    np.testing.assert_allclose(emb[:base.vocab_size], np.asarray(params["embed_tokens"]["embedding"])[:base.vocab_size],
+                               rtol=0, atol=0)  # the directory's weights, not random ones
+    np.testing.assert_allclose(emb[tok.s_id], emb[:base.vocab_size].astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
+
+
 def test_value_settings_reach_the_ilql_step():
     """`--polyak_alpha` and `--target_on_online_trunk` configure the ILQL step; BC has no target."""
     from experiments.reddit_toxicity.run import RedditConfig, train_configs

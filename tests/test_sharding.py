@@ -178,9 +178,9 @@ def test_maybe_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
 
 
 @functools.lru_cache(maxsize=None)
-def _reference():
+def _reference(arch: str = "gpt2"):
     """Unsharded results on this process's one device: after 1 step (params, target, metrics) and after 5."""
-    cfg = worker.step_config()
+    cfg = worker.step_config(arch)
     batch = {k: jnp.asarray(v) for k, v in worker.global_batch().items()}
     step = train.make_train_step(cfg, donate=False)
     state = train.init_state(cfg, jax.random.key(0))
@@ -232,15 +232,20 @@ def _max_diff(a: dict, b, prefix_a: str = "", prefix_b: str = "") -> float:
     return max(float(np.max(np.abs(a[prefix_a + k] - b[prefix_b + k]))) for k in keys)
 
 
-def test_fsdp_step_on_8_devices_equals_the_single_device_step(tmp_path):
+def _mesh8_step(tmp_path, arch: str):
+    """(the single-device reference, the (data=2, fsdp=4) worker's results) for one step on `arch`'s trunk."""
     out = tmp_path / "mesh8.npz"
     with open(tmp_path / "log", "w+b") as log:
-        proc = _start(["mesh8", str(out)], 8, log)
+        proc = _start(["mesh8", str(out), arch], 8, log)
         try:
-            ref = _reference()  # meanwhile
+            ref = _reference(arch)  # meanwhile
         finally:
             _finish([proc], [log])
-    got = np.load(out)
+    return ref, np.load(out)
+
+
+def test_fsdp_step_on_8_devices_equals_the_single_device_step(tmp_path):
+    ref, got = _mesh8_step(tmp_path, "gpt2")
 
     one = ref["one"]
     assert set("sharded" + k for k in one) <= set(got.files)
@@ -260,6 +265,23 @@ def test_fsdp_step_on_8_devices_equals_the_single_device_step(tmp_path):
     assert layout["q1_out"] == ("P('fsdp', None)", "(64, 128)", "(16, 128)")
     assert layout["v_out_bias"] == ("P(None,)", "(1,)", "(1,)")
     assert layout["step"] == ("P()", "()", "()")
+
+
+def test_fsdp_step_on_8_devices_equals_the_single_device_step_for_llama(tmp_path):
+    """The same (data=2, fsdp=4) check for the Llama trunk (GQA, RoPE, q/k/v biases, untied LM head)."""
+    ref, got = _mesh8_step(tmp_path, "llama")
+    one = ref["one"]
+    assert set("sharded" + k for k in one) <= set(got.files)
+    for k in one:
+        np.testing.assert_allclose(got["sharded" + k], one[k], rtol=0, atol=1e-5, err_msg=k)
+    assert _max_diff(ref["init"], got, "init", "sharded[0]") > 1e-4  # the step moved the weights
+    assert _max_diff(ref["init"], got, "init", "init_direct") < 1e-7
+    layout = {k.split("/", 1)[1]: tuple(got[k]) for k in got.files if k.startswith("layout/")}
+    assert layout["wte"] == ("P(None, 'fsdp')", "(128, 32)", "(128, 8)")          # embed_tokens (vocab, embed)
+    assert layout["c_fc"] == ("P('fsdp', None)", "(32, 64)", "(8, 64)")           # gate_proj (embed, mlp)
+    assert layout["target_c_fc"] == layout["c_fc"] and layout["mu_c_fc"] == layout["c_fc"]
+    assert layout["lm_head"] == ("P('fsdp', None)", "(32, 128)", "(8, 128)")      # (embed, vocab)
+    assert layout["k_bias"] == ("P(None,)", "(16,)", "(16,)")                      # (heads,): replicated
 
 
 def _check_born_sharded(layout: list, output_bytes: int | None = None) -> None:

@@ -32,7 +32,7 @@ from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.data.records import DataError
 from ilql_jax.loop import train_and_evaluate
-from ilql_jax.models import gpt2, hf_import, ilql
+from ilql_jax.models import gpt2, hf_import, ilql, llama
 from ilql_jax.state import OptimConfig
 
 
@@ -177,9 +177,12 @@ def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str | epath.PathLike, t
         return tok, gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_len, n_embd=cfg.n_embd,
                                     n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
     trunk = hf_import.read_config(cfg.model)[1]  # the weights are read shard by shard by the BC run
+    if isinstance(trunk, llama.LlamaConfig):  # markup ids beyond the checkpoint's become new rows (hf_import)
+        trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
     if tok.vocab_size > trunk.padded_vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} ids; the model's embedding holds {trunk.padded_vocab_size}")
-    trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
+    if isinstance(trunk, gpt2.GPT2Config):
+        trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
     if cfg.max_len > trunk.n_positions:
         raise ValueError(f"max_len={cfg.max_len} exceeds the model's n_positions={trunk.n_positions}")
     return tok, trunk

@@ -40,8 +40,8 @@ class TrainOptions:
         {"turns": [{"role": "env"|"agent", "text", "reward"}, ...], "terminal"} (docs/cli.md).
       workdir: the run's directory (created; reused to resume).
       model: "scratch" (a small GPT-2 shape below and a BPE fitted to the data), "gpt2" (the hub's GPT-2
-        weights and tokenizer: needs network) or a local Hugging Face GPT-2 directory (e.g. one `ilql-jax export`
-        wrote).
+        weights and tokenizer: needs network) or a local Hugging Face directory of a GPT-2, Llama or Qwen2
+        (config.json, safetensors, tokenizer.json; e.g. one `ilql-jax export` wrote), or its hub id.
       tokenizer: model scratch only: "bpe" (a byte-level BPE of bpe_vocab_size ids fitted to the data),
         "symbols" (one id per whitespace-separated symbol of the data, e.g. graph nodes "a f c" or moves
         "e2e4 e7e5"; generations are joined by spaces), "chars" (one id per non-space character; joined
@@ -109,7 +109,7 @@ class TrainOptions:
         if not self.workdir:
             raise ValueError("--workdir must name a directory")
         if not self.model:
-            raise ValueError("--model must be 'scratch', 'gpt2' or a Hugging Face GPT-2 directory")
+            raise ValueError("--model must be 'scratch', 'gpt2' or a Hugging Face model directory")
         if not self.tokenizer:
             raise ValueError("--tokenizer must be 'bpe', 'symbols', 'chars' or a saved tokenizer's directory")
         if self.tokenizer != "bpe" and self.model != "scratch":
@@ -200,10 +200,10 @@ class GenerateOptions:
 class ExportOptions:
     """`ilql-jax export`: a trained workdir's networks as files other tools read.
 
-    `out/` gets π_β as a Hugging Face GPT-2 directory (model.safetensors,
-    config.json, tokenizer.json, tokenizer_config.json, special_tokens_map.json:
-    `transformers.AutoTokenizer` and `FlaxGPT2LMHeadModel.from_pretrained(out)`
-    load it), plus the value networks the sampler adds to it: values.safetensors
+    `out/` gets π_β as a Hugging Face directory of the trained architecture (GPT-2, Llama
+    or Qwen2: model.safetensors, config.json, tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json: `transformers.AutoTokenizer` and, for GPT-2,
+    `FlaxGPT2LMHeadModel.from_pretrained(out)` load it), plus the value networks the sampler adds to it: values.safetensors
     (the value trunk, the V and Q heads, and the target networks) with
     values.json, a manifest of every tensor and how A = min(Q̄1, Q̄2) − V is formed.
 

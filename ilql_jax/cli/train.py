@@ -101,8 +101,8 @@ def _scratch_tokenizer(opts: TrainOptions, train_records: list, eval_records: li
 
 
 def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: list):
-    """The run's tokenizer (reloaded when saved) and GPT-2 trunk config."""
-    from ilql_jax.models import gpt2, hf_import
+    """The run's tokenizer (reloaded when saved) and trunk config (GPT-2 from scratch, or the checkpoint's)."""
+    from ilql_jax.models import gpt2, hf_import, llama
 
     tok_dir = os.path.join(opts.workdir, "tokenizer")
     saved = os.path.isfile(os.path.join(tok_dir, tokenizers.CONFIG_FILE))  # written last: the rest is there
@@ -116,10 +116,14 @@ def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: 
         directory = hf_import.resolve(opts.model)
         with open(os.path.join(directory, hf_import.CONFIG_NAME), encoding="utf-8") as f:
             trunk = hf_import.config_from_hf(json.load(f), dropout=0.0, dtype=opts.dtype)
+        if isinstance(trunk, llama.LlamaConfig):
+            # Markup ids the checkpoint lacks become new embedding rows (hf_import: the mean row).
+            trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
         if tok.vocab_size > trunk.padded_vocab_size:
             raise ConfigError(f"--model {opts.model}: the tokenizer has {tok.vocab_size} ids, the model's "
                               f"embedding {trunk.padded_vocab_size}")
-        trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
+        if isinstance(trunk, gpt2.GPT2Config):
+            trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
         if opts.max_len > trunk.n_positions:
             raise ConfigError(f"--max_len {opts.max_len} exceeds the model's n_positions={trunk.n_positions}")
     if not saved:

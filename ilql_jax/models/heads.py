@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ilql_jax.models import gpt2
+from ilql_jax.models.trunk import TrunkConfig
 
 
 HEAD_INITS = ("pytorch", "flax")
@@ -68,37 +69,37 @@ class MLPHead(nnx.Module):
         return y + self.out.bias[...].astype(jnp.float32)
 
 
-def init_v_head(config: gpt2.GPT2Config, key: jax.Array, init: str = "pytorch") -> nnx.State:
+def init_v_head(config: TrunkConfig, key: jax.Array, init: str = "pytorch") -> nnx.State:
     return nnx.state(MLPHead(config.n_embd, 1, None, dtype=config.dtype, param_dtype=config.param_dtype,
                              rngs=nnx.Rngs(params=key), init=init), nnx.Param)
 
 
-def init_q_head(config: gpt2.GPT2Config, key: jax.Array, init: str = "pytorch") -> nnx.State:
+def init_q_head(config: TrunkConfig, key: jax.Array, init: str = "pytorch") -> nnx.State:
     return nnx.state(MLPHead(config.n_embd, config.padded_vocab_size, "vocab", dtype=config.dtype,
                              param_dtype=config.param_dtype, rngs=nnx.Rngs(params=key), init=init), nnx.Param)
 
 
 @functools.lru_cache(maxsize=None)
-def _graphdef(config: gpt2.GPT2Config, out: int):
+def _graphdef(config: TrunkConfig, out: int):
     model = nnx.eval_shape(lambda: MLPHead(config.n_embd, out, None, dtype=config.dtype,
                                            param_dtype=config.param_dtype, rngs=nnx.Rngs(0)))
     return nnx.graphdef(model)
 
 
-def v_t(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array) -> jax.Array:
+def v_t(params: nnx.State, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
     """V(h_t): [B, T, D] hidden → [B, T] float32."""
     chex.assert_rank(hidden, 3)
     return nnx.merge(_graphdef(config, 1), params)(hidden.astype(config.dtype))[..., 0]
 
 
-def q_t(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array) -> jax.Array:
+def q_t(params: nnx.State, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
     """Q(h_t, ·): [B, T, D] hidden → [B, T, V_pad] float32, padded entries -inf."""
     chex.assert_rank(hidden, 3)
     q = nnx.merge(_graphdef(config, config.padded_vocab_size), params)(hidden.astype(config.dtype))
     return gpt2.mask_padded_vocab(q, config.vocab_size)
 
 
-def q_t_unmasked(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array) -> jax.Array:
+def q_t_unmasked(params: nnx.State, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
     """Q(h_t, ·) like `q_t`, with the padded vocabulary tail left as computed (finite), for a consumer
     that masks it inside a fused reduction (`losses.logsumexp_and_gather`) rather than in a
     vocabulary-sized copy."""
@@ -106,7 +107,7 @@ def q_t_unmasked(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array) 
     return nnx.merge(_graphdef(config, config.padded_vocab_size), params)(hidden.astype(config.dtype))
 
 
-def q_at(params: nnx.State, config: gpt2.GPT2Config, hidden: jax.Array, a_t: jax.Array) -> jax.Array:
+def q_at(params: nnx.State, config: TrunkConfig, hidden: jax.Array, a_t: jax.Array) -> jax.Array:
     """Q(h_t)[a_t]: [B, K, D] hidden, [B, K] actions in [0, vocab_size) → [B, K] float32.
 
     Equals `q_t(...)` gathered at `a_t` without its other V_pad − 1 outputs: the

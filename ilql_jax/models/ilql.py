@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from ilql_jax import losses
-from ilql_jax.models import gpt2, heads
+from ilql_jax.models import gpt2, heads, llama, trunk as trunk_lib
 
 Params = dict[str, Any]
 
@@ -37,7 +37,7 @@ class ModelConfig:
     """Which ILQL networks exist.
 
     Attributes:
-      trunk: the GPT-2 shape shared by the value trunk, the target trunk and π_β.
+      trunk: the trunk's shape (`GPT2Config` or `LlamaConfig`) shared by the value trunk, the target trunk and π_β.
       shared_policy: π_β is the value trunk's LM head (trlx-style; lighter, but
         the value and BC losses then compete for one representation).
       target_on_online_trunk: target Q heads read the online value trunk's
@@ -51,7 +51,7 @@ class ModelConfig:
         trlx) or "flax" (lecun-normal kernel, zero bias); see `heads.HEAD_INITS`.
     """
 
-    trunk: gpt2.GPT2Config = gpt2.GPT2Config()
+    trunk: gpt2.GPT2Config | llama.LlamaConfig = gpt2.GPT2Config()
     shared_policy: bool = False
     target_on_online_trunk: bool = False
     frozen_policy: bool = False
@@ -87,7 +87,7 @@ def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
     """
     k_trunk, k_v, k_q1, k_q2 = jax.random.split(key, 4)
     cfg = config.trunk
-    trunk = gpt2.init(cfg, k_trunk) if trunk is None else trunk
+    trunk = trunk_lib.init(cfg, k_trunk) if trunk is None else trunk
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers, so donation never aliases
     value = {"trunk": trunk, "v": heads.init_v_head(cfg, k_v, config.head_init),
              "q1": heads.init_q_head(cfg, k_q1, config.head_init), "q2": heads.init_q_head(cfg, k_q2, config.head_init)}
@@ -107,19 +107,19 @@ def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array
     """Runs the value trunk and heads, the target networks and π_β on a batch."""
     cfg = config.trunk
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    hidden, lm_logits = gpt2.forward(online["value"]["trunk"], cfg, tokens, attention_mask, dropout_key=k_value)
+    hidden, lm_logits = trunk_lib.forward(online["value"]["trunk"], cfg, tokens, attention_mask, dropout_key=k_value)
     value = online["value"]
     if config.target_on_online_trunk:
         target_hidden = hidden
     else:
-        target_hidden, _ = gpt2.forward(target["trunk"], cfg, tokens, attention_mask)
+        target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask)
     target_hidden = jax.lax.stop_gradient(target_hidden)
     if config.frozen_policy:
         pi_logits = None
     elif config.shared_policy:
         pi_logits = lm_logits
     else:
-        _, pi_logits = gpt2.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy)
+        _, pi_logits = trunk_lib.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy)
     return Outputs(
         q1_t=heads.q_t(value["q1"], cfg, hidden),
         q2_t=heads.q_t(value["q2"], cfg, hidden),
@@ -164,11 +164,11 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
     cfg = config.trunk
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     value = online["value"]
-    hidden, _ = gpt2.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=k_value, with_logits=False)
+    hidden, _ = trunk_lib.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=k_value, with_logits=False)
     if config.target_on_online_trunk:
         target_hidden = hidden
     else:
-        target_hidden, _ = gpt2.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
+        target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
     h_k = losses.gather_packed(hidden, packed.idx)
     h_next = jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))
     target_h_k = jax.lax.stop_gradient(losses.gather_packed(target_hidden, packed.idx))
@@ -180,10 +180,10 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
         if config.shared_policy:
             h_policy = hidden
         else:
-            h_policy, _ = gpt2.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy,
-                                       with_logits=False)
-        pi_logits_k = gpt2.lm_logits(policy_params(config, online), cfg,
-                                     losses.gather_packed(h_policy, packed.idx), mask_padded=False)
+            h_policy, _ = trunk_lib.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy,
+                                            with_logits=False)
+        pi_logits_k = trunk_lib.lm_logits(policy_params(config, online), cfg,
+                                          losses.gather_packed(h_policy, packed.idx), mask_padded=False)
     return PackedOutputs(
         q1_k=heads.q_t_unmasked(value["q1"], cfg, h_k),
         q2_k=heads.q_t_unmasked(value["q2"], cfg, h_k),

@@ -1,0 +1,454 @@
+"""Llama-architecture trunk in Flax NNX (Llama 2/3, TinyLlama, SmolLM2, Qwen2), laid out like Hugging Face's.
+
+Parameter names follow `transformers`' `LlamaForCausalLM` (`embed_tokens`,
+`layers/i/self_attn/q_proj`, `layers/i/mlp/gate_proj`, `norm`, `lm_head`), so
+that `hf_import.py` is a key map (Hugging Face's `nn.Linear` weights are
+[out, in]; our kernels are [in, out], so linear weights are transposed there).
+Every parameter carries the logical axis names GPT-2's do (`vocab`, `embed`,
+`heads`, `mlp`), so `sharding.py`'s rules lay it out with no change.
+
+The block (Touvron et al. 2023; `modeling_llama.py`)::
+
+    x ← x + o_proj(attn(RoPE(q_proj(RMSNorm₁(x))), RoPE(k_proj(·)), v_proj(·)))
+    x ← x + down_proj(silu(gate_proj(RMSNorm₂(x))) ⊙ up_proj(RMSNorm₂(x)))
+
+with RMSNorm(x) = w ⊙ x / √(mean(x²) + ε) (statistics in float32), rotary
+position embeddings on q and k (`rope_frequencies`: θ^(−2i/d), optionally
+rescaled as Llama 3.1 does), grouped-query attention (`n_kv_head` key/value
+heads, each shared by n_head / n_kv_head query heads), optional q/k/v biases
+(Qwen2) and o_proj bias (Llama's `attention_bias`), and a tied or untied LM head.
+
+Same entry points, same meaning and same `KVCache` as `gpt2.py` (the trunk
+interface, `models/trunk.py`): `forward`, `prefill`, `decode_step`,
+`lm_logits`, `init`, `abstract_params`, `init_cache`. Position ids count real
+tokens only (`gpt2.positions_from_mask`), so left-padded prompts decode as
+unpadded ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, mask_padded_vocab, positions_from_mask,  # noqa: F401
+                                  shard_batch)
+
+Array = jax.Array
+Params = nnx.State
+
+ROPE_TYPES = ("default", "linear", "llama3")
+HF_MODEL_TYPES = ("llama", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shape and numerics of a Llama-architecture trunk (read from a Hugging Face `config.json` by
+    `hf_import.read_config`; field names as `GPT2Config`'s where the meaning is the same).
+
+    Attributes:
+        vocab_size: real vocabulary size (the checkpoint's, plus any ids added for ILQL's markup).
+            The embedding is padded to a multiple of 128; padded logits are -inf.
+        n_positions: longest sequence accepted (Hugging Face's max_position_embeddings).
+        n_embd: model width d (hidden_size).
+        n_layer: number of transformer blocks.
+        n_head: query heads.
+        n_kv_head: key/value heads (grouped-query attention); must divide n_head.
+        head_dim: width of one head (hidden_size // n_head unless the checkpoint says otherwise).
+        intermediate_size: SwiGLU hidden width.
+        rms_norm_eps: ε of RMSNorm.
+        rope_theta: RoPE base θ.
+        rope_type: "default", "linear" (every frequency / rope_factor) or "llama3" (Llama 3.1's
+            wavelength-dependent rescaling, with the four fields below).
+        rope_factor: the scaling factor (rope_scaling["factor"]).
+        rope_low_freq_factor: Llama 3 scaling's low_freq_factor.
+        rope_high_freq_factor: Llama 3 scaling's high_freq_factor.
+        rope_original_max_position: Llama 3 scaling's original_max_position_embeddings.
+        tie_word_embeddings: the LM head is the embedding (else its own `lm_head`).
+        qkv_bias: q, k and v projections have biases (Qwen2; Llama's attention_bias).
+        o_bias: the output projection has a bias (Llama's attention_bias; not Qwen2).
+        dropout: attention-weight dropout (Hugging Face's attention_dropout, 0 in every Llama);
+            only active when `forward` gets a dropout key.
+        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators.
+            Logits, softmax, RoPE and RMSNorm statistics stay float32 either way.
+        param_dtype: storage dtype of the parameters.
+        remat: rematerialise each block in the backward pass.
+        hf_model_type: the Hugging Face model_type written on export ("llama" or "qwen2").
+        arch: always "llama": tells this config from a GPT2Config in a saved config.json.
+    """
+
+    vocab_size: int = 32000
+    n_positions: int = 2048
+    n_embd: int = 2048
+    n_layer: int = 22
+    n_head: int = 32
+    n_kv_head: int = 4
+    head_dim: int = 64
+    intermediate_size: int = 5632
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    hf_model_type: str = "llama"
+    arch: str = "llama"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
+                     "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LlamaConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"LlamaConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: head_dim={self.head_dim} must be even (RoPE rotates pairs)")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"LlamaConfig: rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
+        if self.rope_factor <= 0 or self.rope_theta <= 0:
+            raise ValueError("LlamaConfig: rope_factor and rope_theta must be > 0")
+        if self.rope_type == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
+            raise ValueError("LlamaConfig: llama3 RoPE scaling needs rope_low_freq_factor < rope_high_freq_factor")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LlamaConfig: dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"LlamaConfig: unknown {name} {getattr(self, name)!r}")
+        if self.hf_model_type not in HF_MODEL_TYPES:
+            raise ValueError(f"LlamaConfig: hf_model_type must be one of {HF_MODEL_TYPES}, got {self.hf_model_type!r}")
+        if self.arch != "llama":
+            raise ValueError(f"LlamaConfig: arch must be 'llama', got {self.arch!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    @classmethod
+    def tiny(cls, **overrides) -> "LlamaConfig":
+        """A 2-layer, 64-wide shape for tests and smoke runs: GQA (4 query heads, 2 KV heads), untied head."""
+        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
+                             head_dim=16, intermediate_size=128, rope_theta=10000.0), **overrides})
+
+    @classmethod
+    def llama_3_2_1b(cls, **overrides) -> "LlamaConfig":
+        """The shape of Llama 3.2 1B (meta-llama/Llama-3.2-1B's config.json): 16 layers, 2048 wide, 32 query and
+        8 KV heads, SwiGLU 8192, tied embeddings, RoPE θ = 500000 with Llama 3 scaling (factor 32)."""
+        return cls(**{**dict(vocab_size=128256, n_positions=131072, n_embd=2048, n_layer=16, n_head=32, n_kv_head=8,
+                             head_dim=64, intermediate_size=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
+                             rope_type="llama3", rope_factor=32.0, rope_low_freq_factor=1.0,
+                             rope_high_freq_factor=4.0, rope_original_max_position=8192,
+                             tie_word_embeddings=True), **overrides})
+
+
+def _meta(*names: str | None) -> dict[str, Any]:
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+def _linear(cfg: LlamaConfig, d_in: int, d_out: int, axes: tuple[str, str], bias: bool,
+            rngs: nnx.Rngs) -> nnx.Linear:
+    # Hugging Face's `_init_weights`: N(0, initializer_range² = 0.02²), biases 0.
+    return nnx.Linear(d_in, d_out, use_bias=bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                      kernel_init=nnx.initializers.normal(0.02), kernel_metadata=_meta(*axes),
+                      bias_metadata=_meta(axes[1]), rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+    """w ⊙ x / √(mean(x²) + ε), the statistics and the product in float32 (`LlamaRMSNorm`)."""
+
+    def __init__(self, cfg: LlamaConfig):
+        self.eps = cfg.rms_norm_eps
+        self.weight = nnx.Param(jnp.ones((cfg.n_embd,), jnp.dtype(cfg.param_dtype)), **_meta("embed"))
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(jnp.float32) * x32
+
+
+def rope_frequencies(cfg: LlamaConfig) -> np.ndarray:
+    """Inverse frequencies θ^(−2i/d), i < d/2, float32, rescaled as `rope_type` says.
+
+    "llama3" (Llama 3.1, transformers' `_compute_llama3_parameters`): with
+    wavelength λ = 2π / f, frequencies with λ < L / high_freq_factor are kept,
+    those with λ > L / low_freq_factor are divided by `factor`, and those in
+    between are interpolated: (1 − s) f / factor + s f with
+    s = (L / λ − low) / (high − low), L the original context length.
+    """
+    d = cfg.head_dim
+    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32)
+                                                      / np.float32(d)))).astype(np.float32)
+    if cfg.rope_type == "linear":
+        return (inv_freq / np.float32(cfg.rope_factor)).astype(np.float32)
+    if cfg.rope_type == "llama3":
+        factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        old = cfg.rope_original_max_position
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def rope_cos_sin(cfg: LlamaConfig, positions: Array) -> tuple[Array, Array]:
+    """cos and sin of position × frequency, [B, T, head_dim] float32 (each frequency twice, as
+    `rotate_half` pairs dimension i with i + d/2)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x·cos + rotate_half(x)·sin on [B, H, T, Dh] heads (`apply_rotary_pos_emb`), in float32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos[:, None] + rotated * sin[:, None]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query self-attention with rotary positions and an optional KV cache."""
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        q_out, kv_out = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.q_proj = _linear(cfg, cfg.n_embd, q_out, ("embed", "heads"), cfg.qkv_bias, rngs)
+        self.k_proj = _linear(cfg, cfg.n_embd, kv_out, ("embed", "heads"), cfg.qkv_bias, rngs)
+        self.v_proj = _linear(cfg, cfg.n_embd, kv_out, ("embed", "heads"), cfg.qkv_bias, rngs)
+        self.o_proj = _linear(cfg, q_out, cfg.n_embd, ("heads", "embed"), cfg.o_bias, rngs)
+        self.attn_dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None, *, rngs=None):
+        """x: [B, T, D]; cos, sin: [B, T, Dh]; mask: [B, T, S] bool over keys; kv_cache: ([B, H_kv, S, Dh],) * 2."""
+        cfg = self.cfg
+        b, t, _ = x.shape
+        heads = lambda y, n: y.reshape(b, t, n, cfg.head_dim).transpose(0, 2, 1, 3)  # heads-major, as gpt2.py
+        q = apply_rope(heads(self.q_proj(x), cfg.n_head), cos, sin)
+        k = apply_rope(heads(self.k_proj(x), cfg.n_kv_head), cos, sin)
+        v = heads(self.v_proj(x), cfg.n_kv_head)
+        if kv_cache is not None:
+            k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, 0, cache_index, 0))
+            v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, 0, cache_index, 0))
+            kv_cache = (k, v)
+        # Query head h reads KV head h // G (transformers' repeat_kv): group the query heads instead of
+        # repeating the keys and values G times.
+        g = cfg.n_head // cfg.n_kv_head
+        q = q.reshape(b, cfg.n_kv_head, g, t, cfg.head_dim)
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+        # A finite fill (not -inf) keeps fully masked rows (left padding) NaN-free.
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        weights = self.attn_dropout(weights, deterministic=rngs is None, rngs=rngs).astype(v.dtype)
+        y = jnp.einsum("bkgts,bksd->btkgd", weights, v).reshape(b, t, cfg.n_head * cfg.head_dim)
+        return self.o_proj(y), kv_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down_proj(silu(gate_proj(x)) ⊙ up_proj(x))."""
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.gate_proj = _linear(cfg, cfg.n_embd, cfg.intermediate_size, ("embed", "mlp"), False, rngs)
+        self.up_proj = _linear(cfg, cfg.n_embd, cfg.intermediate_size, ("embed", "mlp"), False, rngs)
+        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.n_embd, ("mlp", "embed"), False, rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg)
+        self.self_attn = Attention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None, *, rngs=None):
+        dtype = x.dtype
+        a, kv_cache = self.self_attn(self.input_layernorm(x).astype(dtype), cos, sin, mask, kv_cache, cache_index,
+                                     rngs=rngs)
+        x = shard_batch(x + a)
+        x = shard_batch(x + self.mlp(self.post_attention_layernorm(x).astype(dtype)))
+        return x, kv_cache
+
+
+class Llama(nnx.Module):
+    """Token embedding, `n_layer` blocks, final RMSNorm, tied or untied LM head."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = nnx.Embed(
+                cfg.padded_vocab_size, cfg.n_embd, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"),
+                                                     eager_sharding=False), rngs=rngs)
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layer)])
+        self.norm = RMSNorm(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _linear(cfg, cfg.n_embd, cfg.padded_vocab_size, ("embed", "vocab"), False, rngs)
+
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None, with_logits=True):
+        """Returns (hidden after the final norm [B, T, D] float32, logits [B, T, V_pad] float32 or None, cache)."""
+        cfg = self.cfg
+        x = shard_batch(self.embed_tokens(tokens))
+        cos, sin = rope_cos_sin(cfg, positions)
+        new_cache = []
+        for i, block in enumerate(self.layers):
+            kv = None if cache is None else cache[i]
+            x, kv = _run_block(block, x, cos, sin, mask, kv, cache_index, rngs, cfg.remat)
+            new_cache.append(kv)
+        hidden = shard_batch(self.norm(x))
+        logits = self.lm_logits(hidden) if with_logits else None
+        return hidden, logits, (None if cache is None else new_cache)
+
+    def lm_logits(self, hidden, mask_padded=True):
+        """LM head in float32 (the embedding when tied); padded vocabulary entries -inf unless not `mask_padded`."""
+        cfg = self.cfg
+        h = hidden.astype(cfg.dtype)
+        if cfg.tie_word_embeddings:
+            w = self.embed_tokens.embedding[...].astype(cfg.dtype)
+            logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+        else:
+            w = self.lm_head.kernel[...].astype(cfg.dtype)
+            logits = jnp.einsum("...d,dv->...v", h, w, preferred_element_type=jnp.float32)
+        return mask_padded_vocab(logits, cfg.vocab_size) if mask_padded else logits
+
+
+def _run_block(block: Block, x, cos, sin, mask, kv_cache, cache_index, rngs, remat: bool):
+    """One block, directly or (remat) under `jax.checkpoint` as a pure function of its state (see
+    `gpt2._run_block` for why not `nnx.remat`)."""
+    if not remat:
+        return block(x, cos, sin, mask, kv_cache, cache_index, rngs=rngs)
+    graphdef, state = nnx.split(block)
+    rng_def, rng_state = (None, None) if rngs is None else nnx.split(rngs)
+
+    def run(state, rng_state, x, cos, sin, mask, kv_cache, cache_index):
+        r = None if rng_state is None else nnx.merge(rng_def, rng_state)
+        out = nnx.merge(graphdef, state)(x, cos, sin, mask, kv_cache, cache_index, rngs=r)
+        return out, (None if r is None else nnx.state(r))
+
+    out, rng_state = jax.checkpoint(run)(state, rng_state, x, cos, sin, mask, kv_cache, cache_index)
+    if rngs is not None:
+        nnx.update(rngs, rng_state)
+    return out
+
+
+# --- functional API (the trunk interface; see models/trunk.py) ------------------
+
+
+def init(config: LlamaConfig, key: Array) -> Params:
+    """Random parameters as Hugging Face's `LlamaPreTrainedModel._init_weights`: embeddings and linear
+    kernels ~ N(0, 0.02²), biases 0, RMSNorm weights 1. Padded vocabulary rows (and LM-head columns) are zero."""
+    params = nnx.state(Llama(config, rngs=nnx.Rngs(params=key)), nnx.Param)
+    real = jnp.arange(config.padded_vocab_size) < config.vocab_size
+    emb = params["embed_tokens"]["embedding"]
+    emb.value = jnp.where(real[:, None], emb.value, 0)
+    if not config.tie_word_embeddings:
+        head = params["lm_head"]["kernel"]
+        head.value = jnp.where(real[None, :], head.value, 0)
+    return params
+
+
+@functools.lru_cache(maxsize=None)
+def graphdef(config: LlamaConfig) -> nnx.GraphDef:
+    gdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+    return gdef
+
+
+def abstract_params(config: LlamaConfig) -> Params:
+    """Parameter shapes and dtypes (with their logical axis metadata), no allocation."""
+    return nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def _model(params: Params, config: LlamaConfig) -> Llama:
+    return nnx.merge(graphdef(config), params)
+
+
+def forward(params: Params, config: LlamaConfig, tokens: Array, attention_mask: Array | None = None,
+            *, dropout_key: Array | None = None, with_logits: bool = True) -> tuple[Array, Array | None]:
+    """Full causal forward pass; arguments and results as `gpt2.forward`'s."""
+    chex.assert_rank(tokens, 2)
+    b, t = tokens.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    chex.assert_equal_shape([tokens, attention_mask])
+    _check_length(config, t)
+    key_mask = attention_mask.astype(bool)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    hidden, logits, _ = _model(params, config)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                               with_logits=with_logits)
+    return hidden, logits
+
+
+def init_cache(config: LlamaConfig, batch_size: int, cache_len: int) -> KVCache:
+    """An empty cache: per layer [B, n_kv_head, cache_len, head_dim] keys and values (GQA stores only the KV heads)."""
+    _check_length(config, cache_len)
+    shape = (batch_size, config.n_kv_head, cache_len, config.head_dim)
+    dt = jnp.dtype(config.dtype)
+    return KVCache(k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+                   v=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+                   key_mask=jnp.zeros((batch_size, cache_len), bool), index=jnp.zeros((), jnp.int32),
+                   position=jnp.zeros((batch_size,), jnp.int32))
+
+
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True):
+    b, t = tokens.shape
+    key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
+    s = key_mask.shape[1]
+    causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
+    mask = causal[None] & key_mask[:, None, :]
+    hidden, logits, kv = _model(params, config)(tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index,
+                                                with_logits=with_logits)
+    new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask, index=cache.index + t,
+                  position=positions[:, -1] + 1)
+    return hidden, logits, new
+
+
+def prefill(params: Params, config: LlamaConfig, tokens: Array, attention_mask: Array, cache_len: int,
+            *, with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+    """Runs a (left-padded) prompt batch into a cache of `cache_len` slots; as `gpt2.prefill`."""
+    chex.assert_rank(tokens, 2)
+    chex.assert_equal_shape([tokens, attention_mask])
+    b, p = tokens.shape
+    if cache_len < p:
+        raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
+    cache = init_cache(config, b, cache_len)
+    return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask),
+                       with_logits)
+
+
+def decode_step(params: Params, config: LlamaConfig, cache: KVCache, token: Array, *,
+                with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+    """Feeds one token per row; as `gpt2.decode_step`."""
+    chex.assert_rank(token, 1)
+    b = token.shape[0]
+    hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
+                                        cache.position[:, None], with_logits)
+    return hidden[:, 0], (None if logits is None else logits[:, 0]), cache
+
+
+def lm_logits(params: Params, config: LlamaConfig, hidden: Array, *, mask_padded: bool = True) -> Array:
+    """The LM head on final hidden states: [..., D] → [..., V_pad] float32."""
+    return _model(params, config).lm_logits(hidden, mask_padded)
+
+
+def _check_length(config: LlamaConfig, t: int) -> None:
+    if t > config.n_positions:
+        raise ValueError(f"sequence length {t} exceeds the model's n_positions={config.n_positions}")
