@@ -86,6 +86,7 @@ class WordleConfig:
         differ from BC by β·A alone.
       target_on_online_trunk: the target Q heads read the online value trunk
         (ILQL_SPEC §2's cheaper option: one trunk forward less per step).
+      head_init: how the V and Q heads start, "pytorch" or "flax" (`ilql.ModelConfig.head_init`).
       warmup_steps, cosine: learning-rate warm-up, then cosine decay to 0 (else constant).
       beta, adv_clip: inference β and the advantage's upper clip.
       methods: which of `METHODS` to run.
@@ -114,6 +115,10 @@ class WordleConfig:
     rl_from_bc: bool = True
     freeze_policy: bool = True
     target_on_online_trunk: bool = True
+    # The library's default ("pytorch") is what the graph walks need; here it left ILQL playing BC's games
+    # (-2.095 ± 0.018, values too small after 1,200 steps to flip the first guess) where "flax" gives
+    # -1.776 ± 0.025 (one seed each, same BC checkpoint; docs/results/wordle.md).
+    head_init: str = "flax"
     warmup_steps: int = 50
     cosine: bool = True
     beta: float = 16.0
@@ -149,7 +154,7 @@ def trunk_config(cfg: WordleConfig) -> gpt2.GPT2Config:
 
 def model_config(cfg: WordleConfig) -> ilql.ModelConfig:
     return ilql.ModelConfig(trunk=trunk_config(cfg), target_on_online_trunk=cfg.target_on_online_trunk,
-                            frozen_policy=cfg.freeze_policy)
+                            frozen_policy=cfg.freeze_policy, head_init=cfg.head_init)
 
 
 def optim_config(cfg: WordleConfig, num_steps: int, learning_rate: float | None = None) -> OptimConfig:
