@@ -301,18 +301,10 @@ def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge
 # --- the job ---------------------------------------------------------------------
 
 
-def run(cfg: RedditConfig, workdir: str) -> list[dict]:
-    """Trains BC π_β and ILQL, sweeps β (once per training seed), writes the results; returns the rows
-    aggregated over seeds (`experiments.aggregate`).
-
-    Multi-host: the same command on every host, with a shared workdir (e.g.
-    `gs://`); every process reads process 0's splits and tokenizer, trains
-    and decodes its part, and process 0 writes the shared files.
-    """
-    t0 = time.perf_counter()
-    workdir = epath.Path(workdir)
+def prepare(cfg: RedditConfig, workdir: epath.Path, judge):
+    """Splits, tokenizer and trunk config, judged token arrays and the held-out parents, all checked before any
+    training: (tokenizer, trunk, {"train", "eval"} arrays, parents, skipped-pair counts)."""
     splits = load_splits(cfg, workdir)
-    judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
     tok, trunk = load_tokenizer_and_trunk(cfg, workdir, splits["train"])
     # Lengths are checked before anything is judged: an error here costs no judging.
     fits = {name: data_lib.fits_in_length(splits[name], tok, cfg.max_len) for name in ("train", "eval")}
@@ -346,7 +338,21 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
           f"train reward {returns['train'].mean():.3f}; vocab {tok.vocab_size}")
     print(f"skipped as too long (max_len={cfg.max_len}, prompts ≤ {cfg.max_len - cfg.max_new_tokens} tokens): "
           + ", ".join(f"{n} {name}" for name, n in skipped.items()))
+    return tok, trunk, arrays, parents, skipped
 
+
+def run(cfg: RedditConfig, workdir: str) -> list[dict]:
+    """Trains BC π_β and ILQL, sweeps β (once per training seed), writes the results; returns the rows
+    aggregated over seeds (`experiments.aggregate`).
+
+    Multi-host: the same command on every host, with a shared workdir (e.g.
+    `gs://`); every process reads process 0's splits and tokenizer, trains
+    and decodes its part, and process 0 writes the shared files.
+    """
+    t0 = time.perf_counter()
+    workdir = epath.Path(workdir)
+    judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
+    tok, trunk, arrays, parents, skipped = prepare(cfg, workdir, judge)
     rows, examples, minutes = [], {}, [(time.perf_counter() - t0) / 60]  # setup, then each seed
     for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
         seed_dir = aggregate_lib.seed_workdir(workdir, seed, cfg.seeds)
