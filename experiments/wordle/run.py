@@ -115,9 +115,9 @@ class WordleConfig:
     rl_from_bc: bool = True
     freeze_policy: bool = True
     target_on_online_trunk: bool = True
-    # The library's default ("pytorch") is what the graph walks need; here it left ILQL playing BC's games
-    # (-2.095 ± 0.018, values too small after 1,200 steps to flip the first guess) where "flax" gives
-    # -1.776 ± 0.025 (one seed each, same BC checkpoint; docs/results/wordle.md).
+    # The library's default ("pytorch") is what the graph walks need. Here, over two seeds from the same BC
+    # checkpoints, its ILQL flipped the first guess in one (-1.733) and tied BC in the other (-2.095), where
+    # "flax" flipped it in both (-1.776, -1.764); docs/results/wordle.md.
     head_init: str = "flax"
     warmup_steps: int = 50
     cosine: bool = True
