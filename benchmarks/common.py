@@ -367,6 +367,21 @@ class IdTokenizer:
         return [int(t) for t in text.split()]
 
 
+def peer_fields(ours: dict, peer_rounds: list[dict]) -> dict:
+    """The official code's figures beside ours: its best round, its rounds, the ratios (best over best, median
+    over median) and its peak memory; `peer_rounds` are the peer harness's JSON lines, one per round."""
+    theirs = max(peer_rounds, key=lambda r: r["tokens_per_s_best"])
+    return {
+        "peer_tokens_per_s": theirs["tokens_per_s_best"],
+        "peer_tokens_per_s_median": theirs["tokens_per_s"],
+        "peer_tokens_per_s_rounds": [r["tokens_per_s_best"] for r in peer_rounds],
+        "ratio": ours["tokens_per_s"] / theirs["tokens_per_s_best"],
+        "ratio_median": ours["tokens_per_s_median"] / theirs["tokens_per_s"],
+        "peer_peak_memory_bytes": int(max(r["maxrss_GiB"] for r in peer_rounds) * 2**30),
+        "peer_threads": theirs["threads"],
+    }
+
+
 def reddit_like_arrays(vocab_size: int, batch: int, seq_len: int, seed: int = 0, parent_frac: float = 0.5):
     """`batch` Reddit-style episodes `<s> parent </s> comment </a> </eod>` of exactly `seq_len` tokens,
     through `episodes.episodes_to_arrays`: the layout the peer harness times (its make_dataset), with

@@ -201,17 +201,9 @@ def bench_shape(name: str, runs: int, rounds: int, peer: common.Peer | None, eag
     rec["compute_bound_tokens_per_s"] = BATCH * peak.gflops / rec["decode_gflop_per_step"]
     rec["compute_fraction"] = rec["tokens_per_s"] / rec["compute_bound_tokens_per_s"]
     if peer is not None:
+        rec.update(common.peer_fields(rec, results["peer"]))
         theirs = max(results["peer"], key=lambda r: r["tokens_per_s_best"])
-        rec.update({
-            "peer_tokens_per_s": theirs["tokens_per_s_best"],
-            "peer_tokens_per_s_median": theirs["tokens_per_s"],
-            "peer_tokens_per_s_rounds": [r["tokens_per_s_best"] for r in results["peer"]],
-            "ratio": rec["tokens_per_s"] / theirs["tokens_per_s_best"],
-            "ratio_median": rec["tokens_per_s_median"] / theirs["tokens_per_s"],
-            "peer_peak_memory_bytes": int(max(r["maxrss_GiB"] for r in results["peer"]) * 2**30),
-            "peer_threads": theirs["threads"],
-            "peer_rows_sampling_eoa": theirs["rows_sampling_eoa"],
-        })
+        rec["peer_rows_sampling_eoa"] = theirs["rows_sampling_eoa"]
     return rec
 
 

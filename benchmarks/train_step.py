@@ -236,17 +236,9 @@ def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, r
     rec["tokens_per_s_rounds"] = [r["tokens_per_s"] for r in results["ours"]]
     rec["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in results["ours"])
     if peer is not None:
+        rec.update(common.peer_fields(rec, results["peer"]))
         theirs = max(results["peer"], key=lambda r: r["tokens_per_s_best"])
-        rec.update({
-            "peer_tokens_per_s": theirs["tokens_per_s_best"],
-            "peer_tokens_per_s_median": theirs["tokens_per_s"],
-            "peer_tokens_per_s_rounds": [r["tokens_per_s_best"] for r in results["peer"]],
-            "ratio": rec["tokens_per_s"] / theirs["tokens_per_s_best"],
-            "ratio_median": rec["tokens_per_s_median"] / theirs["tokens_per_s"],
-            "peer_peak_memory_bytes": int(max(r["maxrss_GiB"] for r in results["peer"]) * 2**30),
-            "peer_est_tflops_per_step": theirs["est_gflop"] / 1e3,
-            "peer_threads": theirs["threads"],
-        })
+        rec["peer_est_tflops_per_step"] = theirs["est_gflop"] / 1e3
         rec["memory_ratio"] = rec["peak_memory_bytes"] / rec["peer_peak_memory_bytes"]
     if reference:
         rec.update(reference_memory(shape))
