@@ -42,7 +42,7 @@ from flax import nnx
 
 from ilql_jax import files
 from ilql_jax.hub import is_hub_id
-from ilql_jax.models import gpt2, llama
+from ilql_jax.models import gpt2, llama, trunk as trunk_lib
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -226,10 +226,6 @@ def config_to_hf(config) -> dict[str, Any]:
     if isinstance(config, llama.LlamaConfig):
         return _llama_config_to_hf(config)
     return _gpt2_config_to_hf(config)
-
-
-def _abstract_params(config):
-    return llama.abstract_params(config) if isinstance(config, llama.LlamaConfig) else gpt2.abstract_params(config)
 
 
 def _new_row_fill(config) -> bool:
@@ -464,7 +460,7 @@ def _block(tensor, index: tuple, shape: tuple[int, ...], e: Entry, stored_vocab:
 def _params(tensors: dict[str, Any], config, source: str, stored_vocab: int, flat_shardings: dict | None) -> nnx.State:
     """Our parameter tree from named stored tensors (arrays, or file slices read per device with shardings)."""
     tensors = _canonical(tensors, config, source)
-    flat = dict(nnx.to_flat_state(_abstract_params(config)))
+    flat = dict(nnx.to_flat_state(trunk_lib.abstract_params(config)))
     dtype = jnp.dtype(config.param_dtype)
     for hf_key, e in entries(config).items():
         tensor = tensors[hf_key]
