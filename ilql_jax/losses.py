@@ -129,17 +129,9 @@ def _num_actions(m_t: Array) -> Array:
 
 def _mask_padded_vocab(x_t: Array, vocab_size: Optional[int]) -> Array:
     """Casts to float32 and sets entries ``>= vocab_size`` of the last axis to -inf."""
+    valid = _valid_vocab(x_t, vocab_size)
     x_t = x_t.astype(jnp.float32)
-    padded = x_t.shape[-1]
-    if vocab_size is None or vocab_size == padded:
-        return x_t
-    if not 0 < vocab_size < padded:
-        raise ValueError(
-            f"vocab_size={vocab_size} must be in (0, {padded}] (last axis of the "
-            "Q / logits tensor)."
-        )
-    valid = jnp.arange(padded) < vocab_size
-    return jnp.where(valid, x_t, -jnp.inf)
+    return x_t if valid is None else jnp.where(valid, x_t, -jnp.inf)
 
 
 def _safe_actions(a_t: Array, m_t: Array) -> Array:
