@@ -367,6 +367,17 @@ class IdTokenizer:
         return [int(t) for t in text.split()]
 
 
+def gpt2_shape(shape: str):
+    """The benchmarks' GPT-2 shapes, without dropout: "tiny" or "gpt2-small"."""
+    from ilql_jax.models import gpt2
+
+    if shape == "tiny":
+        return gpt2.GPT2Config.tiny(dropout=0.0)
+    if shape == "gpt2-small":
+        return gpt2.GPT2Config.gpt2_small(dropout=0.0)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
 def peer_fields(ours: dict, peer_rounds: list[dict]) -> dict:
     """The official code's figures beside ours: its best round, its rounds, the ratios (best over best, median
     over median) and its peak memory; `peer_rounds` are the peer harness's JSON lines, one per round."""

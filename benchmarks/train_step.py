@@ -66,17 +66,9 @@ DEFAULT_STEPS = {"tiny": 10, "gpt2-small": 2}
 REFERENCE_REV = "9507787"
 
 
-def make_trunk(shape: str) -> gpt2.GPT2Config:
-    if shape == "tiny":
-        return gpt2.GPT2Config.tiny(dropout=0.0)
-    if shape == "gpt2-small":
-        return gpt2.GPT2Config.gpt2_small(dropout=0.0)
-    raise ValueError(f"unknown shape {shape!r}")
-
-
 def make_config(shape: str, batch: dict | None = None) -> train.StepConfig:
     """The default networks; the action capacity fitted to `batch` as the training loop fits it."""
-    config = train.StepConfig(model=ilql.ModelConfig(trunk=make_trunk(shape)))
+    config = train.StepConfig(model=ilql.ModelConfig(trunk=common.gpt2_shape(shape)))
     if batch is not None:
         config = train.with_action_capacity(config, {"batch": batch["action_mask"]})
     return config
@@ -159,12 +151,12 @@ def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True) -> dict:
     """One shape in this process: `mode` "time" (compile, run, time, memory) or "reference-memory"
     (only compile the reference path's value-and-gradient and report its temporary bytes)."""
     malloc_tuned = tune_malloc and common.tune_malloc()  # before the first JAX computation
-    batch = synthetic_batch(make_trunk(shape))
+    batch = synthetic_batch(common.gpt2_shape(shape))
     tokens = BATCH * SEQ_LEN
     if mode in ("reference-memory", "full-vocab-memory"):
         # reference-memory runs on another revision's ilql_jax (ILQL_JAX_REFERENCE_SRC), whose loss_fn is the
         # full-vocabulary path; full-vocab-memory on this one's reference_loss_fn (the same trunk).
-        config = train.StepConfig(model=ilql.ModelConfig(trunk=make_trunk(shape)))
+        config = train.StepConfig(model=ilql.ModelConfig(trunk=common.gpt2_shape(shape)))
         loss_fn = train.reference_loss_fn if mode == "full-vocab-memory" else train.loss_fn
         state = jax.eval_shape(lambda: train.init_state(config, jax.random.key(0)))
         temp = _temp_bytes(_grad_program(config, state, batch, loss_fn))
@@ -227,7 +219,7 @@ def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, r
 
     runs = {"ours": ours}
     if peer is not None:
-        runs["peer"] = lambda: [r for r in peer.run("peer_official_step.py", _peer_args(make_trunk(shape), steps))
+        runs["peer"] = lambda: [r for r in peer.run("peer_official_step.py", _peer_args(common.gpt2_shape(shape), steps))
                                 if r.get("kind") == "train_step"][0]
     results = common.alternate(rounds, runs)
     best = max(results["ours"], key=lambda r: r["tokens_per_s"])

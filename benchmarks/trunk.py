@@ -42,14 +42,6 @@ SHAPES = ("tiny", "gpt2-small")
 DEFAULT_STEPS = {"tiny": 20, "gpt2-small": 3}
 
 
-def make_config(shape: str) -> gpt2.GPT2Config:
-    if shape == "tiny":
-        return gpt2.GPT2Config.tiny(dropout=0.0)
-    if shape == "gpt2-small":
-        return gpt2.GPT2Config.gpt2_small(dropout=0.0)
-    raise ValueError(f"unknown shape {shape!r}")
-
-
 def next_token_loss(params, config, tokens):
     """Mean cross-entropy of logits[:, t] against tokens[:, t + 1], t < T - 1.
 
@@ -67,7 +59,7 @@ def next_token_loss(params, config, tokens):
 
 
 def bench_shape(shape: str, steps: int, meter: common.PeakMeter) -> dict:
-    config = make_config(shape)
+    config = common.gpt2_shape(shape)
     params = gpt2.init(config, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (BATCH, SEQ_LEN), 0, config.vocab_size, jnp.int32)
     step = jax.jit(jax.value_and_grad(next_token_loss), static_argnums=1)
