@@ -117,6 +117,22 @@ def test_gathered_target_q_equals_full_vocabulary_gather():
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vocab_major_q_head_equals_the_stored_head(dtype):
+    """The decode step's transposed copy of a Q head (`heads.vocab_major`) gives `q_t`'s values, float32
+    accumulated whatever the compute dtype, with the padded tail -inf (1e-6)."""
+    cfg = dataclasses.replace(TRUNK, dtype=dtype)
+    params = _random(jax.eval_shape(lambda: heads.init_q_head(cfg, jax.random.key(0))), 4)
+    hidden = jax.random.normal(jax.random.key(1), (5, cfg.n_embd))
+    want = heads.q_t(params, cfg, hidden[:, None])[:, 0]
+    got = jax.jit(heads.q_rows, static_argnums=1)(heads.vocab_major(params), cfg, hidden)
+    assert got.dtype == jnp.float32 and got.shape == (5, cfg.padded_vocab_size)
+    np.testing.assert_array_equal(np.isneginf(got), np.arange(cfg.padded_vocab_size)[None].repeat(5, 0) >= cfg.vocab_size)
+    finite = np.isfinite(np.asarray(want))
+    assert float(np.abs(np.asarray(want)[finite]).max()) > 0.5
+    np.testing.assert_allclose(np.asarray(got)[finite], np.asarray(want)[finite], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("tail", [0.0, 1e30, -1e30])
 def test_logsumexp_and_gather_matches_autodiff_of_the_plain_formula(tail):
     x = jax.random.normal(jax.random.key(0), (2, 5, 128)) * 3

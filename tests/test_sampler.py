@@ -200,6 +200,16 @@ def test_each_step_is_softmax_of_filtered_logits_plus_beta_a(nets):
     assert (np.asarray(result.kl) > 0).all()  # β = 2 moves far from π_β
 
 
+def test_q_heads_as_stored_and_vocab_major_decode_the_same(nets):
+    """`vocab_major_q` changes the layout the step reads Q̄ in, not what it samples."""
+    stored = _run(MODEL, nets, dataclasses.replace(FILTERED, vocab_major_q=False), key=3, beta=2.0)
+    vocab_major = _run(MODEL, nets, FILTERED, key=3, beta=2.0)
+    assert FILTERED.vocab_major_q
+    np.testing.assert_array_equal(np.asarray(vocab_major.tokens), np.asarray(stored.tokens))
+    _assert_logits_close(np.asarray(vocab_major.logits), np.asarray(stored.logits))
+    np.testing.assert_allclose(vocab_major.adv, stored.adv, rtol=1e-6, atol=1e-6)
+
+
 def test_inverse_cdf_maps_uniforms_to_the_softmax_quantiles():
     """On a stratified grid of K uniforms each id gets K·p_i of them (±1): the exact inverse CDF,
     across blocks, with zero-mass ids (a whole empty block among them) never returned."""
