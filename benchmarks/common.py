@@ -155,14 +155,23 @@ class PeakMeter:
     shared machine, the peak gets as many chances to catch a quiet moment as the
     model does (a peak taken only at a busy moment would inflate MFU). `gflops`
     is the best over all runs so far.
+
+    `rows=m, k=k` measures an [m, k] × [k, n] product instead, with the right
+    operand stored [n, k] (contracted along its minor axis, as the decode step
+    reads its vocabulary-major Q̄ kernels): the rate of a skinny matmul that
+    streams a weight matrix from memory, which bounds a decode step at m rows.
     """
 
-    def __init__(self, n: int = 2048, dtype=jnp.float32):
+    def __init__(self, n: int = 2048, dtype=jnp.float32, *, rows: int | None = None, k: int | None = None):
         ka, kb = jax.random.split(jax.random.key(0))
-        self.n = n
-        self._a = jax.random.normal(ka, (n, n), dtype)
-        self._b = jax.random.normal(kb, (n, n), dtype)
-        self._f = jax.jit(jnp.matmul)
+        self.n, self.rows, self.k = n, rows or n, k or n
+        self._a = jax.random.normal(ka, (self.rows, self.k), dtype)
+        if rows is None:
+            self._b = jax.random.normal(kb, (n, n), dtype)
+            self._f = jax.jit(jnp.matmul)
+        else:
+            self._b = jax.random.normal(kb, (n, self.k), dtype)
+            self._f = jax.jit(lambda a, b: jnp.einsum("mk,nk->mn", a, b))
         jax.block_until_ready(self._f(self._a, self._b))
         self.best_s = float("inf")
         self.best_cpu_s = float("inf")
@@ -177,7 +186,7 @@ class PeakMeter:
 
     @property
     def flops(self) -> int:
-        return 2 * self.n ** 3
+        return 2 * self.rows * self.k * self.n
 
     @property
     def gflops(self) -> float:

@@ -33,6 +33,14 @@ Fields:
   `compute_bound_tokens_per_s` and `compute_fraction` likewise. A step cannot
   beat the larger of the two floors; when the compute floor is the larger,
   the bandwidth bound is out of reach on this machine.
+- `row_matmul_gflops`: the best rate of one B-row float32 matmul that streams a
+  weight matrix from memory, measured in the parent: [32, 1536] by a [50304, 1536]
+  kernel, GPT-2 small's Q̄ output layer as the step reads it (the step's largest
+  matmul; its others are narrower). `row_matmul_bound_tokens_per_s` = B ×
+  that rate ÷ `decode_gflop_per_step`, what a step of matmuls alone at that rate
+  would make, and `row_matmul_fraction` = tokens_per_s ÷ that bound; with
+  `--peer`, `ratio_at_row_matmul_bound` = that bound ÷ `peer_tokens_per_s`, the
+  ratio such a step would reach.
 - `peak_memory_bytes`: peak RSS of the process that decoded this shape (CPU) or
   the device's peak; `peer_peak_memory_bytes` beside it.
 - `other_cpu_load`: the share of the CPU other processes took while our calls
@@ -174,12 +182,13 @@ def _peer_args(name: str, cfg: gpt2.GPT2Config, runs: int) -> list[str]:
 
 
 def bench_shape(name: str, runs: int, rounds: int, peer: common.Peer | None, eager: bool,
-                peak: common.PeakMeter, bandwidth: common.BandwidthMeter) -> dict:
+                peak: common.PeakMeter, rows: common.PeakMeter, bandwidth: common.BandwidthMeter) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.sampler", "--worker", name, "--runs", str(runs)] + (["--eager"] * eager)
 
     def ours():
         rec = [r for r in common.run_json_lines(cmd, env=common.worker_env()) if r.get("bench") == "sampler"][0]
         peak.measure()
+        rows.measure()
         bandwidth.measure()
         return rec
 
@@ -200,10 +209,14 @@ def bench_shape(name: str, runs: int, rounds: int, peer: common.Peer | None, eag
     rec["peak_gflops"] = peak.gflops
     rec["compute_bound_tokens_per_s"] = BATCH * peak.gflops / rec["decode_gflop_per_step"]
     rec["compute_fraction"] = rec["tokens_per_s"] / rec["compute_bound_tokens_per_s"]
+    rec["row_matmul_gflops"] = rows.gflops
+    rec["row_matmul_bound_tokens_per_s"] = BATCH * rows.gflops / rec["decode_gflop_per_step"]
+    rec["row_matmul_fraction"] = rec["tokens_per_s"] / rec["row_matmul_bound_tokens_per_s"]
     if peer is not None:
         rec.update(common.peer_fields(rec, results["peer"]))
         theirs = max(results["peer"], key=lambda r: r["tokens_per_s_best"])
         rec["peer_rows_sampling_eoa"] = theirs["rows_sampling_eoa"]
+        rec["ratio_at_row_matmul_bound"] = rec["row_matmul_bound_tokens_per_s"] / rec["peer_tokens_per_s"]
     return rec
 
 
@@ -228,11 +241,14 @@ def main(argv=None) -> None:
         if s not in SHAPES:
             parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
+    small = SHAPES["gpt2-small"]()
     peak, bandwidth = common.PeakMeter(), common.BandwidthMeter()
-    peak.measure()
-    bandwidth.measure()
+    rows = common.PeakMeter(small.padded_vocab_size, rows=BATCH, k=2 * small.n_embd)
+    for meter in (peak, rows, bandwidth):
+        meter.measure()
     for s in shapes:
-        common.emit(bench_shape(s, args.runs or DEFAULT_RUNS[s], args.rounds, peer, args.eager, peak, bandwidth))
+        common.emit(bench_shape(s, args.runs or DEFAULT_RUNS[s], args.rounds, peer, args.eager, peak, rows,
+                                bandwidth))
 
 
 if __name__ == "__main__":
