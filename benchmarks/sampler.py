@@ -128,7 +128,7 @@ def worker(name: str, runs: int, eager: bool) -> dict:
             model_config, sampler_config, online, target, tokens, mask, key).compile()
         state = init(online, target, tokens, mask, key)
         # The Q̄ kernels in the layout the loop reads them (`SamplerConfig.vocab_major_q`), made once.
-        step_target = jax.jit(sampler.decoding_target)(target) if sampler_config.vocab_major_q else target
+        step_target = jax.jit(sampler.decoding_target, static_argnums=0)(model_config, target) if sampler_config.vocab_major_q else target
         step = jax.jit(sampler.step_state, static_argnums=(0, 1), donate_argnums=5).lower(
             model_config, sampler_config, online, step_target, knobs, state).compile()
         finish = jax.jit(sampler.finish, static_argnums=0).lower(sampler_config, state).compile()

@@ -499,12 +499,13 @@ def finish(sampler_config: SamplerConfig, state: DecodeState) -> SampleResult:
     return _gather_rows(result, jnp.arange(best.shape[0]) * w + best)
 
 
-def decoding_target(target: ilql.Params) -> ilql.Params:
+def decoding_target(model_config: ilql.ModelConfig, target: ilql.Params) -> ilql.Params:
     """The target params with the Q̄ heads as `heads.VocabMajorQ` (one transposed copy of each output
     kernel), the layout a decode step reads fastest; `step_state` takes either."""
     if not target or "q1" not in target:  # a BC state: no Q̄ heads
         return target
-    return {**target, "q1": heads.vocab_major(target["q1"]), "q2": heads.vocab_major(target["q2"])}
+    cfg = model_config.trunk
+    return {**target, "q1": heads.vocab_major(target["q1"], cfg), "q2": heads.vocab_major(target["q2"], cfg)}
 
 
 _TRACES = 0
@@ -521,7 +522,7 @@ def _sample_jit(model_config, sampler_config, online, target, prompt_tokens, pro
     _TRACES += 1  # runs only while tracing
     m = sampler_config.max_new_tokens
     if sampler_config.vocab_major_q:
-        target = decoding_target(target)
+        target = decoding_target(model_config, target)
     state = init_state(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key)
     state = jax.lax.while_loop(
         lambda s: (s.step < m) & ~jnp.all(s.done),

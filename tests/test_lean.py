@@ -125,7 +125,9 @@ def test_vocab_major_q_head_equals_the_stored_head(dtype):
     params = _random(jax.eval_shape(lambda: heads.init_q_head(cfg, jax.random.key(0))), 4)
     hidden = jax.random.normal(jax.random.key(1), (5, cfg.n_embd))
     want = heads.q_t(params, cfg, hidden[:, None])[:, 0]
-    got = jax.jit(heads.q_rows, static_argnums=1)(heads.vocab_major(params), cfg, hidden)
+    vocab_major = heads.vocab_major(params, cfg)
+    assert vocab_major.out_t.dtype == jnp.dtype(dtype)  # cast once, not at every step
+    got = jax.jit(heads.q_rows, static_argnums=1)(vocab_major, cfg, hidden)
     assert got.dtype == jnp.float32 and got.shape == (5, cfg.padded_vocab_size)
     np.testing.assert_array_equal(np.isneginf(got), np.arange(cfg.padded_vocab_size)[None].repeat(5, 0) >= cfg.vocab_size)
     finite = np.isfinite(np.asarray(want))

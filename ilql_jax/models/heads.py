@@ -130,22 +130,22 @@ def q_at(params: nnx.State, config: TrunkConfig, hidden: jax.Array, a_t: jax.Arr
 
 @chex.dataclass(frozen=True)
 class VocabMajorQ:
-    """A Q head with its output kernel stored vocabulary-major, [V_pad, 2d], for a decode step.
+    """A Q head plus its output kernel vocabulary-major, [V_pad, 2d], for a decode step.
 
-    The same function as the head it came from (`vocab_major`). A step of N ≈ 32 rows is a skinny
-    matmul that streams the whole d·V-sized output kernel from memory once; read along its rows (each
-    output's 2d weights contiguous) it runs 1.3–1.5× faster on XLA:CPU than along the stored
-    [2d, V_pad] layout, whose column panels stride across the vocabulary (docs/lean_step.md).
+    The same function as `head` (`vocab_major`). A step of N ≈ 32 rows is a skinny matmul that
+    streams the whole d·V-sized output kernel from memory once; read along its rows (each output's 2d
+    weights contiguous) it runs 1.3–1.5× faster on XLA:CPU than along the stored [2d, V_pad] layout,
+    whose column panels stride across the vocabulary (docs/lean_step.md).
     """
 
-    fc: nnx.State        # the hidden layer d → 2d, as stored
-    out_t: jax.Array     # [V_pad, 2d], the output kernel transposed
-    out_bias: jax.Array  # [V_pad]
+    head: nnx.State    # the head as stored (its hidden layer and output bias are read from here)
+    out_t: jax.Array   # [V_pad, 2d] the output kernel transposed, in the compute dtype
 
 
-def vocab_major(params: nnx.State) -> VocabMajorQ:
-    """One transposed copy of a Q head's output kernel (2d·V_pad values), made once per generation."""
-    return VocabMajorQ(fc=params["fc"], out_t=params["out"]["kernel"][...].T, out_bias=params["out"]["bias"][...])
+def vocab_major(params: nnx.State, config: TrunkConfig) -> VocabMajorQ:
+    """One transposed copy of a Q head's output kernel (2d·V_pad values), cast to the compute dtype once
+    (not at every step), made once per generation."""
+    return VocabMajorQ(head=params, out_t=params["out"]["kernel"][...].T.astype(config.dtype))
 
 
 def q_rows(params: nnx.State | VocabMajorQ, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
@@ -157,13 +157,7 @@ def q_rows(params: nnx.State | VocabMajorQ, config: TrunkConfig, hidden: jax.Arr
     chex.assert_rank(hidden, 2)
     if not isinstance(params, VocabMajorQ):
         return q_t(params, config, hidden[:, None])[:, 0]
-    fc = nnx.merge(nnx.graphdef(_fc_module(config)), params.fc)
-    z = jax.nn.relu(fc(hidden.astype(config.dtype)))
-    q = jnp.einsum("ni,oi->no", z, params.out_t.astype(z.dtype), preferred_element_type=jnp.float32)
-    return gpt2.mask_padded_vocab(q + params.out_bias.astype(jnp.float32), config.vocab_size)
-
-
-@functools.lru_cache(maxsize=None)
-def _fc_module(config: TrunkConfig) -> nnx.Linear:
-    return nnx.eval_shape(lambda: MLPHead(config.n_embd, 1, None, dtype=config.dtype,
-                                          param_dtype=config.param_dtype, rngs=nnx.Rngs(0))).fc
+    head = nnx.merge(_graphdef(config, config.padded_vocab_size), params.head)
+    z = jax.nn.relu(head.fc(hidden.astype(config.dtype)))
+    q = jnp.einsum("ni,oi->no", z, params.out_t, preferred_element_type=jnp.float32)
+    return gpt2.mask_padded_vocab(q + head.out.bias[...].astype(jnp.float32), config.vocab_size)
