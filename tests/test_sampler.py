@@ -8,6 +8,7 @@ runs once per model config on prompt + generation.
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -201,10 +202,19 @@ def test_each_step_is_softmax_of_filtered_logits_plus_beta_a(nets):
 
 
 def test_q_heads_as_stored_and_vocab_major_decode_the_same(nets):
-    """`vocab_major_q` changes the layout the step reads Q̄ in, not what it samples."""
-    stored = _run(MODEL, nets, dataclasses.replace(FILTERED, vocab_major_q=False), key=3, beta=2.0)
-    vocab_major = _run(MODEL, nets, FILTERED, key=3, beta=2.0)
+    """`vocab_major_q` changes the layout the step reads Q̄ in (the compiled sampler transposes both Q̄
+    output kernels once, and only when it is on), not what it samples."""
+    as_stored = dataclasses.replace(FILTERED, vocab_major_q=False)
     assert FILTERED.vocab_major_q
+    kernel_t = re.escape(f"tensor<{2 * CFG.n_embd}x{CFG.padded_vocab_size}xf32>) -> "
+                         f"tensor<{CFG.padded_vocab_size}x{2 * CFG.n_embd}xf32>")
+    knobs = sampler.make_knobs(beta=2.0, stop_ids=NO_STOP, pad_id=PAD)
+    for sampler_config, transposes in ((FILTERED, 2), (as_stored, 0)):
+        program = sampler._sample_jit.lower(MODEL, sampler_config, *nets[MODEL], PROMPTS, MASK, jax.random.key(3),
+                                            knobs).as_text()
+        assert len(re.findall(r"stablehlo\.transpose.*" + kernel_t, program)) == transposes
+    stored = _run(MODEL, nets, as_stored, key=3, beta=2.0)
+    vocab_major = _run(MODEL, nets, FILTERED, key=3, beta=2.0)
     np.testing.assert_array_equal(np.asarray(vocab_major.tokens), np.asarray(stored.tokens))
     _assert_logits_close(np.asarray(vocab_major.logits), np.asarray(stored.logits))
     np.testing.assert_allclose(vocab_major.adv, stored.adv, rtol=1e-6, atol=1e-6)
