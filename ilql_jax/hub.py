@@ -1,7 +1,9 @@
 """Where weights and tokenizers come from: a local path, or a hub id the user named.
 
 One rule for every loader, so that a mistyped local path is reported as missing
-instead of being sent to the network as a model id.
+instead of being sent to the network as a model id; and `unreachable`, a
+bounded check a command line runs before it hands a hub id to the hub client
+(whose retries take tens of seconds on a machine without network).
 """
 
 from __future__ import annotations
