@@ -1,4 +1,4 @@
-"""`ilql-jax` (also `python -m ilql_jax`): train, generate and export on your own data.
+"""`ilql-jax` (also `python -m ilql_jax`): train, sweep β, generate and export on your own data.
 
     ilql-jax train --data records.jsonl --workdir runs/mine
     ilql-jax sweep --workdir runs/mine --prompts prompts.txt --beta 0,4,16,64 --reward my_reward.py:score
