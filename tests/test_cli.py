@@ -645,11 +645,16 @@ def test_a_finished_run_refuses_changed_options_unless_a_new_stage_is_forced(tra
     # A forced stage continues from the checkpoint with the new values, and options.json records it.
     capsys.readouterr()
     assert cli.main(["train", *args, "--ilql_steps", "5", "--tau", "0.9", "--force_new_stage", "true"]) == 0
-    assert "new stage (--force_new_stage): --tau 0.7 → 0.9, from BC step 3 and ILQL step 4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "new stage (--force_new_stage): --tau 0.7 → 0.9, from BC step 3 and ILQL step 4" in printed
+    advantage = json.loads((workdir / "advantage.json").read_text())
+    grid = ",".join(f"{b:g}" for b in advantage["suggested_betas"])
+    assert f"advantage scale (step 5, {advantage['positions']} agent positions" in printed  # printed after training
+    assert f"sweep {grid}" in printed and f"Next: ilql-jax sweep --workdir {workdir}" in printed
     saved = json.loads((workdir / "options.json").read_text())
     assert saved["tau"] == 0.9 and saved["stages"] == [{"bc_step": 3, "ilql_step": 4, "changed": {"tau": [0.7, 0.9]}}]
     assert json.loads((workdir / "ilql" / "config.json").read_text())["step"]["loss"]["tau"] == 0.9
-    assert json.loads((workdir / "advantage.json").read_text())["step"] == 5  # the report follows the state
+    assert advantage["step"] == 5  # the report follows the state
     # The stage's options are now the workdir's: rerunning them resumes (here: finished), the old ones are refused.
     assert cli.main(["train", *args, "--ilql_steps", "5", "--tau", "0.9"]) == 0
     with pytest.raises(SystemExit):
