@@ -327,7 +327,9 @@ def parse_config(cls: type, argv: Sequence[str], defaults: Any = None,
             return config_from_dict(cls, _nested(overrides))
         return apply_overrides(cls() if defaults is None else defaults, overrides)
     except ConfigError as e:
-        # Name the flags that built the config the error is about.
+        # A message that names its flags stands alone; otherwise name the flags that built the config it is about.
+        if any(re.search(rf"--{re.escape(k)}\b", str(e)) for k in (*overrides, *_fields(cls))):
+            raise ConfigError(str(e), e.path) from e
         flags = [f"--{k} {overrides[k]}" for k in overrides
                  if k.rpartition(".")[0] == e.path]
         raise ConfigError(f"{', '.join(flags) or 'flags'}: {e}", e.path) from e

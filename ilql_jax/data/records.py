@@ -140,14 +140,20 @@ def _multi_turn(obj: Mapping, path, line: int) -> Episode:
     return Episode(segments, terminal=_terminal(obj, path, line))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
-    """`(line number, JSON value)` of every non-blank line; DataError for a missing or empty file, a line
-    that is not UTF-8 or not JSON. Lines are split at "\\n" only (U+2028 may stand raw inside JSON strings)."""
-    path = os.fspath(path)
+def _read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a data file; DataError for a directory or a missing file."""
+    if os.path.isdir(path):
+        raise DataError(path, "is a directory, not a file; name the JSONL file inside it")
     if not os.path.isfile(path):
         raise DataError(path, "no such file")
     with open(path, "rb") as f:
-        raw = f.read()
+        return f.read()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """`(line number, JSON value)` of every non-blank line; DataError for a missing or empty file, a line
+    that is not UTF-8 or not JSON. Lines are split at "\\n" only (U+2028 may stand raw inside JSON strings)."""
+    raw = _read_file(path)
     values = []
     for line_no, data in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -217,10 +223,7 @@ def prompt_histories(path: str | os.PathLike) -> list[tuple[int, tuple[Segment, 
     """
     path = os.fspath(path)
     if not path.endswith(".jsonl"):
-        if not os.path.isfile(path):
-            raise DataError(path, "no such file")
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = _read_file(path)
         out = []
         for line_no, data in enumerate(raw.split(b"\n"), start=1):
             try:
