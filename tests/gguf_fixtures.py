@@ -78,12 +78,13 @@ def _type(name: str) -> str:
 
 
 def write_tiny_gguf(path, *, seed: int = 0, arch: str = "llama", tied: bool = True, chat_template: str | None =
-                    CHAT_TEMPLATE, types: dict[str, str] | None = None, pre: str = "smollm"):
+                    CHAT_TEMPLATE, types: dict[str, str] | None = None, pre: str = "smollm",
+                    rope_theta: float | None = None):
     """Writes the tiny GGUF; returns `(hf_config, reference)`: the config.json dict of the same model and its
     dequantised weights by Hugging Face key (the file's tensors before llama.cpp's permutation)."""
     import gguf
 
-    s = SHAPE
+    s = dict(SHAPE, **({} if rope_theta is None else {"rope_theta": rope_theta}))
     tokens, token_types, merges = tiny_vocab()
     vocab = len(tokens)
     d, q, kv, f = s["n_embd"], s["n_head"] * s["head_dim"], s["n_kv_head"] * s["head_dim"], s["intermediate_size"]
