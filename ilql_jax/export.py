@@ -5,8 +5,8 @@ value networks as safetensors.
 
     model.safetensors, config.json    π_β as GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM (hf_import.export_hf)
     tokenizer.json                    the BPE (the `tokenizers` library's format)
-    tokenizer_config.json             for transformers (GPT2TokenizerFast, or PreTrainedTokenizerFast) and load_tokenizer;
-                                      a chat model's template as `chat_template`
+    tokenizer_config.json             for transformers (GPT2TokenizerFast, or PreTrainedTokenizerFast) and
+                                      load_tokenizer; a chat model's template as `chat_template`
     special_tokens_map.json           <s> as bos, </a> as eos (a reply ends there), <pad>; for a chat model its own
                                       tokens: the template's stop (e.g. <|im_end|>) as eos, the pad ChatTokenizer chose
     values.safetensors                the value trunk, V/Q heads and target networks (names below)

@@ -50,7 +50,9 @@ TOKENIZER_FILE = "tokenizer.json"
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What the rest of `ilql_jax` relies on from any tokenizer."""
+    """What the rest of `ilql_jax` relies on from a markup tokenizer. A `ChatTokenizer` has `vocab_size`,
+    `pad_id`, `end_a_id` (its template's end of turn), `encode`, `decode` and `save`, and a `layout` in place of
+    the other markup ids (`ilql_jax.data.layout`)."""
 
     vocab_size: int  # real ids, markup and pad included (no model padding)
     pad_id: int

@@ -31,7 +31,7 @@ MIXED_TEXT = ("Héllo wörld, the year 1234 and  12 or\n\n123; 日本語 ½ x² 
 
 def byte_alphabet() -> list[str]:
     """GPT-2's byte → unicode map, in byte order (tokens 0..255 of a byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -102,7 +102,8 @@ def write_tiny_gguf(path, *, seed: int = 0, arch: str = "llama", tied: bool = Tr
         for hf_name, gg_name, shape in (
                 ("input_layernorm.weight", "attn_norm.weight", (d,)),
                 ("post_attention_layernorm.weight", "ffn_norm.weight", (d,)),
-                ("self_attn.q_proj.weight", "attn_q.weight", (q, d)), ("self_attn.k_proj.weight", "attn_k.weight", (kv, d)),
+                ("self_attn.q_proj.weight", "attn_q.weight", (q, d)),
+                ("self_attn.k_proj.weight", "attn_k.weight", (kv, d)),
                 ("self_attn.v_proj.weight", "attn_v.weight", (kv, d)),
                 ("self_attn.o_proj.weight", "attn_output.weight", (d, q)),
                 ("mlp.gate_proj.weight", "ffn_gate.weight", (f, d)), ("mlp.up_proj.weight", "ffn_up.weight", (f, d)),

@@ -12,7 +12,8 @@ import dataclasses
 
 from ilql_jax.sharding import MeshConfig
 
-__all__ = ["ExportOptions", "GenerateOptions", "TrainOptions", "LAYOUTS", "MODES", "TOO_LONG", "learning_rates"]
+__all__ = ["ExportOptions", "GenerateOptions", "TrainOptions", "LAYOUTS", "MODES", "TOO_LONG",
+           "learning_rates"]
 
 MODES = ("sample", "greedy", "beam", "best_of_n")  # = ilql_jax.sampler.MODES (not imported: --help stays light)
 TOO_LONG = ("error", "skip")
@@ -196,8 +197,9 @@ class GenerateOptions:
       top_p: keep the smallest set of π_β's tokens with this much probability (1: off).
       adv_clip: clip the advantage from above at this value while decoding (none: no clipping).
       max_new_tokens: reply length limit in tokens (the closing </a> included).
-      forbid_markup: never emit <s> </s> <a> </eod> <pad> inside a reply (it still ends at </a>); false
-        keeps the sampler's distribution, and markup emitted mid-reply is printed as it is.
+      forbid_markup: never emit <s> </s> <a> </eod> <pad> inside a reply (it still ends at </a>; a chat model:
+        its special tokens but the end of turn, e.g. <|im_end|>); false keeps the sampler's distribution, and
+        markup emitted mid-reply is printed as it is.
       num_beams: beam width for mode beam.
       n: samples per generation for mode best_of_n.
       batch_size: rows decoded at once (the last batch is padded, so every batch has one shape).

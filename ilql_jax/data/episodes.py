@@ -3,8 +3,10 @@
 An episode is a sequence of segments, each spoken either by the environment
 (prompt, parent comment, game feedback) or by the agent (an utterance with a
 scalar reward), plus a ``terminal`` flag. ``episode_to_arrays`` lays it out as
-one token sequence with markup and builds, per position ``t``, everything the
-losses need (ILQL_SPEC §1, §3):
+one token sequence with markup (or, for a pretrained chat model's tokenizer,
+through its chat template: ``ilql_jax.data.layout``, docs/pretrained.md, where
+the template's end-of-turn token plays ``</a>``'s role) and builds, per
+position ``t``, everything the losses need (ILQL_SPEC §1, §3):
 
 * ``tokens[t]`` is ``x_t``; hidden state ``h_t`` predicts ``x_{t+1}``, so the
   *action* taken at state ``t`` is ``x_{t+1}`` (as with LM logits);

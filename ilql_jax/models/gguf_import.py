@@ -415,7 +415,8 @@ def tokenizer(gf: GGUFFile):
     # Already in the vocabulary, so adding keeps their ids; matched whole before the pre-tokenizer.
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, k in zip(tokens, types) if k == _CONTROL])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t, k in zip(tokens, types) if k == _USER_DEFINED])
 
     def token(key):
         i = gf.get(f"tokenizer.ggml.{key}")
