@@ -114,13 +114,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.data.rewards import RewardNorm, fit_reward_norm
     from ilql_jax.loop import Preempted, train_and_evaluate
     from ilql_jax.losses import LossConfig
+    from ilql_jax.models.gguf_import import load_gguf
     from ilql_jax.models.gpt2 import GPT2Config
     from ilql_jax.models.hf_import import export_hf, export_hf_gpt2, load_hf, load_hf_gpt2
     from ilql_jax.models.llama import LlamaConfig
     from ilql_jax.models.ilql import ModelConfig
+    from ilql_jax.pretrained import resolve_model
     from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
     from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed
     from ilql_jax.state import ILQLState, OptimConfig
     from ilql_jax.train import StepConfig
-    from ilql_jax.tokenizers import (gpt2_tokenizer, hf_tokenizer, load_tokenizer, symbol_tokenizer,
+    from ilql_jax.tokenizers import (gguf_tokenizer, gpt2_tokenizer, hf_tokenizer, load_tokenizer, symbol_tokenizer,
                                      train_bpe_tokenizer, wordle_tokenizer)
