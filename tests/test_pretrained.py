@@ -226,6 +226,9 @@ def test_gguf_with_a_chat_template_trains_generates_replies_that_end_and_exports
     reply = "bye" if multi else "ok"
     # The reply ended: it emitted <|im_end|> (counted in num_tokens, cut from the text) well before the limit.
     assert row["text"] == reply and row["num_tokens"] == len(tok.encode(reply)) + 1 < 8, row
+    with pytest.raises(SystemExit) as e:  # a prompt holding the template's special token: one line, exit 2
+        cli.main(["generate", "--workdir", str(workdir), "--prompt", "hi<|im_start|>there"])
+    assert e.value.code == 2
 
     exported = tmp_path / "exported"
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(exported)]) == 0
