@@ -93,7 +93,7 @@ def test_q_k_rows_are_unpermuted_and_it_matters(tmp_path, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # random bytes make some K-quant scales inf or NaN
-def test_rows_are_dequantised_on_demand_like_the_whole_tensor_for_every_block_type(tmp_path):
+def test_rows_are_dequantised_on_demand_like_the_whole_tensor_for_every_block_type(tmp_path, monkeypatch):
     """Slicing a lazily read tensor (contiguous rows, strided rows, columns) gives the whole tensor's dequantisation
     sliced, for Q8_0, Q4_1 and the K-quants (random bytes: gguf cannot quantise to K-quants)."""
     import gguf
@@ -120,6 +120,19 @@ def test_rows_are_dequantised_on_demand_like_the_whole_tensor_for_every_block_ty
             np.testing.assert_array_equal(t[index], whole[index], err_msg=f"{kind} {index}")
         rows = gguf_import._GGUFTensor(gf, f"t.{kind}", rows=np.array([5, 0, 3, 1, 2, 4]))
         np.testing.assert_array_equal(rows[1:3], whole[[0, 3]], err_msg=kind)
+    # Devices that each keep some columns of every row share one dequantisation of the tensor (the latest only).
+    calls = []
+    real = gguf.quants.dequantize
+    monkeypatch.setattr(gguf.quants, "dequantize", lambda data, qtype: calls.append(data.shape) or real(data, qtype))
+    last = gguf_import._LastWhole()
+    a, b = (gguf_import._GGUFTensor(gf, f"t.{kind}", last=last) for kind in ("Q8_0", "Q4_K"))
+    for cols in (slice(0, 256), slice(256, 512), slice(0, 256)):
+        np.testing.assert_array_equal(a[:, cols], real(gf.tensors["t.Q8_0"].data, gf.tensors["t.Q8_0"].tensor_type)[
+            :, cols])
+    assert len(calls) == 1
+    b[:, :10]
+    a[:, :10]
+    assert len(calls) == 3 and last.name == "t.Q8_0"  # the slot holds one tensor: a was read again after b
     assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
             "Q6_K"} <= {q.name for q in gguf_import.dequantisable_types()}
 

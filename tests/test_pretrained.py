@@ -171,6 +171,29 @@ def test_train_refuses_special_tokens_of_the_template_in_the_data(tmp_path, caps
     assert err.startswith(f"ilql-jax: error: {data}: line 6: response: contains '<|im_end|>'"), err
 
 
+def test_a_hugging_face_directory_with_a_chat_template_gets_the_chat_layout(tmp_path):
+    """`--model DIR` (e.g. a Hugging Face copy of SmolLM2, or an export of a chat run): a chat template in
+    tokenizer_config.json means the chat layout; `--layout markup` adds ILQL's markup instead."""
+    from ilql_jax import tokenizers
+    from ilql_jax.cli.train import _pretrained
+    from ilql_jax.models import gguf_import
+
+    path = tmp_path / "tiny.gguf"
+    hf_config, reference = gguf_fixtures.write_tiny_gguf(path)
+    directory = tmp_path / "hf"
+    gguf_fixtures.write_reference_directory(directory, hf_config, reference)
+    raw, _ = gguf_import.tokenizer(gguf_import.open_gguf(str(path)))
+    raw.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": gguf_fixtures.CHAT_TEMPLATE, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}))
+    opts = options.TrainOptions(data="d", workdir="w", model=str(directory))
+    tok, trunk = _pretrained(opts, None)
+    assert isinstance(tok, tokenizers.ChatTokenizer) and tok.layout == tokenizers.gguf_tokenizer(str(path)).layout
+    assert trunk.vocab_size == tok.vocab_size
+    markup, _ = _pretrained(dataclasses.replace(opts, layout="markup"), None)
+    assert isinstance(markup, tokenizers.BPETokenizer) and markup.vocab_size == tok.vocab_size + 6
+
+
 def test_learning_rates_are_chosen_by_model_unless_given():
     scratch = options.TrainOptions(data="d", workdir="w", bc_steps=500, ilql_steps=50)
     assert options.learning_rates(scratch) == {"bc": (1e-3, 0), "ilql": (3e-4, 0)}

@@ -13,8 +13,10 @@ it came from (`_HF_NAMES`), so `hf_import.params_from_hf` maps it onto our
 parameter tree, asserts every shape and, with shardings, hands each device
 only its own slices. A tensor here is a lazy `_GGUFTensor`: indexing it
 dequantises just the rows asked for (ggml's blocks run along a row, so rows
-are independent), so the host never holds more than one tensor in float32
-and a device's shard costs only its rows.
+are independent), so a device's shard of rows costs only its rows; devices
+that each keep some columns of every row share one dequantisation of the
+whole tensor (`_LastWhole`), and the host never holds more than that one
+tensor in float32.
 
 Two things llama.cpp's converter (`convert_hf_to_gguf.py`) changes, undone here:
 
@@ -241,17 +243,27 @@ def unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
     return np.arange(n_rows).reshape(n_head, n_rows // n_head // 2, 2).swapaxes(1, 2).reshape(-1)
 
 
+class _LastWhole:
+    """The one tensor, of a load, most recently dequantised whole: devices that each keep some of its columns
+    (every row) share one dequantisation, and the host never holds more than this one tensor in float32."""
+
+    def __init__(self):
+        self.name, self.value = None, None
+
+
 class _GGUFTensor:
     """One GGUF tensor in Hugging Face layout, dequantised to float32 only where indexed.
 
     `shape` is the Hugging Face shape ([out, in] for a linear weight); `rows`, when given, is the order in which
-    the file's rows are read (the q/k un-permutation).
+    the file's rows are read (the q/k un-permutation); `last`, shared by the tensors of one load, keeps the
+    latest tensor read whole.
     """
 
-    def __init__(self, gf: GGUFFile, name: str, rows: np.ndarray | None = None):
+    def __init__(self, gf: GGUFFile, name: str, rows: np.ndarray | None = None, last: _LastWhole | None = None):
         self._tensor, self._path, self.name = gf.tensors[name], gf.path, name
         self.shape = gf.stored_shape(name)
         self._rows = rows
+        self._last = last
 
     def _dequantise(self, data) -> np.ndarray:
         import gguf
@@ -268,6 +280,15 @@ class _GGUFTensor:
             values = self._dequantise(self._tensor.data)
             return values[self._rows][index] if self._rows is not None else values[index]
         rows = np.arange(self.shape[0])[index[0]]
+        if self._last is not None and rows.size == self.shape[0] and np.array_equal(rows, np.arange(rows.size)):
+            if self._last.name != self.name:  # every row: dequantise once, for every device that asks
+                self._last.name, self._last.value = None, None  # release the previous tensor first
+                self._last.value, self._last.name = self._read(rows), self.name
+            return self._last.value[(slice(None),) + index[1:]]
+        return self._read(rows)[(slice(None),) + index[1:]]
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """The Hugging Face rows `rows`, dequantised: [len(rows), cols]."""
         if self._rows is not None:
             rows = self._rows[rows]
         data = self._tensor.data  # memory-mapped [rows, bytes per row] (quantised) or [rows, cols]
@@ -275,7 +296,7 @@ class _GGUFTensor:
             block = data[rows[0]:rows[0] + rows.size]  # contiguous: a view of the map, no copy until dequantised
         else:
             block = data[rows]
-        return self._dequantise(block).reshape(rows.size, self.shape[1])[(slice(None),) + index[1:]]
+        return self._dequantise(block).reshape(rows.size, self.shape[1])
 
 
 def _expected_shapes(config: llama.LlamaConfig, stored_vocab: int) -> dict[str, tuple[int, ...]]:
@@ -307,7 +328,7 @@ def tensors(gf: GGUFFile, config: llama.LlamaConfig) -> dict[str, _GGUFTensor]:
     """
     stored_vocab = gf.stored_shape("token_embd.weight")[0]
     expected = _expected_shapes(config, stored_vocab)
-    out = {}
+    out, last = {}, _LastWhole()
     for name in gf.tensors:
         key = _hf_name(name)
         if key is None or key not in expected:
@@ -318,7 +339,7 @@ def tensors(gf: GGUFFile, config: llama.LlamaConfig) -> dict[str, _GGUFTensor]:
         rows = None
         if gf.architecture == "llama" and (".attn_q." in name or ".attn_k." in name):
             rows = unpermute_rows(shape[0], config.n_head if ".attn_q." in name else config.n_kv_head)
-        out[key] = _GGUFTensor(gf, name, rows)
+        out[key] = _GGUFTensor(gf, name, rows, last)
     missing = sorted(set(expected) - set(out))
     if missing:
         raise GGUFError(f"{gf.path}: missing tensor(s) for {', '.join(missing[:3])}")
