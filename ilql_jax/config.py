@@ -70,8 +70,9 @@ class TrainConfig:
       init: where a fresh state's GPT-2 weights come from (read only when no
         checkpoint is restored): "scratch" (random, from seed); "bc:DIR" (the
         π_β of the BC run in workdir DIR, newest checkpoint; it starts the value
-        trunk and π_β); else a Hugging Face GPT-2, Llama or Qwen2 directory or hub id (its shape
-        must match step.model.trunk).
+        trunk and π_β); else a Hugging Face GPT-2, Llama or Qwen2 directory or hub id, a .gguf file
+        (Llama or Qwen2) or a model name such as "smollm2-135m-instruct" (docs/pretrained.md); its shape
+        must match step.model.trunk.
     """
 
     step: StepConfig = StepConfig()

