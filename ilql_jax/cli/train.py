@@ -33,7 +33,8 @@ import numpy as np
 
 from ilql_jax import files, hub, tokenizers
 from ilql_jax.cli import workdir as workdir_lib
-from ilql_jax.cli.options import TrainOptions, is_hub_shaped, learning_rates
+from ilql_jax.cli.options import (PRETRAINED_LEARNING_RATES, SCRATCH_LEARNING_RATES, TrainOptions, is_hub_shaped,
+                                  learning_rates)
 from ilql_jax.config import ConfigError, TrainConfig, config_to_dict
 from ilql_jax.data import records as records_lib
 from ilql_jax.data.episodes import episodes_to_arrays
@@ -83,6 +84,17 @@ def _flag(name: str, value) -> str:
     return "the data file's contents" if name == "data_sha256" else f"--{name} {_show(value)}"
 
 
+def _with_default_rates(options: dict, model: str) -> dict:
+    """`options` with a learning rate left to the model (none) replaced by the model's default, so that a rerun
+    compares the rates that train, whether given or defaulted (`options.learning_rates`)."""
+    defaults = PRETRAINED_LEARNING_RATES if model != "scratch" else SCRATCH_LEARNING_RATES
+    out = dict(options)
+    for name, default in zip(("bc_learning_rate", "learning_rate"), defaults):
+        if out.get(name, None) is None:
+            out[name] = default
+    return out
+
+
 def check_workdir(opts: TrainOptions, data_sha256: str) -> tuple[list[dict], bool]:
     """The stages recorded in the workdir's options.json, plus a new one if --force_new_stage starts one (and
     whether it did); ConfigError (one line naming the options) for a rerun the workdir's rule refuses (module
@@ -93,7 +105,8 @@ def check_workdir(opts: TrainOptions, data_sha256: str) -> tuple[list[dict], boo
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     stages = list(saved.get("stages", []))
-    current = {**config_to_dict(opts), "data_sha256": data_sha256}
+    current = _with_default_rates({**config_to_dict(opts), "data_sha256": data_sha256}, opts.model)
+    saved = _with_default_rates(saved, saved.get("model", opts.model))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
     was = lambda name: saved.get(name, defaults.get(name))  # noqa: E731 - options.json may predate a field
     differs = lambda names: [n for n in dict.fromkeys(names) if was(n) != current[n]]  # noqa: E731
