@@ -791,7 +791,7 @@ def test_a_mistyped_model_fails_at_once_without_touching_the_network(tmp_path, c
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), "--model", "scrach"])
     assert time.monotonic() - start < 3
-    _one_line_error(capsys, e.value.code, "--model scrach: not one of 'scratch', 'gpt2', no such file or directory, "
+    _one_line_error(capsys, e.value.code, "--model scrach: not one of 'scratch', 'gpt2', 'smollm2-135m-instruct', no such file or directory, "
                                           "and not a hub id (org/name)")
     assert guard.attempts == [] and not (tmp_path / "w").exists()
 
