@@ -29,6 +29,7 @@ __all__ = ["advantage_slope"]
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _slopes(model_config: ilql.ModelConfig, online, target, tokens, attention_mask, top_k: int):
     cfg = model_config.trunk
+    online, target = ilql.materialize(model_config, online, target)  # whole trunks, as decoding reads them
     out = ilql.apply(model_config, online, target, tokens, attention_mask)
     pi_logits = out.pi_logits_t
     if pi_logits is None:  # a frozen π_β: apply() skips it, since training does not need it

@@ -521,6 +521,8 @@ def _sample_jit(model_config, sampler_config, online, target, prompt_tokens, pro
     global _TRACES
     _TRACES += 1  # runs only while tracing
     m = sampler_config.max_new_tokens
+    # Partial training: whole plain trunks (frozen part + trained part, adapters merged) once per call.
+    online, target = ilql.materialize(model_config, online, target)
     if sampler_config.vocab_major_q:
         target = decoding_target(model_config, target)
     state = init_state(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key)
