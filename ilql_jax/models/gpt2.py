@@ -524,19 +524,20 @@ class KVCache:
     position: Array
 
 
-def init_cache(config: GPT2Config, batch_size: int, cache_len: int) -> KVCache:
+def init_cache(config: GPT2Config, batch_size: int, cache_len: int, n_layers: int | None = None) -> KVCache:
     _check_length(config, cache_len)
     shape = (batch_size, config.n_head, cache_len, config.head_dim)
     dt = jnp.dtype(config.dtype)
     return KVCache(
-            k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
-            v=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+            k=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
+            v=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
             key_mask=jnp.zeros((batch_size, cache_len), bool),
             index=jnp.zeros((), jnp.int32),
             position=jnp.zeros((batch_size,), jnp.int32))
 
 
-def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True):
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True, **blocks):
+    """`blocks`: `start`, `stop`, `residual`, `final` of the model's call (a range of blocks, whose layers `cache` holds)."""
     b, t = tokens.shape
     key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
     s = key_mask.shape[1]
@@ -544,27 +545,34 @@ def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions,
     causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
     mask = causal[None] & key_mask[:, None, :]
     hidden, logits, kv = _model(params, config)(
-            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index, with_logits=with_logits)
+            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index, with_logits=with_logits, **blocks)
     new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask,
                                 index=cache.index + t, position=positions[:, -1] + 1)
     return hidden, logits, new
 
 
 def prefill(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array,
-                        cache_len: int, *, with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+                        cache_len: int, *, with_logits: bool = True, start: int = 0, stop: int | None = None,
+                        residual: Array | None = None, final: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Runs a (left-padded) prompt batch and returns a cache with `cache_len` slots.
 
     Returns hidden [B, P, D], logits [B, P, V_pad] (None without `with_logits`)
     and the cache; the last column of logits is the distribution over the first new token.
+
+    A range of blocks (a bottom shared by several trunks, models/partial.py): blocks [start, stop) on
+    `residual` [B, P, D] (None: the embeddings of `tokens`), the cache holding those blocks' layers;
+    without `final`, the residual stream leaving block stop − 1 in place of hidden.
     """
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, attention_mask])
     b, p = tokens.shape
     if cache_len < p:
         raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
-    cache = init_cache(config, b, cache_len)
+    blocks = _blocks(config, start, stop, residual, final)
+    n_layers = None if not blocks else (config.n_layer if stop is None else stop) - start
+    cache = init_cache(config, b, cache_len, n_layers)
     return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask),
-                       with_logits)
+                       with_logits, **blocks)
 
 
 def lm_logits(params: Params, config: GPT2Config, hidden: Array, *, mask_padded: bool = True) -> Array:
@@ -574,14 +582,23 @@ def lm_logits(params: Params, config: GPT2Config, hidden: Array, *, mask_padded:
 
 
 def decode_step(params: Params, config: GPT2Config, cache: KVCache, token: Array, *,
-                with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+                with_logits: bool = True, start: int = 0, stop: int | None = None, residual: Array | None = None,
+                final: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Feeds one token per row. Returns hidden [B, D], logits [B, V_pad] (None without
-    `with_logits`) and the new cache."""
+    `with_logits`) and the new cache. A range of blocks as `prefill`'s, `residual` [B, D]."""
     chex.assert_rank(token, 1)
     b = token.shape[0]
+    blocks = _blocks(config, start, stop, None if residual is None else residual[:, None], final)
     hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
-                                        cache.position[:, None], with_logits)
+                                        cache.position[:, None], with_logits, **blocks)
     return hidden[:, 0], (None if logits is None else logits[:, 0]), cache
+
+
+def _blocks(config, start: int, stop: int | None, residual: Array | None, final: bool) -> dict[str, Any]:
+    """The block-range keywords of a cached call ({} for the whole trunk, so that call is unchanged)."""
+    if start == 0 and stop in (None, config.n_layer) and residual is None and final:
+        return {}
+    return dict(start=start, stop=stop, residual=residual, final=final)
 
 
 def _check_length(config: GPT2Config, t: int) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from ilql_jax.models import lora as lora_lib
-from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, _adapted, mask_padded_vocab,  # noqa: F401
+from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, _adapted, _blocks, mask_padded_vocab,  # noqa: F401
                                   positions_from_mask, shard_batch)
 
 Array = jax.Array
@@ -448,50 +448,57 @@ def residual_stream(params: Params, config: LlamaConfig, tokens: Array, attentio
     return x
 
 
-def init_cache(config: LlamaConfig, batch_size: int, cache_len: int) -> KVCache:
+def init_cache(config: LlamaConfig, batch_size: int, cache_len: int, n_layers: int | None = None) -> KVCache:
     """An empty cache: per layer [B, n_kv_head, cache_len, head_dim] keys and values (GQA stores only the KV heads)."""
     _check_length(config, cache_len)
     shape = (batch_size, config.n_kv_head, cache_len, config.head_dim)
     dt = jnp.dtype(config.dtype)
-    return KVCache(k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
-                   v=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+    return KVCache(k=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
+                   v=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
                    key_mask=jnp.zeros((batch_size, cache_len), bool), index=jnp.zeros((), jnp.int32),
                    position=jnp.zeros((batch_size,), jnp.int32))
 
 
-def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True):
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True, **blocks):
+    """`blocks`: `start`, `stop`, `residual`, `final` of the model's call (a range of blocks, whose layers `cache` holds)."""
     b, t = tokens.shape
     key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
     s = key_mask.shape[1]
     causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
     mask = causal[None] & key_mask[:, None, :]
     hidden, logits, kv = _model(params, config)(tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index,
-                                                with_logits=with_logits)
+                                                with_logits=with_logits, **blocks)
     new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask, index=cache.index + t,
                   position=positions[:, -1] + 1)
     return hidden, logits, new
 
 
 def prefill(params: Params, config: LlamaConfig, tokens: Array, attention_mask: Array, cache_len: int,
-            *, with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
-    """Runs a (left-padded) prompt batch into a cache of `cache_len` slots; as `gpt2.prefill`."""
+            *, with_logits: bool = True, start: int = 0, stop: int | None = None, residual: Array | None = None,
+            final: bool = True) -> tuple[Array, Array | None, KVCache]:
+    """Runs a (left-padded) prompt batch into a cache of `cache_len` slots (or a range of blocks); as
+    `gpt2.prefill`."""
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, attention_mask])
     b, p = tokens.shape
     if cache_len < p:
         raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
-    cache = init_cache(config, b, cache_len)
+    blocks = _blocks(config, start, stop, residual, final)
+    n_layers = None if not blocks else (config.n_layer if stop is None else stop) - start
+    cache = init_cache(config, b, cache_len, n_layers)
     return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask),
-                       with_logits)
+                       with_logits, **blocks)
 
 
 def decode_step(params: Params, config: LlamaConfig, cache: KVCache, token: Array, *,
-                with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+                with_logits: bool = True, start: int = 0, stop: int | None = None, residual: Array | None = None,
+                final: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Feeds one token per row; as `gpt2.decode_step`."""
     chex.assert_rank(token, 1)
     b = token.shape[0]
+    blocks = _blocks(config, start, stop, None if residual is None else residual[:, None], final)
     hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
-                                        cache.position[:, None], with_logits)
+                                        cache.position[:, None], with_logits, **blocks)
     return hidden[:, 0], (None if logits is None else logits[:, 0]), cache
 
 

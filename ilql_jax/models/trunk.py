@@ -10,7 +10,8 @@ parameter `nnx.State`, dispatched on the config's type:
 - `residual_stream(params, config, tokens, attention_mask, stop=)` → the residual stream leaving
   block stop − 1 (a frozen bottom's output, shared by several trunks: models/partial.py),
 - `prefill(params, config, tokens, attention_mask, cache_len, with_logits=)` → (hidden, logits, cache),
-- `decode_step(params, config, cache, token, with_logits=)` → (hidden, logits, cache),
+- `decode_step(params, config, cache, token, with_logits=)` → (hidden, logits, cache); both also over
+  a range of blocks (`start=`, `stop=`, `residual=`, `final=`: a shared bottom's cache and each top's),
 - `lm_logits(params, config, hidden, mask_padded=)` → logits,
 - `init_cache(config, batch_size, cache_len)` → a `KVCache` (a pytree),
 - `init_adapters(config, lora, key)` → fresh LoRA adapters; `forward`, `residual_stream` and
@@ -79,12 +80,14 @@ def residual_stream(params, config: TrunkConfig, tokens, attention_mask=None, *,
                                                   dropout_key=dropout_key, lora=lora)
 
 
-def prefill(params, config: TrunkConfig, tokens, attention_mask, cache_len: int, *, with_logits=True):
-    return implementation(config).prefill(params, config, tokens, attention_mask, cache_len, with_logits=with_logits)
+def prefill(params, config: TrunkConfig, tokens, attention_mask, cache_len: int, *, with_logits=True, **blocks):
+    """`blocks`: `start`, `stop`, `residual`, `final`: a range of blocks (see `gpt2.prefill`)."""
+    return implementation(config).prefill(params, config, tokens, attention_mask, cache_len, with_logits=with_logits,
+                                          **blocks)
 
 
-def decode_step(params, config: TrunkConfig, cache, token, *, with_logits=True):
-    return implementation(config).decode_step(params, config, cache, token, with_logits=with_logits)
+def decode_step(params, config: TrunkConfig, cache, token, *, with_logits=True, **blocks):
+    return implementation(config).decode_step(params, config, cache, token, with_logits=with_logits, **blocks)
 
 
 def lm_logits(params, config: TrunkConfig, hidden, *, mask_padded=True):
