@@ -65,6 +65,7 @@ __all__ = [
     "read_extra",
     "restore",
     "restore_or_init",
+    "stored_arrays",
 ]
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,19 @@ def read_extra(workdir: str | epath.PathLike, step: int | None = None) -> tuple[
             raise FileNotFoundError(f"no checkpoint in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
     return int(step), dict(restored.extra or {})
+
+
+def stored_arrays(workdir: str | epath.PathLike, step: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
+    """What a train-state checkpoint of `workdir` holds: {path ("params.value.trunk..."): (shape, dtype)}, read
+    from its metadata (the newest checkpoint when `step` is None)."""
+    directory = _path(workdir) / CHECKPOINT_DIR
+    with _manager(directory, None, ocp.PyTreeCheckpointHandler()) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        tree = manager.item_metadata(step)["state"].tree
+    name = lambda path: ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return {name(path): (tuple(meta.shape), str(meta.dtype)) for path, meta in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree], shardings: Any = None, *,
