@@ -229,7 +229,7 @@ class Checkpointer:
         if has_frozen(abstract_state):
             if frozen_fn is None:
                 raise ValueError(f"{self.directory}: this run trains part of its trunks, so its checkpoints hold no "
-                                 "frozen weights; restore it with loop.restore_state (or pass frozen_fn)")
+                                 "frozen weights; restore it with ilql_jax.restore_state (or pass frozen_fn)")
             state, extra = self.restore(without_frozen(abstract_state), step)
             frozen = frozen_fn()
             check_frozen(frozen, extra, f"{self.directory} (step {int(state.step)})")

@@ -299,7 +299,7 @@ def test_a_top_two_checkpoint_holds_what_trains_and_not_the_frozen_weights(tmp_p
     assert step == 1 and extra["frozen"]["sha256"] == partial.fingerprint(state.params["frozen"])
     # Restoring rebuilds the frozen part through frozen_fn, and refuses another one.
     abstract = checkpoint.abstract_like(state)
-    with pytest.raises(ValueError, match="loop.restore_state"):
+    with pytest.raises(ValueError, match="restore_state"):
         checkpoint.restore(tmp_path, abstract)
     restored, _ = checkpoint.restore(tmp_path, abstract, frozen_fn=lambda: state.params["frozen"])
     assert _bitwise_equal(restored, state)

@@ -38,7 +38,8 @@ Params = nnx.State
 
 VOCAB_MULTIPLE = 128
 # Parameter names the partial-training split reads (models/partial.py): the blocks' container, the
-# parameters after the last block, the embeddings, and the projections LoRA can adapt (block-relative).
+# parameters after the last block (trained with the top blocks), and the projections LoRA can adapt
+# (block-relative paths).
 BLOCKS = "h"
 FINAL = ("ln_f",)
 LORA_PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
