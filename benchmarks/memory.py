@@ -1,9 +1,11 @@
 """Per-device memory of the ILQL train step and the sampler's decode step, from the compiled programs.
 
-    python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl,llama-1b] [--devices 1,8,64]
-        [--rules dp,fsdp] [--dtypes float32,bfloat16] [--remat off,on] [--batch-per-device 8]
-        [--seq-len 128] [--action-capacity K] [--jobs N] [--no-check] [--full-depth] [--xla-cpu-defaults]
+    python -m benchmarks.memory [--models gpt2-small,gpt2-medium,gpt2-large,gpt2-xl,llama-1b,smollm2-135m,smollm2-1.7b]
+        [--devices 1,8,64] [--rules dp,fsdp] [--dtypes float32,bfloat16] [--remat off,on] [--batch-per-device 8]
+        [--seq-len 128] [--action-capacity K] [--training full,top2,lora8] [--breakdown] [--jobs N] [--no-check]
+        [--full-depth] [--xla-cpu-defaults]
     python -m benchmarks.memory --markdown OUT.jsonl [--models gpt2-xl]   # the tables of docs/accelerators.md
+    python -m benchmarks.memory --partial-rows        # SmolLM2-135M/1.7B, Llama-3.2-1B: full, top-2, LoRA r=8
 
 Nothing is allocated: every program is lowered and compiled ahead of time for
 fake CPU devices (`--xla_force_host_platform_device_count=64`) with the state,
@@ -29,7 +31,20 @@ One JSON line per case:
   device's shards of the train state (params, target, Adam moments; for
   decode, of the parameters), counted exactly from the shapes;
 - `fits_16gib`, `fits_80gib`, `fits_141gib`: bytes_per_device ≤ that many GiB;
-- `derived_from_depths`: see below (null when compiled at full depth).
+- `derived_from_depths`: see below (null when compiled at full depth);
+- `training` (train and decode): "full", "topK" (`num_layers_unfrozen=K`: the
+  top K blocks of every trunk train, the rest is stored once and run once,
+  docs/partial_training.md) or "loraR" (LoRA adapters of rank R, α = 16, on
+  every attention and MLP projection of every block; every trunk weight frozen);
+- what the train step needs, this device's share, exact from the shapes:
+  `param_bytes` (online and target parameters, the shared frozen part once),
+  of which `frozen_bytes`, `gradient_bytes` (the trained parameters'),
+  `optimizer_bytes` (Adam's moments and counters); with `--breakdown` also
+  `activation_bytes` (the temporary bytes of the compiled value-and-gradient of
+  the loss alone, depth-extrapolated like the rest), `needed_bytes` (the sum of
+  the four) and `peak_over_needed` = bytes_per_device / needed_bytes: near 1 when
+  the step holds nothing beyond those (no second copy of a weight, no
+  optimizer temporaries the size of the state).
 
 Then, for GPT-2 XL, one `"bench": "memory_budget"` line per (devices, rules,
 dtype, remat) train case: the largest batch per device (and tokens per device,
@@ -93,9 +108,23 @@ MAX_DEVICES = 64
 # (n_layer, n_embd, n_head) of the four GPT-2 sizes; vocabulary 50257 (padded to 50304), 1024 positions.
 # "llama-1b": Llama 3.2 1B's shape (`LlamaConfig.llama_3_2_1b`: 8 KV heads, SwiGLU 8192, tied embeddings),
 # its 128256 ids plus ILQL's 6 markup ids (padded to 128384).
+# "smollm2-135m" / "smollm2-1.7b": HuggingFaceTB/SmolLM2-135M(-Instruct) and -1.7B's shapes (Llama architecture,
+# vocabulary 49,152, tied embeddings; `LLAMA_SHAPES`), also with ILQL's 6 markup ids added.
 MODELS = {"gpt2-small": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
-          "gpt2-xl": (48, 1600, 25), "llama-1b": (16, 2048, 32)}
+          "gpt2-xl": (48, 1600, 25), "llama-1b": (16, 2048, 32), "smollm2-135m": (30, 576, 9),
+          "smollm2-1.7b": (24, 2048, 32)}
+LLAMA_SHAPES = {
+    "smollm2-135m": dict(vocab_size=49152, n_positions=8192, n_embd=576, n_layer=30, n_head=9, n_kv_head=3,
+                         head_dim=64, intermediate_size=1536, rms_norm_eps=1e-5, rope_theta=100000.0,
+                         tie_word_embeddings=True),
+    "smollm2-1.7b": dict(vocab_size=49152, n_positions=8192, n_embd=2048, n_layer=24, n_head=32, n_kv_head=32,
+                         head_dim=64, intermediate_size=8192, rms_norm_eps=1e-5, rope_theta=130000.0,
+                         tie_word_embeddings=True),
+}
 LLAMA_MARKUP_IDS = 6
+PARTIAL_ROWS = dict(models=["smollm2-135m", "smollm2-1.7b", "llama-1b"], training=["full", "top2", "lora8"],
+                    devices=[1, 8])
+LORA_ALPHA = 16.0
 DEPTHS = (3, 6)  # the two depths every case is compiled at (see the module docstring)
 XLA_CPU_MEMORY_FLAGS = ("--xla_disable_hlo_passes=cpu-all-reduce-combiner "
                         "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
@@ -118,15 +147,31 @@ class Case:
     seq_len: int
     dropout: float = 0.0
     action_capacity: int | None = None  # action slots per row of the train step; None: every position
+    training: str = "full"  # "full", "topK" (num_layers_unfrozen=K) or "loraR" (LoRA rank R on every block)
 
     def at(self, **changes) -> "Case":
         return dataclasses.replace(self, **changes)
+
+
+def training_fields(training: str) -> dict[str, int]:
+    """The `ModelConfig` fields a `--training` value names: {} (full), num_layers_unfrozen or lora_rank."""
+    for prefix, field in (("top", "num_layers_unfrozen"), ("lora", "lora_rank")):
+        if training.startswith(prefix) and training[len(prefix):].isdigit():
+            return {field: int(training[len(prefix):])}
+    if training != "full":
+        raise ValueError(f"--training {training!r}: expected full, topK or loraR (K, R integers)")
+    return {}
 
 
 def trunk_config(case: Case, n_layer: int | None = None):
     from ilql_jax.models import gpt2, llama
 
     layers, width, heads = MODELS[case.model]
+    if case.model in LLAMA_SHAPES:
+        shape = LLAMA_SHAPES[case.model]
+        return llama.LlamaConfig(**{**shape, "n_layer": layers if n_layer is None else n_layer,
+                                    "vocab_size": shape["vocab_size"] + LLAMA_MARKUP_IDS, "dtype": case.dtype,
+                                    "remat": case.remat, "dropout": case.dropout})
     if case.model.startswith("llama"):
         base = llama.LlamaConfig.llama_3_2_1b()
         return llama.LlamaConfig.llama_3_2_1b(n_layer=layers if n_layer is None else n_layer, dtype=case.dtype,
@@ -156,12 +201,15 @@ def _step_config(case: Case, n_layer: int | None = None):
     from ilql_jax import train
     from ilql_jax.models import ilql
 
-    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk_config(case, n_layer)),
+    extra = training_fields(case.training)
+    if "lora_rank" in extra:
+        extra["lora_alpha"] = LORA_ALPHA
+    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk_config(case, n_layer), **extra),
                             action_capacity=case.action_capacity)
 
 
-def lower_train(case: Case, n_layer: int):
-    """The sharded ILQL train step, lowered for abstract inputs."""
+def _train_inputs(case: Case, n_layer: int):
+    """(step config, mesh, state shardings, abstract sharded state, abstract sharded batch) of a train case."""
     import jax
     import jax.numpy as jnp
 
@@ -176,8 +224,35 @@ def lower_train(case: Case, n_layer: int):
     ints = ("tokens", "attention_mask", "next_idx")
     batch = {k: jax.ShapeDtypeStruct((rows, case.seq_len), jnp.int32 if k in ints else jnp.float32,
                                      sharding=batch_sharding) for k in train.BATCH_KEYS}
-    step = sharding.make_sharded_train_step(cfg, mesh, shardings)
-    return step.lower(_abstract(abstract, shardings), batch)
+    return cfg, mesh, shardings, _abstract(abstract, shardings), batch
+
+
+def lower_train(case: Case, n_layer: int):
+    """The sharded ILQL train step, lowered for abstract inputs."""
+    from ilql_jax import sharding
+
+    cfg, mesh, shardings, state, batch = _train_inputs(case, n_layer)
+    return sharding.make_sharded_train_step(cfg, mesh, shardings).lower(state, batch)
+
+
+def lower_gradient(case: Case, n_layer: int):
+    """The loss's value and gradient w.r.t. the trained parameters alone (no optimizer, no target update), on
+    the train case's mesh: its temporary bytes are the activations the step keeps and works in."""
+    import jax
+
+    from ilql_jax import sharding, train
+
+    cfg, mesh, shardings, state, batch = _train_inputs(case, n_layer)
+    trained = train.trained_params(cfg, state.params)
+
+    def grad(trained, params, target, batch):
+        with sharding.activation_layout(mesh):
+            loss = lambda p: train.loss_fn(cfg, {**params, **p}, target, batch, None)
+            return jax.value_and_grad(loss, has_aux=True)(trained)
+
+    grad_shardings = jax.tree.map(lambda x: x.sharding, trained)
+    return jax.jit(grad, out_shardings=((None, None), grad_shardings)).lower(trained, state.params,
+                                                                             state.target_params, batch)
 
 
 def decode_lengths(seq_len: int) -> tuple[int, int]:
@@ -193,6 +268,7 @@ def lower_decode(case: Case, n_layer: int):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from ilql_jax import sampler, sharding
+    from ilql_jax.models import ilql
 
     cfg = _step_config(case, n_layer)
     mesh, rules = _mesh(case)
@@ -200,12 +276,15 @@ def lower_decode(case: Case, n_layer: int):
     online = sharding.state_shardings(abstract.params, mesh, rules)
     target = sharding.state_shardings(abstract.target_params, mesh, rules)
     online, target = _abstract(abstract.params, online), _abstract(abstract.target_params, target)
+    # Partial training: whole trunks (adapters merged) and the shared bottom, as `sampler.sample` decodes.
+    shared = sampler.shared_layers(cfg.model, abstract.params)
+    whole = lambda o, t: ilql.materialize(cfg.model, o, t)
     prompt, new = decode_lengths(case.seq_len)
     sc = sampler.SamplerConfig(max_new_tokens=new, mode="sample", prompt_buckets=(prompt,))
     rows = case.batch_per_device * case.devices
     tokens = jax.ShapeDtypeStruct((rows, prompt), jnp.int32)
-    state = jax.eval_shape(lambda o, t, p, k: sampler.init_state(cfg.model, sc, o, t, p, p, k), online, target, tokens,
-                           jax.random.key(0))
+    state = jax.eval_shape(lambda o, t, p, k: sampler.init_state(cfg.model, sc, *whole(o, t), p, p, k, shared=shared),
+                           online, target, tokens, jax.random.key(0))
     by_row = NamedSharding(mesh, P(sharding.BATCH_AXES))
     replicated = NamedSharding(mesh, P())
     state_shardings = jax.tree.map(lambda x: by_row if x.ndim and x.shape[0] == rows else replicated, state)
@@ -213,7 +292,7 @@ def lower_decode(case: Case, n_layer: int):
 
     def step(online, target, knobs, state):
         with sharding.activation_layout(mesh):
-            return sampler.step_state(cfg.model, sc, online, target, knobs, state)
+            return sampler.step_state(cfg.model, sc, *whole(online, target), knobs, state, shared=shared)
 
     step = jax.jit(step, in_shardings=(jax.tree.map(lambda x: x.sharding, online),
                                        jax.tree.map(lambda x: x.sharding, target), replicated, state_shardings),
@@ -225,7 +304,7 @@ def lower_decode(case: Case, n_layer: int):
 def compile_case(case: Case, n_layer: int) -> dict[str, Any]:
     """Memory analysis of one program at `n_layer` layers (runs in a worker process)."""
     t0 = time.perf_counter()
-    lowered = (lower_train if case.program == "train" else lower_decode)(case, n_layer)
+    lowered = {"train": lower_train, "decode": lower_decode, "gradient": lower_gradient}[case.program](case, n_layer)
     stats = lowered.compile(compiler_options=COMPILER_OPTIONS).memory_analysis()
     return {"argument_bytes": int(stats.argument_size_in_bytes), "output_bytes": int(stats.output_size_in_bytes),
             "temp_bytes": int(stats.temp_size_in_bytes), "alias_bytes": int(stats.alias_size_in_bytes),
@@ -247,6 +326,40 @@ def state_bytes_per_device(case: Case) -> int:
                    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))))
 
 
+def state_breakdown(step_config, mesh, rules) -> dict[str, int]:
+    """This device's bytes of what a train step holds besides activations, exact from the shapes:
+    `param_bytes` (online and target parameters; a shared frozen part once), of which `frozen_bytes`,
+    `gradient_bytes` (one gradient per trained parameter) and `optimizer_bytes` (Adam's moments, counters)."""
+    import jax
+    import numpy as np
+
+    from ilql_jax import sharding, train
+    from ilql_jax.models import partial
+
+    abstract = sharding.abstract_state(step_config)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+
+    def local(tree, tree_shardings) -> int:
+        return int(sum(np.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+                       for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(tree_shardings))))
+
+    params = (abstract.params, abstract.target_params)
+    trained = train.trained_params(step_config, abstract.params)
+    return {"param_bytes": local(params, (shardings.params, shardings.target_params)),
+            "frozen_bytes": local(abstract.params.get(partial.FROZEN, {}),
+                                  shardings.params.get(partial.FROZEN, {})),
+            "gradient_bytes": local(trained, train.trained_params(step_config, shardings.params)),
+            "optimizer_bytes": local(abstract.opt_state, shardings.opt_state)}
+
+
+def needed(breakdown: dict[str, int], activation_bytes: float) -> dict[str, float]:
+    """`breakdown` with the activations, their sum `needed_bytes` (what the step cannot do without)."""
+    out = {**breakdown, "activation_bytes": activation_bytes}
+    out["needed_bytes"] = sum(out[k] for k in ("param_bytes", "gradient_bytes", "optimizer_bytes",
+                                               "activation_bytes"))
+    return out
+
+
 def total(parts: dict[str, float]) -> float:
     return parts["argument_bytes"] + parts["output_bytes"] + parts["temp_bytes"] - parts["alias_bytes"]
 
@@ -257,10 +370,17 @@ def extrapolate(shallow: dict[int, dict], depth: int) -> dict[str, float]:
     return {f: a[f] + (b[f] - a[f]) * (depth - la) / (lb - la) for f in FIELDS}
 
 
-def row(case: Case, parts: dict[str, float], state_bytes: int, derived: bool) -> dict[str, Any]:
+def row(case: Case, parts: dict[str, float], state_bytes: int, derived: bool,
+        breakdown: dict[str, float] | None = None) -> dict[str, Any]:
     bytes_per_device = int(round(total(parts)))
+    extra = {}
+    if breakdown is not None:
+        extra = {k: int(round(v)) for k, v in breakdown.items()}
+        if "needed_bytes" in breakdown:
+            extra["peak_over_needed"] = bytes_per_device / breakdown["needed_bytes"]
     return {
         "bench": "memory", "program": case.program, "model": case.model, "devices": case.devices,
+        "training": case.training,
         "rules": case.rules, "dtype": case.dtype, "remat": case.remat if case.program == "train" else None,
         "batch_per_device": case.batch_per_device, "seq_len": case.seq_len,
         "tokens_per_device": case.batch_per_device * case.seq_len,
@@ -270,6 +390,7 @@ def row(case: Case, parts: dict[str, float], state_bytes: int, derived: bool) ->
         **{f: int(round(parts[f])) for f in FIELDS},
         **{f"fits_{b}gib": bytes_per_device <= b * GIB for b in BUDGETS_GIB},
         "derived_from_depths": list(DEPTHS) if derived else None,
+        **extra,
     }
 
 
@@ -296,6 +417,7 @@ def markdown(rows: list[dict], model: str = "gpt2-xl") -> str:
     """The tables docs/accelerators.md quotes, from this benchmark's JSON lines (`--markdown FILE`)."""
     gib = lambda b: f"{b / GIB:.1f}"
     mesh = lambda r: "1 device" if r["devices"] == 1 else f"{r['devices']} × {r['rules']}"
+    rows = [r for r in rows if r.get("training", "full") == "full"]
     train = [r for r in rows if r.get("bench") == "memory" and r["model"] == model and r["program"] == "train"
              and not (r["devices"] == 1 and r["rules"] == "fsdp")]
     out = [f"{model}, train step, {train[0]['batch_per_device']} × {train[0]['seq_len']} tokens per device: "
@@ -332,15 +454,16 @@ def markdown(rows: list[dict], model: str = "gpt2-xl") -> str:
 def cases(args) -> list[Case]:
     out = []
     for model in args.models:
-        for devices in args.devices:
-            for rules in args.rules:
-                for dtype in args.dtypes:
-                    for remat in args.remat:
-                        out.append(Case("train", model, devices, rules, dtype, remat, args.batch_per_device,
-                                        args.seq_len, action_capacity=args.action_capacity))
-                    if args.decode:
-                        out.append(Case("decode", model, devices, rules, dtype, False, args.batch_per_device,
-                                        args.seq_len))
+        for training in args.training:
+            for devices in args.devices:
+                for rules in args.rules:
+                    for dtype in args.dtypes:
+                        for remat in args.remat:
+                            out.append(Case("train", model, devices, rules, dtype, remat, args.batch_per_device,
+                                            args.seq_len, action_capacity=args.action_capacity, training=training))
+                        if args.decode:
+                            out.append(Case("decode", model, devices, rules, dtype, False, args.batch_per_device,
+                                            args.seq_len, training=training))
     return out
 
 
@@ -393,6 +516,16 @@ def main(argv=None) -> None:
     parser.add_argument("--action-capacity", type=int, default=None,
                         help="action slots per row of the train step (StepConfig.action_capacity; the loop fits it "
                              "to the data); default: every position, the most the step can need")
+    parser.add_argument("--training", default="full", type=lambda t: [v for v in t.split(",") if v],
+                        help="what trains: full, topK (num_layers_unfrozen=K), loraR (LoRA rank R, alpha 16, every "
+                             "block); comma-separated")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also compile the loss's value-and-gradient alone, for activation_bytes, needed_bytes "
+                             "and peak_over_needed (twice the compiles)")
+    parser.add_argument("--partial-rows", action="store_true",
+                        help="the partial-training rows of docs/partial_training.md: SmolLM2-135M, SmolLM2-1.7B and "
+                             "Llama-3.2-1B; full, top2 and lora8; 1 device and 8 (FSDP); bfloat16 with remat; "
+                             "train step only, with --breakdown (compile-only, about an hour of CPU)")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip the decode-step cases")
     parser.add_argument("--no-budget", dest="budget", action="store_false", help="skip GPT-2 XL's budget lines")
     parser.add_argument("--no-check", dest="check", action="store_false",
@@ -410,6 +543,15 @@ def main(argv=None) -> None:
         return
     if args.batch_per_device < 1 or not 1 <= args.seq_len <= 1024:
         parser.error("need --batch-per-device >= 1 and 1 <= --seq-len <= 1024")
+    if args.partial_rows:
+        args.models, args.training, args.devices = (PARTIAL_ROWS[k] for k in ("models", "training", "devices"))
+        args.rules, args.dtypes, args.remat = ["fsdp"], ["bfloat16"], [True]
+        args.decode, args.budget, args.check, args.breakdown = False, False, False, True
+    for training in args.training:
+        try:
+            training_fields(training)
+        except ValueError as e:
+            parser.error(str(e))
 
     flags = f"--xla_force_host_platform_device_count={MAX_DEVICES}"
     if not args.xla_cpu_defaults:
@@ -420,6 +562,9 @@ def main(argv=None) -> None:
     todo = cases(args)
     depths = lambda case: (MODELS[case.model][0],) if args.full_depth else DEPTHS
     tasks = {(compiled_key(c), d) for c in todo for d in depths(c)}
+    gradient = lambda c: compiled_key(c.at(program="gradient"))
+    if args.breakdown:
+        tasks |= {(gradient(c), d) for c in todo if c.program == "train" for d in depths(c)}
     budget_cases = [c for c in todo if args.budget and c.program == "train" and c.model == "gpt2-xl"]
     double = lambda c: c.at(batch_per_device=BUDGET_BATCH_FACTOR * c.batch_per_device)
     tasks |= {(compiled_key(double(c)), d) for c in budget_cases for d in DEPTHS}
@@ -448,13 +593,18 @@ def main(argv=None) -> None:
             state_cache[key] = state_bytes_per_device(key)
         return state_cache[key]
 
-    for case in todo:
-        key = compiled_key(case)
+    def parts_of(key: Case) -> dict[str, float]:
         if args.full_depth:
-            parts, derived = results[(key, MODELS[case.model][0])], False
-        else:
-            parts, derived = extrapolate({d: results[(key, d)] for d in DEPTHS}, MODELS[case.model][0]), True
-        common.emit(row(case, parts, state_bytes(case), derived))
+            return results[(key, MODELS[key.model][0])]
+        return extrapolate({d: results[(key, d)] for d in DEPTHS}, MODELS[key.model][0])
+
+    for case in todo:
+        breakdown = None
+        if case.program == "train":
+            breakdown = state_breakdown(_step_config(case), *_mesh(case))
+            if args.breakdown:
+                breakdown = needed(breakdown, parts_of(gradient(case))["temp_bytes"])
+        common.emit(row(case, parts_of(compiled_key(case)), state_bytes(case), not args.full_depth, breakdown))
     for case in budget_cases:
         at = {(d, b): results[(compiled_key(c), d)] for c in (case, double(case)) for d in DEPTHS
               for b in (c.batch_per_device,)}

@@ -1,7 +1,7 @@
 """Throughput, MFU and memory of the whole jitted ILQL train step, beside the official PyTorch step.
 
-    python -m benchmarks.train_step [--shapes tiny,gpt2-small] [--steps N] [--rounds R]
-                                    [--peer DIR [--peer-harness DIR]] [--no-reference]
+    python -m benchmarks.train_step [--shapes tiny,gpt2-small,smollm2-135m] [--steps N] [--rounds R]
+                                    [--peer DIR [--peer-harness DIR]] [--no-reference] [--unfrozen K] [--lora R]
 
 One JSON object per shape: batch 8 × 128 tokens, float32, dropout 0, the
 default networks (value trunk with V/Q1/Q2 heads, a target trunk with target Q
@@ -39,11 +39,22 @@ Fields:
   AdamW's temporaries included).
 - `other_cpu_load`: the share of the CPU that other processes took while our
   steps were timed; above ~0.2 every time here is contended.
+
+Partial training (docs/partial_training.md): `--unfrozen K` adds, per shape, a
+row with only the top K blocks of every trunk trained (`num_layers_unfrozen`),
+`--lora R` one with LoRA adapters of rank R (α = 16) on every projection of
+every block; each is timed in the same rounds as full training (alternating
+which goes first) and carries `training` ("top2", "lora8"), `speedup_vs_full`
+(best step over best step), `peak_memory_ratio_vs_full` and the model FLOPs
+of its own step (`honest_step_flops` counts the frozen bottom once and forward
+only, and frozen weights' gradients not at all). "smollm2-135m" is SmolLM2-135M's
+shape (Llama, 30 layers, width 576, vocabulary 49,152 + 6 markup ids) with random weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -60,15 +71,35 @@ from ilql_jax import train  # noqa: E402
 from ilql_jax.models import gpt2, ilql  # noqa: E402
 
 BATCH, SEQ_LEN = 8, 128
-SHAPES = ("tiny", "gpt2-small")
-DEFAULT_STEPS = {"tiny": 10, "gpt2-small": 2}
+SHAPES = ("tiny", "gpt2-small", "smollm2-135m")
+DEFAULT_STEPS = {"tiny": 10, "gpt2-small": 2, "smollm2-135m": 2}
+LORA_ALPHA = 16.0
 # main just before the lean step (issue 21): "today's" activation memory is measured on its code.
 REFERENCE_REV = "9507787"
 
 
-def make_config(shape: str, batch: dict | None = None) -> train.StepConfig:
+def trunk_shape(shape: str):
+    """The trunk config of a benchmark shape, without dropout."""
+    if shape == "smollm2-135m":
+        from benchmarks import memory
+        from ilql_jax.models import llama
+
+        cfg = memory.LLAMA_SHAPES[shape]
+        return llama.LlamaConfig(**{**cfg, "vocab_size": cfg["vocab_size"] + memory.LLAMA_MARKUP_IDS})
+    return common.gpt2_shape(shape)
+
+
+def training_fields(training: str) -> dict:
+    """ModelConfig fields of a row's `training`: "full", "topK" or "loraR" (benchmarks/memory.py's names)."""
+    from benchmarks import memory
+
+    fields = memory.training_fields(training)
+    return {**fields, "lora_alpha": LORA_ALPHA} if "lora_rank" in fields else fields
+
+
+def make_config(shape: str, batch: dict | None = None, training: str = "full") -> train.StepConfig:
     """The default networks; the action capacity fitted to `batch` as the training loop fits it."""
-    config = train.StepConfig(model=ilql.ModelConfig(trunk=common.gpt2_shape(shape)))
+    config = train.StepConfig(model=ilql.ModelConfig(trunk=trunk_shape(shape), **training_fields(training)))
     if batch is not None:
         config = train.with_action_capacity(config, {"batch": batch["action_mask"]})
     return config
@@ -86,11 +117,18 @@ def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> 
     the *real* vocabulary V (padding is a layout choice), and fwd = 2 FLOPs per
     multiply-add, backward = 2 × forward:
 
-      trunk forward (per position)   2·12·L·d² + 4·L·T·d   (attention over all T keys,
-                                     as `common.transformer_flops_per_token` counts it)
+      trunk forward (per position)   2·M·L + 4·L·T·h   (M: a block's matmul weights, 12·d² for
+                                     GPT-2; h: the query width, d for GPT-2; attention over all T
+                                     keys, as `common.transformer_flops_per_token` counts it)
       value trunk                    3 × trunk forward × N   (forward + backward)
       target trunk                   1 × trunk forward × N   (absent when on the online trunk)
       π_β trunk                      3 × trunk forward × N   (absent when shared or frozen)
+
+    Partial training (per block): a frozen bottom block runs once, forward only,
+    for all trunks; with `num_layers_unfrozen` the top blocks count as above; with
+    LoRA an adapted block's frozen weights cost forward + the input gradient
+    (2 × forward) in the value trunk and π_β, and each adapter (d_in → r → d_out)
+    3 × 2·r·(d_in + d_out) per position there, 1 × in the target.
       online Q1, Q2 (d → 2d → V)     3 × 2·(2d² + 2d·V) × A each   (CQL reads the whole vocabulary)
       V head (d → 2d → 1)            2·(2d² + 2d) × S forward, 2 × that × A backward
       target Q̄1, Q̄2                 (2·2d² + 2·2d) × A each: the first layer, then one output column
@@ -100,6 +138,8 @@ def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> 
     optimizer, the Polyak update (not matmuls), and the backward through
     positions after a row's last read state (they reach no loss; a few per row).
     """
+    from ilql_jax.models import partial
+
     cfg = model.trunk
     L, d, v, t = cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch["tokens"].shape[1]
     m = np.asarray(batch["action_mask"]) > 0
@@ -107,16 +147,39 @@ def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> 
     a = int(m.sum())
     states = sum(len(set(np.flatnonzero(row)) | set(np.asarray(nxt)[row].tolist()))
                  for row, nxt in zip(m, np.asarray(batch["next_idx"])))
-    trunk_fwd = (2 * 12 * L * d * d + 4 * L * t * d) * n
-    flops = {"value_trunk": 3 * trunk_fwd,
-             "target_trunk": 0 if model.target_on_online_trunk else trunk_fwd,
-             "policy_trunk": 0 if (model.shared_policy or model.frozen_policy) else 3 * trunk_fwd,
+    projections = _projections(cfg)
+    block_fwd = (2 * sum(i * o for i, o in projections.values()) + 4 * t * cfg.n_head * cfg.head_dim) * n
+    bottom = partial.bottom_layers(model) if partial.is_partial(model) else 0
+    top = L - bottom
+    spec = partial.lora_spec(model)
+    # Per top block: (value, target, π_β) multiples of a forward, and the adapters' FLOPs per trunk pass.
+    train_mult = 2 if spec is not None else 3
+    adapters = 0 if spec is None else 2 * spec.rank * sum(i + o for name, (i, o) in projections.items()
+                                                          if name in spec.targets) * n * top
+    flops = {"frozen_bottom": bottom * block_fwd,
+             "value_trunk": train_mult * top * block_fwd + 3 * adapters,
+             "target_trunk": 0 if model.target_on_online_trunk else top * block_fwd + adapters,
+             "policy_trunk": 0 if (model.shared_policy or model.frozen_policy) else
+             train_mult * top * block_fwd + 3 * adapters,
              "q_heads": 2 * 3 * 2 * (2 * d * d + 2 * d * v) * a,
              "v_head": 2 * (2 * d * d + 2 * d) * states + 4 * (2 * d * d + 2 * d) * a,
              "target_q_heads": 2 * (2 * 2 * d * d + 2 * 2 * d) * a,
              "policy_lm_head": 0 if model.frozen_policy else 3 * 2 * d * v * a}
     flops["total"] = sum(flops.values())
     return flops
+
+
+def _projections(cfg) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of each matmul of a block, by the block-relative names `LORA_PROJECTIONS` uses."""
+    from ilql_jax.models import llama
+
+    d = cfg.n_embd
+    if isinstance(cfg, llama.LlamaConfig):
+        q, kv, ffn = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.intermediate_size
+        return {"self_attn.q_proj": (d, q), "self_attn.k_proj": (d, kv), "self_attn.v_proj": (d, kv),
+                "self_attn.o_proj": (q, d), "mlp.gate_proj": (d, ffn), "mlp.up_proj": (d, ffn),
+                "mlp.down_proj": (ffn, d)}
+    return {"attn.c_attn": (d, 3 * d), "attn.c_proj": (d, d), "mlp.c_fc": (d, 4 * d), "mlp.c_proj": (4 * d, d)}
 
 
 def full_path_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> int:
@@ -147,21 +210,21 @@ def _temp_bytes(compiled) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
-def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True) -> dict:
+def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training: str = "full") -> dict:
     """One shape in this process: `mode` "time" (compile, run, time, memory) or "reference-memory"
     (only compile the reference path's value-and-gradient and report its temporary bytes)."""
     malloc_tuned = tune_malloc and common.tune_malloc()  # before the first JAX computation
-    batch = synthetic_batch(common.gpt2_shape(shape))
+    batch = synthetic_batch(trunk_shape(shape))
     tokens = BATCH * SEQ_LEN
     if mode in ("reference-memory", "full-vocab-memory"):
         # reference-memory runs on another revision's ilql_jax (ILQL_JAX_REFERENCE_SRC), whose loss_fn is the
         # full-vocabulary path; full-vocab-memory on this one's reference_loss_fn (the same trunk).
-        config = train.StepConfig(model=ilql.ModelConfig(trunk=common.gpt2_shape(shape)))
+        config = train.StepConfig(model=ilql.ModelConfig(trunk=trunk_shape(shape)))
         loss_fn = train.reference_loss_fn if mode == "full-vocab-memory" else train.loss_fn
         state = jax.eval_shape(lambda: train.init_state(config, jax.random.key(0)))
         temp = _temp_bytes(_grad_program(config, state, batch, loss_fn))
         return {"bench": mode, "shape": shape, "activation_bytes_per_token": None if temp is None else temp / tokens}
-    config = make_config(shape, batch)
+    config = make_config(shape, batch, training)
     meter = common.PeakMeter()
     meter.measure(5)
     state = train.init_state(config, jax.random.key(0))
@@ -188,7 +251,7 @@ def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True) -> dict:
     flops = honest_step_flops(config.model, batch)
     achieved = flops["total"] / t["best_s"] / 1e9
     return {
-        "bench": "train_step", "shape": shape, "tokens_per_s": tokens / t["best_s"],
+        "bench": "train_step", "shape": shape, "training": training, "tokens_per_s": tokens / t["best_s"],
         "tokens_per_s_median": tokens / t["median_s"], "step_ms": 1e3 * t["best_s"],
         "mfu": achieved / meter.gflops, "achieved_gflops": achieved, "peak_gflops": meter.gflops,
         "model_tflops_per_step": flops["total"] / 1e12,
@@ -211,13 +274,16 @@ def _peer_args(cfg: gpt2.GPT2Config, steps: int) -> list[str]:
             "--steps", str(steps), "--slow-steps", str(steps), "--skip-infer"]
 
 
-def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, reference: bool) -> dict:
-    ours_cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", shape, "--steps", str(steps)]
-
-    def ours():
-        return [r for r in common.run_json_lines(ours_cmd, env=common.worker_env()) if r.get("bench") == "train_step"][0]
+def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, reference: bool,
+                partial: tuple[str, ...] = ()) -> dict:
+    def ours(training: str = "full"):
+        cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", shape, "--steps", str(steps),
+               "--training", training]
+        return [r for r in common.run_json_lines(cmd, env=common.worker_env()) if r.get("bench") == "train_step"][0]
 
     runs = {"ours": ours}
+    for training in partial:  # timed in the same rounds as full training
+        runs[training] = functools.partial(ours, training)
     if peer is not None:
         runs["peer"] = lambda: [r for r in peer.run("peer_official_step.py", _peer_args(common.gpt2_shape(shape), steps))
                                 if r.get("kind") == "train_step"][0]
@@ -227,6 +293,14 @@ def bench_shape(shape: str, steps: int, rounds: int, peer: common.Peer | None, r
     rec["rounds"] = rounds
     rec["tokens_per_s_rounds"] = [r["tokens_per_s"] for r in results["ours"]]
     rec["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in results["ours"])
+    rec["partial_rows"] = []
+    for training in partial:
+        row = dict(max(results[training], key=lambda r: r["tokens_per_s"]))
+        row.update(rounds=rounds, tokens_per_s_rounds=[r["tokens_per_s"] for r in results[training]],
+                   peak_memory_bytes=max(r["peak_memory_bytes"] for r in results[training]),
+                   speedup_vs_full=row["tokens_per_s"] / rec["tokens_per_s"])
+        row["peak_memory_ratio_vs_full"] = row["peak_memory_bytes"] / rec["peak_memory_bytes"]
+        rec["partial_rows"].append(row)
     if peer is not None:
         rec.update(common.peer_fields(rec, results["peer"]))
         theirs = max(results["peer"], key=lambda r: r["tokens_per_s_best"])
@@ -276,7 +350,7 @@ def _ratios(rec: dict) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--shapes", default="tiny,gpt2-small", help=f"from {', '.join(SHAPES)}")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per round (default: tiny 10, gpt2-small 2); the peer runs as many")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of ours (and the peer's)")
@@ -287,22 +361,39 @@ def main(argv=None) -> None:
                         help="skip compiling the reference (full-vocabulary) path for its activation memory")
     parser.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc as it is "
                         "(see common.tune_malloc)")
+    parser.add_argument("--unfrozen", type=int, metavar="K",
+                        help="also time the step with only the top K blocks trained (num_layers_unfrozen=K)")
+    parser.add_argument("--lora", type=int, metavar="R", help="also time the step with LoRA adapters of rank R")
+    parser.add_argument("--training", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="time", choices=("time", "reference-memory", "full-vocab-memory"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc))
+        common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc,
+                           args.training))
         return
     shapes = [s for s in args.shapes.split(",") if s]
     for s in shapes:
         if s not in SHAPES:
             parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
+    partial = tuple(t for t, on in ((f"top{args.unfrozen}", args.unfrozen is not None),
+                                    (f"lora{args.lora}", args.lora is not None)) if on)
+    for t in partial:
+        try:
+            make_config(shapes[0], training=t)
+        except ValueError as e:
+            parser.error(str(e))
     for s in shapes:
-        rec = bench_shape(s, args.steps or DEFAULT_STEPS[s], args.rounds, peer, not args.no_reference)
+        gpt2_shape = s != "smollm2-135m"  # the peer and the reference revision know GPT-2 shapes only
+        rec = bench_shape(s, args.steps or DEFAULT_STEPS[s], args.rounds, peer if gpt2_shape else None,
+                          not args.no_reference and gpt2_shape, partial)
+        rows = rec.pop("partial_rows")
         _ratios(rec)
         common.emit(rec)
+        for row in rows:
+            common.emit(row)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # --- Checkpoints and weights.
     "abstract_state": ("ilql_jax.sharding", "the shapes of a fresh train state, the target to restore into"),
     "restore": ("ilql_jax.checkpoint", "a train state from the newest readable checkpoint in a workdir"),
+    "restore_state": ("ilql_jax.loop",
+                      "a run's train state from its workdir and config, a frozen part (partial training) rebuilt"),
     "load_policy_from_checkpoint": ("ilql_jax.checkpoint", "π_β's GPT-2 weights from a run's checkpoint"),
     "export_params": ("ilql_jax.checkpoint", "writes a parameter tree alone (orbax), e.g. for serving"),
     "load_params": ("ilql_jax.checkpoint", "reads an `export_params` directory back"),
@@ -112,7 +114,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.data.episodes import (Episode, Segment, agent, env, episode_return, episodes_to_arrays,
                                         prompt_tokens)
     from ilql_jax.data.rewards import RewardNorm, fit_reward_norm
-    from ilql_jax.loop import Preempted, train_and_evaluate
+    from ilql_jax.loop import Preempted, restore_state, train_and_evaluate
     from ilql_jax.losses import LossConfig
     from ilql_jax.models.gguf_import import load_gguf
     from ilql_jax.models.gpt2 import GPT2Config

@@ -21,6 +21,12 @@ saved on one mesh restores onto another, and the restored tree has exactly
 the pytree structure (nnx `State`s and `Param` nodes included) of a freshly
 initialised state.
 
+Partial training (models/partial.py): the trunks' frozen part,
+`state.params["frozen"]`, is never written. A save records its hash instead
+(`extra["frozen"]["sha256"]`, `partial.fingerprint`), and a restore rebuilds it
+from the run's base weights (`frozen_fn`, e.g. `loop.restore_state`), refusing
+in one line when the rebuilt weights hash differently.
+
 Typical use::
 
     state, extra, restored = checkpoint.restore_or_init(workdir, init_fn, shardings)
@@ -45,16 +51,21 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ilql_jax import sharding
+from ilql_jax.models import partial as partial_lib
+from ilql_jax.state import has_frozen, with_frozen, without_frozen
 
 __all__ = [
     "CheckpointConfig",
     "Checkpointer",
     "abstract_like",
+    "check_frozen",
     "export_params",
     "load_params",
     "load_policy_from_checkpoint",
+    "read_extra",
     "restore",
     "restore_or_init",
+    "stored_arrays",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,9 +185,19 @@ class Checkpointer:
         so the caller may donate `state` to the next train step right away.
         Returns False (and saves nothing) when `step` is not newer than the
         latest checkpoint, e.g. a save right after resuming from that step.
+
+        A state with a frozen part (partial training) is saved without it;
+        `extra["frozen"]` records its hash (computed here unless the caller
+        gave it, with the `reference` the weights come from).
         """
         if self.cfg is None:
             raise ValueError(f"Checkpointer for {self.directory} was opened read-only (cfg=None)")
+        if has_frozen(state):
+            extra = dict(extra or {})
+            if "sha256" not in extra.get("frozen", {}):
+                extra["frozen"] = {**extra.get("frozen", {}),
+                                   "sha256": partial_lib.fingerprint(state.params[partial_lib.FROZEN])}
+            state = without_frozen(state)
         saved = self._manager.save(int(step), args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(dict(extra or {}))))
         if not saved:
@@ -191,7 +212,8 @@ class Checkpointer:
         """Committed steps, oldest first (interrupted saves are not listed)."""
         return sorted(self._manager.all_steps())
 
-    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+    def restore(self, abstract_state: PyTree, step: int | None = None,
+                frozen_fn: Callable[[], PyTree] | None = None) -> tuple[PyTree, dict[str, Any]]:
         """`(state, extra)` from checkpoint `step`, or from the newest readable one.
 
         Args:
@@ -200,7 +222,18 @@ class Checkpointer:
           step: a step to restore exactly (errors propagate); None means the
             newest committed step, falling back to older ones with a warning
             if it cannot be read.
+          frozen_fn: for a state with a frozen part (partial training): builds
+            it (from the run's base weights, in its shardings); its hash must
+            equal the checkpoint's (`check_frozen`).
         """
+        if has_frozen(abstract_state):
+            if frozen_fn is None:
+                raise ValueError(f"{self.directory}: this run trains part of its trunks, so its checkpoints hold no "
+                                 "frozen weights; restore it with ilql_jax.restore_state (or pass frozen_fn)")
+            state, extra = self.restore(without_frozen(abstract_state), step)
+            frozen = frozen_fn()
+            check_frozen(frozen, extra, f"{self.directory} (step {int(state.step)})")
+            return with_frozen(state, frozen), extra
         target = abstract_like(abstract_state)
         if step is not None:
             return self._restore_step(int(step), target)
@@ -255,15 +288,53 @@ class Checkpointer:
         self.close()
 
 
-def restore(workdir: str | epath.PathLike, abstract_state: PyTree,
-            step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+def restore(workdir: str | epath.PathLike, abstract_state: PyTree, step: int | None = None,
+            frozen_fn: Callable[[], PyTree] | None = None) -> tuple[PyTree, dict[str, Any]]:
     """`(state, extra)` from the newest readable checkpoint in `workdir` (see `Checkpointer.restore`)."""
     with Checkpointer(workdir, cfg=None) as ckpt:
-        return ckpt.restore(abstract_state, step)
+        return ckpt.restore(abstract_state, step, frozen_fn)
+
+
+def check_frozen(frozen: PyTree, extra: Mapping[str, Any], where: str) -> None:
+    """ValueError (one line) unless `frozen`'s hash is the one a checkpoint's `extra` recorded."""
+    saved = (extra.get("frozen") or {}).get("sha256")
+    if saved is None:
+        raise ValueError(f"{where}: the checkpoint records no hash of its frozen weights (extra['frozen']), so "
+                         "they cannot be rebuilt safely; was it written by another version?")
+    now = partial_lib.fingerprint(frozen)
+    if now != saved:
+        reference = (extra.get("frozen") or {}).get("reference", "the run's base weights")
+        raise ValueError(f"{where}: the frozen weights it was trained on had hash {saved[:16]}, but {reference} now "
+                         f"gives {now[:16]}: the base weights changed; restore them, or start a new workdir")
+
+
+def read_extra(workdir: str | epath.PathLike, step: int | None = None) -> tuple[int, dict[str, Any]]:
+    """`(step, extra)`: the JSON a checkpoint of `workdir` was saved with (the newest when `step` is None)."""
+    directory = _path(workdir) / CHECKPOINT_DIR
+    with _manager(directory, None) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        restored = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+    return int(step), dict(restored.extra or {})
+
+
+def stored_arrays(workdir: str | epath.PathLike, step: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
+    """What a train-state checkpoint of `workdir` holds: {path ("params.value.trunk..."): (shape, dtype)}, read
+    from its metadata (the newest checkpoint when `step` is None)."""
+    directory = _path(workdir) / CHECKPOINT_DIR
+    with _manager(directory, None, ocp.PyTreeCheckpointHandler()) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        tree = manager.item_metadata(step)["state"].tree
+    name = lambda path: ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return {name(path): (tuple(meta.shape), str(meta.dtype)) for path, meta in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree], shardings: Any = None, *,
-                    resume: bool = True, abstract_state: PyTree | None = None) -> tuple[PyTree, dict[str, Any], bool]:
+                    resume: bool = True, abstract_state: PyTree | None = None,
+                    frozen_fn: Callable[[], PyTree] | None = None) -> tuple[PyTree, dict[str, Any], bool]:
     """Resumes from the newest checkpoint in `workdir`, else starts from `init_fn()`.
 
     Args:
@@ -280,6 +351,8 @@ def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree]
       resume: False ignores existing checkpoints.
       abstract_state: the restore target's shapes and dtypes, when tracing
         `init_fn` would do real work (e.g. read weights from disk).
+      frozen_fn: for a state with a frozen part: rebuilds it on a restore
+        (see `Checkpointer.restore`).
 
     Returns:
       `(state, extra, restored)`: `extra` is the saved JSON dict ({} when fresh).
@@ -288,7 +361,7 @@ def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree]
     if resume and (epath.Path(workdir) / CHECKPOINT_DIR).exists():
         with Checkpointer(workdir, cfg=None) as ckpt:
             if ckpt.latest_step() is not None:
-                state, extra = ckpt.restore(abstract)
+                state, extra = ckpt.restore(abstract, frozen_fn=frozen_fn)
                 return state, extra, True
     state = init_fn()
     if shardings is not None:

@@ -37,6 +37,7 @@ def _fit(model_config: ilql.ModelConfig, online, target, tokens, attention_mask,
     """Per position: the least-squares slope k of A on log π_β over π_β's `top_k` ids, and the π_β-weighted
     standard deviation σ of what the fit leaves, A − k·log π_β (up to a constant)."""
     cfg = model_config.trunk
+    online, target = ilql.materialize(model_config, online, target)  # whole trunks, as decoding reads them
     out = ilql.apply(model_config, online, target, tokens, attention_mask)
     pi_logits = out.pi_logits_t
     if pi_logits is None:  # a frozen π_β: apply() skips it, since training does not need it

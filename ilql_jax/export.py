@@ -19,6 +19,12 @@ with a ReLU, kernels [in, out]; Q's output axis is the padded vocabulary),
 ``target.{q1,q2}.…`` and, unless the target reads the online trunk,
 ``target.trunk.<Hugging Face key>``. `load_values` reads them back into the
 parameter trees the sampler takes.
+
+A run that trained part of its trunks (`num_layers_unfrozen`, LoRA) exports
+whole trunks: its frozen part plus each trunk's trained part, LoRA adapters
+merged into their kernels (W + (α/r)·A·B; `ilql.materialize`). The manifest's
+`model` then describes networks with no adapters and nothing frozen (those
+fields at their defaults), which is what the files hold.
 """
 
 from __future__ import annotations
@@ -52,9 +58,13 @@ def _head_tensors(prefix: str, params: nnx.State) -> dict[str, np.ndarray]:
             for path, leaf in nnx.to_flat_state(params)}
 
 
+_TRAINING_ONLY = ("num_layers_unfrozen", "lora_rank", "lora_alpha", "lora_targets")
+
+
 def value_tensors(model_config: ilql.ModelConfig, params: ilql.Params, target_params: ilql.Params
                   ) -> dict[str, np.ndarray]:
     """The value and target networks as flat, named float32 tensors (see the module docstring)."""
+    params, target_params = ilql.materialize(model_config, params, target_params)
     trunk = model_config.trunk
     value = params["value"]
     out = _trunk_tensors("value.trunk", value["trunk"], trunk)
@@ -102,13 +112,14 @@ def export_run(directory: str | os.PathLike, tokenizer, model_config: ilql.Model
     """Writes π_β, the tokenizer and the value networks of an ILQL state into `directory`, each file atomically."""
     directory = os.fspath(directory)
     trunk = model_config.trunk
+    params, target_params = ilql.materialize(model_config, params, target_params)
     tensors = value_tensors(model_config, params, target_params)
     manifest = {
         "format": FORMAT,
         "step": int(step),
         # "gpt2_config" as before for GPT-2 trunks, so their manifests stay as they were.
         ("gpt2_config" if isinstance(trunk, gpt2.GPT2Config) else "hf_config"): hf_import.config_to_hf(trunk),
-        "model": {k: v for k, v in dataclasses.asdict(model_config).items() if k != "trunk"},
+        "model": {k: v for k, v in dataclasses.asdict(model_config).items() if k != "trunk" and k not in _TRAINING_ONLY},
         "padded_vocab_size": trunk.padded_vocab_size,
         "advantage": "A(h_t, a) = min(Q̄1, Q̄2)(h_t, a) − V(h_t): Q̄ from the target heads on target.trunk's "
                      "hidden states (value.trunk's when model.target_on_online_trunk), V from value.v on "

@@ -19,6 +19,12 @@ The workdir afterwards::
     checkpoints/    the train state of the last `checkpoint.keep` saves, with (as JSON) the
                     data position, the config and the train metrics of the unfinished log window
 
+Partial training (`num_layers_unfrozen`, LoRA; docs/partial_training.md): the
+trunks' frozen part is not in the checkpoints. They record its hash and where
+it comes from (`TrainConfig.init`, or the `trunk`/`policy` weights given); a
+resume rebuilds it from there and refuses, in one line, weights whose hash
+differs. `restore_state` reads such a run back outside the loop.
+
 Resuming: run the same command again. The loop restores the newest readable
 checkpoint (`TrainConfig.resume`) and continues on the batches, and with the
 logged metrics, of a straight run: the data position is `state.step`, and the
@@ -81,15 +87,17 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from ilql_jax import checkpoint, files, pretrained, sharding, train
-from ilql_jax.config import TrainConfig, config_to_dict
+from ilql_jax.config import TrainConfig, config_from_dict, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
 from ilql_jax.logging import MetricWriter
 from ilql_jax.models import gpt2, hf_import, llama
+from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
-from ilql_jax.state import ILQLState
+from ilql_jax.state import ILQLState, has_frozen
 
-__all__ = ["Preempted", "check_arrays", "evaluate", "init_weights", "select_train_rows", "train_and_evaluate"]
+__all__ = ["Preempted", "check_arrays", "evaluate", "init_weights", "restore_state", "select_train_rows",
+           "train_and_evaluate"]
 
 Arrays = Mapping[str, np.ndarray]
 _INT_KEYS = ("tokens", "attention_mask", "next_idx")
@@ -237,7 +245,9 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     """The trunk weights that `TrainConfig.init` names (None for "scratch": random).
 
     "bc:DIR" reads π_β from the newest checkpoint of the run in DIR (a BC run,
-    or an ILQL run's π_β); anything else is a Hugging Face directory or hub id
+    or an ILQL run's π_β; one that trained part of its trunk is rebuilt whole
+    from its own base weights, checked against the hash it recorded, plus its
+    trained part, LoRA adapters merged); anything else is a Hugging Face directory or hub id
     (GPT-2, Llama or Qwen2), a `.gguf` file or a model name (Llama or Qwen2,
     `ilql_jax.pretrained`), whose shape must match `trunk` (its vocabulary may
     grow: within the embedding's padding for GPT-2, as with added markup
@@ -251,8 +261,11 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     if init == "scratch":
         return None
     if init.startswith("bc:"):
+        step, extra = checkpoint.read_extra(init[3:])
+        if "frozen" in extra:
+            return _partial_policy(init[3:], step, extra, trunk, shardings)
         return checkpoint.load_policy_from_checkpoint(init[3:], checkpoint.abstract_like(
-            trunk_lib.abstract_params(trunk), shardings))
+            trunk_lib.abstract_params(trunk), shardings), step)
     overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat)
     if isinstance(trunk, llama.LlamaConfig):
         overrides["vocab_size"] = trunk.vocab_size
@@ -274,6 +287,80 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     return hf_import.load_hf_gpt2(init, shardings=shardings, **overrides)[1]
 
 
+def _read_run_config(workdir: str) -> TrainConfig:
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"{workdir}: no config.json, so the base weights of its partially trained π_β are unknown")
+    return config_from_dict(TrainConfig, json.loads(path.read_text()))
+
+
+def _shapes(tree: Any) -> list:
+    return [(jax.tree_util.keystr(p), tuple(x.shape), str(x.dtype)) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _partial_policy(workdir: str, step: int, extra: Mapping[str, Any], trunk: gpt2.GPT2Config | llama.LlamaConfig,
+                    shardings: Any) -> gpt2.Params:
+    """π_β, whole and plain, of a run in `workdir` that trained part of its trunks: its frozen part rebuilt
+    from that run's own base weights (`init_weights` of its config's init, its seed) and checked against
+    the hash checkpoint `step` recorded, plus the trained part read from that checkpoint, adapters merged."""
+    run = _read_run_config(workdir)
+    model = run.step.model
+    if _shapes(trunk_lib.abstract_params(model.trunk)) != _shapes(trunk_lib.abstract_params(trunk)):
+        raise ValueError(f"init='bc:{workdir}': that run's trunk ({type(model.trunk).__name__}, {model.trunk.n_layer} "
+                         f"layers, width {model.trunk.n_embd}) has other parameter shapes than step.model.trunk")
+    base = init_weights(run.init, model.trunk, shardings)
+    build = lambda key, base: train.init_state(run.step, key, base).params[partial_lib.FROZEN]
+    if shardings is None:
+        frozen = jax.jit(build)(jax.random.key(run.seed), base)
+        delta_shardings = None
+    else:
+        frozen = jax.jit(build, out_shardings=partial_lib.frozen_part(model, shardings))(jax.random.key(run.seed),
+                                                                                         base)
+        delta_shardings = partial_lib.delta_shardings(model, shardings)
+    checkpoint.check_frozen(frozen, extra, f"init='bc:{workdir}' (step {step})")
+    abstract = jax.eval_shape(lambda: train.init_state(run.step, jax.random.key(0)).params)
+    delta = abstract["policy"] if "policy" in abstract else abstract["value"]["trunk"]
+    delta = checkpoint.load_policy_from_checkpoint(workdir, checkpoint.abstract_like(delta, delta_shardings), step)
+    merge = lambda frozen, delta: partial_lib.plain(model, frozen, delta)
+    return (jax.jit(merge) if shardings is None else jax.jit(merge, out_shardings=shardings))(frozen, delta)
+
+
+def _frozen_part(step_config: train.StepConfig, config: TrainConfig, shardings: Any,
+                 trunk: gpt2.Params | None, policy: gpt2.Params | None) -> Any:
+    """The frozen part of a fresh state (`params["frozen"]`), alone, from the weights a fresh state starts
+    from (`_fresh_state`'s): what a partially trained run's resume rebuilds. `shardings` None: one device."""
+    key = jax.random.key(config.seed)
+    if train.same_weights(trunk, policy):
+        policy = None  # one set of starting weights (inside the jitted init they would look like two)
+    if shardings is None:
+        if trunk is None and policy is None:
+            trunk = init_weights(config.init, config.step.model.trunk)
+        build = lambda key, trunk, policy: train.init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN]
+        return jax.jit(build)(key, trunk, policy)
+    trunk_shardings = sharding.trunk_shardings(shardings)
+    if trunk is None and policy is None:
+        trunk = init_weights(config.init, config.step.model.trunk, trunk_shardings)
+    trunk, policy = (None if w is None else sharding.place(w, trunk_shardings) for w in (trunk, policy))
+    return sharding.make_frozen_init(step_config, shardings)(key, trunk, policy)
+
+
+def _frozen_reference(config: TrainConfig, given: str | None) -> str:
+    """Where a partially trained run's frozen weights come from, for its checkpoints and their errors."""
+    if given:
+        return f"the {given} given to train_and_evaluate"
+    return f"init={config.init!r}" + (f" (seed {config.seed})" if config.init == "scratch" else "")
+
+
+def restore_state(config: TrainConfig, workdir: str, step: int | None = None) -> tuple[ILQLState, dict[str, Any]]:
+    """`(state, extra)` of checkpoint `step` (the newest readable when None) of the run in `workdir`, on one
+    device, its frozen part rebuilt from `config.init` when it trained part of its trunks (and refused when
+    that gives weights with another hash); what `ilql-jax generate` and `export` read a run back with."""
+    abstract = sharding.abstract_state(config.step)
+    frozen_fn = (functools.partial(_frozen_part, config.step, config, None, None, None) if has_frozen(abstract)
+                 else None)
+    return checkpoint.restore(workdir, checkpoint.abstract_like(abstract), step, frozen_fn)
+
+
 def _fresh_state(config: TrainConfig, shardings: Any, init: Callable[..., ILQLState],
                  trunk: gpt2.Params | None, policy: gpt2.Params | None) -> ILQLState:
     """A new state built on the mesh in its shardings, from given weights, from `config.init`'s, or random.
@@ -285,6 +372,8 @@ def _fresh_state(config: TrainConfig, shardings: Any, init: Callable[..., ILQLSt
     trunk_shardings = sharding.trunk_shardings(shardings)
     if trunk is None and policy is None:
         trunk = init_weights(config.init, config.step.model.trunk, trunk_shardings)
+    if partial_lib.is_partial(config.step.model) and train.same_weights(trunk, policy):
+        policy = None  # one set of starting weights, which placing them would hide
     trunk, policy = (None if w is None else sharding.place(w, trunk_shardings) for w in (trunk, policy))
     return init(key, trunk, policy)
 
@@ -322,11 +411,15 @@ def _fetch_finite(window: list, ckpt: checkpoint.Checkpointer) -> list:
 
 
 def _save(ckpt: checkpoint.Checkpointer, step: int, state: ILQLState, window: list, batches: BatchIterator,
-          config_dict: dict) -> list:
-    """Saves checkpoint `step` once the losses since the last check are finite; returns the window on the host."""
+          config_dict: dict, frozen: dict | None = None) -> list:
+    """Saves checkpoint `step` once the losses since the last check are finite; returns the window on the host.
+    `frozen`: the hash and source of a partially trained run's frozen weights (saved in their place)."""
     window = _fetch_finite(window, ckpt)
-    ckpt.save(step, state, {"data": batches.state(), "config": config_dict,
-                            "window": [[s, {k: float(v) for k, v in m.items()}] for s, m in window]})
+    extra = {"data": batches.state(), "config": config_dict,
+             "window": [[s, {k: float(v) for k, v in m.items()}] for s, m in window]}
+    if frozen is not None:
+        extra["frozen"] = frozen
+    ckpt.save(step, state, extra)
     return window
 
 
@@ -475,14 +568,25 @@ def train_and_evaluate(
     files.write_json(workdir / "config.json", config_dict, indent=2)  # process 0 only
 
     abstract, shardings, init, train_step, _ = _programs(fitted.step, mesh, sharding.logical_rules(config.mesh))
+    partial_run = has_frozen(abstract)
+    frozen_info, given_state = None, state is not None
+    if partial_run and train.same_weights(trunk, policy):
+        policy = None  # one set of starting weights (placing them on the mesh would hide that they are one)
     if state is None:
         init_fn = functools.partial(_fresh_state, config, shardings, init, trunk, policy)
+        frozen_fn = (functools.partial(_frozen_part, fitted.step, config, shardings, trunk, policy) if partial_run
+                     else None)
         state, extra, restored = checkpoint.restore_or_init(workdir, init_fn, shardings, resume=config.resume,
-                                                            abstract_state=abstract)
+                                                            abstract_state=abstract, frozen_fn=frozen_fn)
     else:
         # A copy: the train step donates its input.
         state, extra, restored = sharding.shard_state(state, shardings), {}, False
     start = int(state.step)
+    if partial_run:
+        given = ("state" if given_state else "trunk/policy weights" if trunk is not None or policy is not None
+                 else None)
+        frozen_info = {"sha256": partial_lib.fingerprint(state.params[partial_lib.FROZEN]),
+                       "reference": _frozen_reference(config, given)}
     if restored:
         _say(f"resumed from checkpoint step {start} in {workdir}")
         changed = _changed_keys(extra.get("config", {}), json.loads(json.dumps(config_dict)))
@@ -538,14 +642,14 @@ def train_and_evaluate(
 
             saved = ckpt.should_save(step) or last
             if saved:  # every process saves: orbax coordinates the writes
-                window = _save(ckpt, step, state, window, batches, config_dict)
+                window = _save(ckpt, step, state, window, batches, config_dict, frozen_info)
                 progress.synced()
             if on_step_end is not None:
                 jax.block_until_ready(state)
                 on_step_end(step, state)
             if signals.stop(at_log):
                 if not saved:
-                    window = _save(ckpt, step, state, window, batches, config_dict)
+                    window = _save(ckpt, step, state, window, batches, config_dict, frozen_info)
                 ckpt.wait()
                 raise Preempted(signals.received or "a stop signal on another process", step, str(workdir))
     return state

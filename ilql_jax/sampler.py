@@ -22,6 +22,12 @@ once; prompts are left-padded to a length bucket, so a compilation serves every
 prompt length up to its bucket. Each generation reports the KL estimate
 Σ_t (log π(a_t) − log π_β(a_t)) of §5.
 
+A state that trained part of its trunks (models/partial.py) decodes with
+whole trunks (`ilql.materialize`: frozen part plus trained part, LoRA
+adapters merged into the kernels, once per call), and the frozen bottom
+blocks they share run once per step, with one KV cache ("bottom"); each
+trunk's own blocks run from its output (`shared_layers`).
+
 Entry points: `sample` (arrays in, `SampleResult` out) and `generate_text`
 (prompts or histories in, strings out). `init_state` / `step_state` /
 `finish` are the loop's pieces, for step-by-step use (e.g. benchmarks).
@@ -42,6 +48,7 @@ import numpy as np
 
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, heads, ilql
+from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
 
 Array = jax.Array
@@ -78,6 +85,7 @@ __all__ = [
     "step_state",
     "finish",
     "decoding_target",
+    "shared_layers",
     "bucket_length",
     "sample",
     "generate_text",
@@ -211,7 +219,7 @@ class DecodeState:
     """
 
     step: Array        # [] int32, tokens generated so far
-    caches: dict       # trunk name ("value", "policy", "target") -> gpt2.KVCache
+    caches: dict       # trunk name ("value", "policy", "target"; "bottom": shared blocks) -> gpt2.KVCache
     h_policy: Array    # [N, D] π_β trunk hidden; its LM head gives π_β's logits at the next step
     h_value: Array     # [N, D] value trunk hidden (V; Q̄ too when target_on_online_trunk)
     h_target: Array    # [N, D] target trunk hidden (Q̄)
@@ -386,21 +394,42 @@ def _heads_inputs(model_config: ilql.ModelConfig, hiddens: dict) -> tuple[Array,
     return h_policy, h_value, h_target
 
 
+def shared_layers(model_config: ilql.ModelConfig, online) -> int:
+    """How many bottom blocks decoding runs once for every trunk: a partially trained state's frozen
+    bottom (`partial.bottom_layers`), when it has several trunks; else 0."""
+    if partial_lib.FROZEN not in online or "value" not in online:
+        return 0
+    return partial_lib.bottom_layers(model_config)
+
+
+def _feed(trunks: dict, shared: int, run) -> tuple[dict, dict]:
+    """(hiddens, caches) of every trunk, `run(params, **blocks)` feeding one: the `shared` bottom blocks once
+    (their cache "bottom"), then each trunk's own from their output; every block in each trunk when 0."""
+    hiddens, caches, blocks = {}, {}, {}
+    if shared:
+        x, _, caches["bottom"] = run(next(iter(trunks.values())), "bottom", stop=shared, final=False)
+        blocks = dict(start=shared, residual=x)
+    for name, params in trunks.items():
+        hiddens[name], _, caches[name] = run(params, name, **blocks)
+    return hiddens, caches
+
+
 def init_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, online, target,
-               prompt_tokens: Array, prompt_mask: Array, key: Array) -> DecodeState:
-    """Prefills every trunk on the left-padded prompts (tiled by the mode's width)."""
+               prompt_tokens: Array, prompt_mask: Array, key: Array, *, shared: int = 0) -> DecodeState:
+    """Prefills every trunk on the left-padded prompts (tiled by the mode's width); the first `shared`
+    blocks, identical in every trunk (`shared_layers`), once."""
     cfg, sc = model_config.trunk, sampler_config
     m, w = sc.max_new_tokens, sc.width
     # Rows b·w .. b·w + w − 1 hold prompt b's beams / samples.
     prompt_tokens = jnp.repeat(prompt_tokens, w, axis=0)
     prompt_mask = jnp.repeat(prompt_mask, w, axis=0)
     n, p = prompt_tokens.shape
-    hiddens, caches = {}, {}
-    for name, params in _trunks(model_config, online, target).items():
-        # No LM head here: only the last hidden state is kept (π_β's logits come from it in the step).
-        hidden, _, caches[name] = trunk_lib.prefill(params, cfg, prompt_tokens, prompt_mask, cache_len=p + m,
-                                                    with_logits=False)
-        hiddens[name] = hidden[:, -1]
+    # No LM head here: only the last hidden state is kept (π_β's logits come from it in the step).
+    hiddens, caches = _feed(_trunks(model_config, online, target), shared,
+                            lambda params, name, **blocks: trunk_lib.prefill(params, cfg, prompt_tokens, prompt_mask,
+                                                                             cache_len=p + m, with_logits=False,
+                                                                             **blocks))
+    hiddens = {name: hidden[:, -1] for name, hidden in hiddens.items()}
     h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     # Beam search starts from one live beam per prompt, so the first step does
     # not pick the same token w times.
@@ -442,8 +471,9 @@ _ROW_FIELDS = ("caches", "h_policy", "h_value", "h_target", "done", "length", "s
 
 
 def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, online, target,
-               knobs: Knobs, state: DecodeState) -> DecodeState:
-    """Chooses one token per row (§5 steps 1-4) and feeds it to every trunk."""
+               knobs: Knobs, state: DecodeState, *, shared: int = 0) -> DecodeState:
+    """Chooses one token per row (§5 steps 1-4) and feeds it to every trunk (the first `shared` blocks once,
+    as `init_state`)."""
     cfg, sc = model_config.trunk, sampler_config
     ids = jnp.arange(cfg.padded_vocab_size)
     valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id) & knobs.allowed
@@ -472,10 +502,9 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     t = state.step
     done = state.done | jnp.any(token[:, None] == knobs.stop_ids[None, :], axis=-1)
     # After the last step this decode is wasted (1 of M); it keeps the loop body uniform.
-    hiddens, caches = {}, {}
-    for name, params in _trunks(model_config, online, target).items():
-        hiddens[name], _, caches[name] = trunk_lib.decode_step(params, cfg, state.caches[name], token,
-                                                               with_logits=False)
+    hiddens, caches = _feed(_trunks(model_config, online, target), shared,
+                            lambda params, name, **blocks: trunk_lib.decode_step(params, cfg, state.caches[name], token,
+                                                                                 with_logits=False, **blocks))
     h_policy, h_value, h_target = _heads_inputs(model_config, hiddens)
     return DecodeState(
         step=t + 1, caches=caches, h_policy=h_policy, h_value=h_value, h_target=h_target, done=done,
@@ -525,12 +554,15 @@ def _sample_jit(model_config, sampler_config, online, target, prompt_tokens, pro
     global _TRACES
     _TRACES += 1  # runs only while tracing
     m = sampler_config.max_new_tokens
+    # Partial training: whole plain trunks (frozen part + trained part, adapters merged) once per call.
+    shared = shared_layers(model_config, online)
+    online, target = ilql.materialize(model_config, online, target)
     if sampler_config.vocab_major_q:
         target = decoding_target(model_config, target)
-    state = init_state(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key)
+    state = init_state(model_config, sampler_config, online, target, prompt_tokens, prompt_mask, key, shared=shared)
     state = jax.lax.while_loop(
         lambda s: (s.step < m) & ~jnp.all(s.done),
-        lambda s: step_state(model_config, sampler_config, online, target, knobs, s),
+        lambda s: step_state(model_config, sampler_config, online, target, knobs, s, shared=shared),
         state)
     return finish(sampler_config, state)
 

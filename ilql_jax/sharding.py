@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ilql_jax import train
 from ilql_jax.models import gpt2
+from ilql_jax.models import partial as partial_lib
 from ilql_jax.state import ILQLState
 
 AXES = ("data", "fsdp", "tensor")
@@ -187,15 +188,31 @@ def init_sharded_state(step_config: train.StepConfig, key: jax.Array, shardings:
                        trunk: Any = None, policy: Any = None) -> ILQLState:
     """A fresh state, as `train.init_state` makes it (random, or from `trunk` / `policy` weights),
     built directly in `shardings` (see `make_init`; weights not yet on the mesh are placed first)."""
+    if partial_lib.is_partial(step_config.model) and train.same_weights(trunk, policy):
+        policy = None  # one set of starting weights, which placing them would hide
     trunk, policy = (None if w is None else place(w, trunk_shardings(shardings)) for w in (trunk, policy))
     return make_init(step_config, shardings)(key, trunk, policy)
 
 
 def trunk_shardings(shardings: ILQLState) -> Any:
-    """The shardings of one trunk's parameters, taken from a state's shardings
-    (`state_shardings`): every trunk of the state (value, target, π_β) is laid out alike."""
+    """The shardings of one (plain, whole) trunk's parameters, taken from a state's shardings
+    (`state_shardings`): every trunk of the state (value, target, π_β) is laid out alike. Under partial
+    training, the frozen part's and a trunk's trained part's together, less any LoRA adapters: the layout
+    of the weights a run starts from."""
     params = shardings.params
-    return params["value"]["trunk"] if "value" in params else params["policy"]
+    trunk = params["value"]["trunk"] if "value" in params else params["policy"]
+    if partial_lib.FROZEN in params:
+        return partial_lib.plain_layout(partial_lib.combine(params[partial_lib.FROZEN], trunk))
+    return trunk
+
+
+def make_frozen_init(step_config: train.StepConfig, shardings: Any) -> Callable[..., Any]:
+    """`frozen(key, trunk=None, policy=None)`: the frozen part (`params["frozen"]`) of the state `make_init`
+    would build, alone, in its shardings: the same program less what it does not need (partial training's
+    resume rebuilds the frozen weights this way)."""
+    return jax.jit(lambda key, trunk=None, policy=None:
+                   train.init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN],
+                   out_shardings=shardings.params[partial_lib.FROZEN])
 
 
 def place(tree: Any, shardings: Any) -> Any:

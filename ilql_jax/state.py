@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ilql_jax.models.partial import FROZEN
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -74,7 +76,9 @@ class ILQLState:
 
     Attributes:
       step: micro-steps taken; optimizer steps are step // grad_accum.
-      params: online parameters (see `models/ilql.py`; BC mode holds only "policy").
+      params: online parameters (see `models/ilql.py`; BC mode holds only "policy"). Under partial
+        training `params["frozen"]` is the trunks' shared frozen part (models/partial.py), which the
+        optimizer, the target update and checkpoints leave out.
       target_params: Polyak target parameters ({} in BC mode).
       opt_state: optimizer state over the trained `params` (all but a frozen π_β).
       rng: base key; step t uses `fold_in(rng, t)`.
@@ -92,6 +96,23 @@ def create_state(params: Any, target_params: Any, tx: optax.GradientTransformati
     """A step-0 state; the optimizer covers `trained` (default: all of `params`)."""
     return ILQLState(step=jnp.zeros((), jnp.int32), params=params, target_params=target_params,
                      opt_state=tx.init(params if trained is None else trained), rng=rng)
+
+
+def has_frozen(state: ILQLState) -> bool:
+    """Whether `state` (concrete or abstract) holds a frozen part (partial training)."""
+    return isinstance(state, ILQLState) and isinstance(state.params, dict) and FROZEN in state.params
+
+
+def without_frozen(state: ILQLState) -> ILQLState:
+    """`state` less its frozen part (what a checkpoint holds); unchanged when it has none."""
+    if not has_frozen(state):
+        return state
+    return state.replace(params={k: v for k, v in state.params.items() if k != FROZEN})
+
+
+def with_frozen(state: ILQLState, frozen: Any) -> ILQLState:
+    """`state` (from `without_frozen`) with its frozen part back."""
+    return state.replace(params={**state.params, FROZEN: frozen})
 
 
 def polyak_update(online: Any, target: Any, alpha: float) -> Any:

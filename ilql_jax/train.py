@@ -13,6 +13,7 @@ import optax
 
 from ilql_jax import losses
 from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import (ILQLState, OptimConfig, create_state, learning_rate_schedule, make_optimizer,
                             polyak_update)
@@ -69,10 +70,25 @@ def init_state(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None = N
                policy: gpt2.Params | None = None) -> ILQLState:
     """A fresh state: random or given trunk weights, optimizer state, RNG.
 
+    Under partial training (`ModelConfig.num_layers_unfrozen`, `lora_rank`)
+    every trunk starts from the same weights, whose frozen part the state
+    holds once (`params["frozen"]`); `policy` must then be None or `trunk`
+    itself (the same objects).
+
     Jitted: run eagerly, every initialiser is its own small compilation
     (seconds on a CPU); as one program it is a single one.
     """
+    if partial_lib.is_partial(config.model) and config.mode == "ilql" and same_weights(trunk, policy):
+        policy = None
     return _init_state_jit(config, key, trunk, policy)
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two weight trees are the same arrays (the same objects, leaf by leaf)."""
+    if a is None or b is None:
+        return a is b
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return a is b or (len(la) == len(lb) and all(x is y for x, y in zip(la, lb)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -81,7 +97,11 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | Non
     k_params, k_rng = jax.random.split(key)
     if config.mode == "bc":
         start = policy if policy is not None else trunk
-        params = {"policy": trunk_lib.init(config.model.trunk, k_params) if start is None else start}
+        start = trunk_lib.init(config.model.trunk, k_params) if start is None else start
+        params = {"policy": start}
+        if partial_lib.is_partial(config.model):
+            frozen, params["policy"] = partial_lib.split(config.model, start, jax.random.fold_in(k_params, 1))
+            params[partial_lib.FROZEN] = frozen
         target = {}
     else:
         params, target = ilql.init(config.model, k_params, trunk, policy)
@@ -89,9 +109,12 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | Non
 
 
 def trained_params(config: StepConfig, params: Any) -> Any:
-    """The online parameters the optimizer moves: all but a frozen π_β (no gradient, no Adam moments)."""
+    """The online parameters the optimizer moves: all but a frozen π_β and the frozen part of partial
+    training (no gradient, no Adam moments)."""
     if config.mode == "ilql" and config.model.frozen_policy:
-        return {k: v for k, v in params.items() if k != "policy"}
+        params = {k: v for k, v in params.items() if k != "policy"}
+    if partial_lib.FROZEN in params:
+        params = {k: v for k, v in params.items() if k != partial_lib.FROZEN}
     return params
 
 
@@ -129,6 +152,11 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
     """
     trunk = config.model.trunk
     packed = losses.pack_actions(batch, config.action_capacity)
+    if config.mode == "bc" and partial_lib.FROZEN in params:
+        hidden = _bc_partial_hidden(config, params, batch, dropout_key)
+        logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
+                                       losses.gather_packed(hidden, packed.idx), mask_padded=False)
+        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
     if config.mode == "bc":
         hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key, with_logits=False)
@@ -146,6 +174,10 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
     """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
     (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory."""
     trunk = config.model.trunk
+    if config.mode == "bc" and partial_lib.FROZEN in params:
+        logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
+                                     _bc_partial_hidden(config, params, batch, dropout_key))
+        return losses.bc_only_loss(logits, batch, trunk.vocab_size)
     if config.mode == "bc":
         _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key)
@@ -153,6 +185,18 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
     return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,
                             batch, config.loss_config)
+
+
+def _bc_partial_hidden(config: StepConfig, params: Any, batch: Batch, dropout_key: jax.Array | None) -> jax.Array:
+    """π_β's final hidden states in BC mode under partial training: the frozen bottom (no dropout, no
+    gradient), then π_β's top (`ilql.partial_hiddens`' bottom/top split)."""
+    cfg, spec = config.model.trunk, partial_lib.lora_spec(config.model)
+    policy = partial_lib.combine(params[partial_lib.FROZEN], params["policy"])
+    b = partial_lib.bottom_layers(config.model)
+    x = jax.lax.stop_gradient(trunk_lib.residual_stream(policy, cfg, batch["tokens"], batch["attention_mask"],
+                                                        stop=b, lora=spec))
+    return trunk_lib.forward(policy, cfg, batch["tokens"], batch["attention_mask"], dropout_key=dropout_key,
+                             with_logits=False, lora=spec, start=b, residual=x)[0]
 
 
 def _after(tree: Any, scalar: jax.Array) -> Any:

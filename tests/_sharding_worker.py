@@ -7,7 +7,9 @@ devices. Two modes:
   python tests/_sharding_worker.py mesh8 OUT.npz [ARCH]
       8 devices: one ILQL step on a (data=2, fsdp=4) FSDP mesh; writes the
       result and what the shardings look like (the test compares it with the
-      same step on one device). ARCH: "gpt2" (default) or "llama" (the trunk).
+      same step on one device). ARCH: "gpt2" (default) or "llama" (the trunk),
+      or "gpt2-top2" / "llama-lora" (partial training: a shared frozen bottom;
+      top-2 blocks, or LoRA adapters in the top block).
   python tests/_sharding_worker.py born8 OUT.json HF_DIR WORKDIR
       8 devices, FSDP over all of them: the compiled init (random, from the
       Hugging Face GPT-2 in HF_DIR, and from a BC checkpoint it saves in
@@ -37,23 +39,30 @@ STEPS = 5
 WORDS = ("crane", "slate", "adieu", "house", "pious", "mound", "quiet", "zebra")
 
 
+PARTIAL = {"top2": dict(n_layer=3, model=dict(num_layers_unfrozen=2)),
+           "lora": dict(n_layer=2, model=dict(lora_rank=4, num_layers_unfrozen=1))}
+
+
 def step_config(arch: str = "gpt2"):
     from ilql_jax import train
     from ilql_jax.models import gpt2, ilql, llama
     from ilql_jax.state import OptimConfig
 
     vocab = tokenizers.wordle_tokenizer().vocab_size
+    arch, _, option = arch.partition("-")
+    n_layer, model = PARTIAL[option]["n_layer"] if option else 1, PARTIAL[option]["model"] if option else {}
     if arch == "llama":  # GQA, q/k/v biases, untied head: every kind of Llama parameter is sharded
-        trunk = llama.LlamaConfig.tiny(vocab_size=vocab, n_layer=1, n_embd=32, n_head=4, n_kv_head=2, head_dim=8,
-                                       intermediate_size=64, n_positions=32, qkv_bias=True, hf_model_type="qwen2")
+        trunk = llama.LlamaConfig.tiny(vocab_size=vocab, n_layer=n_layer, n_embd=32, n_head=4, n_kv_head=2,
+                                       head_dim=8, intermediate_size=64, n_positions=32, qkv_bias=True,
+                                       hf_model_type="qwen2")
     else:
-        trunk = gpt2.GPT2Config.tiny(vocab_size=vocab, n_layer=1, n_embd=32, n_positions=32)
+        trunk = gpt2.GPT2Config.tiny(vocab_size=vocab, n_layer=n_layer, n_embd=32, n_positions=32)
     # The key bias of attention has an analytically zero gradient (softmax is
     # shift-invariant), so with the default eps=1e-8 Adam turns float noise
     # there into steps of about ±lr whose sign depends on summation order. A
     # larger eps keeps the comparison about sharding, not about that noise.
-    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk), optim=OptimConfig(learning_rate=1e-3, eps=1e-5),
-                            polyak_alpha=0.1)
+    return train.StepConfig(model=ilql.ModelConfig(trunk=trunk, **model),
+                            optim=OptimConfig(learning_rate=1e-3, eps=1e-5), polyak_alpha=0.1)
 
 
 def global_batch() -> dict[str, np.ndarray]:
@@ -95,16 +104,28 @@ def mesh8(out: str, arch: str = "gpt2") -> None:
         return np.array([str(x.sharding.spec), str(x.shape), str(x.addressable_shards[0].data.shape)])
 
     # The embedding and the first MLP matrix of each trunk (their names differ by architecture).
-    emb, blocks, fc = (("wte", "h", ("mlp", "c_fc")) if arch == "gpt2" else
+    emb, blocks, fc = (("wte", "h", ("mlp", "c_fc")) if arch.startswith("gpt2") else
                        ("embed_tokens", "layers", ("mlp", "gate_proj")))
-    mlp = lambda tree: tree[blocks][0][fc[0]][fc[1]]["kernel"][...]
-    leaves = {"wte": new.params["value"]["trunk"][emb]["embedding"][...],
-              "q1_out": new.params["value"]["q1"]["out"]["kernel"][...],
-              "c_fc": mlp(new.params["value"]["trunk"]),
-              "target_c_fc": mlp(new.target_params["trunk"]),
-              "mu_c_fc": mlp(new.opt_state[0].mu["value"]["trunk"]),
-              "v_out_bias": new.params["value"]["v"]["out"]["bias"][...],
-              "step": new.step}
+    mlp = lambda tree, i=0: tree[blocks][i][fc[0]][fc[1]]["kernel"][...]
+    if "-" not in arch:
+        leaves = {"wte": new.params["value"]["trunk"][emb]["embedding"][...],
+                  "q1_out": new.params["value"]["q1"]["out"]["kernel"][...],
+                  "c_fc": mlp(new.params["value"]["trunk"]),
+                  "target_c_fc": mlp(new.target_params["trunk"]),
+                  "mu_c_fc": mlp(new.opt_state[0].mu["value"]["trunk"]),
+                  "v_out_bias": new.params["value"]["v"]["out"]["bias"][...],
+                  "step": new.step}
+    else:  # partial training: the shared frozen part, and a trunk's top block or its adapters there
+        top = cfg.model.trunk.n_layer - 1
+        frozen, trunks = new.params["frozen"], {"": new.params["value"]["trunk"], "target_": new.target_params["trunk"],
+                                                "mu_": new.opt_state[0].mu["value"]["trunk"]}
+        leaves = {"frozen_wte": frozen[emb]["embedding"][...], "frozen_c_fc": mlp(frozen), "step": new.step}
+        for prefix, tree in trunks.items():
+            if arch.endswith("lora"):
+                adapter = tree[blocks][top][fc[0]][fc[1]]["lora"]
+                leaves.update({prefix + "lora_a": adapter["lora_a"][...], prefix + "lora_b": adapter["lora_b"][...]})
+            else:
+                leaves[prefix + "c_fc"] = mlp(tree, top)
     if arch == "llama":
         leaves["lm_head"] = new.params["policy"]["lm_head"]["kernel"][...]
         leaves["k_bias"] = new.params["value"]["trunk"]["layers"][0]["self_attn"]["k_proj"]["bias"][...]

@@ -79,3 +79,50 @@ def test_llama_1b_rows_use_llama_3_2_1b_shape_and_count_its_state():
     got = memory.state_bytes_per_device(case)
     assert expected <= got < expected + 1024  # + the step counters and the key
     assert round(got / GIB, 1) == 48.3  # docs/llama.md
+
+
+def test_the_breakdown_counts_what_a_top_two_step_holds():
+    """`state_breakdown` on a tiny GPT-2 with its top 2 of 4 blocks trained, against the parameter count by hand:
+    the frozen bottom once, three trunk tops, the heads; gradients and Adam's two moments for the trained ones."""
+    import jax
+
+    from ilql_jax import sharding, train
+    from ilql_jax.models import gpt2, ilql
+
+    d, v, p = 32, 128, 32
+    trunk = gpt2.GPT2Config.tiny(vocab_size=100, n_layer=4, n_embd=d, n_positions=p)
+    cfg = train.StepConfig(model=ilql.ModelConfig(trunk=trunk, num_layers_unfrozen=2))
+    mesh_cfg = sharding.MeshConfig(data=1)
+    got = memory.state_breakdown(cfg, sharding.make_mesh(mesh_cfg, jax.devices()[:1]), sharding.logical_rules(mesh_cfg))
+    block = 12 * d * d + 13 * d
+    frozen = v * d + p * d + 2 * block                      # wte, wpe, blocks 0-1
+    top = 2 * block + 2 * d                                 # blocks 2-3, ln_f
+    v_head, q_head = (d * 2 * d + 2 * d) + (2 * d + 1), (d * 2 * d + 2 * d) + (2 * d * v + v)
+    trained = (top + v_head + 2 * q_head) + top             # the value trunk and heads, π_β
+    target = top + 2 * q_head
+    assert got["frozen_bytes"] == 4 * frozen
+    assert got["param_bytes"] == 4 * (frozen + trained + target)
+    assert got["gradient_bytes"] == 4 * trained
+    assert 0 <= got["optimizer_bytes"] - 2 * 4 * trained < 64  # + Adam's and the schedule's step counters
+    out = memory.needed(got, 1000.0)
+    assert out["needed_bytes"] == got["param_bytes"] + got["gradient_bytes"] + got["optimizer_bytes"] + 1000
+    assert memory.training_fields("top2") == {"num_layers_unfrozen": 2}
+    assert memory.training_fields("lora8") == {"lora_rank": 8} and memory.training_fields("full") == {}
+    with pytest.raises(ValueError, match="--training"):
+        memory.training_fields("top")
+
+
+@pytest.mark.slow
+def test_a_top_two_smollm2_step_peaks_near_what_it_needs():
+    """SmolLM2-135M's shape, top 2 blocks trained: the compiled step's bytes are at most 1.5x its parameters,
+    gradients, Adam moments and activations (a frozen weight held three times, or copied, would break it)."""
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--models", "smollm2-135m", "--training", "top2",
+           "--devices", "1", "--rules", "dp", "--dtypes", "float32", "--remat", "off", "--breakdown", "--no-decode",
+           "--no-check", "--no-budget", "--jobs", "1", "--seq-len", "64", "--batch-per-device", "2"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (r,) = [json.loads(line) for line in out.stdout.splitlines() if json.loads(line)["bench"] == "memory"]
+    assert r["training"] == "top2" and r["frozen_bytes"] > 0.3 * r["param_bytes"]
+    assert r["needed_bytes"] == r["param_bytes"] + r["gradient_bytes"] + r["optimizer_bytes"] + r["activation_bytes"]
+    assert r["bytes_per_device"] <= 1.5 * r["needed_bytes"], r

@@ -84,6 +84,8 @@ def test_tensor_rules_split_vocab_heads_and_mlp():
     dict(mode="bc"),
     dict(optim=OptimConfig(grad_accum=2, clip_norm=1.0)),
     dict(model=ilql.ModelConfig(shared_policy=True, target_on_online_trunk=True)),
+    dict(model=ilql.ModelConfig(num_layers_unfrozen=0)),
+    dict(model=ilql.ModelConfig(lora_rank=2, lora_targets=("c_fc",))),
 ])
 def test_shardings_cover_every_state_layout(variant):
     base = worker.step_config()
@@ -282,6 +284,35 @@ def test_fsdp_step_on_8_devices_equals_the_single_device_step_for_llama(tmp_path
     assert layout["target_c_fc"] == layout["c_fc"] and layout["mu_c_fc"] == layout["c_fc"]
     assert layout["lm_head"] == ("P('fsdp', None)", "(32, 128)", "(8, 128)")      # (embed, vocab)
     assert layout["k_bias"] == ("P(None,)", "(16,)", "(16,)")                      # (heads,): replicated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2-top2", "llama-lora"])
+def test_fsdp_step_on_8_devices_equals_the_single_device_step_with_partial_training(tmp_path, arch):
+    """The same (data=2, fsdp=4) check with a shared frozen part: top-2 blocks of a 3-block GPT-2, and LoRA
+    adapters in the top block of a 2-block Llama. The frozen part is sharded as a trunk is; the adapters'
+    outer axes follow their kernel's (A's input axis over "fsdp"), their rank axis is never split."""
+    ref, got = _mesh8_step(tmp_path, arch)
+    one = ref["one"]
+    assert any("'frozen'" in k for k in one)  # the frozen part is in the compared state
+    assert set("sharded" + k for k in one) <= set(got.files)
+    for k in one:
+        np.testing.assert_allclose(got["sharded" + k], one[k], rtol=0, atol=1e-5, err_msg=k)
+    assert _max_diff(ref["init"], got, "init", "sharded[0]") > 1e-5  # the step moved what trains
+    assert _max_diff(ref["init"], got, "init", "init_direct") < 1e-7
+    frozen = [k[len("[0]"):] for k in one if k.startswith("[0]['frozen']")]  # params are the tuple's first item
+    assert frozen and all(np.array_equal(got["sharded[0]" + k], ref["init"]["init" + k]) for k in frozen)
+    layout = {k.split("/", 1)[1]: tuple(got[k]) for k in got.files if k.startswith("layout/")}
+    assert layout["frozen_wte"] == ("P(None, 'fsdp')", "(128, 32)", "(128, 8)")
+    if arch == "gpt2-top2":
+        assert layout["frozen_c_fc"] == layout["c_fc"] == ("P('fsdp', None)", "(32, 128)", "(8, 128)")
+        assert layout["target_c_fc"] == layout["mu_c_fc"] == layout["c_fc"]
+    else:
+        assert layout["frozen_c_fc"] == ("P('fsdp', None)", "(32, 64)", "(8, 64)")   # gate_proj (embed, mlp)
+        assert layout["lora_a"] == ("P('fsdp', None)", "(32, 4)", "(8, 4)")          # (embed, rank)
+        assert layout["lora_b"] == ("P(None, 'fsdp')", "(4, 64)", "(4, 16)")         # (rank, mlp)
+        for name in ("lora_a", "lora_b"):
+            assert layout["target_" + name] == layout["mu_" + name] == layout[name]
 
 
 def _check_born_sharded(layout: list, output_bytes: int | None = None) -> None:

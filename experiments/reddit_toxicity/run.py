@@ -61,6 +61,9 @@ class RedditConfig:
       polyak_alpha: target update rate (0.005 published, for many more steps).
       target_on_online_trunk: the target Q heads read the online value trunk
         (ILQL_SPEC §2's cheaper option: one trunk forward less per step).
+      num_layers_unfrozen, lora_rank, lora_alpha: train only part of every trunk, in BC and in ILQL
+        (`ilql.ModelConfig`'s fields; docs/partial_training.md): the top k blocks (-1: all), and/or LoRA
+        adapters of rank r (0: none) scaled by alpha / r.
       betas: inference β values to evaluate (0 is π_β).
       temperature: sampling temperature.
       adv_clip: A is clipped from above at this value when decoding (0, as in Wordle: only tokens
@@ -104,6 +107,9 @@ class RedditConfig:
     # adv_clip 0); 0.05 propagates it within the 400 steps (measured: toxic 1.8%).
     polyak_alpha: float = 0.05
     target_on_online_trunk: bool = False
+    num_layers_unfrozen: int = -1
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
     betas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
     temperature: float = 1.0
     adv_clip: float | None = 0.0
@@ -193,14 +199,16 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
     seed `seed` (`cfg.seed` by default)."""
     common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4,
                   seed=cfg.seed if seed is None else seed)
+    partial = dict(num_layers_unfrozen=cfg.num_layers_unfrozen, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
     bc = TrainConfig(init=cfg.model,
-        step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk),
+        step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk, **partial),
                               optim=OptimConfig(learning_rate=cfg.bc_learning_rate)),
         num_steps=cfg.bc_steps, log_every=max(1, cfg.bc_steps // 10), eval_every=max(1, cfg.bc_steps // 3),
         **common)
     rl = TrainConfig(
         step=train.StepConfig(mode="ilql",
-                              model=ilql.ModelConfig(trunk=trunk, target_on_online_trunk=cfg.target_on_online_trunk),
+                              model=ilql.ModelConfig(trunk=trunk, target_on_online_trunk=cfg.target_on_online_trunk,
+                                                     **partial),
                               loss=losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
                               optim=OptimConfig(learning_rate=cfg.learning_rate), polyak_alpha=cfg.polyak_alpha),
         num_steps=cfg.ilql_steps, log_every=max(1, cfg.ilql_steps // 10),
@@ -380,8 +388,9 @@ def train_and_sweep(cfg: RedditConfig, seed: int, workdir: epath.Path, tok, trun
     """One training seed: BC π_β, ILQL from it, the β sweep; the rows (with `seed`) and the generations."""
     bc_cfg, rl_cfg = train_configs(cfg, trunk, seed)
     bc_state = train_and_evaluate(bc_cfg, str(workdir / "bc"), arrays["train"], arrays["eval"])
-    # Every ILQL trunk starts from the BC π_β, as they would from a pretrained GPT-2.
-    policy = bc_state.params["policy"]
+    # Every ILQL trunk starts from the BC π_β, as they would from a pretrained GPT-2 (whole, when BC trained
+    # only part of it).
+    policy = ilql.materialize(bc_cfg.step.model, bc_state.params, {})[0]["policy"]
     state = train_and_evaluate(rl_cfg, str(workdir / "ilql"), arrays["train"], arrays["eval"],
                                trunk=policy, policy=policy)
     rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge, seed)

@@ -31,10 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ilql_jax.models import lora as lora_lib
+
 Array = jax.Array
 Params = nnx.State
 
 VOCAB_MULTIPLE = 128
+# Parameter names the partial-training split reads (models/partial.py): the blocks' container, the
+# parameters after the last block (trained with the top blocks), and the projections LoRA can adapt
+# (block-relative paths).
+BLOCKS = "h"
+FINAL = ("ln_f",)
+LORA_PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +115,20 @@ def _meta(*names: str | None) -> dict[str, Any]:
     return {"out_sharding": names, "eager_sharding": False}
 
 
-def _linear(cfg: GPT2Config, d_in: int, d_out: int, axes: tuple[str, str], std: float, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
-            d_in, d_out, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-            kernel_init=nnx.initializers.normal(std), kernel_metadata=_meta(*axes),
-            bias_metadata=_meta(axes[1]), rngs=rngs)
+def _linear(cfg: GPT2Config, d_in: int, d_out: int, axes: tuple[str, str], std: float, rngs: nnx.Rngs,
+            lora: lora_lib.LoRASpec | None = None) -> nnx.Linear:
+    """A projection; with `lora`, a `lora.LoRALinear` (the same kernel and bias plus an adapter)."""
+    kw = dict(kernel_init=nnx.initializers.normal(std), kernel_metadata=_meta(*axes), bias_metadata=_meta(axes[1]),
+              rngs=rngs)
+    if lora is not None:
+        return lora_lib.LoRALinear(d_in, d_out, spec=lora, axes=axes, dtype=jnp.dtype(cfg.dtype),
+                                   param_dtype=jnp.dtype(cfg.param_dtype), **kw)
+    return nnx.Linear(d_in, d_out, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), **kw)
+
+
+def _adapted(lora: lora_lib.LoRASpec | None, layer: int, module: str) -> lora_lib.LoRASpec | None:
+    """`lora` where it adapts block `layer`'s `module`, else None."""
+    return lora if lora is not None and lora.applies(layer, module) else None
 
 
 def _layer_norm(cfg: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -125,11 +142,13 @@ def _layer_norm(cfg: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
 class Attention(nnx.Module):
     """Causal multi-head self-attention with an optional KV cache."""
 
-    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs, layer: int = 0, lora: lora_lib.LoRASpec | None = None):
         self.cfg = cfg
         # GPT-2 scales residual projections by 1/sqrt(2 n_layer) at init.
-        self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ("embed", "heads"), 0.02, rngs)
-        self.c_proj = _linear(cfg, cfg.n_embd, cfg.n_embd, ("heads", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5, rngs)
+        self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ("embed", "heads"), 0.02, rngs,
+                              _adapted(lora, layer, "attn.c_attn"))
+        self.c_proj = _linear(cfg, cfg.n_embd, cfg.n_embd, ("heads", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5, rngs,
+                              _adapted(lora, layer, "attn.c_proj"))
         self.attn_dropout = nnx.Dropout(cfg.dropout)
         self.resid_dropout = nnx.Dropout(cfg.dropout)
 
@@ -197,28 +216,71 @@ def gelu_linear(h: Array, kernel: Array, bias: Array) -> Array:
 gelu_linear.defvjp(_gelu_linear_fwd, _gelu_linear_bwd)
 
 
+def _gelu_lora_linear_fwd(scale, h, kernel, bias, lora_a, lora_b):
+    a = jax.nn.gelu(h, approximate=True)
+    contract = (((a.ndim - 1,), (0,)), ((), ()))
+    u = jax.lax.dot_general(a, lora_a, contract)  # [..., r]: kept, it is small
+    y = jax.lax.dot_general(a, kernel, contract) + bias + scale * jax.lax.dot_general(u, lora_b, contract)
+    return y, (h, kernel, lora_a, lora_b, u)
+
+
+def _gelu_lora_linear_bwd(scale, residuals, g):
+    h, kernel, lora_a, lora_b, u = residuals
+    lead = tuple(range(g.ndim - 1))
+    last = lambda x: (((x.ndim - 1,), (1,)), ((), ()))
+    d_u = scale * jax.lax.dot_general(g, lora_b, last(g))                        # [..., r]
+    d_a = jax.lax.dot_general(g, kernel, last(g)) + jax.lax.dot_general(d_u, lora_a, last(d_u))
+    h = h + 0 * d_a  # the GELU recomputed after the gradient arrives, as in `_gelu_linear_bwd`
+    c = np.sqrt(2 / np.pi).astype(h.dtype)
+    t = jnp.tanh(c * (h + 0.044715 * h ** 3))
+    a = h * (0.5 * (1 + t))
+    da_dh = 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * 0.044715 * h * h)
+    outer = lambda x, y: jax.lax.dot_general(x, y, ((lead, lead), ((), ())))
+    return ((d_a * da_dh).astype(h.dtype), outer(a, g).astype(kernel.dtype), jnp.sum(g, axis=lead).astype(g.dtype),
+            outer(a, d_u).astype(lora_a.dtype), (scale * outer(u, g)).astype(lora_b.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gelu_lora_linear(scale: float, h: Array, kernel: Array, bias: Array, lora_a: Array, lora_b: Array) -> Array:
+    """gelu_tanh(h) @ kernel + bias + scale · (gelu_tanh(h) @ lora_a) @ lora_b: `gelu_linear` with a LoRA
+    adapter (`lora.LoRALinear`) on the projection, the GELU again recomputed in the backward pass (only h and
+    the rank-wide x·A are kept)."""
+    return _gelu_lora_linear_fwd(scale, h, kernel, bias, lora_a, lora_b)[0]
+
+
+gelu_lora_linear.defvjp(_gelu_lora_linear_fwd, _gelu_lora_linear_bwd)
+
+
 class MLP(nnx.Module):
 
-    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
-        self.c_fc = _linear(cfg, cfg.n_embd, 4 * cfg.n_embd, ("embed", "mlp"), 0.02, rngs)
-        self.c_proj = _linear(cfg, 4 * cfg.n_embd, cfg.n_embd, ("mlp", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5, rngs)
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs, layer: int = 0, lora: lora_lib.LoRASpec | None = None):
+        self.c_fc = _linear(cfg, cfg.n_embd, 4 * cfg.n_embd, ("embed", "mlp"), 0.02, rngs,
+                            _adapted(lora, layer, "mlp.c_fc"))
+        self.c_proj = _linear(cfg, 4 * cfg.n_embd, cfg.n_embd, ("mlp", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5, rngs,
+                              _adapted(lora, layer, "mlp.c_proj"))
         self.dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, rngs=None):
         dtype = jnp.dtype(self.c_proj.dtype)
         # c_proj as nnx.Linear computes it (inputs, kernel and bias in the compute dtype), fused with the GELU.
-        y = gelu_linear(self.c_fc(x).astype(dtype), self.c_proj.kernel[...].astype(dtype),
-                        self.c_proj.bias[...].astype(dtype))
+        h, kernel, bias = (self.c_fc(x).astype(dtype), self.c_proj.kernel[...].astype(dtype),
+                           self.c_proj.bias[...].astype(dtype))
+        if isinstance(self.c_proj, lora_lib.LoRALinear):
+            adapter = self.c_proj.lora
+            y = gelu_lora_linear(self.c_proj.scale, h, kernel, bias, adapter.lora_a[...].astype(dtype),
+                                 adapter.lora_b[...].astype(dtype))
+        else:
+            y = gelu_linear(h, kernel, bias)
         return self.dropout(y, deterministic=rngs is None, rngs=rngs)
 
 
 class Block(nnx.Module):
 
-    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
+    def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs, layer: int = 0, lora: lora_lib.LoRASpec | None = None):
         self.ln_1 = _layer_norm(cfg, rngs)
-        self.attn = Attention(cfg, rngs)
+        self.attn = Attention(cfg, rngs, layer, lora)
         self.ln_2 = _layer_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs)
+        self.mlp = MLP(cfg, rngs, layer, lora)
 
     def __call__(self, x, mask, kv_cache=None, cache_index=None, *, rngs=None):
         dtype = x.dtype
@@ -229,9 +291,10 @@ class Block(nnx.Module):
 
 
 class GPT2(nnx.Module):
-    """GPT-2: token + position embeddings, `n_layer` blocks, final layer norm, tied LM head."""
+    """GPT-2: token + position embeddings, `n_layer` blocks, final layer norm, tied LM head; with `lora`,
+    adapters on the projections it names (`lora.LoRASpec`)."""
 
-    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, lora: lora_lib.LoRASpec | None = None):
         self.cfg = cfg
         pdt = jnp.dtype(cfg.param_dtype)
         self.wte = nnx.Embed(cfg.padded_vocab_size, cfg.n_embd, dtype=jnp.dtype(cfg.dtype), param_dtype=pdt,
@@ -241,20 +304,33 @@ class GPT2(nnx.Module):
                                                   embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"), eager_sharding=False),
                                                   rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
-        self.h = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layer)])
+        self.h = nnx.List([Block(cfg, rngs, i, lora) for i in range(cfg.n_layer)])
         self.ln_f = _layer_norm(cfg, rngs)
 
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None, with_logits=True):
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None, with_logits=True,
+                 start=0, stop=None, residual=None, final=True):
         """Runs the trunk. Returns (hidden after ln_f [B, T, D] float32, logits [B, T, V_pad] float32 or
-        None without `with_logits`, cache)."""
+        None without `with_logits`, cache).
+
+        A range of blocks (for a frozen bottom shared by several trunks, models/partial.py): blocks
+        [start, stop) run on `residual`, the residual stream entering block `start` (None: the
+        embeddings, then start is 0); `cache` holds those blocks' layers; without `final` the result is
+        the residual stream leaving block stop − 1 (no ln_f, no logits) in place of hidden.
+        """
         cfg = self.cfg
-        x = shard_batch(self.wte(tokens) + self.wpe(positions))
-        x = self.drop(x, deterministic=rngs is None, rngs=rngs)
+        stop = cfg.n_layer if stop is None else stop
+        if residual is None:
+            x = shard_batch(self.wte(tokens) + self.wpe(positions))
+            x = self.drop(x, deterministic=rngs is None, rngs=rngs)
+        else:
+            x = residual
         new_cache = []
-        for i, block in enumerate(self.h):
-            kv = None if cache is None else cache[i]
-            x, kv = _run_block(block, x, mask, kv, cache_index, rngs, cfg.remat)
+        for i in range(start, stop):
+            kv = None if cache is None else cache[i - start]
+            x, kv = _run_block(self.h[i], x, mask, kv, cache_index, rngs, cfg.remat)
             new_cache.append(kv)
+        if not final:
+            return x, None, (None if cache is None else new_cache)
         hidden = shard_batch(self.ln_f(x).astype(jnp.float32))
         logits = self.lm_logits(hidden) if with_logits else None
         return hidden, logits, (None if cache is None else new_cache)
@@ -346,19 +422,25 @@ def init(config: GPT2Config, key: Array) -> Params:
 
 
 @functools.lru_cache(maxsize=None)
-def graphdef(config: GPT2Config) -> nnx.GraphDef:
-    """The (static) graph definition for a config; built abstractly, no FLOPs."""
-    gdef, _ = nnx.split(nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0))))
+def graphdef(config: GPT2Config, lora: lora_lib.LoRASpec | None = None) -> nnx.GraphDef:
+    """The (static) graph definition for a config (with adapters where `lora` says); built abstractly, no FLOPs."""
+    gdef, _ = nnx.split(nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0), lora=lora)))
     return gdef
 
 
-def abstract_params(config: GPT2Config) -> Params:
-    """Parameter shapes and dtypes (with their logical axis metadata), no allocation."""
-    return nnx.state(nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0))), nnx.Param)
+def abstract_params(config: GPT2Config, lora: lora_lib.LoRASpec | None = None) -> Params:
+    """Parameter shapes and dtypes (with their logical axis metadata), no allocation; with `lora`, the
+    adapters' too."""
+    return nnx.state(nnx.eval_shape(lambda: GPT2(config, rngs=nnx.Rngs(0), lora=lora)), nnx.Param)
 
 
-def _model(params: Params, config: GPT2Config) -> GPT2:
-    return nnx.merge(graphdef(config), params)
+def init_adapters(config: GPT2Config, lora: lora_lib.LoRASpec, key: Array) -> Params:
+    """Fresh adapters (A as PEFT's, B zero) for the projections `lora` names: the LoRA leaves alone."""
+    return nnx.state(GPT2(config, rngs=nnx.Rngs(params=key), lora=lora), nnx.LoRAParam)
+
+
+def _model(params: Params, config: GPT2Config, lora: lora_lib.LoRASpec | None = None) -> GPT2:
+    return nnx.merge(graphdef(config, lora), params)
 
 
 def positions_from_mask(attention_mask: Array) -> Array:
@@ -367,7 +449,9 @@ def positions_from_mask(attention_mask: Array) -> Array:
 
 
 def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array | None = None,
-                        *, dropout_key: Array | None = None, with_logits: bool = True) -> tuple[Array, Array | None]:
+                        *, dropout_key: Array | None = None, with_logits: bool = True,
+                        lora: lora_lib.LoRASpec | None = None, start: int = 0,
+                        residual: Array | None = None) -> tuple[Array, Array | None]:
     """Full causal forward pass.
 
     Args:
@@ -377,6 +461,9 @@ def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
         dropout_key: enables dropout when given.
         with_logits: False skips the LM head (logits None), for callers that
             read only the hidden states or only some positions' logits.
+        lora: the adapters `params` carry (`lora.LoRASpec`), if any.
+        start, residual: run blocks start .. n_layer − 1 on `residual` [B, T, D], the residual stream
+            entering block `start` (from `residual_stream`), instead of the whole trunk.
 
     Returns:
         hidden [B, T, D] (after ln_f, float32) and logits [B, T, V_pad] (float32,
@@ -391,9 +478,33 @@ def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
     key_mask = attention_mask.astype(bool)
     mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-    hidden, logits, _ = _model(params, config)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
-                                               with_logits=with_logits)
+    if residual is None and start == 0:
+        hidden, logits, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                                         with_logits=with_logits)
+        return hidden, logits
+    chex.assert_shape(residual, (b, t, config.n_embd))
+    hidden, logits, _ = _model(params, config, lora)(None, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                                     with_logits=with_logits, start=start, residual=residual)
     return hidden, logits
+
+
+def residual_stream(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array | None = None, *,
+                    stop: int, dropout_key: Array | None = None,
+                    lora: lora_lib.LoRASpec | None = None) -> Array:
+    """The residual stream leaving block stop − 1 (the embeddings for stop = 0): [B, T, D] in the compute
+    dtype, what `forward(..., start=stop, residual=...)` continues from. Only the embeddings and blocks
+    [0, stop) of `params` are read."""
+    chex.assert_rank(tokens, 2)
+    b, t = tokens.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    chex.assert_equal_shape([tokens, attention_mask])
+    _check_length(config, t)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    x, _, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                           stop=stop, final=False, with_logits=False)
+    return x
 
 
 @chex.dataclass
@@ -414,19 +525,20 @@ class KVCache:
     position: Array
 
 
-def init_cache(config: GPT2Config, batch_size: int, cache_len: int) -> KVCache:
+def init_cache(config: GPT2Config, batch_size: int, cache_len: int, n_layers: int | None = None) -> KVCache:
     _check_length(config, cache_len)
     shape = (batch_size, config.n_head, cache_len, config.head_dim)
     dt = jnp.dtype(config.dtype)
     return KVCache(
-            k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
-            v=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+            k=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
+            v=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
             key_mask=jnp.zeros((batch_size, cache_len), bool),
             index=jnp.zeros((), jnp.int32),
             position=jnp.zeros((batch_size,), jnp.int32))
 
 
-def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True):
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True, **blocks):
+    """`blocks`: `start`, `stop`, `residual`, `final` of the model's call (a range of blocks, whose layers `cache` holds)."""
     b, t = tokens.shape
     key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
     s = key_mask.shape[1]
@@ -434,27 +546,34 @@ def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions,
     causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
     mask = causal[None] & key_mask[:, None, :]
     hidden, logits, kv = _model(params, config)(
-            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index, with_logits=with_logits)
+            tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index, with_logits=with_logits, **blocks)
     new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask,
                                 index=cache.index + t, position=positions[:, -1] + 1)
     return hidden, logits, new
 
 
 def prefill(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array,
-                        cache_len: int, *, with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+                        cache_len: int, *, with_logits: bool = True, start: int = 0, stop: int | None = None,
+                        residual: Array | None = None, final: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Runs a (left-padded) prompt batch and returns a cache with `cache_len` slots.
 
     Returns hidden [B, P, D], logits [B, P, V_pad] (None without `with_logits`)
     and the cache; the last column of logits is the distribution over the first new token.
+
+    A range of blocks (a bottom shared by several trunks, models/partial.py): blocks [start, stop) on
+    `residual` [B, P, D] (None: the embeddings of `tokens`), the cache holding those blocks' layers;
+    without `final`, the residual stream leaving block stop − 1 in place of hidden.
     """
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, attention_mask])
     b, p = tokens.shape
     if cache_len < p:
         raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
-    cache = init_cache(config, b, cache_len)
+    blocks = _blocks(config, start, stop, residual, final)
+    n_layers = None if not blocks else (config.n_layer if stop is None else stop) - start
+    cache = init_cache(config, b, cache_len, n_layers)
     return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask),
-                       with_logits)
+                       with_logits, **blocks)
 
 
 def lm_logits(params: Params, config: GPT2Config, hidden: Array, *, mask_padded: bool = True) -> Array:
@@ -464,14 +583,23 @@ def lm_logits(params: Params, config: GPT2Config, hidden: Array, *, mask_padded:
 
 
 def decode_step(params: Params, config: GPT2Config, cache: KVCache, token: Array, *,
-                with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+                with_logits: bool = True, start: int = 0, stop: int | None = None, residual: Array | None = None,
+                final: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Feeds one token per row. Returns hidden [B, D], logits [B, V_pad] (None without
-    `with_logits`) and the new cache."""
+    `with_logits`) and the new cache. A range of blocks as `prefill`'s, `residual` [B, D]."""
     chex.assert_rank(token, 1)
     b = token.shape[0]
+    blocks = _blocks(config, start, stop, None if residual is None else residual[:, None], final)
     hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
-                                        cache.position[:, None], with_logits)
+                                        cache.position[:, None], with_logits, **blocks)
     return hidden[:, 0], (None if logits is None else logits[:, 0]), cache
+
+
+def _blocks(config, start: int, stop: int | None, residual: Array | None, final: bool) -> dict[str, Any]:
+    """The block-range keywords of a cached call ({} for the whole trunk, so that call is unchanged)."""
+    if start == 0 and stop in (None, config.n_layer) and residual is None and final:
+        return {}
+    return dict(start=start, stop=stop, residual=residual, final=final)
 
 
 def _check_length(config: GPT2Config, t: int) -> None:

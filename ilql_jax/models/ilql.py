@@ -12,6 +12,13 @@ Target parameters (a Polyak copy, no target V)::
 All trunks start from one GPT-2 parameter tree (random or imported); π_β may
 start from its own (a BC checkpoint).
 
+Partial training (`num_layers_unfrozen`, LoRA; models/partial.py): every
+"trunk" above is then that trunk's trained part (its top blocks, or its LoRA
+adapters), and the frozen rest, the same weights for all three, is stored
+once as ``online["frozen"]``, which neither the optimizer nor the target
+update touches. The forwards run the shared frozen bottom once and each
+trunk's top from its output; `materialize` gives whole plain trunks back.
+
 Two forwards: `apply` evaluates every head at every position (the direct
 computation, kept as the reference and for diagnostics), `apply_packed` only
 where the losses read them (the train step's; see docs/lean_step.md). Dropout in the target trunk is off: the
@@ -27,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ilql_jax import losses
-from ilql_jax.models import gpt2, heads, llama, trunk as trunk_lib
+from ilql_jax.models import gpt2, heads, llama, partial as partial_lib, trunk as trunk_lib
 
 Params = dict[str, Any]
 
@@ -49,6 +56,18 @@ class ModelConfig:
       head_init: how the V and Q heads start: "pytorch" (kernel and bias
         ~ U(±1/√fan_in), `torch.nn.Linear`'s default, as in the authors' code and
         trlx) or "flax" (lecun-normal kernel, zero bias); see `heads.HEAD_INITS`.
+      num_layers_unfrozen: trlx's: only the top k blocks of every trunk train
+        (with the final norm and an untied LM head); the embeddings and the
+        bottom blocks are frozen, stored once and run once per step for all
+        trunks. -1: every block trains; 0: no block (docs/partial_training.md).
+      lora_rank: r > 0 adds LoRA adapters (rank r) to the projections
+        `lora_targets` names, in the top `num_layers_unfrozen` blocks (every
+        block at -1); then every trunk weight is frozen and shared, and only the
+        adapters (and the heads) train. 0: no LoRA.
+      lora_alpha: α: the adapters' output is scaled by α / r.
+      lora_targets: the projections that get adapters: "all", or names as in the
+        checkpoint (GPT-2: c_attn, c_proj, c_fc, or attn.c_proj / mlp.c_proj;
+        Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj).
     """
 
     trunk: gpt2.GPT2Config | llama.LlamaConfig = gpt2.GPT2Config()
@@ -56,8 +75,13 @@ class ModelConfig:
     target_on_online_trunk: bool = False
     frozen_policy: bool = False
     head_init: str = "pytorch"
+    num_layers_unfrozen: int = -1
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("all",)
 
     def __post_init__(self):
+        partial_lib.check(self)
         if self.head_init not in heads.HEAD_INITS:
             raise ValueError(f"ModelConfig.head_init must be one of {heads.HEAD_INITS}, got {self.head_init!r}")
         if self.shared_policy and self.frozen_policy:
@@ -89,9 +113,19 @@ def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
     cfg = config.trunk
     trunk = trunk_lib.init(cfg, k_trunk) if trunk is None else trunk
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers, so donation never aliases
+    frozen = None
+    if partial_lib.is_partial(config):
+        if policy is not None:
+            raise ValueError("ModelConfig: with num_layers_unfrozen or LoRA every trunk starts from the same weights "
+                             "(their frozen part is stored once), but a separate π_β start was given; start both "
+                             "from it (init='bc:DIR' does)")
+        # From here on "trunk" is a trunk's trained part (models/partial.py).
+        frozen, trunk = partial_lib.split(config, trunk, jax.random.fold_in(k_trunk, 1))
     value = {"trunk": trunk, "v": heads.init_v_head(cfg, k_v, config.head_init),
              "q1": heads.init_q_head(cfg, k_q1, config.head_init), "q2": heads.init_q_head(cfg, k_q2, config.head_init)}
     online = {"value": value}
+    if frozen is not None:
+        online[partial_lib.FROZEN] = frozen
     if not config.shared_policy:
         online["policy"] = copy(trunk if policy is None else policy)
     elif policy is not None:
@@ -107,6 +141,8 @@ def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array
     """Runs the value trunk and heads, the target networks and π_β on a batch."""
     cfg = config.trunk
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    if partial_lib.FROZEN in online:
+        return _apply_partial(config, online, target, tokens, attention_mask, k_value, k_policy)
     hidden, lm_logits = trunk_lib.forward(online["value"]["trunk"], cfg, tokens, attention_mask, dropout_key=k_value)
     value = online["value"]
     if config.target_on_online_trunk:
@@ -164,11 +200,16 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
     cfg = config.trunk
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     value = online["value"]
-    hidden, _ = trunk_lib.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=k_value, with_logits=False)
-    if config.target_on_online_trunk:
-        target_hidden = hidden
+    if partial_lib.FROZEN in online:
+        hidden, target_hidden, h_policy = partial_hiddens(config, online, target, tokens, attention_mask, k_value,
+                                                          k_policy)
     else:
-        target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
+        hidden, _ = trunk_lib.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=k_value,
+                                      with_logits=False)
+        if config.target_on_online_trunk:
+            target_hidden = hidden
+        else:
+            target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
     h_k = losses.gather_packed(hidden, packed.idx)
     h_next = jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))
     target_h_k = jax.lax.stop_gradient(losses.gather_packed(target_hidden, packed.idx))
@@ -176,6 +217,9 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
                              heads.q_at(target["q2"], cfg, target_h_k, packed.a_k))
     if config.frozen_policy:
         pi_logits_k = None
+    elif partial_lib.FROZEN in online:
+        pi_logits_k = trunk_lib.lm_logits(lm_head_params(config, online), cfg,
+                                          losses.gather_packed(h_policy, packed.idx), mask_padded=False)
     else:
         if config.shared_policy:
             h_policy = hidden
@@ -195,8 +239,87 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
 
 
 def policy_params(config: ModelConfig, online: Params) -> gpt2.Params:
-    """π_β's trunk parameters (the value trunk's when shared)."""
+    """π_β's trunk parameters (the value trunk's when shared); its trained part under partial training."""
     return online["value"]["trunk"] if config.shared_policy else online["policy"]
+
+
+def lm_head_params(config: ModelConfig, online: Params) -> gpt2.Params:
+    """Parameters of the plain trunk graph from which `trunk.lm_logits` gives π_β's logits, under partial
+    training: with LoRA the frozen trunk (its LM head is frozen), else the frozen part and π_β's top."""
+    frozen = online[partial_lib.FROZEN]
+    if partial_lib.lora_spec(config) is not None:
+        return frozen
+    delta = online["policy"] if "value" not in online else policy_params(config, online)  # a BC state: π_β alone
+    return partial_lib.combine(frozen, delta)
+
+
+def partial_hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Array,
+                    attention_mask: jax.Array, k_value: jax.Array | None = None, k_policy: jax.Array | None = None,
+                    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """(value, target, π_β) final hidden states [B, T, D] under partial training: the frozen bottom once
+    (no dropout, no gradient), then each trunk's top from its output. π_β's is the value trunk's when
+    shared, None when frozen; the target's is the value trunk's when `target_on_online_trunk`."""
+    cfg, spec = config.trunk, partial_lib.lora_spec(config)
+    frozen = online[partial_lib.FROZEN]
+    b = partial_lib.bottom_layers(config)
+    value_trunk = partial_lib.combine(frozen, online["value"]["trunk"])
+    # Blocks below b read frozen weights only: any trunk's whole parameters serve.
+    x = jax.lax.stop_gradient(trunk_lib.residual_stream(value_trunk, cfg, tokens, attention_mask, stop=b, lora=spec))
+
+    def top(params, key):
+        return trunk_lib.forward(params, cfg, tokens, attention_mask, dropout_key=key, with_logits=False, lora=spec,
+                                 start=b, residual=x)[0]
+
+    h_value = top(value_trunk, k_value)
+    if config.target_on_online_trunk:
+        h_target = h_value
+    else:
+        h_target = top(partial_lib.combine(frozen, target["trunk"]), None)
+    if config.frozen_policy:
+        h_policy = None
+    elif config.shared_policy:
+        h_policy = h_value
+    else:
+        h_policy = top(partial_lib.combine(frozen, online["policy"]), k_policy)
+    return h_value, jax.lax.stop_gradient(h_target), h_policy
+
+
+def _apply_partial(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
+                   k_value: jax.Array | None, k_policy: jax.Array | None) -> Outputs:
+    """`apply` under partial training (`partial_hiddens`)."""
+    cfg = config.trunk
+    value = online["value"]
+    hidden, target_hidden, h_policy = partial_hiddens(config, online, target, tokens, attention_mask, k_value,
+                                                      k_policy)
+    pi_logits = None if h_policy is None else trunk_lib.lm_logits(lm_head_params(config, online), cfg, h_policy)
+    return Outputs(
+        q1_t=heads.q_t(value["q1"], cfg, hidden),
+        q2_t=heads.q_t(value["q2"], cfg, hidden),
+        target_q1_t=jax.lax.stop_gradient(heads.q_t(target["q1"], cfg, target_hidden)),
+        target_q2_t=jax.lax.stop_gradient(heads.q_t(target["q2"], cfg, target_hidden)),
+        v_t=heads.v_t(value["v"], cfg, hidden),
+        pi_logits_t=pi_logits,
+    )
+
+
+def materialize(config: ModelConfig, online: Params, target: Params) -> tuple[Params, Params]:
+    """(online, target) with whole plain trunks, the layout of full training: under partial training each
+    trunk is its frozen part plus its trained part, adapters merged into the kernels (W + (α/r)·A·B);
+    otherwise the parameters as they are. What decoding, export and diagnostics read. A BC state
+    (online holding π_β alone) works too."""
+    if partial_lib.FROZEN not in online:
+        return online, target
+    frozen = online[partial_lib.FROZEN]
+    whole = lambda delta: partial_lib.plain(config, frozen, delta)
+    out = {k: v for k, v in online.items() if k != partial_lib.FROZEN}
+    if "value" in out:
+        out["value"] = {**out["value"], "trunk": whole(out["value"]["trunk"])}
+    if "policy" in out:
+        out["policy"] = whole(out["policy"])
+    target = dict(target)
+    if "trunk" in target:
+        target["trunk"] = whole(target["trunk"])
+    return out, target
 
 
 def target_tracked(config: ModelConfig, online: Params) -> Params:

@@ -38,14 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, mask_padded_vocab, positions_from_mask,  # noqa: F401
-                                  shard_batch)
+from ilql_jax.models import lora as lora_lib
+from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, _adapted, _blocks, mask_padded_vocab,  # noqa: F401
+                                  positions_from_mask, shard_batch)
 
 Array = jax.Array
 Params = nnx.State
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_MODEL_TYPES = ("llama", "qwen2")
+# Parameter names the partial-training split reads (models/partial.py), as gpt2.py's.
+BLOCKS = "layers"
+FINAL = ("norm", "lm_head")
+LORA_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +166,14 @@ def _meta(*names: str | None) -> dict[str, Any]:
 
 
 def _linear(cfg: LlamaConfig, d_in: int, d_out: int, axes: tuple[str, str], bias: bool,
-            rngs: nnx.Rngs) -> nnx.Linear:
+            rngs: nnx.Rngs, lora: lora_lib.LoRASpec | None = None) -> nnx.Linear:
     # Hugging Face's `_init_weights`: N(0, initializer_range² = 0.02²), biases 0.
-    return nnx.Linear(d_in, d_out, use_bias=bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                      kernel_init=nnx.initializers.normal(0.02), kernel_metadata=_meta(*axes),
-                      bias_metadata=_meta(axes[1]), rngs=rngs)
+    kw = dict(use_bias=bias, kernel_init=nnx.initializers.normal(0.02), kernel_metadata=_meta(*axes),
+              bias_metadata=_meta(axes[1]), rngs=rngs)
+    if lora is not None:  # the same kernel and bias plus an adapter
+        return lora_lib.LoRALinear(d_in, d_out, spec=lora, axes=axes, dtype=jnp.dtype(cfg.dtype),
+                                   param_dtype=jnp.dtype(cfg.param_dtype), **kw)
+    return nnx.Linear(d_in, d_out, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), **kw)
 
 
 class RMSNorm(nnx.Module):
@@ -225,13 +234,14 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 class Attention(nnx.Module):
     """Causal grouped-query self-attention with rotary positions and an optional KV cache."""
 
-    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs, layer: int = 0, lora: lora_lib.LoRASpec | None = None):
         self.cfg = cfg
         q_out, kv_out = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.q_proj = _linear(cfg, cfg.n_embd, q_out, ("embed", "heads"), cfg.qkv_bias, rngs)
-        self.k_proj = _linear(cfg, cfg.n_embd, kv_out, ("embed", "heads"), cfg.qkv_bias, rngs)
-        self.v_proj = _linear(cfg, cfg.n_embd, kv_out, ("embed", "heads"), cfg.qkv_bias, rngs)
-        self.o_proj = _linear(cfg, q_out, cfg.n_embd, ("heads", "embed"), cfg.o_bias, rngs)
+        at = lambda name: _adapted(lora, layer, "self_attn." + name)
+        self.q_proj = _linear(cfg, cfg.n_embd, q_out, ("embed", "heads"), cfg.qkv_bias, rngs, at("q_proj"))
+        self.k_proj = _linear(cfg, cfg.n_embd, kv_out, ("embed", "heads"), cfg.qkv_bias, rngs, at("k_proj"))
+        self.v_proj = _linear(cfg, cfg.n_embd, kv_out, ("embed", "heads"), cfg.qkv_bias, rngs, at("v_proj"))
+        self.o_proj = _linear(cfg, q_out, cfg.n_embd, ("heads", "embed"), cfg.o_bias, rngs, at("o_proj"))
         self.attn_dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None, *, rngs=None):
@@ -263,10 +273,12 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down_proj(silu(gate_proj(x)) ⊙ up_proj(x))."""
 
-    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
-        self.gate_proj = _linear(cfg, cfg.n_embd, cfg.intermediate_size, ("embed", "mlp"), False, rngs)
-        self.up_proj = _linear(cfg, cfg.n_embd, cfg.intermediate_size, ("embed", "mlp"), False, rngs)
-        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.n_embd, ("mlp", "embed"), False, rngs)
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs, layer: int = 0, lora: lora_lib.LoRASpec | None = None):
+        at = lambda name: _adapted(lora, layer, "mlp." + name)
+        self.gate_proj = _linear(cfg, cfg.n_embd, cfg.intermediate_size, ("embed", "mlp"), False, rngs, at("gate_proj"))
+        self.up_proj = _linear(cfg, cfg.n_embd, cfg.intermediate_size, ("embed", "mlp"), False, rngs, at("up_proj"))
+        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.n_embd, ("mlp", "embed"), False, rngs,
+                                 at("down_proj"))
 
     def __call__(self, x):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -274,11 +286,11 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
 
-    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs, layer: int = 0, lora: lora_lib.LoRASpec | None = None):
         self.input_layernorm = RMSNorm(cfg)
-        self.self_attn = Attention(cfg, rngs)
+        self.self_attn = Attention(cfg, rngs, layer, lora)
         self.post_attention_layernorm = RMSNorm(cfg)
-        self.mlp = MLP(cfg, rngs)
+        self.mlp = MLP(cfg, rngs, layer, lora)
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, cache_index=None, *, rngs=None):
         dtype = x.dtype
@@ -290,29 +302,38 @@ class Block(nnx.Module):
 
 
 class Llama(nnx.Module):
-    """Token embedding, `n_layer` blocks, final RMSNorm, tied or untied LM head."""
+    """Token embedding, `n_layer` blocks, final RMSNorm, tied or untied LM head; with `lora`, adapters on the
+    projections it names (`lora.LoRASpec`)."""
 
-    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, lora: lora_lib.LoRASpec | None = None):
         self.cfg = cfg
         self.embed_tokens = nnx.Embed(
                 cfg.padded_vocab_size, cfg.n_embd, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
                 embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"),
                                                      eager_sharding=False), rngs=rngs)
-        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layer)])
+        self.layers = nnx.List([Block(cfg, rngs, i, lora) for i in range(cfg.n_layer)])
         self.norm = RMSNorm(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg, cfg.n_embd, cfg.padded_vocab_size, ("embed", "vocab"), False, rngs)
 
-    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None, with_logits=True):
-        """Returns (hidden after the final norm [B, T, D] float32, logits [B, T, V_pad] float32 or None, cache)."""
+    def __call__(self, tokens, positions, mask, cache=None, cache_index=None, *, rngs=None, with_logits=True,
+                 start=0, stop=None, residual=None, final=True):
+        """Returns (hidden after the final norm [B, T, D] float32, logits [B, T, V_pad] float32 or None, cache).
+
+        A range of blocks, as `gpt2.GPT2.__call__`: blocks [start, stop) on `residual` (None: the
+        embeddings); without `final`, the residual stream leaving block stop − 1 in place of hidden.
+        """
         cfg = self.cfg
-        x = shard_batch(self.embed_tokens(tokens))
+        stop = cfg.n_layer if stop is None else stop
+        x = shard_batch(self.embed_tokens(tokens)) if residual is None else residual
         cos, sin = rope_cos_sin(cfg, positions)
         new_cache = []
-        for i, block in enumerate(self.layers):
-            kv = None if cache is None else cache[i]
-            x, kv = _run_block(block, x, cos, sin, mask, kv, cache_index, rngs, cfg.remat)
+        for i in range(start, stop):
+            kv = None if cache is None else cache[i - start]
+            x, kv = _run_block(self.layers[i], x, cos, sin, mask, kv, cache_index, rngs, cfg.remat)
             new_cache.append(kv)
+        if not final:
+            return x, None, (None if cache is None else new_cache)
         hidden = shard_batch(self.norm(x))
         logits = self.lm_logits(hidden) if with_logits else None
         return hidden, logits, (None if cache is None else new_cache)
@@ -366,23 +387,31 @@ def init(config: LlamaConfig, key: Array) -> Params:
 
 
 @functools.lru_cache(maxsize=None)
-def graphdef(config: LlamaConfig) -> nnx.GraphDef:
-    gdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+def graphdef(config: LlamaConfig, lora: lora_lib.LoRASpec | None = None) -> nnx.GraphDef:
+    gdef, _ = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0), lora=lora)))
     return gdef
 
 
-def abstract_params(config: LlamaConfig) -> Params:
-    """Parameter shapes and dtypes (with their logical axis metadata), no allocation."""
-    return nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))), nnx.Param)
+def abstract_params(config: LlamaConfig, lora: lora_lib.LoRASpec | None = None) -> Params:
+    """Parameter shapes and dtypes (with their logical axis metadata), no allocation; with `lora`, the
+    adapters' too."""
+    return nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0), lora=lora)), nnx.Param)
 
 
-def _model(params: Params, config: LlamaConfig) -> Llama:
-    return nnx.merge(graphdef(config), params)
+def init_adapters(config: LlamaConfig, lora: lora_lib.LoRASpec, key: Array) -> Params:
+    """Fresh adapters (A as PEFT's, B zero) for the projections `lora` names: the LoRA leaves alone."""
+    return nnx.state(Llama(config, rngs=nnx.Rngs(params=key), lora=lora), nnx.LoRAParam)
+
+
+def _model(params: Params, config: LlamaConfig, lora: lora_lib.LoRASpec | None = None) -> Llama:
+    return nnx.merge(graphdef(config, lora), params)
 
 
 def forward(params: Params, config: LlamaConfig, tokens: Array, attention_mask: Array | None = None,
-            *, dropout_key: Array | None = None, with_logits: bool = True) -> tuple[Array, Array | None]:
-    """Full causal forward pass; arguments and results as `gpt2.forward`'s."""
+            *, dropout_key: Array | None = None, with_logits: bool = True, lora: lora_lib.LoRASpec | None = None,
+            start: int = 0, residual: Array | None = None) -> tuple[Array, Array | None]:
+    """Full causal forward pass (or blocks start .. n_layer − 1 on `residual`); arguments and results as
+    `gpt2.forward`'s."""
     chex.assert_rank(tokens, 2)
     b, t = tokens.shape
     if attention_mask is None:
@@ -392,55 +421,84 @@ def forward(params: Params, config: LlamaConfig, tokens: Array, attention_mask: 
     key_mask = attention_mask.astype(bool)
     mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-    hidden, logits, _ = _model(params, config)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
-                                               with_logits=with_logits)
+    if residual is None and start == 0:
+        hidden, logits, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                                         with_logits=with_logits)
+        return hidden, logits
+    chex.assert_shape(residual, (b, t, config.n_embd))
+    hidden, logits, _ = _model(params, config, lora)(None, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                                     with_logits=with_logits, start=start, residual=residual)
     return hidden, logits
 
 
-def init_cache(config: LlamaConfig, batch_size: int, cache_len: int) -> KVCache:
+def residual_stream(params: Params, config: LlamaConfig, tokens: Array, attention_mask: Array | None = None, *,
+                    stop: int, dropout_key: Array | None = None,
+                    lora: lora_lib.LoRASpec | None = None) -> Array:
+    """The residual stream leaving block stop − 1 (the embedding for stop = 0); as `gpt2.residual_stream`."""
+    chex.assert_rank(tokens, 2)
+    b, t = tokens.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    chex.assert_equal_shape([tokens, attention_mask])
+    _check_length(config, t)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    x, _, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+                                           stop=stop, final=False, with_logits=False)
+    return x
+
+
+def init_cache(config: LlamaConfig, batch_size: int, cache_len: int, n_layers: int | None = None) -> KVCache:
     """An empty cache: per layer [B, n_kv_head, cache_len, head_dim] keys and values (GQA stores only the KV heads)."""
     _check_length(config, cache_len)
     shape = (batch_size, config.n_kv_head, cache_len, config.head_dim)
     dt = jnp.dtype(config.dtype)
-    return KVCache(k=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
-                   v=[jnp.zeros(shape, dt) for _ in range(config.n_layer)],
+    return KVCache(k=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
+                   v=[jnp.zeros(shape, dt) for _ in range(config.n_layer if n_layers is None else n_layers)],
                    key_mask=jnp.zeros((batch_size, cache_len), bool), index=jnp.zeros((), jnp.int32),
                    position=jnp.zeros((batch_size,), jnp.int32))
 
 
-def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True):
+def _run_cached(params, config, cache: KVCache, tokens, key_mask_new, positions, with_logits=True, **blocks):
+    """`blocks`: `start`, `stop`, `residual`, `final` of the model's call (a range of blocks, whose layers `cache` holds)."""
     b, t = tokens.shape
     key_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask_new, (0, cache.index))
     s = key_mask.shape[1]
     causal = jnp.arange(s)[None, :] <= (cache.index + jnp.arange(t))[:, None]
     mask = causal[None] & key_mask[:, None, :]
     hidden, logits, kv = _model(params, config)(tokens, positions, mask, list(zip(cache.k, cache.v)), cache.index,
-                                                with_logits=with_logits)
+                                                with_logits=with_logits, **blocks)
     new = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], key_mask=key_mask, index=cache.index + t,
                   position=positions[:, -1] + 1)
     return hidden, logits, new
 
 
 def prefill(params: Params, config: LlamaConfig, tokens: Array, attention_mask: Array, cache_len: int,
-            *, with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
-    """Runs a (left-padded) prompt batch into a cache of `cache_len` slots; as `gpt2.prefill`."""
+            *, with_logits: bool = True, start: int = 0, stop: int | None = None, residual: Array | None = None,
+            final: bool = True) -> tuple[Array, Array | None, KVCache]:
+    """Runs a (left-padded) prompt batch into a cache of `cache_len` slots (or a range of blocks); as
+    `gpt2.prefill`."""
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, attention_mask])
     b, p = tokens.shape
     if cache_len < p:
         raise ValueError(f"prefill: cache_len={cache_len} is shorter than the prompt length {p}")
-    cache = init_cache(config, b, cache_len)
+    blocks = _blocks(config, start, stop, residual, final)
+    n_layers = None if not blocks else (config.n_layer if stop is None else stop) - start
+    cache = init_cache(config, b, cache_len, n_layers)
     return _run_cached(params, config, cache, tokens, attention_mask.astype(bool), positions_from_mask(attention_mask),
-                       with_logits)
+                       with_logits, **blocks)
 
 
 def decode_step(params: Params, config: LlamaConfig, cache: KVCache, token: Array, *,
-                with_logits: bool = True) -> tuple[Array, Array | None, KVCache]:
+                with_logits: bool = True, start: int = 0, stop: int | None = None, residual: Array | None = None,
+                final: bool = True) -> tuple[Array, Array | None, KVCache]:
     """Feeds one token per row; as `gpt2.decode_step`."""
     chex.assert_rank(token, 1)
     b = token.shape[0]
+    blocks = _blocks(config, start, stop, None if residual is None else residual[:, None], final)
     hidden, logits, cache = _run_cached(params, config, cache, token[:, None], jnp.ones((b, 1), bool),
-                                        cache.position[:, None], with_logits)
+                                        cache.position[:, None], with_logits, **blocks)
     return hidden[:, 0], (None if logits is None else logits[:, 0]), cache
 
 
