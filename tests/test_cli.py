@@ -824,3 +824,30 @@ def test_a_directory_given_as_data_is_named_as_one(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(command)
         _one_line_error(capsys, e.value.code, f"{tmp_path}: is a directory, not a file")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [["--num_layers_unfrozen", "1"], ["--lora_rank", "4"]], ids=["top-1", "lora-4"])
+def test_partial_training_from_the_command_line_trains_generates_and_exports(tmp_path, flags):
+    """--num_layers_unfrozen / --lora_rank reach both runs; the checkpoints hold no frozen weights, and generate
+    and export read the run back whole (its frozen part rebuilt from the base weights)."""
+    from ilql_jax.config import TrainConfig, config_from_dict
+
+    data = write_jsonl(tmp_path / "records.jsonl", single_turn_records())
+    workdir = tmp_path / "run"
+    tiny = list(TINY)
+    tiny[tiny.index("--n_layer") + 1] = "2"
+    assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *tiny, *flags]) == 0
+    for run in ("bc", "ilql"):
+        model = config_from_dict(TrainConfig, json.loads((workdir / run / "config.json").read_text())).step.model
+        assert (model.num_layers_unfrozen, model.lora_rank) == ((1, 0) if "--num_layers_unfrozen" in flags else (-1, 4))
+    out = tmp_path / "generations.jsonl"
+    assert cli.main(["generate", "--workdir", str(workdir), "--prompt", "ticket 1: my order is late", "--beta", "4",
+                     "--max_new_tokens", "6", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 1
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    # A rerun with another choice is refused: it would change what the checkpoints hold.
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(workdir), *tiny])
+    assert e.value.code == 2

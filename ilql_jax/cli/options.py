@@ -134,6 +134,13 @@ class TrainOptions:
         training records (ilql_jax.data.rewards; the fitted map goes into options.json). Scaling rewards by 1/s
         scales A by 1/s: generate with β·s to steer as much.
       freeze_policy: keep π_β at the BC result during ILQL (only the values train), so β = 0 decodes exactly BC.
+      num_layers_unfrozen: train only the top k blocks of every trunk (π_β, the value trunk, its target) in both
+        runs; the embeddings and the blocks below stay frozen, are stored once and run once per step (-1: all
+        train; docs/partial_training.md). 2 suits a pretrained model on a CPU. With --layout markup the added
+        markup ids would stay at their starting rows: use it with a chat layout.
+      lora_rank: r > 0 trains LoRA adapters of rank r on the attention and MLP projections (of the top
+        num_layers_unfrozen blocks, or of every block) instead of the trunks' weights, which stay frozen; 0: none.
+      lora_alpha: LoRA's α: the adapters' output is scaled by α / r.
       dtype: compute dtype: "float32" (CPU) or "bfloat16" (accelerators).
       mesh: the device mesh; the default is data parallelism over every device.
       checkpoint_every: steps between checkpoints (one is always written at the end).
@@ -170,6 +177,9 @@ class TrainOptions:
     polyak_alpha: float = 0.05
     reward_norm: str = "none"
     freeze_policy: bool = False
+    num_layers_unfrozen: int = -1
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
     dtype: str = "float32"
     mesh: MeshConfig = MeshConfig()
     checkpoint_every: int = 1000
@@ -205,6 +215,11 @@ class TrainOptions:
             raise ValueError(f"--eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_len < 4:
             raise ValueError(f"--max_len must be >= 4, got {self.max_len}")
+        if self.num_layers_unfrozen < -1:
+            raise ValueError(f"--num_layers_unfrozen must be -1 (all) or >= 0, got {self.num_layers_unfrozen}")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise ValueError(f"--lora_rank must be >= 0 and --lora_alpha > 0, got {self.lora_rank} and "
+                             f"{self.lora_alpha}")
         _check_positive(self, "batch_size", "bc_steps", "ilql_steps", "n_layer", "n_embd", "n_head",
                         "checkpoint_every", "log_every")
         if self.n_embd % self.n_head:

@@ -50,7 +50,7 @@ _TOKENIZER_FIELDS = ("model", "layout", "tokenizer", "bpe_vocab_size", "seed", "
 # optimizer state), which records train and in what order (max_len and too_long decide which are kept), and the
 # rewards baked into the values (reward_norm).
 FIXED_FIELDS = (*_TOKENIZER_FIELDS, "n_layer", "n_embd", "n_head", "max_len", "too_long", "reward_norm",
-                "freeze_policy")
+                "freeze_policy", "num_layers_unfrozen", "lora_rank", "lora_alpha")
 # Options that change nothing trained: paths (the data is compared by its SHA-256), display, checkpoint and log
 # cadence, and the mesh (a checkpoint restores on another one).
 FREE_FIELDS = ("data", "workdir", "progress", "log_every", "checkpoint_every", "mesh", "force_new_stage")
@@ -277,12 +277,14 @@ def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, 
                     checkpoint=CheckpointConfig(every_steps=opts.checkpoint_every))
 
     rates = learning_rates(opts)  # the options', or the model's defaults (pretrained: small, with warm-up)
-    bc = TrainConfig(step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk),
+    partial = dict(num_layers_unfrozen=opts.num_layers_unfrozen, lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha)
+    bc = TrainConfig(step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk, **partial),
                                            optim=OptimConfig(learning_rate=rates["bc"][0],
                                                              warmup_steps=rates["bc"][1])),
                      init="scratch" if opts.model == "scratch" else opts.model, **run(opts.bc_steps))
     rl = TrainConfig(
-        step=train.StepConfig(mode="ilql", model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy),
+        step=train.StepConfig(mode="ilql", model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy,
+                                                                     **partial),
                               loss=losses.LossConfig(gamma=opts.gamma, tau=opts.tau, alpha_cql=opts.alpha_cql),
                               optim=OptimConfig(learning_rate=rates["ilql"][0], warmup_steps=rates["ilql"][1]),
                               polyak_alpha=opts.polyak_alpha),

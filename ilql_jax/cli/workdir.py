@@ -45,7 +45,7 @@ def read_config(workdir: str, run: str = "ilql") -> TrainConfig:
 
 def load_run(workdir: str, run: str = "ilql") -> Run:
     """The tokenizer, config and newest-checkpoint state of `workdir/run`."""
-    from ilql_jax import checkpoint, sharding
+    from ilql_jax import checkpoint, loop
 
     config = read_config(workdir, run)
     tok_dir = os.path.join(workdir, "tokenizer")
@@ -55,8 +55,8 @@ def load_run(workdir: str, run: str = "ilql") -> Run:
     tok = tokenizers.load_tokenizer(tok_dir)
     if not os.path.isdir(os.path.join(workdir, run, checkpoint.CHECKPOINT_DIR)):
         raise ConfigError(f"{workdir}: {run}/ holds no checkpoint yet; run (or resume) `ilql-jax train` first")
-    abstract = checkpoint.abstract_like(sharding.abstract_state(config.step))
-    state, _ = checkpoint.restore(os.path.abspath(os.path.join(workdir, run)), abstract)
+    # A run that trained part of its trunks gets its frozen part rebuilt from its base weights (hash checked).
+    state, _ = loop.restore_state(config, os.path.abspath(os.path.join(workdir, run)))
     return Run(tok, config, state)
 
 
