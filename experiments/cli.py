@@ -4,7 +4,8 @@ fields as flags.
 `--help` lists every field of the config with its documented meaning and its
 default in the chosen preset (`--preset smoke --help` shows smoke's). Bad
 input (a flag, a value, a data file) is one line on stderr and exit status 2,
-before anything trains (ILQL_DEBUG=1: a traceback instead), as for `ilql-jax`.
+before anything trains (ILQL_DEBUG=1: a traceback instead), as for `ilql-jax`. SIGINT (Ctrl-C) or SIGTERM
+saves a checkpoint and exits 130 or 143, as `ilql-jax train` does: rerun the same command to resume.
 
 The same command runs on every host of a multi-host job: `jax.distributed` is initialised
 first (a no-op on one host; see `ilql_jax.sharding.maybe_initialize_distributed`).
@@ -23,7 +24,8 @@ from ilql_jax.sharding import maybe_initialize_distributed
 
 def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], run: Callable[[object, str], object],
          default_workdir: str, argv: Sequence[str] | None = None) -> int:
-    """Parses flags over the chosen preset and runs; exits 0 after a SIGTERM/SIGINT checkpoint."""
+    """Parses flags over the chosen preset and runs; exits 130 (SIGINT) or 143 (SIGTERM) after the checkpoint
+    a stop signal makes (`ilql_jax.cli.report_errors`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def go() -> int:

@@ -39,6 +39,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
                          "one id per symbol of a small vocabulary (graph nodes, game moves), no merges"),
     "hf_tokenizer": ("ilql_jax.tokenizers", "any `tokenizers`-library tokenizer.json (a directory or hub id)"),
     "wordle_tokenizer": ("ilql_jax.tokenizers", "the 35-token Wordle vocabulary"),
+    "gguf_tokenizer": ("ilql_jax.tokenizers",
+                       "a GGUF file's own tokenizer and chat template (episodes laid out through the template)"),
     "load_tokenizer": ("ilql_jax.tokenizers", "reloads any tokenizer written by its `save(directory)`"),
     # --- Configuration: frozen dataclasses, nested; every field is documented on its class.
     "GPT2Config": ("ilql_jax.models.gpt2", "the GPT-2 trunk's shape and numerics (`GPT2Config.tiny()` for tests)"),
@@ -74,6 +76,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_hf": ("ilql_jax.models.hf_import",
                 "a Hugging Face GPT-2, Llama or Qwen2 (safetensors directory, sharded or not, or hub id) as weights"),
     "export_hf": ("ilql_jax.models.hf_import", "our trunk's weights as a directory `transformers` loads"),
+    "load_gguf": ("ilql_jax.models.gguf_import",
+                  "a llama.cpp GGUF file (Llama or Qwen2, quantised or not) as our config and float weights"),
+    "resolve_model": ("ilql_jax.pretrained",
+                      "a model name (smollm2-135m-instruct) as its local file: installed, cached or fetched once"),
     "load_hf_gpt2": ("ilql_jax.models.hf_import",
                      "a Hugging Face GPT-2 (safetensors directory or hub id) as our config and weights"),
     "export_hf_gpt2": ("ilql_jax.models.hf_import", "our GPT-2 weights as a directory `transformers` loads"),
@@ -110,13 +116,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.data.rewards import RewardNorm, fit_reward_norm
     from ilql_jax.loop import Preempted, restore_state, train_and_evaluate
     from ilql_jax.losses import LossConfig
+    from ilql_jax.models.gguf_import import load_gguf
     from ilql_jax.models.gpt2 import GPT2Config
     from ilql_jax.models.hf_import import export_hf, export_hf_gpt2, load_hf, load_hf_gpt2
     from ilql_jax.models.llama import LlamaConfig
     from ilql_jax.models.ilql import ModelConfig
+    from ilql_jax.pretrained import resolve_model
     from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
     from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed
     from ilql_jax.state import ILQLState, OptimConfig
     from ilql_jax.train import StepConfig
-    from ilql_jax.tokenizers import (gpt2_tokenizer, hf_tokenizer, load_tokenizer, symbol_tokenizer,
+    from ilql_jax.tokenizers import (gguf_tokenizer, gpt2_tokenizer, hf_tokenizer, load_tokenizer, symbol_tokenizer,
                                      train_bpe_tokenizer, wordle_tokenizer)

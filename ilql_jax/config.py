@@ -70,8 +70,9 @@ class TrainConfig:
       init: where a fresh state's GPT-2 weights come from (read only when no
         checkpoint is restored): "scratch" (random, from seed); "bc:DIR" (the
         π_β of the BC run in workdir DIR, newest checkpoint; it starts the value
-        trunk and π_β); else a Hugging Face GPT-2, Llama or Qwen2 directory or hub id (its shape
-        must match step.model.trunk).
+        trunk and π_β); else a Hugging Face GPT-2, Llama or Qwen2 directory or hub id, a .gguf file
+        (Llama or Qwen2) or a model name such as "smollm2-135m-instruct" (docs/pretrained.md); its shape
+        must match step.model.trunk.
     """
 
     step: StepConfig = StepConfig()
@@ -327,7 +328,9 @@ def parse_config(cls: type, argv: Sequence[str], defaults: Any = None,
             return config_from_dict(cls, _nested(overrides))
         return apply_overrides(cls() if defaults is None else defaults, overrides)
     except ConfigError as e:
-        # Name the flags that built the config the error is about.
+        # A message that names its flags stands alone; otherwise name the flags that built the config it is about.
+        if any(re.search(rf"--{re.escape(k)}\b", str(e)) for k in (*overrides, *_fields(cls))):
+            raise ConfigError(str(e), e.path) from e
         flags = [f"--{k} {overrides[k]}" for k in overrides
                  if k.rpartition(".")[0] == e.path]
         raise ConfigError(f"{', '.join(flags) or 'flags'}: {e}", e.path) from e

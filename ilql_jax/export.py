@@ -5,8 +5,10 @@ value networks as safetensors.
 
     model.safetensors, config.json    π_β as GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM (hf_import.export_hf)
     tokenizer.json                    the BPE (the `tokenizers` library's format)
-    tokenizer_config.json             for transformers (GPT2TokenizerFast, or PreTrainedTokenizerFast) and load_tokenizer
-    special_tokens_map.json           <s> as bos, </a> as eos (a reply ends there), <pad>
+    tokenizer_config.json             for transformers (GPT2TokenizerFast, or PreTrainedTokenizerFast) and
+                                      load_tokenizer; a chat model's template as `chat_template`
+    special_tokens_map.json           <s> as bos, </a> as eos (a reply ends there), <pad>; for a chat model its own
+                                      tokens: the template's stop (e.g. <|im_end|>) as eos, the pad ChatTokenizer chose
     values.safetensors                the value trunk, V/Q heads and target networks (names below)
     values.json                       the manifest: shapes, the trunk's Hugging Face config, how A is formed
 
@@ -78,18 +80,26 @@ def value_tensors(model_config: ilql.ModelConfig, params: ilql.Params, target_pa
 def _tokenizer_files(tokenizer, n_positions: int, tokenizer_class: str = "GPT2TokenizerFast") -> dict[str, str]:
     """tokenizer.json and the two JSON files `transformers.AutoTokenizer` reads beside it."""
     hf_tokenizer = getattr(tokenizer, "_tokenizer", None)
-    if getattr(tokenizer, "kind", None) != "bpe" or hf_tokenizer is None:
+    kind = getattr(tokenizer, "kind", None)
+    if kind not in ("bpe", "chat") or hf_tokenizer is None:
         raise ValueError(f"export writes BPE tokenizers only; this run's tokenizer is "
                          f"{getattr(tokenizer, 'kind', type(tokenizer).__name__)!r}")
-    special = {"bos_token": "<s>", "eos_token": "</a>", "pad_token": "<pad>", "unk_token": None}
+    if kind == "chat":
+        # The model's own tokens: a reply ends at the template's stop (e.g. <|im_end|>), which is eos.
+        special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.stop_token,
+                   "pad_token": tokenizer.pad_token, "unk_token": None}
+    else:
+        special = {"bos_token": "<s>", "eos_token": "</a>", "pad_token": "<pad>", "unk_token": None}
     config = {
-        "kind": "bpe",  # what ilql_jax.tokenizers.load_tokenizer reads; transformers ignores it
+        "kind": kind,  # what ilql_jax.tokenizers.load_tokenizer reads; transformers ignores it
         "tokenizer_class": tokenizer_class,
         "model_max_length": n_positions,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
         **special,
     }
+    if kind == "chat":
+        config["chat_template"] = tokenizer.chat_template  # AutoTokenizer's apply_chat_template renders it
     return {
         "tokenizer.json": hf_tokenizer.to_str(pretty=True),
         "special_tokens_map.json": json.dumps({k: v for k, v in special.items() if v is not None}, indent=2),

@@ -11,6 +11,14 @@ and renamed locally, one object on `gs://`). A resumed run starts from the
 lines already there, less those at or past its first step (it logs them
 again). Non-finite values are written as `NaN`/`Infinity`, which Python's
 `json` reads back.
+
+TensorBoard: each process that writes opens its own events file in `tb/`, at
+its first write (a rerun with nothing left to train adds none). A resumed run
+does not append to the previous file, since an events file is a stream of
+length-prefixed records: one cut mid-record by a kill would make TensorBoard
+drop everything appended after the cut, and object stores (`gs://`) cannot
+append at all. TensorBoard reads every events file of a directory as one run;
+`purge_step` makes the resumed file replace the old events from that step on.
 """
 
 from __future__ import annotations
@@ -67,7 +75,8 @@ class MetricWriter:
             self.dropped = len(lines) - len(self._lines)
             if self.dropped:
                 self._flush()
-        self._tb = tensorboardX.SummaryWriter(str(workdir / "tb"), purge_step=purge_step)
+        self._tb_dir, self._purge_step = str(workdir / "tb"), purge_step
+        self._tb: tensorboardX.SummaryWriter | None = None  # opened at the first write
 
     def _flush(self) -> None:
         files.write_text(self._path, "".join(self._lines), shared=False)  # `enabled` says who writes
@@ -81,13 +90,16 @@ class MetricWriter:
         tqdm.tqdm.write(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
         self._lines.append(json.dumps({"step": int(step), **scalars}) + "\n")
         self._flush()
+        if self._tb is None:
+            self._tb = tensorboardX.SummaryWriter(self._tb_dir, purge_step=self._purge_step)
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, int(step))
         self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
             self.enabled = False  # later writes are no-ops, not errors on closed files
 
     def __enter__(self) -> MetricWriter:

@@ -40,12 +40,15 @@ Faults:
   whose message says how to resume (the same command). A second signal aborts
   at once with KeyboardInterrupt, saving nothing. The previous signal handlers
   are restored when the loop ends (handlers are only set from the main
-  thread). A command-line main catches it and exits 0::
+  thread). A command-line main catches it and exits 128 + the signal's number
+  (130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal
+  ended), so a script that chains commands stops there (`ilql_jax.cli.report_errors`)::
 
       try:
           run(cfg, args.workdir)
       except Preempted as e:
-          print(e)
+          print(e, file=sys.stderr)
+          return 128 + signal.Signals[e.signal].value
       return 0
 
 * A NaN or infinite loss raises FloatingPointError naming the first such
@@ -67,6 +70,7 @@ the call) keeps `config.json` a complete description of the run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -82,7 +86,7 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ilql_jax import checkpoint, files, sharding, train
+from ilql_jax import checkpoint, files, pretrained, sharding, train
 from ilql_jax.config import TrainConfig, config_from_dict, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
@@ -244,7 +248,8 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     or an ILQL run's π_β; one that trained part of its trunk is rebuilt whole
     from its own base weights, checked against the hash it recorded, plus its
     trained part, LoRA adapters merged); anything else is a Hugging Face directory or hub id
-    (GPT-2, Llama or Qwen2), whose shape must match `trunk` (its vocabulary may
+    (GPT-2, Llama or Qwen2), a `.gguf` file or a model name (Llama or Qwen2,
+    `ilql_jax.pretrained`), whose shape must match `trunk` (its vocabulary may
     grow: within the embedding's padding for GPT-2, as with added markup
     tokens; to `trunk.vocab_size` for Llama, new rows starting as the mean
     row, see `hf_import`). The weights start the value trunk and π_β
@@ -264,14 +269,14 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat)
     if isinstance(trunk, llama.LlamaConfig):
         overrides["vocab_size"] = trunk.vocab_size
-        _, loaded = hf_import.read_config(init, **overrides)
+        loaded = pretrained.read_trunk_config(init, **overrides)  # a Hugging Face directory, a .gguf, a known name
         if not isinstance(loaded, llama.LlamaConfig):
             raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a LlamaConfig")
         for field in dataclasses.fields(loaded):
             if getattr(loaded, field.name) != getattr(trunk, field.name):
                 raise ValueError(f"init={init!r} has {field.name}={getattr(loaded, field.name)}, but step.model.trunk "
                                  f"has {field.name}={getattr(trunk, field.name)}")
-        return hf_import.load_hf(init, shardings=shardings, **overrides)[1]
+        return pretrained.load_trunk(init, shardings=shardings, **overrides)[1]
     _, loaded = hf_import.read_config(init, **overrides)
     if not isinstance(loaded, gpt2.GPT2Config):
         raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a GPT2Config")
@@ -416,6 +421,36 @@ def _save(ckpt: checkpoint.Checkpointer, step: int, state: ILQLState, window: li
         extra["frozen"] = frozen
     ckpt.save(step, state, extra)
     return window
+
+
+class _Progress:
+    """The progress bar, counting finished steps rather than dispatched ones.
+
+    Steps are dispatched asynchronously, so a bar advanced at dispatch races
+    ahead and then stalls at every host sync (log steps, saves). Where the bar is
+    shown, each dispatch waits for the step `LAG` before it (its loss), which
+    keeps that many steps queued on the device: the bar then moves as steps
+    finish and its rate is theirs. Where it is hidden nothing waits.
+    """
+
+    LAG = 2
+
+    def __init__(self, bar: tqdm.tqdm, enabled: bool):
+        self.bar, self.enabled = bar, enabled
+        self._pending: collections.deque = collections.deque()
+
+    def dispatched(self, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._pending.append(metrics["loss"])
+        while len(self._pending) > self.LAG:
+            jax.block_until_ready(self._pending.popleft())
+            self.bar.update()
+
+    def synced(self) -> None:
+        """Every dispatched step has finished (the caller fetched their results)."""
+        self.bar.update(len(self._pending))
+        self._pending.clear()
 
 
 class _StopSignals:
@@ -577,6 +612,7 @@ def train_and_evaluate(
             _say(f"metrics.jsonl: dropped {writer.dropped} line(s) from step {start + 1} on, which this run logs again")
         if start == 0 and 0 in config.eval_steps:
             writer.write(0, _evaluations(config, 0, state, eval_data, mesh, on_eval))
+        progress = _Progress(bar, show_bar)
         window_tokens, window_start = 0, time.perf_counter()
         for step in range(start + 1, config.num_steps + 1):
             host_batch = next(batches)
@@ -584,13 +620,14 @@ def train_and_evaluate(
             window_tokens += int(host_batch["attention_mask"].sum()) * jax.process_count()
             state, metrics = train_step(state, _place_batch(host_batch, mesh))
             window.append((step, metrics))  # stays on device until the next log or save
-            bar.update()
+            progress.dispatched(metrics)
 
             last = step == config.num_steps
             at_log = step % config.log_every == 0 or last
             logs = {}
             if at_log:
                 window = _fetch_finite(window, ckpt)
+                progress.synced()
                 logs = {f"train/{k}": v for k, v in _mean([m for _, m in window]).items()}
                 # Includes compilation in the first window.
                 logs["train/tokens_per_sec"] = window_tokens / (time.perf_counter() - window_start)
@@ -606,6 +643,7 @@ def train_and_evaluate(
             saved = ckpt.should_save(step) or last
             if saved:  # every process saves: orbax coordinates the writes
                 window = _save(ckpt, step, state, window, batches, config_dict, frozen_info)
+                progress.synced()
             if on_step_end is not None:
                 jax.block_until_ready(state)
                 on_step_end(step, state)

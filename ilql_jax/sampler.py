@@ -181,7 +181,11 @@ def make_knobs(*, beta: float, temperature: float = 1.0, adv_clip: float | None 
 
 def inner_markup_ids(tokenizer) -> list[int]:
     """The markup ids no utterance contains, `<s> </s> <a> </eod>` (not `</a>`, which ends it): pass them as
-    `forbidden_ids` when decoded text goes back into a history, whose layout refuses markup inside a segment."""
+    `forbidden_ids` when decoded text goes back into a history, whose layout refuses markup inside a segment.
+    For a chat tokenizer (one with a `layout`): its special tokens but the stop (e.g. `<|im_start|>`)."""
+    layout = getattr(tokenizer, "layout", None)
+    if layout is not None:
+        return [i for i, _ in layout.reserved if i != layout.stop_id]
     return [tokenizer.s_id, tokenizer.end_s_id, tokenizer.a_id, tokenizer.eod_id]
 
 

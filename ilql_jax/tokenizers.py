@@ -14,6 +14,9 @@ pipeline and the sampler see the same ids for the same markup.
   (graph nodes, game moves); nothing is learned or merged.
 - `wordle_tokenizer()`: the 35-token Wordle character vocabulary (a symbol tokenizer).
 - `hf_tokenizer(directory)`: any `tokenizers`-library `tokenizer.json`.
+- `gguf_tokenizer(path)`, `hf_chat_tokenizer(directory)`: a pretrained chat model's own tokenizer and chat
+  template (`ChatTokenizer`): no markup is added; episodes are laid out through the template
+  (`ilql_jax.data.layout`, docs/pretrained.md).
 
 `save(directory)` writes the tokenizer's own files, then `tokenizer_config.json`
 (with a `kind` field), each atomically: a directory holding
@@ -47,7 +50,9 @@ TOKENIZER_FILE = "tokenizer.json"
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What the rest of `ilql_jax` relies on from any tokenizer."""
+    """What the rest of `ilql_jax` relies on from a markup tokenizer. A `ChatTokenizer` has `vocab_size`,
+    `pad_id`, `end_a_id` (its template's end of turn), `encode`, `decode` and `save`, and a `layout` in place of
+    the other markup ids (`ilql_jax.data.layout`)."""
 
     vocab_size: int  # real ids, markup and pad included (no model padding)
     pad_id: int
@@ -382,6 +387,130 @@ def wordle_tokenizer() -> WordleTokenizer:
 
 
 # --------------------------------------------------------------------------
+# A pretrained model's own tokenizer and chat template (no ILQL markup).
+
+
+class ChatTokenizer:
+    """A pretrained chat model's tokenizer (`tokenizers` library) with its chat template, and no ILQL markup.
+
+    Episodes are laid out through the template (`layout`, a `ilql_jax.data.layout.Layout`): env segments as user
+    messages, agent segments as assistant messages, the assistant turn's closing special token (`<|im_end|>` for
+    SmolLM2) as the stop, `end_a_id`. Nothing is added to the vocabulary: the model's own tokens play markup's
+    roles (docs/pretrained.md). `pad_id` is a special token the layout never uses (the model's pad token unless
+    that is the stop, else its first unused special token, e.g. `<|endoftext|>`), so it is never an action.
+    `reserved` lists every special token's text: a data text containing one is refused.
+    """
+
+    kind = "chat"
+
+    def __init__(self, tokenizer: hf_tokenizers.Tokenizer, chat_template: str, *, bos_token: str | None = None,
+                 eos_token: str | None = None, pad_token: str | None = None):
+        from ilql_jax.data import layout as layout_lib
+
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self._tokenizer, self.chat_template = tokenizer, chat_template
+        self.bos_token, self.eos_token = bos_token, eos_token
+        specials = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.layout = layout_lib.chat_layout(chat_template, self.encode, specials, bos_token=bos_token,
+                                             eos_token=eos_token)
+        self.end_a_id = self.layout.stop_id
+        self.stop_token = tokenizer.id_to_token(self.end_a_id)
+        used = {self.end_a_id, *(i for piece in (self.layout.env_first, self.layout.agent_first or (),
+                                                   self.layout.env_open, self.layout.env_close,
+                                                   self.layout.agent_open, self.layout.agent_after) for i in piece)}
+        candidates = ([specials[pad_token]] if pad_token in specials else []) + sorted(specials.values())
+        pad = next((i for i in candidates if i not in used), None)
+        if pad is None:  # every special token has a role: add one that never occurs in data
+            tokenizer.add_special_tokens([hf_tokenizers.AddedToken(PAD, special=True, normalized=False)])
+            pad = tokenizer.token_to_id(PAD)
+        self.pad_id, self.pad_token = pad, tokenizer.id_to_token(pad)
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.reserved = tuple(sorted({*specials, self.pad_token}))
+        self._skipped = frozenset({*specials.values(), pad})
+
+    def encode(self, text: str) -> list[int]:
+        # Special tokens in the text become their single ids (the data checks refuse them in user texts).
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int], skip_markup: bool = False) -> str:
+        ids = [int(i) for i in ids]
+        if skip_markup:
+            ids = [i for i in ids if i not in self._skipped]
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: str) -> None:
+        files.atomic_write_text(os.path.join(directory, TOKENIZER_FILE), self._tokenizer.to_str(pretty=True))
+        _write_config(directory, {"kind": self.kind, "chat_template": self.chat_template, "bos_token": self.bos_token,
+                                  "eos_token": self.eos_token, "pad_token": self.pad_token})
+
+    @classmethod
+    def from_directory(cls, directory: str, config: dict) -> ChatTokenizer:
+        template = config.get("chat_template")
+        if not isinstance(template, str):
+            raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: a chat tokenizer needs a 'chat_template' string")
+        tok = hf_tokenizers.Tokenizer.from_str(_require_file(directory, TOKENIZER_FILE).read_text())
+        return cls(tok, template, bos_token=config.get("bos_token"), eos_token=config.get("eos_token"),
+                   pad_token=config.get("pad_token"))
+
+
+def gguf_tokenizer(path: str, layout: str = "chat") -> ChatTokenizer | BPETokenizer:
+    """The tokenizer a GGUF file's metadata describes (`tokenizer.ggml.*`, `tokenizer.chat_template`).
+
+    `layout` "chat" (the default): a `ChatTokenizer` when the file has a chat template; "markup" (or a file without
+    a template): a `BPETokenizer` with ILQL's markup and pad added as new ids.
+    """
+    from ilql_jax.models import gguf_import
+
+    tok, info = gguf_import.tokenizer(gguf_import.open_gguf(path))
+    if layout == "chat" and info["chat_template"]:
+        return ChatTokenizer(tok, info["chat_template"], bos_token=info["bos_token"], eos_token=info["eos_token"],
+                             pad_token=info["pad_token"])
+    return BPETokenizer(tok)
+
+
+def hf_chat_template(directory: str) -> dict | None:
+    """The chat template and special tokens of a Hugging Face tokenizer directory (`tokenizer_config.json`'s
+    `chat_template`, or a `chat_template.jinja` beside it), or None when it has none."""
+    config_path = os.path.join(directory, CONFIG_FILE)
+    config = {}
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    jinja_path = os.path.join(directory, "chat_template.jinja")
+    if template is None and os.path.isfile(jinja_path):
+        with open(jinja_path, encoding="utf-8") as f:
+            template = f.read()
+    if not isinstance(template, str) or not template:
+        return None
+
+    def token(name):
+        value = config.get(name)
+        return value.get("content") if isinstance(value, dict) else value
+
+    return {"chat_template": template, "bos_token": token("bos_token"), "eos_token": token("eos_token"),
+            "pad_token": token("pad_token")}
+
+
+def hf_chat_tokenizer(directory: str) -> ChatTokenizer | None:
+    """A `ChatTokenizer` from a Hugging Face directory (`tokenizer.json` and a chat template), or None without a
+    template."""
+    chat = hf_chat_template(directory)
+    if chat is None:
+        return None
+    tok = hf_tokenizers.Tokenizer.from_str(_require_file(directory, TOKENIZER_FILE).read_text())
+    return ChatTokenizer(tok, chat["chat_template"], bos_token=chat["bos_token"], eos_token=chat["eos_token"],
+                         pad_token=chat["pad_token"])
+
+
+# --------------------------------------------------------------------------
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
@@ -398,9 +527,11 @@ def load_tokenizer(directory: str) -> Tokenizer:
         return WordleTokenizer.from_directory(directory, config)
     if kind == SymbolTokenizer.kind:
         return SymbolTokenizer.from_directory(directory, config)
+    if kind == ChatTokenizer.kind:
+        return ChatTokenizer.from_directory(directory, config)
     raise ValueError(
         f"{config_path}: unknown tokenizer kind {kind!r}; "
-        f"expected one of {[BPETokenizer.kind, WordleTokenizer.kind, SymbolTokenizer.kind]}"
+        f"expected one of {[BPETokenizer.kind, WordleTokenizer.kind, SymbolTokenizer.kind, ChatTokenizer.kind]}"
     )
 
 
@@ -413,6 +544,9 @@ __all__ = [
     "BPETokenizer",
     "SymbolTokenizer",
     "WordleTokenizer",
+    "ChatTokenizer",
+    "gguf_tokenizer",
+    "hf_chat_tokenizer",
     "gpt2_tokenizer",
     "hf_tokenizer",
     "symbol_tokenizer",

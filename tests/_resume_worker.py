@@ -3,8 +3,9 @@
 Run as `python -m tests._resume_worker MODE WORKDIR` from the repo root:
 
   preempt  trains toward `STEPS` steps and sends itself SIGTERM from `on_step_end`
-           at step `STOP`; the loop saves and raises Preempted, caught here as a
-           command-line main would (exit 0).
+           at step `STOP`; the loop saves and raises Preempted, caught here and
+           reported on stdout (the worker then exits 0 so the test reads its report;
+           the command lines exit 143, tests/test_cli.py).
   kill     saves every step (asynchronously) and SIGKILLs itself while the save
            of step `KILL` (or a later one, if that one already committed) is
            still being written.

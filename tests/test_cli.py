@@ -1,6 +1,7 @@
 """`ilql-jax train/generate/export` end to end on JSONL the tests write, and the lean install's --help."""
 
 import configparser
+import dataclasses
 import json
 import os
 import pathlib
@@ -79,8 +80,11 @@ def test_single_turn_train_generate_export(tmp_path):
     assert not list(workdir.rglob(".*.tmp-*"))  # atomic writes leave no temporary files
     # The same command again resumes from the final checkpoints: nothing is trained or logged twice.
     metrics = (workdir / "ilql" / "metrics.jsonl").read_text()
+    events = sorted(workdir.rglob("events.out.tfevents.*"))
     assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY]) == 0
     assert (workdir / "ilql" / "metrics.jsonl").read_text() == metrics
+    assert sorted(workdir.rglob("events.out.tfevents.*")) == events  # nothing to log: no new TensorBoard file
+    assert not (workdir / ".lock").exists()  # released
 
     # generate: 3 prompts x 2 samples in batches of 4 = two batches of one shape: one compilation.
     prompts = tmp_path / "prompts.txt"
@@ -158,7 +162,11 @@ def test_multi_turn_train_with_held_out_split_then_generate(tmp_path):
     assert cli.main(["generate", "--workdir", str(workdir), "--prompts", str(prompts), "--mode", "best_of_n",
                      "--n", "3", "--beta", "8", "--max_new_tokens", "6", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["higher", "guess my number, hint 2"]
+    # The whole history comes back for a multi-turn prompt (as the data file's "turns"), the text for a single one.
+    assert rows[0]["turns"] == [{"role": "env", "text": "guess my number, hint 1"},
+                                {"role": "agent", "text": "is it five?", "reward": -1.0},
+                                {"role": "env", "text": "higher"}] and "prompt" not in rows[0]
+    assert rows[1]["prompt"] == "guess my number, hint 2" and "turns" not in rows[1]
     assert all(r["mode"] == "best_of_n" for r in rows)
 
 
@@ -234,17 +242,22 @@ def test_train_refuses_bad_data_in_one_line(tmp_path, capsys, name):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY])
     _one_line_error(capsys, e.value.code, f"{data}: {expected}" if "line" in expected else str(data), expected)
-    assert not (workdir / "bc").exists()  # refused before training
+    assert not workdir.exists()  # refused before training, leaving nothing behind (the over-long record is found
+    # after the tokenizer is built: its options.json and tokenizer/ are removed)
 
 
 def test_train_refuses_unknown_flag_and_bad_value(tmp_path, capsys):
     data = write_jsonl(tmp_path / "ok.jsonl", single_turn_records(8))
     for flags, needle in ((["--bc_stepz", "3"], "unrecognized arguments: --bc_stepz 3"),
                           (["--bc_steps", "many"], "--bc_steps: expected an int, got 'many'"),
-                          (["--too_long", "truncate"], "--too_long must be one of")):
+                          (["--too_long", "truncate"], "--too_long must be one of"),
+                          (["--model", "scratch", "--n_embd", "30", "--n_head", "4"],
+                           "--n_embd 30 is not divisible by --n_head 4")):
         with pytest.raises(SystemExit) as e:
-            cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), *flags])
-        _one_line_error(capsys, e.value.code, needle)
+            cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), "--seed", "3", *flags])
+        err = _one_line_error(capsys, e.value.code, needle)
+        # Only the flags the message is about: not every flag given.
+        assert "--data" not in err and "--workdir" not in err and "--seed" not in err, err
     assert not (tmp_path / "w").exists()
 
 
@@ -296,7 +309,7 @@ def test_a_real_process_exits_2_with_one_line_and_ilql_debug_shows_the_traceback
 
 
 @pytest.mark.parametrize("command, cls", [("train", options.TrainOptions), ("generate", options.GenerateOptions),
-                                          ("export", options.ExportOptions)])
+                                          ("sweep", options.SweepOptions), ("export", options.ExportOptions)])
 def test_help_lists_every_option_with_its_meaning_and_default(capsys, command, cls):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
@@ -310,6 +323,9 @@ def test_help_lists_every_option_with_its_meaning_and_default(capsys, command, c
     assert out.count("(default: ") + out.count("(required)") >= len(flags)
     if command == "train":
         assert "share of the records held out" in out and "(default: 0.0)" in out and "--mesh.fsdp" in out
+        assert "at generation the prompt plus the reply must fit in it" in out  # --max_len bounds generation
+    if command == "sweep":
+        assert "--name " in out and "(default: 0,1,4,16,64)" in out and "MODULE:FUNCTION" in out
 
 
 @pytest.mark.parametrize("module, config", [("experiments.reddit_toxicity", "experiments.reddit_toxicity.run:RedditConfig"),
@@ -354,7 +370,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"blocked: {name}")
 sys.meta_path.insert(0, Block())
 import ilql_jax.cli, ilql_jax.loop, ilql_jax.sampler, ilql_jax.export, ilql_jax.cli.train  # noqa
-for argv in ([ "--help"], ["train", "--help"], ["generate", "--help"], ["export", "--help"]):
+for argv in ([ "--help"], ["train", "--help"], ["generate", "--help"], ["sweep", "--help"], ["export", "--help"]):
     try:
         ilql_jax.cli.main(argv)
     except SystemExit as e:
@@ -479,3 +495,332 @@ def test_reddit_label_reward_without_the_field_is_named_before_training(tmp_path
         main(["--preset", "smoke", "--data", str(data), "--workdir", str(tmp_path / "run"), "--reward", "label"])
     _one_line_error(capsys, e.value.code, f"{data}: line 18: --reward label: has no 'toxicity' field")
     assert not (tmp_path / "run" / "bc").exists()
+
+
+# --- choosing β: sweeps scored by your reward ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run (the same TINY settings as the tests above, so its programs are compiled once)."""
+    root = tmp_path_factory.mktemp("trained")
+    data = write_jsonl(root / "records.jsonl", single_turn_records())
+    workdir = root / "run"
+    args = ["--data", str(data), "--workdir", str(workdir), *TINY]
+    assert cli.main(["train", *args]) == 0
+    return data, workdir, args
+
+
+def copied(trained, tmp_path):
+    """A private copy of the trained workdir, and the train flags that name it."""
+    import shutil
+    data, workdir, args = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy, [str(copy) if a == str(workdir) else a for a in args]
+
+
+REWARD_MODULE = '''
+def words(turns, reply):
+    assert turns[-1]["role"] == "env" and turns[-1]["text"].startswith("ticket")
+    return float(len(reply.split()))
+
+
+def letters(replies):
+    return [float(sum(c.isalpha() for c in r)) for r in replies]
+letters.batched = True
+'''
+
+
+@pytest.mark.slow
+def test_sweep_scores_each_beta_with_your_reward_in_one_compilation(trained, tmp_path, capsys):
+    _, workdir, _ = trained
+    advantage = json.loads((workdir / "advantage.json").read_text())  # train's diagnostic, read by the sweep
+    assert advantage["suggested_betas"][0] == 0.0 and advantage["positions"] > 0 and advantage["sigma"] >= 0
+    (tmp_path / "my_reward.py").write_text(REWARD_MODULE)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ticket 1: my order is late\nticket 2: my order is late\nticket 3: my order is late\n")
+    out = tmp_path / "generations.jsonl"
+    before = sampler.trace_count()
+    assert cli.main(["sweep", "--workdir", str(workdir), "--prompts", str(prompts), "--num", "2", "--batch_size", "8",
+                     "--beta", "0,4,16,64", "--reward", f"{tmp_path / 'my_reward.py'}:words", "--max_new_tokens", "6",
+                     "--out", str(out), "--name", "mysweep"]) == 0
+    assert sampler.trace_count() - before == 1  # four β values, one compilation
+    printed = capsys.readouterr().out
+    generations = [json.loads(line) for line in out.read_text().splitlines()]
+    table = json.loads((workdir / "mysweep.json").read_text())
+    assert [r["beta"] for r in table["rows"]] == [0.0, 4.0, 16.0, 64.0] and table["advantage"] == advantage
+    for row in table["rows"]:
+        mine = [g for g in generations if g["beta"] == row["beta"]]
+        rewards = [float(len(g["text"].split())) for g in mine]  # the reward recomputed from the replies
+        assert row["n"] == len(mine) == 6 and all(g["reward"] == r for g, r in zip(mine, rewards))
+        assert row["mean_reward"] == pytest.approx(np.mean(rewards))
+        assert row["stderr"] == pytest.approx(np.std(rewards, ddof=1) / np.sqrt(6))
+        assert row["kl"] == pytest.approx(np.mean([g["kl"] for g in mine]))
+        assert 0.0 <= row["distinct_2"] <= 1.0
+        assert f"β={row['beta']:g}: reward {row['mean_reward']:.3f} ± {row['stderr']:.3f}, KL {row['kl']:.2f}" in printed
+    markdown = (workdir / "mysweep.md").read_text()
+    assert "| β | reward ± s.e. | KL | distinct-2 | length | replies |" in markdown
+    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + 4  # the header and one row per β
+    assert "ilql-jax sweep --workdir" in markdown and "--beta 0,4,16,64" in markdown
+    # The same draws at every β: β = 0 twice gives the same replies (common random numbers across a sweep).
+    assert cli.main(["generate", "--workdir", str(workdir), "--prompts", str(prompts), "--beta", "0,0.5",
+                     "--num", "2", "--batch_size", "8", "--max_new_tokens", "6", "--out", str(tmp_path / "again.jsonl")]) == 0
+    again = [json.loads(line)["text"] for line in (tmp_path / "again.jsonl").read_text().splitlines()][:6]
+    assert again == [g["text"] for g in generations if g["beta"] == 0.0]
+
+
+@pytest.mark.slow
+def test_generate_takes_a_batched_reward_by_module_name_and_reports_the_room(trained, tmp_path, capsys, monkeypatch):
+    _, workdir, _ = trained
+    (tmp_path / "my_reward.py").write_text(REWARD_MODULE)
+    monkeypatch.chdir(tmp_path)  # MODULE is looked up in the current directory first
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = __import__("ilql_jax.cli.generate", fromlist=["generate"]).generate(
+        cli.parse(["generate", "--workdir", str(workdir), "--prompt", "ticket 4: my order is late", "--num", "3",
+                   "--beta", "0,8", "--reward", "my_reward:letters", "--max_new_tokens", "5"])[1])
+    assert [r["reward"] for r in results] == [float(sum(c.isalpha() for c in r["text"])) for r in results]
+    out = capsys.readouterr().out
+    prompt_len = len(tokenizers.load_tokenizer(str(workdir / "tokenizer")).encode("<s>ticket 4: my order is late</s>"))
+    assert f"room: prompts take up to {prompt_len} of the model's 40 positions, leaving {40 - prompt_len} tokens" in out
+    assert "β=0: reward" in out and "β=8: reward" in out  # one summary line per β
+
+
+def test_a_reward_that_cannot_be_loaded_or_returns_junk_is_one_line(tmp_path, capsys):
+    from ilql_jax.cli import reward as reward_lib
+    (tmp_path / "bad.py").write_text("def two(a, b, c):\n    return 1\n\ndef text(reply):\n    return 'high'\n")
+    for spec, needle in ((f"{tmp_path / 'nowhere.py'}:f", "no such file"),
+                         ("no_such_module_xyz:f", "no module named 'no_such_module_xyz'"),
+                         (f"{tmp_path / 'bad.py'}:missing", "has no function 'missing'"),
+                         (f"{tmp_path / 'bad.py'}:two", "it must take (reply) or (turns, reply)")):
+        with pytest.raises(cli.ConfigError, match=None) as e:
+            reward_lib.load(spec)
+        assert needle in str(e.value) and spec in str(e.value)
+    text = reward_lib.load(f"{tmp_path / 'bad.py'}:text")
+    with pytest.raises(cli.ConfigError) as e:
+        reward_lib.score(text, [[{"role": "env", "text": "p"}]], ["r"], ["the reply to line 7"])
+    assert "returned 'high' for the reply to line 7; expected a finite number" in str(e.value)
+    # From the command line: exit 2 and one line, before any checkpoint is read.
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--workdir", str(tmp_path / "nowhere"), "--prompt", "hi", "--reward", "nocolon"])
+    _one_line_error(capsys, e.value.code, "--reward must be MODULE:FUNCTION")
+
+
+def test_beta_lists_parse_and_bad_ones_name_the_flag():
+    assert options.parse_betas("8") == (8.0,) and options.parse_betas("0,4,16,64") == (0.0, 4.0, 16.0, 64.0)
+    assert options.parse_betas("[0, 2.5]") == (0.0, 2.5)
+    for bad in ("4,x", "-1", "1,1", "inf"):
+        with pytest.raises(ValueError, match="--beta"):
+            options.parse_betas(bad)
+
+
+# --- one rule for a workdir ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_finished_run_refuses_changed_options_unless_a_new_stage_is_forced(trained, tmp_path, capsys):
+    workdir, args = copied(trained, tmp_path)
+    metrics = (workdir / "ilql" / "metrics.jsonl").read_text()
+    refusals = (
+        (["--tau", "0.9"], "was trained with --tau 0.7 (this run: 0.9): rerun with its options to resume, add "
+                           "--force_new_stage true"),
+        (["--tau", "0.9", "--learning_rate", "0.001"], "--learning_rate 0.0003 (this run: 0.001), --tau 0.7"),
+        (["--tau", "0.9", "--force_new_stage", "true"], "ILQL in " + str(workdir) + " is finished (step 3); raise "
+                                                        "--ilql_steps above 3"),
+        (["--bc_learning_rate", "0.01", "--ilql_steps", "5", "--force_new_stage", "true"],
+         "--bc_learning_rate 0.01: behaviour cloning in"),
+        (["--n_layer", "2", "--force_new_stage", "true"], "--n_layer 1 (see"),  # never changes
+        (["--ilql_steps", "2"], "already holds a checkpoint at step 3 of ilql/"),
+        (["--bc_steps", "5"], "ILQL has started from that π_β, so BC can no longer change"),
+    )
+    for flags, needle in refusals:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", *args, *flags])
+        _one_line_error(capsys, e.value.code, needle)
+    assert (workdir / "ilql" / "metrics.jsonl").read_text() == metrics  # nothing trained, nothing logged
+    # Display options change freely; more steps continue the same stage.
+    assert cli.main(["train", *args, "--progress", "true", "--log_every", "2"]) == 0
+    assert cli.main(["train", *args, "--ilql_steps", "4"]) == 0
+    assert json.loads((workdir / "ilql" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+    # A forced stage continues from the checkpoint with the new values, and options.json records it.
+    capsys.readouterr()
+    assert cli.main(["train", *args, "--ilql_steps", "5", "--tau", "0.9", "--force_new_stage", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert "new stage (--force_new_stage): --tau 0.7 → 0.9, from BC step 3 and ILQL step 4" in printed
+    advantage = json.loads((workdir / "advantage.json").read_text())
+    grid = ",".join(f"{b:g}" for b in advantage["suggested_betas"])
+    assert f"advantage scale (step 5, {advantage['positions']} agent positions" in printed  # printed after training
+    assert f"sweep {grid}" in printed and f"Next: ilql-jax sweep --workdir {workdir}" in printed
+    saved = json.loads((workdir / "options.json").read_text())
+    assert saved["tau"] == 0.9 and saved["stages"] == [{"bc_step": 3, "ilql_step": 4, "changed": {"tau": [0.7, 0.9]}}]
+    assert json.loads((workdir / "ilql" / "config.json").read_text())["step"]["loss"]["tau"] == 0.9
+    assert advantage["step"] == 5  # the report follows the state
+    # The stage's options are now the workdir's: rerunning them resumes (here: finished), the old ones are refused.
+    assert cli.main(["train", *args, "--ilql_steps", "5", "--tau", "0.9"]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["train", *args, "--ilql_steps", "5"])
+
+
+def test_every_train_option_has_a_workdir_rule():
+    from ilql_jax.cli import train as train_cli
+    groups = [set(train_cli.FIXED_FIELDS), set(train_cli.FREE_FIELDS), {"bc_steps", "ilql_steps"},
+              set(train_cli.stage_fields())]
+    names = {f for f in _fields(options.TrainOptions)}
+    assert set().union(*groups) == names and sum(map(len, groups)) == len(names)  # a partition
+    assert {"tau", "learning_rate", "bc_learning_rate", "batch_size"} <= set(train_cli.stage_fields())
+
+
+LOCK_HOLDER = """
+import sys, time
+from ilql_jax.cli.workdir import claim
+with claim(sys.argv[1]):
+    print("HELD", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_is_locked_out_and_a_stale_lock_is_taken_over(trained, tmp_path, capsys):
+    data, _, _ = trained
+    workdir = tmp_path / "run"
+    args = ["train", "--data", str(data), "--workdir", str(workdir), *TINY]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True,
+                              env=env, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(SystemExit) as e:
+            cli.main(args)
+        _one_line_error(capsys, e.value.code, f"{workdir} is in use by process {holder.pid} on ")
+        assert sorted(p.name for p in workdir.iterdir()) == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot remove its lock file
+        holder.wait()
+    assert json.loads((workdir / ".lock").read_text())["pid"] == holder.pid  # a stale lock: its process is gone
+    assert cli.main(args) == 0
+    assert f"took over the lock of process {holder.pid}" in capsys.readouterr().out
+    assert (workdir / "ilql" / "checkpoints" / "3").is_dir() and not (workdir / ".lock").exists()
+
+
+def test_a_refused_run_leaves_a_used_workdir_as_it_found_it(tmp_path, capsys):
+    records = single_turn_records(8) + [{"prompt": "many words " * 40, "response": "r", "reward": 1}]
+    data = write_jsonl(tmp_path / "long.jsonl", records)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(workdir), *TINY])
+    _one_line_error(capsys, e.value.code, "line 9: record is")
+    assert [p.name for p in workdir.iterdir()] == ["notes.txt"]  # no options.json, tokenizer/ or lock
+
+
+# --- signals: save, then exit 130 / 143 --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_saves_then_exits_128_plus_its_number(tmp_path, capsys, signum, status):
+    import signal
+    import time
+    data = write_jsonl(tmp_path / "records.jsonl", single_turn_records())
+    train_args = ["--data", str(data), "--workdir", str(tmp_path / "run"), *TINY, "--bc_steps", "100000"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ilql_jax", "train", *train_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:  # the loop prints "step k: ..." at every log step (log_every 1)
+            if line.startswith("step 2:") or time.monotonic() > deadline:
+                break
+        proc.send_signal(getattr(signal, signum))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    assert f"{signum}: stopped after step" in err and "run the same command again to resume" in err
+    saved = [int(p.name) for p in (tmp_path / "run" / "bc" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and not (tmp_path / "run" / ".lock").exists()
+    if signum == "SIGINT":  # an unfinished run refuses changed options as a finished one does
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", *train_args, "--bc_learning_rate", "0.01"])
+        _one_line_error(capsys, e.value.code, "was trained with --bc_learning_rate 0.001 (this run: 0.01)")
+
+
+def test_experiments_command_line_exits_143_after_a_preemption(capsys):
+    from experiments.cli import main
+    from ilql_jax.loop import Preempted
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        steps: int = 1
+
+    def run(cfg, workdir):
+        raise Preempted("SIGTERM", 7, workdir)
+
+    with pytest.raises(SystemExit) as e:
+        main("prog", "doc", Config, {"default": Config()}, run, "w", [])
+    assert e.value.code == 143 and "SIGTERM: stopped after step 7" in capsys.readouterr().err
+
+
+# --- errors that name one thing ------------------------------------------------------------------------------
+
+
+class NetworkGuard:
+    """Records every attempt to open a network connection (name lookups included) and refuses it."""
+
+    def __init__(self, monkeypatch):
+        import socket
+        self.attempts = []
+
+        def refuse(what):
+            def f(*args, **kwargs):
+                self.attempts.append((what, args[:1]))
+                raise OSError("network is off (test guard)")
+            return f
+        monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+        monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+        monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+
+
+def test_a_mistyped_model_fails_at_once_without_touching_the_network(tmp_path, capsys, monkeypatch):
+    import time
+    guard = NetworkGuard(monkeypatch)
+    data = write_jsonl(tmp_path / "ok.jsonl", single_turn_records(8))
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), "--model", "scrach"])
+    assert time.monotonic() - start < 3
+    _one_line_error(capsys, e.value.code, "--model scrach: not one of 'scratch', 'gpt2', 'smollm2-135m-instruct', no such file or directory, "
+                                          "and not a hub id (org/name)")
+    assert guard.attempts == [] and not (tmp_path / "w").exists()
+
+
+def test_a_hub_model_without_network_fails_in_seconds_in_one_line(tmp_path, capsys, monkeypatch):
+    import time
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    guard = NetworkGuard(monkeypatch)
+    data = write_jsonl(tmp_path / "ok.jsonl", single_turn_records(8))
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), "--model", "someorg/somemodel"])
+    assert time.monotonic() - start < 5
+    _one_line_error(capsys, e.value.code, "--model someorg/somemodel: no such local path, and as a Hugging Face hub "
+                                          "id it cannot be fetched: huggingface.co:443 cannot be reached")
+    assert guard.attempts == [("create_connection", (("huggingface.co", 443),))]  # one probe, nothing else
+    # HF_HUB_OFFLINE=1 says so without any attempt.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), "--model", "someorg/somemodel"])
+    _one_line_error(capsys, e.value.code, "HF_HUB_OFFLINE is set")
+    assert len(guard.attempts) == 1
+
+
+def test_a_directory_given_as_data_is_named_as_one(tmp_path, capsys):
+    for command in (["train", "--data", str(tmp_path), "--workdir", str(tmp_path / "w")],
+                    ["generate", "--workdir", str(tmp_path / "w"), "--prompts", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(command)
+        _one_line_error(capsys, e.value.code, f"{tmp_path}: is a directory, not a file")

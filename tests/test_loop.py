@@ -210,3 +210,25 @@ def test_metric_writer_writes_only_when_enabled(tmp_path):
     assert _metrics(tmp_path / "on") == [{"step": 3, "train/loss": 1.5, "eval/loss": 2.0}]
     assert list((tmp_path / "on" / "tb").glob("events.out.tfevents.*"))
     assert not (tmp_path / "off").exists()
+
+
+def test_the_progress_bar_counts_finished_steps_not_dispatched_ones(monkeypatch):
+    from ilql_jax import loop
+
+    class Bar:
+        n = 0
+
+        def update(self, k=1):
+            self.n += k
+
+    waited = []
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(int(x)) or x)
+    bar, hidden = Bar(), Bar()
+    shown, quiet = loop._Progress(bar, True), loop._Progress(hidden, False)
+    for step in range(1, 6):
+        shown.dispatched({"loss": jax.numpy.asarray(step)})
+        quiet.dispatched({"loss": jax.numpy.asarray(step)})
+        # Each dispatch waits for the step LAG before it, then counts it: the bar trails by LAG steps.
+        assert bar.n == max(0, step - loop._Progress.LAG) and waited == list(range(1, bar.n + 1))
+    shown.synced()  # after a host sync (log step, save) every dispatched step is done
+    assert bar.n == 5 and hidden.n == 0 and waited == [1, 2, 3]  # a hidden bar never waits

@@ -219,10 +219,7 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
 # --- evaluation ----------------------------------------------------------------
 
 
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct-n: unique word n-grams over all word n-grams of the generations."""
-    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+distinct_n = diagnostics.distinct_n  # unique word n-grams over all word n-grams (`ilql-jax sweep` reports the same)
 
 
 def eval_parents(cfg: RedditConfig, tok, test: Sequence[dict]) -> tuple[list[str], int]:

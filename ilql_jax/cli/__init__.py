@@ -1,7 +1,8 @@
-"""`ilql-jax` (also `python -m ilql_jax`): train, generate and export on your own data.
+"""`ilql-jax` (also `python -m ilql_jax`): train, sweep β, generate and export on your own data.
 
     ilql-jax train --data records.jsonl --workdir runs/mine
-    ilql-jax generate --workdir runs/mine --beta 8 --prompt "Hi, my order is late."
+    ilql-jax sweep --workdir runs/mine --prompts prompts.txt --beta 0,4,16,64 --reward my_reward.py:score
+    ilql-jax generate --workdir runs/mine --beta 16 --prompt "Hi, my order is late."
     ilql-jax export --workdir runs/mine --out exported/
 
 `ilql-jax SUBCOMMAND --help` lists every option with its meaning and default
@@ -10,6 +11,9 @@
 Bad input (a flag, a value, a data file) stops the command before it trains
 or decodes anything, with one line on stderr that names the flag, or the file,
 line and field, and exit status 2; set ILQL_DEBUG=1 for the traceback instead.
+A run stopped by SIGINT (Ctrl-C) or SIGTERM saves a checkpoint and exits
+130 or 143 (128 + the signal's number, as a shell reports a process the
+signal ended), so `ilql-jax train ... && ilql-jax generate ...` stops there.
 
 Why the flags are parsed by `ilql_jax.config` (argparse) rather than a
 dataclass-CLI library such as tyro: the same dotted names, value syntax
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +41,7 @@ __all__ = ["ArgumentParser", "main", "report_errors"]
 
 PROG = "ilql-jax"
 DEBUG_ENV = "ILQL_DEBUG"
+COMMANDS = ("train", "sweep", "generate", "export")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -53,14 +59,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def report_errors(prog: str, fn: Callable[[], Any]) -> Any:
     """`fn()`, with bad input reported as one line on stderr and SystemExit(2) (a traceback with ILQL_DEBUG=1).
 
-    A `Preempted` run (SIGTERM/SIGINT after a checkpoint) prints how to resume and exits 0.
+    A `Preempted` run (SIGINT/SIGTERM after a checkpoint) prints how to resume and exits 128 + the
+    signal's number (`exit_status`): 130 for SIGINT, 143 for SIGTERM.
     """
     from ilql_jax.loop import Preempted  # noqa: PLC0415 - keeps `--help` free of the training stack
     try:
         return fn()
     except Preempted as e:
-        print(e)
-        raise SystemExit(0) from None
+        print(e, file=sys.stderr)
+        raise SystemExit(exit_status(e.signal)) from None
     except _user_errors() as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
@@ -69,14 +76,24 @@ def report_errors(prog: str, fn: Callable[[], Any]) -> Any:
         raise SystemExit(2) from None
 
 
+def exit_status(signal_name: str) -> int:
+    """128 + the signal's number (the shell's status for a process a signal ended); SIGTERM's when the
+    stop came from another process of a multi-host job."""
+    try:
+        return 128 + signal.Signals[signal_name].value
+    except KeyError:
+        return 128 + signal.SIGTERM.value
+
+
 def _parser() -> tuple[ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="Run `ilql-jax SUBCOMMAND --help` for its options.")
-    subparsers = parser.add_subparsers(dest="command", metavar="{train,generate,export}", required=True)
-    from ilql_jax.cli.options import ExportOptions, GenerateOptions, TrainOptions
+    subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", required=True)
+    from ilql_jax.cli.options import ExportOptions, GenerateOptions, SweepOptions, TrainOptions
     subs = {}
-    for name, cls in (("train", TrainOptions), ("generate", GenerateOptions), ("export", ExportOptions)):
+    classes = {"train": TrainOptions, "sweep": SweepOptions, "generate": GenerateOptions, "export": ExportOptions}
+    for name, cls in classes.items():
         summary = cls.__doc__.split("\n\n")[0]
         subs[name] = subparsers.add_parser(name, help=summary.split(": ", 1)[-1], description=cls.__doc__.split(
             "\n\n    Attributes:")[0].replace("\n    ", "\n"), allow_abbrev=False,
@@ -91,7 +108,7 @@ def parse(argv: Sequence[str]) -> tuple[str, Any]:
     parser, subs = _parser()
     if not argv or argv[0] not in subs:
         parser.parse_args(argv)  # prints --help, or raises for a missing or unknown subcommand
-        raise ConfigError(f"unknown subcommand {argv[0]!r}; choose train, generate or export")
+        raise ConfigError(f"unknown subcommand {argv[0]!r}; choose {', '.join(COMMANDS)}")
     sub = subs[argv[0]]
     return argv[0], parse_config(sub.options_class, argv[1:], parser=sub)
 
@@ -107,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "train":
             from ilql_jax.cli.train import train
             train(options)
-        elif command == "generate":
+        elif command in ("generate", "sweep"):
             from ilql_jax.cli.generate import generate
             generate(options)
         else:

@@ -1,24 +1,36 @@
-"""`ilql-jax generate`: prompts in, value-guided replies with log π, log π_β and KL out (ILQL_SPEC §5).
+"""`ilql-jax generate` and `ilql-jax sweep`: prompts in, value-guided replies at one or more β out (ILQL_SPEC §5).
 
-Prompts are checked (markup, length) before the checkpoint is read. Rows
-(each prompt `num` times) are decoded `batch_size` at a time; the last batch
-is filled up with copies of its first row, so every batch has one shape and
-`sampler.sample` compiles once per prompt-length bucket.
+Prompts are checked (markup, length) and `--reward` is loaded before the
+checkpoint is read. Rows (each prompt `num` times) are decoded `batch_size` at
+a time; the last batch is filled up with copies of its first row, so every
+batch has one shape and `sampler.sample` compiles once per prompt-length
+bucket, for every β (β is a traced argument). Each β decodes with the same
+random draws (the key depends on the batch, not on β), so differences between
+rows of a sweep come from β, not from sampling noise.
+
+With several β or a reward, one summary line per β follows: mean reward ± its
+standard error over the replies, mean KL estimate Σ_t (log π − log π_β),
+distinct-2 (unique word bigrams over all bigrams of the replies) and mean length.
+`sweep` also writes that table to WORKDIR/NAME.json and WORKDIR/NAME.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 
 import numpy as np
 
 from ilql_jax import files
-from ilql_jax.cli.options import GenerateOptions
+from ilql_jax.cli import reward as reward_lib
+from ilql_jax.cli.options import GenerateOptions, SweepOptions
+from ilql_jax.config import config_to_dict
 from ilql_jax.data import episodes
 from ilql_jax.data.records import DataError, check_text, prompt_histories
 
-__all__ = ["generate"]
+__all__ = ["generate", "summarize"]
 
 
 def _prompts(opts: GenerateOptions) -> list[tuple[int | None, tuple]]:
@@ -26,6 +38,19 @@ def _prompts(opts: GenerateOptions) -> list[tuple[int | None, tuple]]:
     if opts.prompt is not None:
         return [(None, (episodes.env(check_text(opts.prompt, "--prompt", 1, "prompt")),))]
     return prompt_histories(opts.prompts)
+
+
+def _turns(history: tuple) -> list[dict]:
+    """A history as a data file's "turns"."""
+    return [{"role": "agent", "text": s.text, "reward": s.reward} if s.is_agent else {"role": "env", "text": s.text}
+            for s in history]
+
+
+def _prompt_fields(history: tuple) -> dict:
+    """The output record's prompt: "prompt" for a single env turn, else the whole history as "turns"."""
+    if len(history) == 1 and not history[0].is_agent:
+        return {"prompt": history[0].text}
+    return {"turns": _turns(history)}
 
 
 def _batches(rows: list[list[int]], batch_size: int, pad_id: int):
@@ -42,13 +67,60 @@ def _batches(rows: list[list[int]], batch_size: int, pad_id: int):
         yield start, tokens, mask, n_real
 
 
+def summarize(beta: float, results: list[dict]) -> dict:
+    """One row of the β table from the generations at `beta` (with "reward" when they were scored)."""
+    from ilql_jax.diagnostics import distinct_n
+
+    texts = [r["text"] for r in results]
+    row = {"beta": beta, "n": len(results)}
+    if "reward" in results[0]:
+        rewards = np.asarray([r["reward"] for r in results])
+        row["mean_reward"] = float(rewards.mean())
+        row["stderr"] = float(rewards.std(ddof=1) / math.sqrt(len(rewards))) if len(rewards) > 1 else 0.0
+    row.update(kl=float(np.mean([r["kl"] for r in results])), distinct_1=distinct_n(texts, 1),
+               distinct_2=distinct_n(texts, 2), mean_length=float(np.mean([r["num_tokens"] for r in results])))
+    return row
+
+
+def _line(row: dict) -> str:
+    reward = f"reward {row['mean_reward']:.3f} ± {row['stderr']:.3f}, " if "mean_reward" in row else ""
+    return (f"β={row['beta']:g}: {reward}KL {row['kl']:.2f}, distinct-2 {row['distinct_2']:.3f}, "
+            f"length {row['mean_length']:.1f} tokens ({row['n']} replies)")
+
+
+def _command(opts: GenerateOptions) -> str:
+    """The command line that reproduces `opts` (flags that differ from their defaults)."""
+    flags = [f"--{f.name} {getattr(opts, f.name)}" for f in dataclasses.fields(opts)
+             if f.default is dataclasses.MISSING or getattr(opts, f.name) != f.default]
+    return f"ilql-jax {'sweep' if isinstance(opts, SweepOptions) else 'generate'} " + " ".join(flags)
+
+
+def _markdown(table: dict) -> str:
+    scored = "mean_reward" in table["rows"][0]
+    head = ["β", *(["reward ± s.e."] if scored else []), "KL", "distinct-2", "length", "replies"]
+    lines = [f"# β sweep of {table['workdir']} (ILQL step {table['step']})", "", f"`{table['command']}`", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table["rows"]:
+        cells = [f"{r['beta']:g}", *([f"{r['mean_reward']:.3f} ± {r['stderr']:.3f}"] if scored else []),
+                 f"{r['kl']:.2f}", f"{r['distinct_2']:.3f}", f"{r['mean_length']:.1f}", str(r["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    adv = table.get("advantage")
+    if adv:
+        lines += ["", f"Train's advantage diagnostic (advantage.json): k = {adv['k']:.3g}, σ = {adv['sigma']:.3g}; "
+                  f"suggested β {','.join(f'{b:g}' for b in adv['suggested_betas'])}."]
+    return "\n".join(lines) + "\n"
+
+
 def generate(opts: GenerateOptions) -> list[dict]:
-    """Runs `ilql-jax generate`; returns one dict per generation (as printed or written)."""
+    """Runs `ilql-jax generate` (or `sweep`); returns one dict per generation (as printed or written)."""
     import jax
 
     from ilql_jax import sampler
     from ilql_jax.cli.workdir import load_run, read_config
 
+    sweep = isinstance(opts, SweepOptions)
+    betas = opts.betas
+    reward = reward_lib.load(opts.reward) if opts.reward else None
     histories = _prompts(opts)
     trunk = read_config(opts.workdir).step.model.trunk
     room = trunk.n_positions - opts.max_new_tokens
@@ -59,44 +131,80 @@ def generate(opts: GenerateOptions) -> list[dict]:
     tok = run.tokenizer
     prompt_ids = []
     for line, history in histories:
-        ids = episodes.prompt_tokens(history, tok)
+        try:
+            ids = episodes.prompt_tokens(history, tok)
+        except ValueError as e:  # e.g. a chat template's special token inside the prompt
+            raise DataError(opts.prompts or "--prompt", str(e), line) from None
         if len(ids) > room:
             raise DataError(opts.prompts or "--prompt", f"the prompt is {len(ids)} tokens; with --max_new_tokens "
-                            f"{opts.max_new_tokens} at most {room} fit the model's n_positions={trunk.n_positions}",
-                            line if line is not None else None)
+                            f"{opts.max_new_tokens} at most {room} fit the model's n_positions={trunk.n_positions} "
+                            "(train's --max_len for --model scratch)", line if line is not None else None)
         prompt_ids.append(ids)
+    longest = max(map(len, prompt_ids))
+    print(f"room: prompts take up to {longest} of the model's {trunk.n_positions} positions, leaving "
+          f"{trunk.n_positions - longest} tokens for a reply (--max_new_tokens {opts.max_new_tokens})")
 
     scfg = sampler.SamplerConfig(max_new_tokens=opts.max_new_tokens, mode=opts.mode, num_beams=opts.num_beams,
                                  n=opts.n, top_k=opts.top_k, top_p=opts.top_p)
-    forbidden = [tok.s_id, tok.end_s_id, tok.a_id, tok.eod_id, tok.pad_id] if opts.forbid_markup else None
+    forbidden = [*sampler.inner_markup_ids(tok), tok.pad_id] if opts.forbid_markup else None
     rows = [(p, k) for p in range(len(prompt_ids)) for k in range(opts.num)]
     key = jax.random.key(opts.seed)
-    results = []
-    for start, tokens, mask, n_real in _batches([prompt_ids[p] for p, _ in rows], opts.batch_size, tok.pad_id):
-        out = sampler.sample(run.config.step.model, run.state.params, run.state.target_params, tokens, mask,
-                             jax.random.fold_in(key, start), beta=opts.beta, temperature=opts.temperature,
-                             adv_clip=opts.adv_clip, stop_ids=(tok.end_a_id,), pad_id=tok.pad_id,
-                             sampler_config=scfg, forbidden_ids=forbidden)
-        out = jax.device_get(out)
-        for i in range(n_real):
-            p, k = rows[start + i]
-            length = int(out.lengths[i])
-            ids = [int(t) for t in out.tokens[i, :length]]
-            # Only the final stop id is cut (as generate_text does): markup emitted mid-reply stays visible.
-            ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
-            line, history = histories[p]
-            results.append({
-                "prompt": history[-1].text if history else "",
-                **({"line": line} if line is not None else {}),
-                "sample": k, "text": tok.decode(ids), "num_tokens": length,
-                "logp": float(np.sum(out.logp[i, :length])), "logp_beta": float(np.sum(out.logp_beta[i, :length])),
-                "kl": float(out.kl[i]), "beta": opts.beta, "mode": opts.mode,
-            })
+    results, table = [], []
+    for beta in betas:
+        at_beta = []
+        for start, tokens, mask, n_real in _batches([prompt_ids[p] for p, _ in rows], opts.batch_size, tok.pad_id):
+            out = sampler.sample(run.config.step.model, run.state.params, run.state.target_params, tokens, mask,
+                                 jax.random.fold_in(key, start), beta=beta, temperature=opts.temperature,
+                                 adv_clip=opts.adv_clip, stop_ids=(tok.end_a_id,), pad_id=tok.pad_id,
+                                 sampler_config=scfg, forbidden_ids=forbidden)
+            out = jax.device_get(out)
+            for i in range(n_real):
+                p, k = rows[start + i]
+                length = int(out.lengths[i])
+                ids = [int(t) for t in out.tokens[i, :length]]
+                # Only the final stop id is cut (as generate_text does): markup emitted mid-reply stays visible.
+                ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
+                line, history = histories[p]
+                at_beta.append({
+                    **_prompt_fields(history),
+                    **({"line": line} if line is not None else {}),
+                    "sample": k, "text": tok.decode(ids), "num_tokens": length,
+                    "logp": float(np.sum(out.logp[i, :length])),
+                    "logp_beta": float(np.sum(out.logp_beta[i, :length])),
+                    "kl": float(out.kl[i]), "beta": beta, "mode": opts.mode,
+                })
+        if reward is not None:
+            where = [f"the reply to {opts.prompts or '--prompt'}" + (f" line {histories[p][0]}" if opts.prompts else "")
+                     + f" at β={beta:g}" for p, _ in rows]
+            scores = reward_lib.score(reward, [_turns(histories[p][1]) for p, _ in rows],
+                                      [r["text"] for r in at_beta], where)
+            for r, value in zip(at_beta, scores):
+                r["reward"] = float(value)
+        results += at_beta
+        table.append(summarize(beta, at_beta))
+
     if opts.out:
         files.atomic_write_text(opts.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
         print(f"wrote {len(results)} generations to {os.fspath(opts.out)}")
-    else:
+    elif not sweep:
         for r in results:
-            print(f"{r['prompt']!r} -> {r['text']!r}  (log π {r['logp']:.2f}, log π_β {r['logp_beta']:.2f}, "
-                  f"KL {r['kl']:.2f})")
+            prompt = r["prompt"] if "prompt" in r else " / ".join(t["text"] for t in r["turns"])
+            print(f"{prompt!r} -> {r['text']!r}  (" + (f"β {r['beta']:g}, " if len(betas) > 1 else "")
+                  + (f"reward {r['reward']:.3g}, " if "reward" in r else "")
+                  + f"log π {r['logp']:.2f}, log π_β {r['logp_beta']:.2f}, KL {r['kl']:.2f})")
+    if sweep or len(betas) > 1 or reward is not None:
+        for row in table:
+            print(_line(row))
+    if sweep:
+        advantage_path = os.path.join(opts.workdir, "advantage.json")
+        advantage = None
+        if os.path.isfile(advantage_path):
+            with open(advantage_path, encoding="utf-8") as f:
+                advantage = json.load(f)
+        summary = {"command": _command(opts), "workdir": opts.workdir, "step": int(run.state.step),
+                   "options": config_to_dict(opts), "advantage": advantage, "rows": table}
+        stem = os.path.join(opts.workdir, opts.name)
+        files.atomic_write_text(stem + ".json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        files.atomic_write_text(stem + ".md", _markdown(summary))
+        print(f"wrote the table to {stem}.json and {stem}.md")
     return results

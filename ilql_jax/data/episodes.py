@@ -3,8 +3,10 @@
 An episode is a sequence of segments, each spoken either by the environment
 (prompt, parent comment, game feedback) or by the agent (an utterance with a
 scalar reward), plus a ``terminal`` flag. ``episode_to_arrays`` lays it out as
-one token sequence with markup and builds, per position ``t``, everything the
-losses need (ILQL_SPEC §1, §3):
+one token sequence with markup (or, for a pretrained chat model's tokenizer,
+through its chat template: ``ilql_jax.data.layout``, docs/pretrained.md, where
+the template's end-of-turn token plays ``</a>``'s role) and builds, per
+position ``t``, everything the losses need (ILQL_SPEC §1, §3):
 
 * ``tokens[t]`` is ``x_t``; hidden state ``h_t`` predicts ``x_{t+1}``, so the
   *action* taken at state ``t`` is ``x_{t+1}`` (as with LM logits);
@@ -38,6 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
+
+from ilql_jax.data import layout as layout_lib
 
 __all__ = [
     "ARRAY_DTYPES",
@@ -190,15 +194,13 @@ def episode_return(episode: Episode) -> float:
 # Token layout
 # ---------------------------------------------------------------------------
 
-_MARKUP_ATTRS = ("s_id", "end_s_id", "a_id", "end_a_id", "eod_id")
-
 
 class Utterance(NamedTuple):
     """Token positions of one agent segment in the full (uncut) sequence.
 
-    ``start`` is the position of its first token (of ``</a>`` when the text is
-    empty), ``end`` the position of its ``</a>``. The states that emit it are
-    ``start - 1 .. end - 1`` (ILQL_SPEC §1).
+    ``start`` is the position of its first token (of its stop token, ``</a>``,
+    when the text is empty), ``end`` the position of its stop token. The states
+    that emit it are ``start - 1 .. end - 1`` (ILQL_SPEC §1).
     """
 
     start: int
@@ -215,16 +217,18 @@ def _token_id(tokenizer, name: str) -> int:
     return int(value)
 
 
-def _encode(tokenizer, text: str, markup: Mapping[int, str]) -> list[int]:
-    """Content ids of one segment; markup ids inside content would break alignment."""
+def _encode(tokenizer, text: str, reserved: Mapping[int, str], kind: str) -> list[int]:
+    """Content ids of one segment; a reserved id (markup, a chat template's special token) inside content would
+    break alignment."""
     ids = [int(i) for i in tokenizer.encode(text)]
     for i in ids:
-        if i in markup:
+        if i in reserved:
             # e.g. a comment containing the literal string "</a>": it would end the
             # utterance early at decode time and shift every index here.
+            what = "markup token" if kind == "markup" else "chat template's special token"
             raise ValueError(
-                f"segment text {text!r} tokenises to the markup token {markup[i]} (id {i}); "
-                "escape or strip markup strings from the data"
+                f"segment text {text!r} tokenises to the {what} {reserved[i]} (id {i}); "
+                f"escape or strip {'markup' if kind == 'markup' else 'special-token'} strings from the data"
             )
     return ids
 
@@ -232,35 +236,38 @@ def _encode(tokenizer, text: str, markup: Mapping[int, str]) -> list[int]:
 def _layout(
     segments: Sequence[Segment], terminal: bool, tokenizer: TokenizerLike
 ) -> tuple[list[int], list[Utterance]]:
-    """Token ids with markup, and where each agent utterance sits (ILQL_SPEC §1).
+    """Token ids of the segments in the tokenizer's layout, and where each agent utterance sits (ILQL_SPEC §1).
 
-    ``<a>`` opens the text when the first segment is the agent's (and when there
-    are no segments yet, i.e. the agent speaks first), else ``<s>``; each
-    environment segment is followed by ``</s>``, each agent segment by ``</a>``;
-    a terminal episode ends with ``</eod>``.
+    ILQL's markup (``layout.markup_layout``): ``<a>`` opens the text when the first
+    segment is the agent's (and when there are no segments yet, i.e. the agent
+    speaks first), else ``<s>``; each environment segment is followed by
+    ``</s>``, each agent segment by ``</a>``; a terminal episode ends with
+    ``</eod>``. A chat tokenizer's layout puts its template's pieces around
+    each segment instead (``ilql_jax.data.layout``).
     """
-    ids = {name: _token_id(tokenizer, name) for name in _MARKUP_ATTRS}
-    markup = {
-        ids["s_id"]: "<s>",
-        ids["end_s_id"]: "</s>",
-        ids["a_id"]: "<a>",
-        ids["end_a_id"]: "</a>",
-        ids["eod_id"]: "</eod>",
-    }
+    lay = layout_lib.layout_of(tokenizer)
+    reserved = lay.reserved_ids
     agent_first = not segments or segments[0].is_agent
-    tokens = [ids["a_id"] if agent_first else ids["s_id"]]
+    if agent_first and lay.agent_first is None:
+        raise ValueError("this chat template cannot start with an assistant message: the first turn must be the "
+                         "environment's")
+    tokens = list(lay.agent_first if agent_first else lay.env_first)
     utterances: list[Utterance] = []
     for seg in segments:
-        content = _encode(tokenizer, seg.text, markup)
-        start = len(tokens)
-        tokens.extend(content)
+        content = _encode(tokenizer, seg.text, reserved, lay.kind)
         if seg.is_agent:
-            tokens.append(ids["end_a_id"])
+            tokens.extend(lay.agent_open)
+            start = len(tokens)
+            tokens.extend(content)
+            tokens.append(lay.stop_id)
             utterances.append(Utterance(start, len(tokens) - 1, seg.reward))
+            tokens.extend(lay.agent_after)
         else:
-            tokens.append(ids["end_s_id"])
+            tokens.extend(lay.env_open)
+            tokens.extend(content)
+            tokens.extend(lay.env_close)
     if terminal:
-        tokens.append(ids["eod_id"])
+        tokens.extend(lay.terminal)
     return tokens, utterances
 
 
@@ -275,13 +282,14 @@ def prompt_tokens(history: Sequence[Segment], tokenizer: TokenizerLike) -> list[
     The same layout as training (``episode_tokens`` of a non-terminal episode),
     so decode sees the ids that training saw: e.g. ``<s>parent</s>`` for a
     Reddit prompt, ``<a>`` for a Wordle game with no guesses yet, and
-    ``<a>crane</a><b><y><b><b><g></s>`` after the first guess.
+    ``<a>crane</a><b><y><b><b><g></s>`` after the first guess. A chat layout
+    adds the template's generation prompt (``<|im_start|>assistant\\n``).
     """
     history = tuple(history)
     for i, seg in enumerate(history):
         if not isinstance(seg, Segment):
             raise ValueError(f"history[{i}] must be a Segment, got {type(seg).__name__}")
-    return _layout(history, False, tokenizer)[0]
+    return _layout(history, False, tokenizer)[0] + list(layout_lib.layout_of(tokenizer).agent_open)
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Markup rule: ILQL lays episodes out with the reserved strings ``<s> </s> <a>
 </a> </eod>`` and the pad string ``<pad>`` (ILQL_SPEC §1), which every
 tokenizer here encodes as single ids. A text that contains one of them would
 shift the layout, so such a record is **refused**: the error names the file,
-line, field and string. Rewrite it in your data (e.g. ``<s>`` as ``&lt;s>``).
+line, field and string. Rewrite it in your data (e.g. ``<s>`` as ``&lt;s>``). With a pretrained chat
+model the same holds for its template's special tokens (e.g. ``<|im_end|>``),
+checked by `check_reserved` once the tokenizer is known.
 
 Every problem raises `DataError`, a ValueError whose message is one line of
 the form ``FILE: line N: FIELD: what was expected, got what`` (``FILE: ...``
@@ -41,6 +43,7 @@ __all__ = [
     "DataError",
     "Record",
     "check_lengths",
+    "check_reserved",
     "check_text",
     "load_records",
     "prompt_histories",
@@ -62,10 +65,12 @@ class DataError(ValueError):
 
 
 class Record(NamedTuple):
-    """One record of a data file: where it is and the episode it describes."""
+    """One record of a data file: where it is, the episode it describes, and the field each segment's text came
+    from ("prompt", "response", "turns[i].text")."""
 
     line: int
     episode: Episode
+    fields: tuple[str, ...] = ()
 
 
 def _short(value: Any) -> str:
@@ -140,14 +145,20 @@ def _multi_turn(obj: Mapping, path, line: int) -> Episode:
     return Episode(segments, terminal=_terminal(obj, path, line))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
-    """`(line number, JSON value)` of every non-blank line; DataError for a missing or empty file, a line
-    that is not UTF-8 or not JSON. Lines are split at "\\n" only (U+2028 may stand raw inside JSON strings)."""
-    path = os.fspath(path)
+def _read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a data file; DataError for a directory or a missing file."""
+    if os.path.isdir(path):
+        raise DataError(path, "is a directory, not a file; name the JSONL file inside it")
     if not os.path.isfile(path):
         raise DataError(path, "no such file")
     with open(path, "rb") as f:
-        raw = f.read()
+        return f.read()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """`(line number, JSON value)` of every non-blank line; DataError for a missing or empty file, a line
+    that is not UTF-8 or not JSON. Lines are split at "\\n" only (U+2028 may stand raw inside JSON strings)."""
+    raw = _read_file(path)
     values = []
     for line_no, data in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -180,10 +191,25 @@ def load_records(path: str | os.PathLike) -> list[Record]:
                 raise DataError(path, "a record has either \"turns\" or \"prompt\"/\"response\"/\"reward\", "
                                 "not both", line, "turns")
             episode = _multi_turn(obj, path, line)
+            fields = tuple(f"turns[{i}].text" for i in range(len(episode.segments)))
         else:
             episode = _single_turn(obj, path, line)
-        records.append(Record(line, episode))
+            fields = ("prompt", "response")
+        records.append(Record(line, episode, fields))
     return records
+
+
+def check_reserved(records: Sequence[Record], reserved: Sequence[str], path: str | os.PathLike) -> None:
+    """DataError naming the file, line and field of the first text that contains one of `reserved`: a chat
+    tokenizer's special tokens (`ChatTokenizer.reserved`, e.g. `<|im_end|>`), which would shift the layout as
+    markup would (the markup rule of the module docstring, for a model's chat template)."""
+    for record in records:
+        for i, seg in enumerate(record.episode.segments):
+            token = next((t for t in reserved if t in seg.text), None)
+            if token is not None:
+                field = record.fields[i] if i < len(record.fields) else f"segment {i}"
+                raise DataError(path, f"contains {token!r}, a special token of the model's chat template (its layout "
+                                "uses it); rewrite it in the data", record.line, field)
 
 
 def check_lengths(records: Sequence[Record], tokenizer, max_len: int, path: str | os.PathLike,
@@ -217,10 +243,7 @@ def prompt_histories(path: str | os.PathLike) -> list[tuple[int, tuple[Segment, 
     """
     path = os.fspath(path)
     if not path.endswith(".jsonl"):
-        if not os.path.isfile(path):
-            raise DataError(path, "no such file")
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = _read_file(path)
         out = []
         for line_no, data in enumerate(raw.split(b"\n"), start=1):
             try:

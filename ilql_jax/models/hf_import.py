@@ -482,13 +482,17 @@ def _params(tensors: dict[str, Any], config, source: str, stored_vocab: int, fla
     return nnx.from_flat_state(flat)
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], config, source: str = "<tensors>",
-                   stored_vocab: int | None = None) -> nnx.State:
+def params_from_hf(tensors: dict[str, Any], config, source: str = "<tensors>",
+                   stored_vocab: int | None = None, shardings: Any = None) -> nnx.State:
     """Maps Hugging Face tensors onto our parameter tree, asserting every shape.
 
-    `stored_vocab`: the checkpoint's vocabulary, when `config.vocab_size` is larger (added ids); default equal.
+    `tensors`: arrays, or anything with a `shape` that NumPy-style indexing reads (e.g. `gguf_import`'s
+    lazily dequantised tensors). `stored_vocab`: the checkpoint's vocabulary, when `config.vocab_size` is
+    larger (added ids); default equal. `shardings`: as for `load_hf` (each device reads only its slices).
     """
-    return _params(tensors, config, source, config.vocab_size if stored_vocab is None else stored_vocab, None)
+    flat_shardings = None if shardings is None else dict(nnx.to_flat_state(shardings))
+    return _params(tensors, config, source, config.vocab_size if stored_vocab is None else stored_vocab,
+                   flat_shardings)
 
 
 def params_to_hf(params: nnx.State, config) -> dict[str, np.ndarray]:
