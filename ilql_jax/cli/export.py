@@ -19,6 +19,7 @@ def export(opts: ExportOptions) -> str:
     """Runs `ilql-jax export`; returns the output directory."""
     from ilql_jax import export as export_lib
     from ilql_jax.cli.workdir import load_run
+    from ilql_jax.models import hf_import
 
     out = os.path.abspath(opts.out)
     if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)) and not opts.overwrite:
@@ -39,7 +40,8 @@ def export(opts: ExportOptions) -> str:
     os.replace(tmp, out)
     if old:
         shutil.rmtree(old, ignore_errors=True)
-    print(f"exported step {int(run.state.step)} of {opts.workdir} to {opts.out}: π_β (transformers GPT-2: "
+    architecture = hf_import.config_to_hf(run.config.step.model.trunk)["architectures"][0]
+    print(f"exported step {int(run.state.step)} of {opts.workdir} to {opts.out}: π_β (transformers {architecture}: "
           f"model.safetensors, config.json, tokenizer files) and the value networks ({export_lib.VALUES_FILE}, "
           f"{export_lib.VALUES_MANIFEST})")
     return out
