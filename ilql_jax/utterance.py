@@ -33,7 +33,7 @@ d → 2d → 1 instead of d → 2d → |vocab|:
 
     online {"value": {"trunk", "v", "q1", "q2"}, "policy"}     target {"trunk", "q1", "q2"}
 
-Decoding: `ilql_jax.rerank` (N utterances from π_β, the best by
+Decoding: `ilql_jax.reranking` (N utterances from π_β, the best by
 Q̄(s, u) + w · log π_β(u | s)).
 """
 

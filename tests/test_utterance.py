@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ilql_jax
-from ilql_jax import losses, rerank, sampler, tokenizers, train, utterance
+from ilql_jax import losses, reranking, sampler, tokenizers, train, utterance
 from ilql_jax.data import episodes
 from ilql_jax.data.episodes import Episode, agent, env
 from ilql_jax.models import gpt2, ilql
@@ -147,7 +147,7 @@ def test_rerank_finds_the_best_in_data_continuation(trained):
               forbidden_ids=sampler.inner_markup_ids(TOK))
     policy = {"policy": state.params["policy"]}
     pi = sampler.sample(model, policy, {}, prompts, mask, jax.random.key(1), beta=0.0, **kw)
-    best = rerank.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(1), n=8,
+    best = reranking.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(1), n=8,
                          end_a_id=END_A, **kw)
     b = TOK.encode("b")[0]
     pi_b = float(np.mean(np.asarray(pi.tokens[:, 0]) == b))
@@ -177,7 +177,7 @@ def test_rerank_with_one_candidate_samples_pi_beta(trained):
     kw = dict(stop_ids=(END_A,), pad_id=TOK.pad_id, sampler_config=scfg, temperature=1.5)
     pi = sampler.sample(model, {"policy": state.params["policy"]}, {}, prompts, mask, jax.random.key(3),
                         beta=0.0, **kw)
-    one = rerank.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(3), n=1,
+    one = reranking.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(3), n=1,
                         end_a_id=END_A, logp_weight=2.0, **kw)
     np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(pi.tokens))
     np.testing.assert_array_equal(np.asarray(one.lengths), np.asarray(pi.lengths))
@@ -186,7 +186,7 @@ def test_rerank_with_one_candidate_samples_pi_beta(trained):
 
 def test_rerank_text_and_guards(trained):
     model, state, _ = trained
-    texts = rerank.rerank_text(TOK, model, state.params, state.target_params, [[], [env("x")]],
+    texts = reranking.rerank_text(TOK, model, state.params, state.target_params, [[], [env("x")]],
                                jax.random.key(0), n=4, sampler_config=sampler.SamplerConfig(max_new_tokens=3))
     assert len(texts) == 2 and texts[0] in ("a", "b")  # the data's openings
     prompts, mask = np.full((2, 1), TOK.a_id, np.int32), np.ones((2, 1), np.int32)
@@ -196,10 +196,10 @@ def test_rerank_text_and_guards(trained):
         sampler.sample(model, state.params, state.target_params, prompts, mask, jax.random.key(0), beta=1.0,
                        sampler_config=sampler.SamplerConfig(max_new_tokens=3), **kw)
     with pytest.raises(ValueError, match="mode must be 'sample'"):
-        rerank.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(0), n=2,
+        reranking.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(0), n=2,
                       end_a_id=END_A, sampler_config=sampler.SamplerConfig(max_new_tokens=3, mode="greedy"), **kw)
     with pytest.raises(ValueError, match="n_positions"):
-        rerank.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(0), n=2,
+        reranking.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(0), n=2,
                       end_a_id=END_A, sampler_config=sampler.SamplerConfig(max_new_tokens=15), **kw)
 
 
@@ -217,3 +217,42 @@ def test_train_step_moves_the_scalar_target_heads():
     assert not np.allclose(np.asarray(new.target_params["q1"]["out"]["kernel"]), before["q1"]["out"]["kernel"])
     assert {"q_loss", "v_loss", "bc_nll", "n_utterances"} <= set(metrics)
     assert float(metrics["n_utterances"]) == 200.0 and float(metrics["bc_nll"]) > 0
+
+
+# ---------------------------------------------------------------------------
+# The command line: `ilql-jax train --per_utterance true`, `ilql-jax generate --mode rerank`.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_trains_per_utterance_and_generates_by_reranking(tmp_path, capsys):
+    import json
+
+    from ilql_jax import cli
+
+    records = [{"turns": [{"role": "env", "text": f"guess my number, hint {i % 4}"},
+                          {"role": "agent", "text": "is it five?", "reward": -1},
+                          {"role": "env", "text": "higher"},
+                          {"role": "agent", "text": "seven" if i % 3 == 0 else "nine", "reward": float(i % 3 == 0)}]}
+               for i in range(40)]
+    data = tmp_path / "games.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data), "--workdir", str(workdir), "--bc_steps", "3", "--ilql_steps", "3",
+                     "--batch_size", "8", "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--max_len", "48",
+                     "--tokenizer", "symbols", "--progress", "false", "--per_utterance", "true"]) == 0
+    config = json.loads((workdir / "ilql" / "config.json").read_text())
+    tok = tokenizers.load_tokenizer(str(workdir / "tokenizer"))
+    assert config["step"]["mode"] == "ilql_utt" and config["step"]["end_a_id"] == tok.end_a_id
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["generate", "--workdir", str(workdir), "--prompt", "guess my number, hint 1", "--mode", "rerank",
+                     "--n", "3", "--num", "2", "--max_new_tokens", "6", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["mode"] == "rerank" and r["n"] == 3 for r in rows)
+    assert all(np.isfinite(r["q"]) and r["score"] == pytest.approx(r["q"]) for r in rows)  # w = 0
+    # Token-level decoding of a per-utterance run: one line, exit 2.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--workdir", str(workdir), "--prompt", "guess my number, hint 1", "--beta", "4"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "per-utterance" in err, err

@@ -44,7 +44,7 @@ from experiments import aggregate as aggregate_lib, plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
-from ilql_jax import files, losses, rerank, sampler, train
+from ilql_jax import files, losses, reranking, sampler, train
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.loop import train_and_evaluate
@@ -201,7 +201,7 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, beta:
         # A fresh key per turn (fold in the call count), the same sequence for every method.
         turn_key = jax.random.fold_in(key, next(calls))
         if rerank_n is not None:
-            return rerank.rerank_text(tok, model, state.params, state.target_params, prompts, turn_key, n=rerank_n,
+            return reranking.rerank_text(tok, model, state.params, state.target_params, prompts, turn_key, n=rerank_n,
                                       logp_weight=cfg.rerank_weight, sampler_config=scfg, forbidden_ids=forbidden)
         return sampler.generate_text(tok, model, state.params, state.target_params, prompts, turn_key,
                                      sampler_config=scfg, beta=beta, adv_clip=cfg.adv_clip if beta else None,

@@ -12,9 +12,10 @@ import dataclasses
 
 from ilql_jax.sharding import MeshConfig
 
-__all__ = ["ExportOptions", "GenerateOptions", "TrainOptions", "MODES", "TOO_LONG"]
+__all__ = ["ExportOptions", "GenerateOptions", "TrainOptions", "GENERATE_MODES", "MODES", "TOO_LONG"]
 
 MODES = ("sample", "greedy", "beam", "best_of_n")  # = ilql_jax.sampler.MODES (not imported: --help stays light)
+GENERATE_MODES = MODES + ("rerank",)  # rerank: ilql_jax.reranking, for a --per_utterance workdir
 TOO_LONG = ("error", "skip")
 REWARD_NORMS = ("none", "scale", "zscore")  # = ilql_jax.data.rewards.REWARD_NORMS
 
@@ -66,6 +67,8 @@ class TrainOptions:
         training records (ilql_jax.data.rewards; the fitted map goes into options.json). Scaling rewards by 1/s
         scales A by 1/s: generate with β·s to steer as much.
       freeze_policy: keep π_β at the BC result during ILQL (only the values train), so β = 0 decodes exactly BC.
+      per_utterance: train per-utterance ILQL (docs/per_utterance.md: one action per utterance, scalar Q read
+        at its </a>, gamma per utterance, no CQL) instead of token-level ILQL; generate with --mode rerank.
       dtype: compute dtype: "float32" (CPU) or "bfloat16" (accelerators).
       mesh: the device mesh; the default is data parallelism over every device.
       checkpoint_every: steps between checkpoints (one is always written at the end).
@@ -96,6 +99,7 @@ class TrainOptions:
     polyak_alpha: float = 0.05
     reward_norm: str = "none"
     freeze_policy: bool = False
+    per_utterance: bool = False
     dtype: str = "float32"
     mesh: MeshConfig = MeshConfig()
     checkpoint_every: int = 1000
@@ -147,8 +151,9 @@ class GenerateOptions:
       out: write the generations here as JSONL (default: print them).
       beta: inference β: 0 samples π_β; larger values follow the learned advantages more.
       num: generations per prompt.
-      mode: "sample", "greedy", "beam" (the best of num_beams beams) or "best_of_n" (of n samples, the one with
-        the largest summed advantage).
+      mode: "sample", "greedy", "beam" (the best of num_beams beams), "best_of_n" (of n samples, the one with
+        the largest summed advantage), or "rerank" (a --per_utterance workdir: of n samples of π_β, the one
+        with the largest Q̄(s, u) + rerank_weight · log π_β(u | s); beta and adv_clip are not used).
       temperature: sampling temperature T.
       top_k: keep the k most likely tokens of π_β (0: off).
       top_p: keep the smallest set of π_β's tokens with this much probability (1: off).
@@ -157,7 +162,8 @@ class GenerateOptions:
       forbid_markup: never emit <s> </s> <a> </eod> <pad> inside a reply (it still ends at </a>); false
         keeps the sampler's distribution, and markup emitted mid-reply is printed as it is.
       num_beams: beam width for mode beam.
-      n: samples per generation for mode best_of_n.
+      n: samples per generation for modes best_of_n and rerank.
+      rerank_weight: w, the weight of log π_β(u | s) in mode rerank's score.
       batch_size: rows decoded at once (the last batch is padded, so every batch has one shape).
       seed: sampling seed.
     """
@@ -177,14 +183,15 @@ class GenerateOptions:
     forbid_markup: bool = False
     num_beams: int = 4
     n: int = 4
+    rerank_weight: float = 0.0
     batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self):
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("give exactly one of --prompt TEXT and --prompts FILE")
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in GENERATE_MODES:
+            raise ValueError(f"--mode must be one of {GENERATE_MODES}, got {self.mode!r}")
         if self.beta < 0:
             raise ValueError(f"--beta must be >= 0, got {self.beta}")
         if self.temperature <= 0:

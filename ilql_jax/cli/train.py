@@ -131,8 +131,9 @@ def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: 
     return tok, trunk
 
 
-def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, TrainConfig]:
-    """Loop configs of the BC run and of the ILQL run that starts from it."""
+def train_configs(opts: TrainOptions, trunk, n_eval: int, end_a_id: int | None = None) -> tuple[TrainConfig, TrainConfig]:
+    """Loop configs of the BC run and of the ILQL run that starts from it (per-utterance ILQL with
+    `opts.per_utterance`, which needs the tokenizer's `</a>` id `end_a_id`)."""
     from ilql_jax import losses, train
     from ilql_jax.checkpoint import CheckpointConfig
     from ilql_jax.models import ilql
@@ -149,7 +150,9 @@ def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, 
                                            optim=OptimConfig(learning_rate=opts.bc_learning_rate)),
                      init="scratch" if opts.model == "scratch" else opts.model, **run(opts.bc_steps))
     rl = TrainConfig(
-        step=train.StepConfig(mode="ilql", model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy),
+        step=train.StepConfig(mode="ilql_utt" if opts.per_utterance else "ilql",
+                              end_a_id=end_a_id if opts.per_utterance else None,
+                              model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy),
                               loss=losses.LossConfig(gamma=opts.gamma, tau=opts.tau, alpha_cql=opts.alpha_cql),
                               optim=OptimConfig(learning_rate=opts.learning_rate), polyak_alpha=opts.polyak_alpha),
         init="bc:" + os.path.abspath(os.path.join(opts.workdir, "bc")), **run(opts.ilql_steps))
@@ -195,7 +198,7 @@ def train(opts: TrainOptions):
     arrays = episodes_to_arrays(norm.apply(r.episode for r in train_records), tok, opts.max_len)
     eval_arrays = (episodes_to_arrays(norm.apply(r.episode for r in eval_records), tok, opts.max_len)
                    if eval_records else None)
-    bc_cfg, rl_cfg = train_configs(opts, trunk, len(eval_records))
+    bc_cfg, rl_cfg = train_configs(opts, trunk, len(eval_records), tok.end_a_id)
     print("1/2: behaviour cloning of π_β")
     train_and_evaluate(bc_cfg, os.path.join(opts.workdir, "bc"), arrays, eval_arrays)
     print("2/2: ILQL, starting from π_β")
