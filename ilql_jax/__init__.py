@@ -49,7 +49,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ModelConfig": ("ilql_jax.models.ilql", "which ILQL networks exist: trunk shape, shared π_β, target trunk"),
     "LossConfig": ("ilql_jax.losses", "γ, expectile τ, α_cql and β_awac of the ILQL objective"),
     "OptimConfig": ("ilql_jax.state", "AdamW: learning rate, schedule, clipping, gradient accumulation"),
-    "StepConfig": ("ilql_jax.train", "what one train step computes: mode ilql or bc, model, loss, optimizer"),
+    "StepConfig": ("ilql_jax.train",
+                   "what one train step computes: mode ilql, ilql_utt or bc, model, loss, optimizer"),
     "MeshConfig": ("ilql_jax.sharding", "device mesh (data, fsdp, tensor) and the parameter layout (DP or FSDP)"),
     "CheckpointConfig": ("ilql_jax.checkpoint", "how often checkpoints are written and how many are kept"),
     "TrainConfig": ("ilql_jax.config", "one training run: the step, batch, length, steps, mesh, init, resume"),
@@ -65,6 +66,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "generate_text": ("ilql_jax.sampler", "prompts or histories in, the agent's next utterance as text out"),
     "sample": ("ilql_jax.sampler", "token arrays in, tokens with log π, log π_β, advantages and KL out"),
     "SampleResult": ("ilql_jax.sampler", "what `sample` returns, one generation per prompt"),
+    # --- Per-utterance ILQL (StepConfig mode "ilql_utt"): N samples of π_β, the best by Q̄(s, u) + w·log π_β.
+    "rerank_text": ("ilql_jax.reranking", "prompts or histories in, the reranked utterance as text out"),
+    "rerank": ("ilql_jax.reranking", "token arrays in, the best of N π_β samples by Q̄(s, u) + w·log π_β out"),
+    "RerankResult": ("ilql_jax.reranking", "what `rerank` returns: the chosen utterance and every candidate's scores"),
     # --- Checkpoints and weights.
     "abstract_state": ("ilql_jax.sharding", "the shapes of a fresh train state, the target to restore into"),
     "restore": ("ilql_jax.checkpoint", "a train state from the newest readable checkpoint in a workdir"),
@@ -122,6 +127,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.models.llama import LlamaConfig
     from ilql_jax.models.ilql import ModelConfig
     from ilql_jax.pretrained import resolve_model
+    from ilql_jax.reranking import RerankResult, rerank, rerank_text
     from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
     from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed
     from ilql_jax.state import ILQLState, OptimConfig

@@ -108,7 +108,7 @@ class TrainConfig:
                                  f"got {self.step.mode!r}")
             if not 0.0 < self.bc_top_fraction <= 1.0:
                 raise ValueError(f"TrainConfig.bc_top_fraction must be in (0, 1], got {self.bc_top_fraction}")
-        if self.step.mode == "ilql" and self.step.model.frozen_policy and self.init == "scratch":
+        if self.step.mode != "bc" and self.step.model.frozen_policy and self.init == "scratch":
             raise ValueError("TrainConfig: step.model.frozen_policy with init='scratch' would keep a random π_β; "
                              "start from a BC run (init='bc:<workdir>') or GPT-2 weights")
         if not self.init or self.init == "bc:":

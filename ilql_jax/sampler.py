@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ilql_jax import utterance
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, heads, ilql
 from ilql_jax.models import partial as partial_lib
@@ -89,6 +90,8 @@ __all__ = [
     "bucket_length",
     "sample",
     "generate_text",
+    "prompt_arrays",
+    "decode_texts",
     "trace_count",
 ]
 
@@ -597,6 +600,9 @@ def sample(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Par
         ids) may be emitted, never `forbidden_ids` (e.g. markup inside a reply). Masked ids get
         -inf in l' before filtering, so top-k / top-p choose among the allowed ones.
     """
+    if utterance.is_per_utterance(online):  # no token-level advantage to add
+        raise ValueError("these parameters have scalar Q heads (per-utterance ILQL): decode them with "
+                         "ilql_jax.rerank, or pass π_β alone ({'policy': ...}) to sample from it")
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
     chex.assert_rank(prompt_tokens, 2)
@@ -634,21 +640,32 @@ def generate_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params
     so an evaluation sees it (forbid it with `forbidden_ids` instead).
     """
     sampler_config = sampler_config or SamplerConfig()
+    tokens, mask = prompt_arrays(tokenizer, prompts)
+    stop_ids = tuple(stop_ids or (tokenizer.end_a_id,))
+    result = sample(model_config, online, target, tokens, mask, key, beta=beta, temperature=temperature,
+                    adv_clip=adv_clip, stop_ids=stop_ids, pad_id=tokenizer.pad_id, sampler_config=sampler_config,
+                    allowed_ids=allowed_ids, forbidden_ids=forbidden_ids)
+    return decode_texts(tokenizer, result.tokens, result.lengths, stop_ids)
+
+
+def prompt_arrays(tokenizer, prompts: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded `(tokens, mask)` [B, P] int32 of token id lists or histories (as `generate_text` takes)."""
     ids = [list(p) if _is_ids(p) else episodes.prompt_tokens(p, tokenizer) for p in prompts]
     if not ids or min(map(len, ids)) == 0:
-        raise ValueError("generate_text: need at least one prompt, each with at least one token")
+        raise ValueError("need at least one prompt, each with at least one token")
     width = max(map(len, ids))
     tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
     mask = np.zeros((len(ids), width), np.int32)
     for row, prompt in enumerate(ids):
         tokens[row, width - len(prompt):] = prompt
         mask[row, width - len(prompt):] = 1
-    stop_ids = tuple(stop_ids or (tokenizer.end_a_id,))
-    result = sample(model_config, online, target, tokens, mask, key, beta=beta, temperature=temperature,
-                    adv_clip=adv_clip, stop_ids=stop_ids, pad_id=tokenizer.pad_id, sampler_config=sampler_config,
-                    allowed_ids=allowed_ids, forbidden_ids=forbidden_ids)
+    return tokens, mask
+
+
+def decode_texts(tokenizer, tokens, lengths, stop_ids: Sequence[int]) -> list[str]:
+    """The text of each generated row [B, M] (its first `lengths` tokens), a final stop id cut."""
     texts = []
-    for row, length in zip(np.asarray(result.tokens), np.asarray(result.lengths)):
+    for row, length in zip(np.asarray(tokens), np.asarray(lengths)):
         row = [int(i) for i in row[:length]]
         # Only a final stop id ends a row, so it is the last one (pad is never emitted before it).
         if row and row[-1] in stop_ids:

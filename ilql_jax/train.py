@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ilql_jax import losses
+from ilql_jax import losses, utterance
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
@@ -20,6 +20,7 @@ from ilql_jax.state import (ILQLState, OptimConfig, create_state, learning_rate_
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "action_mask", "rewards", "next_idx", "dones")
+MODES = ("ilql", "ilql_utt", "bc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +28,13 @@ class StepConfig:
     """What the train step computes.
 
     Attributes:
-      mode: "ilql" (value trunk, heads, targets and π_β) or "bc" (π_β alone:
-        the BC and %BC baselines).
+      mode: "ilql" (value trunk, heads, targets and π_β), "ilql_utt" (per-utterance
+        ILQL: the same networks with scalar Q heads, one action per utterance;
+        `ilql_jax.utterance`, docs/per_utterance.md) or "bc" (π_β alone: the BC
+        and %BC baselines).
       model: which networks exist and their trunk shape.
       loss: γ, τ, α_cql, β_awac (the vocabulary size is taken from the trunk).
+        In mode "ilql_utt" γ discounts per utterance, and α_cql and β_awac are unused.
       optim: AdamW settings, schedule, clipping, accumulation.
       polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published;
         1.0 is a hard copy (θ̄ ← θ).
@@ -41,6 +45,8 @@ class StepConfig:
         vocabulary-sized heads at (`losses.pack_actions`); None: the whole row.
         A batch with a row holding more actions gets a NaN loss. The training
         loop sets it from the data when None (`with_action_capacity`).
+      end_a_id: the tokenizer's `</a>` id, which ends an utterance; mode
+        "ilql_utt" needs it (to find each utterance's end in the token arrays).
     """
 
     mode: str = "ilql"
@@ -50,10 +56,13 @@ class StepConfig:
     polyak_alpha: float = 0.005
     target_update_every: int = 1
     action_capacity: int | None = None
+    end_a_id: int | None = None
 
     def __post_init__(self):
-        if self.mode not in ("ilql", "bc"):
-            raise ValueError(f"StepConfig.mode must be 'ilql' or 'bc', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"StepConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "ilql_utt" and (self.end_a_id is None or self.end_a_id < 0):
+            raise ValueError("StepConfig.mode 'ilql_utt' needs end_a_id, the tokenizer's </a> id")
         if not 0.0 < self.polyak_alpha <= 1.0:
             raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
         if self.target_update_every < 1:
@@ -103,6 +112,8 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | Non
             frozen, params["policy"] = partial_lib.split(config.model, start, jax.random.fold_in(k_params, 1))
             params[partial_lib.FROZEN] = frozen
         target = {}
+    elif config.mode == "ilql_utt":
+        params, target = utterance.init(config.model, k_params, trunk, policy)
     else:
         params, target = ilql.init(config.model, k_params, trunk, policy)
     return create_state(params, target, make_optimizer(config.optim), k_rng, trained_params(config, params))
@@ -111,7 +122,7 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | Non
 def trained_params(config: StepConfig, params: Any) -> Any:
     """The online parameters the optimizer moves: all but a frozen π_β and the frozen part of partial
     training (no gradient, no Adam moments)."""
-    if config.mode == "ilql" and config.model.frozen_policy:
+    if config.mode != "bc" and config.model.frozen_policy:
         params = {k: v for k, v in params.items() if k != "policy"}
     if partial_lib.FROZEN in params:
         params = {k: v for k, v in params.items() if k != partial_lib.FROZEN}
@@ -150,6 +161,8 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
     target Q̄ only at the taken action (`ilql.apply_packed`). Same values and
     gradients as `reference_loss_fn`, which computes every head at every position.
     """
+    if config.mode == "ilql_utt":
+        return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
     packed = losses.pack_actions(batch, config.action_capacity)
     if config.mode == "bc" and partial_lib.FROZEN in params:
@@ -172,7 +185,10 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
 def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
                       dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
-    (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory."""
+    (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory.
+    Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
+    if config.mode == "ilql_utt":
+        return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
     if config.mode == "bc" and partial_lib.FROZEN in params:
         logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
@@ -232,7 +248,7 @@ def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQL
     # MultiSteps applies the accumulated update on every grad_accum-th micro-step.
     updated = (state.step + 1) % config.optim.grad_accum == 0
     sync = updated & (((state.step + 1) // config.optim.grad_accum) % config.target_update_every == 0)
-    if config.mode == "ilql":
+    if config.mode != "bc":
         moved = polyak_update(ilql.target_tracked(config.model, params), _after(target, grad_norm),
                               config.polyak_alpha)
         target = jax.tree.map(lambda new, old: jnp.where(sync, new, old), moved, target)

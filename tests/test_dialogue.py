@@ -204,7 +204,8 @@ def test_expert_wins_every_target_and_data_round_trip(cat, tmp_path):
 def test_dialogue_smoke(tmp_path):
     assert dialogue_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["seeds"]
-    assert [r["method"] for r in rows] == ["info_gain (scripted expert)", "data (behaviour mix)", "bc", "pbc20", "ilql"]
+    assert [r["method"] for r in rows] == ["info_gain (scripted expert)", "data (behaviour mix)", "bc", "pbc20",
+                                           "ilql_beta8", "ilql_utt_rerank2"]
     for r in rows:
         assert set(r) >= {"mean_return", "stderr", "success_rate", "mean_turns", "mean_return_yn", "stderr_yn",
                           "mean_return_conservative", "stderr_conservative", "unparsed_rate", "n_dialogues"}
@@ -212,9 +213,10 @@ def test_dialogue_smoke(tmp_path):
         assert r["mean_return_yn"] <= r["mean_return"] and r["mean_return_conservative"] <= r["mean_return"]
     assert rows[0]["success_rate"] == 1.0 and rows[0]["n_dialogues"] == 64 and rows[2]["n_dialogues"] == 64
     # BC is read off the ILQL run's π_β (bc_from_ilql); %BC has its own run on the top 20%.
-    assert [r["trained_as"] for r in rows[2:]] == ["ilql", "pbc20", "ilql"]
+    assert [r["trained_as"] for r in rows[2:]] == ["ilql", "pbc20", "ilql", "ilql_utt"]
+    assert rows[4]["beta"] == 8.0 and rows[5]["rerank_n"] == 2
     assert not (tmp_path / "bc").exists()
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     for name in ("results.png", "data/train.jsonl", "data/heldout.jsonl", "tokenizer/tokenizer.json",
-                 "ilql/metrics.jsonl", "pbc20/config.json"):
+                 "ilql/metrics.jsonl", "pbc20/config.json", "ilql_utt/metrics.jsonl"):
         assert (tmp_path / name).exists(), name

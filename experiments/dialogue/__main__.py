@@ -1,6 +1,6 @@
 """`python -m experiments.dialogue [--preset default|smoke] [--workdir DIR] [--FIELD VALUE ...]`.
 
-Fields are those of `experiments.dialogue.run.DialogueConfig`, e.g. `--reward yn --n_eval 256 --beta 4`.
+Fields are those of `experiments.dialogue.run.DialogueConfig`, e.g. `--reward yn --n_eval 256 --betas '[4]'`.
 """
 
 import sys

@@ -1,4 +1,5 @@
-"""The ask-to-identify dialogue benchmark: one data set, BC, %BC and ILQL, 1024 evaluation dialogues each.
+"""The ask-to-identify dialogue benchmark: one data set; BC, %BC, ILQL and per-utterance ILQL; 1024 evaluation
+dialogues per row.
 
 The paper's Visual Dialogue setting made offline (ILQL_SPEC §6–§7): many turns,
 an answerer's reply between the agent's utterances, a cost per question, and
@@ -9,18 +10,23 @@ through `train_and_evaluate` and play the evaluation dialogues, all in
 lockstep, one batched decode per turn → `results.json`, `results.md` and a bar
 plot in the workdir.
 
-Methods (all on the same data):
-  bc      π_β alone on every dialogue. With `bc_from_ilql` (the default) this
-          is the ILQL run's own π_β decoded alone (β = 0): in that run π_β is a
-          separate network that only the plain BC loss reaches (β_awac = 0, no
-          gradient clipping, no weight decay, so AdamW updates it independently
-          of the value losses), i.e. BC on the same batches, without paying for
-          a second training run;
-  pbcNN   %BC: π_β on the top NN% of dialogues by return;
-  ilql    ILQL (τ, γ = 0.99, α_cql), decoded on log π_β + β·A with A
-          clipped from above at `adv_clip` (None: not clipped).
-Models decode by sampling at T = 1 (`decode`): π_β for BC and %BC, softmax(log π_β + β·A) for ILQL.
-Every method is scored under all three reward variants; it is trained on `reward`.
+Methods (all on the same data), and the rows of the table each gives:
+  bc        π_β alone on every dialogue. With `bc_from_ilql` (the default) this
+            is the ILQL run's own π_β decoded alone (β = 0): in that run π_β is a
+            separate network that only the plain BC loss reaches (β_awac = 0, no
+            gradient clipping, no weight decay, so AdamW updates it independently
+            of the value losses), i.e. BC on the same batches, without paying for
+            a second training run. Row `bc`;
+  pbcNN     %BC: π_β on the top NN% of dialogues by return. Row `pbcNN`;
+  ilql      token-level ILQL (τ, γ = 0.99 per token, α_cql), trained once and
+            decoded on log π_β + β·A for each β of `betas` (A clipped from above
+            at `adv_clip`; None: not clipped). Rows `ilql_betaB`;
+  ilql_utt  per-utterance ILQL (`ilql_jax.utterance`: τ, γ = 0.99 per utterance,
+            no CQL), trained once and decoded by reranking N samples of its π_β
+            by Q̄(s, u) + `rerank_weight` · log π_β(u | s) for each N of
+            `rerank_n` (`ilql_jax.rerank`). Rows `ilql_utt_rerankN`.
+Sampling is at T = 1 (`decode`). Every row is scored under all three reward
+variants; every method is trained on `reward`.
 """
 
 from __future__ import annotations
@@ -38,14 +44,14 @@ from experiments import aggregate as aggregate_lib, plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
-from ilql_jax import files, losses, sampler, train
+from ilql_jax import files, losses, reranking, sampler, train
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
-_METHOD = re.compile(r"^(bc|pbc[1-9][0-9]?|ilql)$")
+_METHOD = re.compile(r"^(bc|pbc[1-9][0-9]?|ilql|ilql_utt)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +72,14 @@ class DialogueConfig:
       bc_steps, rl_steps: steps for BC / %BC and for ILQL.
       learning_rate: AdamW learning rate.
       tau, alpha_cql: ILQL's expectile and CQL weight.
-      beta, adv_clip: inference β and the advantage's upper clip (None: no clip).
-      decode: "sample" (T = 1, a fresh key per turn) or "greedy". Greedy π_β repeats one question
-        until the dialogue runs out (it never guesses), so every method scored −10 in a pilot.
-      methods: "bc", "pbcNN" (NN% of the data by return) and/or "ilql".
+      betas: the inference β of each ILQL row (one training, one row per β).
+      adv_clip: the advantage's upper clip (None: no clip).
+      rerank_n: candidates per utterance of each per-utterance ILQL row (one training, one row per N).
+      rerank_weight: w in the reranking score Q̄(s, u) + w · log π_β(u | s) (0: the paper's Visual Dialogue).
+      decode: "sample" (T = 1, a fresh key per turn) or "greedy" (token-level rows only; reranking samples).
+        Greedy π_β repeats one question until the dialogue runs out (it never guesses), so every method
+        scored −10 in a pilot.
+      methods: "bc", "pbcNN" (NN% of the data by return), "ilql" and/or "ilql_utt".
       bc_from_ilql: with "ilql" in `methods`, "bc" is the ILQL run's π_β at β = 0 (see the module docstring).
     """
 
@@ -91,10 +101,12 @@ class DialogueConfig:
     learning_rate: float = 1e-3
     tau: float = 0.7
     alpha_cql: float = 0.1
-    beta: float = 8.0
+    betas: tuple[float, ...] = (1.0, 4.0, 8.0, 16.0)
     adv_clip: float | None = None
+    rerank_n: tuple[int, ...] = (4, 8)
+    rerank_weight: float = 0.0
     decode: str = "sample"
-    methods: tuple[str, ...] = ("bc", "pbc20", "ilql")
+    methods: tuple[str, ...] = ("bc", "pbc10", "pbc20", "pbc50", "ilql", "ilql_utt")
     bc_from_ilql: bool = True
 
     def __post_init__(self):
@@ -102,7 +114,13 @@ class DialogueConfig:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         bad = [m for m in self.methods if not _METHOD.match(m)]
         if bad:
-            raise ValueError(f"unknown method(s) {bad}; use bc, pbcNN (1 ≤ NN ≤ 99) or ilql")
+            raise ValueError(f"unknown method(s) {bad}; use bc, pbcNN (1 ≤ NN ≤ 99), ilql or ilql_utt")
+        if "ilql" in self.methods and not self.betas:
+            raise ValueError("methods has ilql but betas is empty: give at least one β")
+        if "ilql_utt" in self.methods and (not self.rerank_n or min(self.rerank_n) < 1):
+            raise ValueError(f"methods has ilql_utt: rerank_n needs at least one N >= 1, got {self.rerank_n}")
+        if "ilql_utt" in self.methods and self.decode != "sample":
+            raise ValueError("ilql_utt reranks samples of π_β: it needs decode 'sample'")
         if self.reward not in env.REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose from {env.REWARDS}")
 
@@ -110,7 +128,8 @@ class DialogueConfig:
 PRESETS = {
     "default": DialogueConfig(),
     "smoke": DialogueConfig(n_train=256, n_heldout=32, n_eval=64, n_layer=1, n_embd=32, batch_size=16,
-                            bc_steps=10, rl_steps=10),
+                            bc_steps=10, rl_steps=10, methods=("bc", "pbc20", "ilql", "ilql_utt"), betas=(8.0,),
+                            rerank_n=(2,)),
 }
 
 
@@ -119,13 +138,17 @@ def trunk_config(cfg: DialogueConfig, vocab_size: int) -> gpt2.GPT2Config:
                            n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
 
 
-def train_config(cfg: DialogueConfig, method: str, vocab_size: int, seed: int | None = None) -> TrainConfig:
+def train_config(cfg: DialogueConfig, method: str, tok, seed: int | None = None) -> TrainConfig:
     """The loop's config for one method at training seed `seed` (`cfg.seed` by default)."""
-    model = ilql.ModelConfig(trunk=trunk_config(cfg, vocab_size))
+    model = ilql.ModelConfig(trunk=trunk_config(cfg, tok.vocab_size))
     optim = OptimConfig(learning_rate=cfg.learning_rate)
     if method == "ilql":
         step = train.StepConfig(mode="ilql", model=model, optim=optim,
                                 loss=losses.LossConfig(gamma=0.99, tau=cfg.tau, alpha_cql=cfg.alpha_cql))
+        num_steps, fraction = cfg.rl_steps, None
+    elif method == "ilql_utt":
+        step = train.StepConfig(mode="ilql_utt", model=model, optim=optim, end_a_id=tok.end_a_id,
+                                loss=losses.LossConfig(gamma=0.99, tau=cfg.tau))
         num_steps, fraction = cfg.rl_steps, None
     else:
         step = train.StepConfig(mode="bc", model=model, optim=optim)
@@ -155,30 +178,45 @@ def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[s
     return datasets.dialogue_stats(games)
 
 
-def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, guided: bool):
-    """Utterances (`cfg.decode`) from a state trained as `method`: π_β + β·A if `guided`, else π_β alone."""
-    model = train_config(cfg, method, tok.vocab_size).step.model
-    room = cfg.max_len - cfg.max_new_tokens
+def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, beta: float = 0.0,
+                  rerank_n: int | None = None):
+    """Utterances (`cfg.decode`) from a state trained as `method`: π_β + β·A (β = 0: π_β alone), or, with
+    `rerank_n`, the best of that many π_β samples by Q̄ + w · log π_β (a per-utterance state)."""
+    model = train_config(cfg, method, tok).step.model
+    # A reranked candidate is scored with its `</a>` after the prompt, one more token than decoding needs.
+    room = cfg.max_len - cfg.max_new_tokens - (rerank_n is not None)
     scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode=cfg.decode, prompt_buckets=(room,))
     key = jax.random.key(seed)
     calls = itertools.count()
+    # An utterance goes back into the history, which cannot hold markup.
+    forbidden = sampler.inner_markup_ids(tok)
 
     def speak(histories):
         prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
         longest = max(map(len, prompts))
         # Cannot happen at the defaults: 9 earlier turns of ≤ 9 + 3 tokens (words, </a>, a one-id reply, </s>) and <a>
-        # make 109 ≤ 120 − 9 (the vocabulary keeps every id one id through decode and encode).
+        # make 109 ≤ 120 − 9 − 1 (the vocabulary keeps every id one id through decode and encode).
         if longest > room:
             raise ValueError(f"a dialogue prompt has {longest} tokens; max_len={cfg.max_len} leaves room for {room}")
         # A fresh key per turn (fold in the call count), the same sequence for every method.
-        return sampler.generate_text(tok, model, state.params, state.target_params, prompts,
-                                     jax.random.fold_in(key, next(calls)),
-                                     sampler_config=scfg, beta=cfg.beta if guided else 0.0,
-                                     adv_clip=cfg.adv_clip if guided else None,
-                                     # An utterance goes back into the history, which cannot hold markup.
-                                     forbidden_ids=sampler.inner_markup_ids(tok))
+        turn_key = jax.random.fold_in(key, next(calls))
+        if rerank_n is not None:
+            return reranking.rerank_text(tok, model, state.params, state.target_params, prompts, turn_key, n=rerank_n,
+                                      logp_weight=cfg.rerank_weight, sampler_config=scfg, forbidden_ids=forbidden)
+        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, turn_key,
+                                     sampler_config=scfg, beta=beta, adv_clip=cfg.adv_clip if beta else None,
+                                     forbidden_ids=forbidden)
 
     return speak
+
+
+def evaluations(cfg: DialogueConfig, method: str) -> list[tuple[str, dict]]:
+    """The rows a method gives: (row name, `model_speaker` keyword arguments)."""
+    if method == "ilql":
+        return [(f"ilql_beta{b:g}", {"beta": b}) for b in cfg.betas]
+    if method == "ilql_utt":
+        return [(f"ilql_utt_rerank{n}", {"rerank_n": n}) for n in cfg.rerank_n]
+    return [(method, {})]
 
 
 def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
@@ -228,23 +266,32 @@ EPISODE_STDERR = {"mean_return": "stderr", "mean_return_yn": "stderr_yn",
 
 def seed_rows(cfg: DialogueConfig, seed: int, workdir: epath.Path, tok, catalogue, train_arrays, heldout_arrays,
               returns: np.ndarray) -> list[dict]:
-    """Trains every method at one training seed and plays the evaluation dialogues (the same for every seed)."""
+    """Trains every method at one training seed and plays the evaluation dialogues (the same for every seed).
+
+    Each row records `train_seconds` (the training it was read from, 0 when an earlier row paid for it) and
+    `eval_seconds` (playing its dialogues), wall clock.
+    """
     rows, states = [], {}
     label = f"seed {seed} " if cfg.seeds > 1 else ""
     for method in cfg.methods:
         # "bc" may be read off the ILQL run's π_β (see the module docstring).
         trained = "ilql" if (method == "bc" and cfg.bc_from_ilql and "ilql" in cfg.methods) else method
-        tc = train_config(cfg, trained, tok.vocab_size, seed)
+        tc = train_config(cfg, trained, tok, seed)
         start = time.perf_counter()
         if trained not in states:
             states[trained] = train_and_evaluate(tc, str(workdir / trained), train_arrays, heldout_arrays,
                                                  returns=returns if tc.bc_top_fraction is not None else None)
-        speaker = model_speaker(cfg, trained, states[trained], tok, seed, guided=method == "ilql")
-        stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
-        rows.append({"method": method, "seed": seed, **stats, "trained_as": trained, "train_steps": tc.num_steps,
-                     "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{label}{method}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
-              f"success rate {stats['success_rate']:.3f}, turns {stats['mean_turns']:.2f}")
+        train_seconds = time.perf_counter() - start
+        for name, decoding in evaluations(cfg, method):
+            start = time.perf_counter()
+            speaker = model_speaker(cfg, trained, states[trained], tok, seed, **decoding)
+            stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
+            rows.append({"method": name, "seed": seed, **stats, "trained_as": trained, "train_steps": tc.num_steps,
+                         **decoding, "train_seconds": round(train_seconds, 1),
+                         "eval_seconds": round(time.perf_counter() - start, 1)})
+            train_seconds = 0.0
+            print(f"{label}{name}: mean return {stats['mean_return']:.3f} ± {stats['stderr']:.3f}, "
+                  f"success rate {stats['success_rate']:.3f}, turns {stats['mean_turns']:.2f}")
     return rows
 
 
@@ -266,6 +313,7 @@ def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[d
     spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over dialogues"
               if cfg.seeds > 1 else "one seed: ± is the s.e. over dialogues")
     results.write_table(workdir, table, COLUMNS,
-                        f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; β = {cfg.beta}, "
-                        f"adv_clip = {cfg.adv_clip}; {spread}; {seconds / 60:.1f} min in all.", seed_rows=rows)
+                        f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; "
+                        f"adv_clip = {cfg.adv_clip}, rerank w = {cfg.rerank_weight:g}; {spread}; "
+                        f"{seconds / 60:.1f} min in all.", seed_rows=rows)
     plots.bar_plot_returns(epath.Path(workdir) / "results.png", table, "Ask-to-identify dialogue")

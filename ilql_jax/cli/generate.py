@@ -26,7 +26,7 @@ import numpy as np
 from ilql_jax import files
 from ilql_jax.cli import reward as reward_lib
 from ilql_jax.cli.options import GenerateOptions, SweepOptions
-from ilql_jax.config import config_to_dict
+from ilql_jax.config import ConfigError, config_to_dict
 from ilql_jax.data import episodes
 from ilql_jax.data.records import DataError, check_text, prompt_histories
 
@@ -77,14 +77,17 @@ def summarize(beta: float, results: list[dict]) -> dict:
         rewards = np.asarray([r["reward"] for r in results])
         row["mean_reward"] = float(rewards.mean())
         row["stderr"] = float(rewards.std(ddof=1) / math.sqrt(len(rewards))) if len(rewards) > 1 else 0.0
-    row.update(kl=float(np.mean([r["kl"] for r in results])), distinct_1=distinct_n(texts, 1),
-               distinct_2=distinct_n(texts, 2), mean_length=float(np.mean([r["num_tokens"] for r in results])))
+    if "kl" in results[0]:  # mode rerank picks among π_β's samples: no per-token KL estimate
+        row["kl"] = float(np.mean([r["kl"] for r in results]))
+    row.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
+               mean_length=float(np.mean([r["num_tokens"] for r in results])))
     return row
 
 
 def _line(row: dict) -> str:
     reward = f"reward {row['mean_reward']:.3f} ± {row['stderr']:.3f}, " if "mean_reward" in row else ""
-    return (f"β={row['beta']:g}: {reward}KL {row['kl']:.2f}, distinct-2 {row['distinct_2']:.3f}, "
+    kl = f"KL {row['kl']:.2f}, " if "kl" in row else ""
+    return (f"β={row['beta']:g}: {reward}{kl}distinct-2 {row['distinct_2']:.3f}, "
             f"length {row['mean_length']:.1f} tokens ({row['n']} replies)")
 
 
@@ -122,8 +125,16 @@ def generate(opts: GenerateOptions) -> list[dict]:
     betas = opts.betas
     reward = reward_lib.load(opts.reward) if opts.reward else None
     histories = _prompts(opts)
-    trunk = read_config(opts.workdir).step.model.trunk
-    room = trunk.n_positions - opts.max_new_tokens
+    step = read_config(opts.workdir).step
+    trunk = step.model.trunk
+    per_utterance = step.mode == "ilql_utt"
+    if per_utterance != (opts.mode == "rerank"):  # a per-utterance run has no token-level advantage
+        kind, modes = ("per-utterance", "rerank") if per_utterance else ("token-level", "sample, greedy, beam or best_of_n")
+        raise ConfigError(f"{opts.workdir} holds {kind} ILQL: generate with --mode {modes}")
+    if opts.mode == "rerank" and (sweep or len(betas) > 1):
+        raise ConfigError("--mode rerank has no β to sweep (it reranks π_β's samples by Q̄): give one --beta or none")
+    # Mode rerank scores each candidate with its </a> after the prompt: one more position.
+    room = trunk.n_positions - opts.max_new_tokens - (opts.mode == "rerank")
     if room < 1:
         raise DataError("--max_new_tokens", f"{opts.max_new_tokens} leaves no room for a prompt in the model's "
                         f"n_positions={trunk.n_positions}")
@@ -144,35 +155,39 @@ def generate(opts: GenerateOptions) -> list[dict]:
     print(f"room: prompts take up to {longest} of the model's {trunk.n_positions} positions, leaving "
           f"{trunk.n_positions - longest} tokens for a reply (--max_new_tokens {opts.max_new_tokens})")
 
-    scfg = sampler.SamplerConfig(max_new_tokens=opts.max_new_tokens, mode=opts.mode, num_beams=opts.num_beams,
-                                 n=opts.n, top_k=opts.top_k, top_p=opts.top_p)
+    if opts.mode != "rerank":
+        scfg = sampler.SamplerConfig(max_new_tokens=opts.max_new_tokens, mode=opts.mode, num_beams=opts.num_beams,
+                                     n=opts.n, top_k=opts.top_k, top_p=opts.top_p)
     forbidden = [*sampler.inner_markup_ids(tok), tok.pad_id] if opts.forbid_markup else None
     rows = [(p, k) for p in range(len(prompt_ids)) for k in range(opts.num)]
     key = jax.random.key(opts.seed)
     results, table = [], []
     for beta in betas:
-        at_beta = []
-        for start, tokens, mask, n_real in _batches([prompt_ids[p] for p, _ in rows], opts.batch_size, tok.pad_id):
-            out = sampler.sample(run.config.step.model, run.state.params, run.state.target_params, tokens, mask,
-                                 jax.random.fold_in(key, start), beta=beta, temperature=opts.temperature,
-                                 adv_clip=opts.adv_clip, stop_ids=(tok.end_a_id,), pad_id=tok.pad_id,
-                                 sampler_config=scfg, forbidden_ids=forbidden)
-            out = jax.device_get(out)
-            for i in range(n_real):
-                p, k = rows[start + i]
-                length = int(out.lengths[i])
-                ids = [int(t) for t in out.tokens[i, :length]]
-                # Only the final stop id is cut (as generate_text does): markup emitted mid-reply stays visible.
-                ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
-                line, history = histories[p]
-                at_beta.append({
-                    **_prompt_fields(history),
-                    **({"line": line} if line is not None else {}),
-                    "sample": k, "text": tok.decode(ids), "num_tokens": length,
-                    "logp": float(np.sum(out.logp[i, :length])),
-                    "logp_beta": float(np.sum(out.logp_beta[i, :length])),
-                    "kl": float(out.kl[i]), "beta": beta, "mode": opts.mode,
-                })
+        if opts.mode == "rerank":
+            at_beta = _rerank(opts, run, histories, prompt_ids, rows, key)
+        else:
+            at_beta = []
+            for start, tokens, mask, n_real in _batches([prompt_ids[p] for p, _ in rows], opts.batch_size, tok.pad_id):
+                out = sampler.sample(run.config.step.model, run.state.params, run.state.target_params, tokens, mask,
+                                     jax.random.fold_in(key, start), beta=beta, temperature=opts.temperature,
+                                     adv_clip=opts.adv_clip, stop_ids=(tok.end_a_id,), pad_id=tok.pad_id,
+                                     sampler_config=scfg, forbidden_ids=forbidden)
+                out = jax.device_get(out)
+                for i in range(n_real):
+                    p, k = rows[start + i]
+                    length = int(out.lengths[i])
+                    ids = [int(t) for t in out.tokens[i, :length]]
+                    # Only the final stop id is cut (as generate_text does): markup emitted mid-reply stays visible.
+                    ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
+                    line, history = histories[p]
+                    at_beta.append({
+                        **_prompt_fields(history),
+                        **({"line": line} if line is not None else {}),
+                        "sample": k, "text": tok.decode(ids), "num_tokens": length,
+                        "logp": float(np.sum(out.logp[i, :length])),
+                        "logp_beta": float(np.sum(out.logp_beta[i, :length])),
+                        "kl": float(out.kl[i]), "beta": beta, "mode": opts.mode,
+                    })
         if reward is not None:
             where = [f"the reply to {opts.prompts or '--prompt'}" + (f" line {histories[p][0]}" if opts.prompts else "")
                      + f" at β={beta:g}" for p, _ in rows]
@@ -189,9 +204,10 @@ def generate(opts: GenerateOptions) -> list[dict]:
     elif not sweep:
         for r in results:
             prompt = r["prompt"] if "prompt" in r else " / ".join(t["text"] for t in r["turns"])
+            scores = (f"Q̄ {r['q']:.2f}, log π_β {r['logp_beta']:.2f}, score {r['score']:.2f}" if r["mode"] == "rerank"
+                      else f"log π {r['logp']:.2f}, log π_β {r['logp_beta']:.2f}, KL {r['kl']:.2f}")
             print(f"{prompt!r} -> {r['text']!r}  (" + (f"β {r['beta']:g}, " if len(betas) > 1 else "")
-                  + (f"reward {r['reward']:.3g}, " if "reward" in r else "")
-                  + f"log π {r['logp']:.2f}, log π_β {r['logp_beta']:.2f}, KL {r['kl']:.2f})")
+                  + (f"reward {r['reward']:.3g}, " if "reward" in r else "") + scores + ")")
     if sweep or len(betas) > 1 or reward is not None:
         for row in table:
             print(_line(row))
@@ -207,4 +223,36 @@ def generate(opts: GenerateOptions) -> list[dict]:
         files.atomic_write_text(stem + ".json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         files.atomic_write_text(stem + ".md", _markdown(summary))
         print(f"wrote the table to {stem}.json and {stem}.md")
+    return results
+
+
+def _rerank(opts: GenerateOptions, run, histories, prompt_ids: list[list[int]], rows: list[tuple[int, int]],
+            key) -> list[dict]:
+    """Mode rerank (a per-utterance ILQL workdir, docs/per_utterance.md): each generation is the best of
+    `opts.n` samples of π_β by Q̄(s, u) + w · log π_β(u | s)."""
+    import jax
+
+    from ilql_jax import reranking, sampler
+
+    tok = run.tokenizer
+    scfg = sampler.SamplerConfig(max_new_tokens=opts.max_new_tokens, mode="sample", top_k=opts.top_k, top_p=opts.top_p)
+    forbidden = [*sampler.inner_markup_ids(tok), tok.pad_id] if opts.forbid_markup else None
+    results = []
+    for start, tokens, mask, n_real in _batches([prompt_ids[p] for p, _ in rows], opts.batch_size, tok.pad_id):
+        out = jax.device_get(reranking.rerank(
+            run.config.step.model, run.state.params, run.state.target_params, tokens, mask,
+            jax.random.fold_in(key, start), n=opts.n, logp_weight=opts.rerank_weight, temperature=opts.temperature,
+            stop_ids=(tok.end_a_id,), end_a_id=tok.end_a_id, pad_id=tok.pad_id, sampler_config=scfg,
+            forbidden_ids=forbidden))
+        for i in range(n_real):
+            p, k = rows[start + i]
+            length = int(out.lengths[i])
+            ids = [int(t) for t in out.tokens[i, :length]]
+            ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
+            line, history = histories[p]
+            results.append({
+                **_prompt_fields(history), **({"line": line} if line is not None else {}),
+                "sample": k, "text": tok.decode(ids), "num_tokens": length, "q": float(out.q[i]),
+                "logp_beta": float(out.logp_beta[i]), "score": float(out.score[i]), "n": opts.n, "mode": "rerank",
+            })
     return results

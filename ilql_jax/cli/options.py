@@ -16,7 +16,7 @@ import re
 from ilql_jax.pretrained import MODELS as PRETRAINED_MODELS
 from ilql_jax.sharding import MeshConfig
 
-__all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "LAYOUTS", "MODEL_NAMES", "MODES",
+__all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "GENERATE_MODES", "LAYOUTS", "MODEL_NAMES", "MODES",
            "TOO_LONG", "is_hub_shaped", "learning_rates", "parse_betas"]
 
 # The --model values that are names rather than paths or hub ids (--help, the check and the error message all
@@ -24,6 +24,7 @@ __all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "
 MODEL_NAMES = ("scratch", "gpt2", *PRETRAINED_MODELS)
 
 MODES = ("sample", "greedy", "beam", "best_of_n")  # = ilql_jax.sampler.MODES (not imported: --help stays light)
+GENERATE_MODES = MODES + ("rerank",)  # rerank: ilql_jax.reranking, for a --per_utterance workdir
 TOO_LONG = ("error", "skip")
 REWARD_NORMS = ("none", "scale", "zscore")  # = ilql_jax.data.rewards.REWARD_NORMS
 LAYOUTS = ("auto", "markup", "chat")
@@ -141,6 +142,8 @@ class TrainOptions:
       lora_rank: r > 0 trains LoRA adapters of rank r on the attention and MLP projections (of the top
         num_layers_unfrozen blocks, or of every block) instead of the trunks' weights, which stay frozen; 0: none.
       lora_alpha: LoRA's α: the adapters' output is scaled by α / r.
+      per_utterance: train per-utterance ILQL (docs/per_utterance.md: one action per utterance, scalar Q read
+        at its </a>, gamma per utterance, no CQL) instead of token-level ILQL; generate with --mode rerank.
       dtype: compute dtype: "float32" (CPU) or "bfloat16" (accelerators).
       mesh: the device mesh; the default is data parallelism over every device.
       checkpoint_every: steps between checkpoints (one is always written at the end).
@@ -180,6 +183,7 @@ class TrainOptions:
     num_layers_unfrozen: int = -1
     lora_rank: int = 0
     lora_alpha: float = 16.0
+    per_utterance: bool = False
     dtype: str = "float32"
     mesh: MeshConfig = MeshConfig()
     checkpoint_every: int = 1000
@@ -265,8 +269,9 @@ class GenerateOptions:
       beta: inference β: 0 samples π_β; larger values follow the learned advantages more. Several values,
         comma-separated (0,4,16,64), decode every prompt at each β with the same random draws.
       num: generations per prompt.
-      mode: "sample", "greedy", "beam" (the best of num_beams beams) or "best_of_n" (of n samples, the one with
-        the largest summed advantage).
+      mode: "sample", "greedy", "beam" (the best of num_beams beams), "best_of_n" (of n samples, the one with
+        the largest summed advantage), or "rerank" (a --per_utterance workdir: of n samples of π_β, the one
+        with the largest Q̄(s, u) + rerank_weight · log π_β(u | s); beta and adv_clip are not used).
       temperature: sampling temperature T.
       top_k: keep the k most likely tokens of π_β (0: off).
       top_p: keep the smallest set of π_β's tokens with this much probability (1: off).
@@ -276,7 +281,8 @@ class GenerateOptions:
         its special tokens but the end of turn, e.g. <|im_end|>); false keeps the sampler's distribution, and
         markup emitted mid-reply is printed as it is.
       num_beams: beam width for mode beam.
-      n: samples per generation for mode best_of_n.
+      n: samples per generation for modes best_of_n and rerank.
+      rerank_weight: w, the weight of log π_β(u | s) in mode rerank's score.
       batch_size: rows decoded at once (the last batch is padded, so every batch has one shape).
       seed: sampling seed.
       reward: score each reply with your function, MODULE:FUNCTION (an importable module, or a path to a .py
@@ -300,6 +306,7 @@ class GenerateOptions:
     forbid_markup: bool = False
     num_beams: int = 4
     n: int = 4
+    rerank_weight: float = 0.0
     batch_size: int = 16
     seed: int = 0
     reward: str | None = None
@@ -307,8 +314,8 @@ class GenerateOptions:
     def __post_init__(self):
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("give exactly one of --prompt TEXT and --prompts FILE")
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in GENERATE_MODES:
+            raise ValueError(f"--mode must be one of {GENERATE_MODES}, got {self.mode!r}")
         parse_betas(self.beta)
         if self.reward is not None and not all(self.reward.rpartition(":")[::2]):
             raise ValueError(f"--reward must be MODULE:FUNCTION (or path/to/file.py:FUNCTION), got {self.reward!r}")

@@ -50,7 +50,7 @@ _TOKENIZER_FIELDS = ("model", "layout", "tokenizer", "bpe_vocab_size", "seed", "
 # optimizer state), which records train and in what order (max_len and too_long decide which are kept), and the
 # rewards baked into the values (reward_norm).
 FIXED_FIELDS = (*_TOKENIZER_FIELDS, "n_layer", "n_embd", "n_head", "max_len", "too_long", "reward_norm",
-                "freeze_policy", "num_layers_unfrozen", "lora_rank", "lora_alpha")
+                "freeze_policy", "num_layers_unfrozen", "lora_rank", "lora_alpha", "per_utterance")
 # Options that change nothing trained: paths (the data is compared by its SHA-256), display, checkpoint and log
 # cadence, and the mesh (a checkpoint restores on another one).
 FREE_FIELDS = ("data", "workdir", "progress", "log_every", "checkpoint_every", "mesh", "force_new_stage")
@@ -262,8 +262,9 @@ def _pretrained(opts: TrainOptions, saved_tokenizer: str | None):
         raise ConfigError(f"--model {opts.model}: {e}") from None
 
 
-def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, TrainConfig]:
-    """Loop configs of the BC run and of the ILQL run that starts from it."""
+def train_configs(opts: TrainOptions, trunk, n_eval: int, end_a_id: int | None = None) -> tuple[TrainConfig, TrainConfig]:
+    """Loop configs of the BC run and of the ILQL run that starts from it (per-utterance ILQL with
+    `opts.per_utterance`, which needs the tokenizer's `</a>` id `end_a_id`)."""
     from ilql_jax import losses, train
     from ilql_jax.checkpoint import CheckpointConfig
     from ilql_jax.models import ilql
@@ -283,8 +284,9 @@ def train_configs(opts: TrainOptions, trunk, n_eval: int) -> tuple[TrainConfig, 
                                                              warmup_steps=rates["bc"][1])),
                      init="scratch" if opts.model == "scratch" else opts.model, **run(opts.bc_steps))
     rl = TrainConfig(
-        step=train.StepConfig(mode="ilql", model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy,
-                                                                     **partial),
+        step=train.StepConfig(mode="ilql_utt" if opts.per_utterance else "ilql",
+                              end_a_id=end_a_id if opts.per_utterance else None,
+                              model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy, **partial),
                               loss=losses.LossConfig(gamma=opts.gamma, tau=opts.tau, alpha_cql=opts.alpha_cql),
                               optim=OptimConfig(learning_rate=rates["ilql"][0], warmup_steps=rates["ilql"][1]),
                               polyak_alpha=opts.polyak_alpha),
@@ -383,7 +385,7 @@ def _train(opts: TrainOptions, records: list, data_sha256: str):
     arrays = episodes_to_arrays(norm.apply(r.episode for r in train_records), tok, opts.max_len)
     eval_arrays = (episodes_to_arrays(norm.apply(r.episode for r in eval_records), tok, opts.max_len)
                    if eval_records else None)
-    bc_cfg, rl_cfg = train_configs(opts, trunk, len(eval_records))
+    bc_cfg, rl_cfg = train_configs(opts, trunk, len(eval_records), tok.end_a_id)
     print("1/2: behaviour cloning of π_β")
     train_and_evaluate(bc_cfg, os.path.join(opts.workdir, "bc"), arrays, eval_arrays)
     print("2/2: ILQL, starting from π_β")
