@@ -63,6 +63,9 @@ class StepConfig:
             raise ValueError(f"StepConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "ilql_utt" and (self.end_a_id is None or self.end_a_id < 0):
             raise ValueError("StepConfig.mode 'ilql_utt' needs end_a_id, the tokenizer's </a> id")
+        if self.mode == "ilql_utt" and partial_lib.is_partial(self.model):
+            raise ValueError("StepConfig.mode 'ilql_utt' (per-utterance ILQL) trains whole trunks: set "
+                             "model.num_layers_unfrozen=-1 and model.lora_rank=0")
         if not 0.0 < self.polyak_alpha <= 1.0:
             raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
         if self.target_update_every < 1:

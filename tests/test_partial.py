@@ -362,3 +362,13 @@ def test_bc_then_ilql_from_it_with_partial_training(tmp_path, option):
         frozen = partial.frozen_part(rl_config(4).step.model, bc_policy["policy"])
         assert _bitwise_equal(rl.params["frozen"], frozen)
     assert _max_diff(online["policy"], start) > 0  # ILQL's BC term moved π_β's trained part
+
+
+def test_per_utterance_ilql_refuses_partial_training():
+    """Per-utterance ILQL has no shared-bottom path: the combination is refused by name, not silently trained whole."""
+    from ilql_jax import train
+    from ilql_jax.models import gpt2, ilql
+
+    model = ilql.ModelConfig(trunk=gpt2.GPT2Config.tiny(dropout=0.0), num_layers_unfrozen=1)
+    with pytest.raises(ValueError, match="per-utterance"):
+        train.StepConfig(mode="ilql_utt", end_a_id=3, model=model)
