@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import aggregate as aggregate_lib, plots, results
+from experiments import aggregate as aggregate_lib, lockstep, plots, results
 from experiments.wordle import datasets, env, words as words_lib
 from experiments.wordle.policies import ExpertPolicy
 from ilql_jax import losses, sampler, tokenizers, train
@@ -198,13 +198,7 @@ def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str,
     answers = np.random.default_rng(seed).integers(len(words), size=n_games)
     word_set = frozenset(words)
     games = [env.WordleGame(words[a], word_set) for a in answers]
-    for _ in range(env.MAX_GUESSES):
-        live = [i for i, g in enumerate(games) if not g.done]
-        if not live:
-            break
-        guesses = policy_guesses([g.turns for g in games])
-        for i in live:
-            games[i].step(guesses[i])
+    lockstep.play_lockstep(games, lambda batch: policy_guesses([g.turns for g in batch]), env.MAX_GUESSES)
     return datasets.game_stats(games)
 
 
