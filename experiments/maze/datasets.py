@@ -81,11 +81,25 @@ def generate(variant: str, n: int, seed: int, mixtures: Sequence[Mixture] = MIXT
     return out
 
 
-def episode_chain(game: MazeGame) -> Chain:
-    """The episode's turns, each seen through its own context window (terminal: every episode ends)."""
+def episode_chain(game: MazeGame, timeout: str = "truncate") -> Chain:
+    """The episode's turns, each seen through its own context window.
+
+    An episode that reached the goal is terminal. One that ran out of steps is,
+    with `timeout="terminal"`, terminal too, as LMRL-Gym's data marks it; with
+    "truncate" its last action (refused, -1, the agent stays put) bootstraps from
+    V on the context it was refused on, as a move into a wall would. The step
+    count is in no observation, so the end of time is not something the agent can
+    see coming: as a terminal transition it looks like an exit that costs 1, and
+    an expectile near 1 learns to prefer wandering (docs/results/maze.md).
+    """
     if not game.done:
         raise ValueError("an unfinished episode has no chain")
-    return Chain(tuple(Step((env(t.context),), t.action, t.reward) for t in game.turns), terminal=True)
+    if timeout not in ("truncate", "terminal"):
+        raise ValueError(f"timeout must be 'truncate' or 'terminal', got {timeout!r}")
+    steps = tuple(Step((env(t.context),), t.action, t.reward) for t in game.turns)
+    if game.success or timeout == "terminal":
+        return Chain(steps, terminal=True)
+    return Chain(steps, terminal=False, next_context=(env(game.turns[-1].context),))
 
 
 def episode_stats(games: Sequence[MazeGame]) -> dict[str, float]:

@@ -67,6 +67,9 @@ class MazeConfig:
       last_k: texts the agent sees (`env.MazeGame`); None: LMRL-Gym's, 1 for fo and 40 for po.
       mixture: the behaviour mix of the data (`datasets.MIXTURES`).
       noise: ε of the mix's noisy expert.
+      timeout: how the value methods read an episode that ran out of steps: "truncate" (its last,
+        refused action bootstraps like a move into a wall) or "terminal" (LMRL-Gym's; see
+        `datasets.episode_chain`).
       n_train, n_heldout: episodes in the data set and for the held-out loss.
       rollouts_per_start: evaluation episodes from each of the 25 starts (32 in LMRL-Gym's eval scripts).
       seed: the data and evaluation seed, and the first training seed.
@@ -91,6 +94,7 @@ class MazeConfig:
     last_k: int | None = None
     mixture: str = "default"
     noise: float = 0.5
+    timeout: str = "truncate"
     n_train: int = 1000
     n_heldout: int = 64
     rollouts_per_start: int = 32
@@ -124,6 +128,8 @@ class MazeConfig:
             raise ValueError(f"unknown mixture {self.mixture!r}; choose from {sorted(datasets.MIXTURES)}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.timeout not in ("truncate", "terminal"):
+            raise ValueError(f"timeout must be 'truncate' or 'terminal', got {self.timeout!r}")
         if self.last_k is not None and self.last_k < 1:
             raise ValueError(f"last_k must be >= 1, got {self.last_k}")
         bad = [m for m in self.methods if not _METHOD.match(m)]
@@ -183,7 +189,7 @@ def top_episodes(games, fraction: float) -> list:
 
 
 def pack(games, tok, cfg: MazeConfig, chains=None) -> dict[str, np.ndarray]:
-    chains = [datasets.episode_chain(g) for g in games] if chains is None else chains
+    chains = [datasets.episode_chain(g, cfg.timeout) for g in games] if chains is None else chains
     return packing.chains_to_arrays(chains, tok, cfg.row_len)
 
 
@@ -388,16 +394,19 @@ def seed_rows(cfg: MazeConfig, seed: int, workdir: epath.Path, tok, data: dict, 
         trained = time.perf_counter() - start
         betas = sorted({cfg.beta, *(cfg.betas if method == "ilql" else ())}) if method in VALUE_GUIDED else [0.0]
         for beta in betas:
+            start = time.perf_counter()
             stats = play(cfg, model_chooser(cfg, state, tok, key, beta, guided=method in VALUE_GUIDED))
             name = method if beta in (0.0, cfg.beta) else f"{method} β={beta:g}"
             row = with_scores({"method": name, "seed": seed, **stats, "beta": beta, "train_steps": tc.num_steps,
-                               "train_seconds": round(trained, 1)}, norms)
+                               "train_seconds": round(trained, 1),
+                               "eval_seconds": round(time.perf_counter() - start, 1)}, norms)
             if method in VALUE_GUIDED and cfg.diagnose:
                 row.update(first_step_diagnostics(cfg, state, tok, beta))
             rows.append(row)
             print(f"{label}{name}: score {row['score_theirs']:.1f} (ours {row['score_ours']:.1f}), mean return "
                   f"{stats['mean_return']:.2f} ± {stats['stderr']:.2f}, success {stats['success_rate']:.3f}, "
-                  f"{stats['mean_actions']:.1f} actions, illegal {stats['illegal_rate']:.3f}")
+                  f"{stats['mean_actions']:.1f} actions, illegal {stats['illegal_rate']:.3f} "
+                  f"({row['train_seconds']:.0f} s training, {row['eval_seconds']:.0f} s playing)")
     return rows
 
 

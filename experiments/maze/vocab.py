@@ -1,19 +1,21 @@
 """The maze's tokenizer: a byte-level BPE trained on every text the maze can show, merging across words.
 
-The maze speaks a closed language: 4 moves, "Success\\n", "Failure\\n", the
-wall sentences and, in the fully observed variant, one observation per cell.
-A BPE trained on that corpus with merges allowed across spaces turns every
-recurring phrase into one token ("move up\\n", "There are walls above you,
-below you.\\n", ". Your current position is at position "), while digits stay
-single tokens: a fully observed observation is 9 or 10 tokens (the goal's and
-the agent's coordinates as digit tokens between phrase tokens), a partially
-observed one and a move 1 token each. So the policy and the values must read
-positions from their digits (nothing ties the token "1" to a place in the maze
-but training), and a 40-text window of the partially observed maze is about 40
-tokens, which keeps the packed rows affordable on a CPU. (GPT-2's own BPE,
-LMRL-Gym's, splits at every word and would make these 5 to 10 times longer.)
-Deterministic: the corpus is enumerated from `env`, so every process builds
-the same tokenizer; the run saves it in the workdir.
+The maze speaks a closed language: 4 moves, "Success\n", "Failure\n", the
+7 wall sentences of the partially observed variant and, in the fully observed
+one, one sentence per cell. A BPE trained on that corpus with no split at
+spaces or digits (`use_regex=False`) learns every text as one token: an
+observation is one token, a move is one token, and a 40-text window of the
+partially observed maze is 40 tokens. The policy and the values thus read each
+cell as a word of their vocabulary rather than as its coordinates spelled in
+digits. Splitting digits out (a cell is then 3 or 4 digit tokens between phrase
+tokens, and an observation 9 to 11 tokens) was tried first: after 600 steps even
+a supervised regression of the optimal values on that encoding picked the best
+move at only 14 of the 25 starts, and ILQL at 11 (docs/results/maze.md), since a
+2-layer GPT-2 trained from scratch has to learn what pretrained GPT-2, LMRL-Gym's
+model, brings: which digits name which place. (GPT-2's own BPE splits at every
+word and would make the texts 5 to 20 times longer.) Deterministic: the corpus
+is enumerated from `env`, so every process builds the same tokenizer; the run
+saves it in the workdir.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .env import ACTIONS, FAILURE, GOAL, MAZE, SUCCESS, fully_observed, partiall
 
 __all__ = ["VOCAB_SIZE", "corpus", "maze_tokenizer"]
 
-# Enough merges for every phrase of the corpus to become one token (training stops when no pair repeats).
+# Enough merges for every text of the corpus to become one token (training stops when no pair repeats).
 VOCAB_SIZE = 1024
 
 
@@ -41,9 +43,7 @@ def corpus() -> list[str]:
 def maze_tokenizer() -> BPETokenizer:
     """The BPE of the module docstring (markup and `<pad>` as special ids, `save`/`load_tokenizer` round-trip)."""
     tokenizer = hf_tokenizers.Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[PAD, *MARKUP],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
