@@ -616,8 +616,8 @@ def train_and_evaluate(
         window_tokens, window_start = 0, time.perf_counter()
         for step in range(start + 1, config.num_steps + 1):
             host_batch = next(batches)
-            # Host numpy, no device sync; this process's rows scaled to the global batch.
-            window_tokens += int(host_batch["attention_mask"].sum()) * jax.process_count()
+            # Host numpy, no device sync; this process's rows scaled to the global batch (packed rows hold segment ids).
+            window_tokens += int((host_batch["attention_mask"] > 0).sum()) * jax.process_count()
             state, metrics = train_step(state, _place_batch(host_batch, mesh))
             window.append((step, metrics))  # stays on device until the next log or save
             progress.dispatched(metrics)

@@ -5,6 +5,7 @@ import json
 import jax
 import pytest
 
+from experiments import lmrl
 from experiments.reddit_toxicity.__main__ import main as reddit_main
 from experiments.wordle.__main__ import main as wordle_main
 from experiments.wordle.diagnose import main as diagnose_main
@@ -38,6 +39,23 @@ def test_wordle_smoke(tmp_path):
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "results.json").read_text())["seeds"]
     assert [r["mean_return"] for r in again[2:]] == [r["mean_return"] for r in rows[2:]]
+
+
+def test_wordle_on_lmrl_gyms_data_is_scored_as_they_score_it(tmp_path):
+    assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path), "--data", "lmrl",
+                        "--methods", '["bc", "pbc10", "ilql"]']) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["method"]: r for r in saved["aggregate"]}
+    assert set(rows) == {"expert (upper reference)", "data (behaviour mix)", "bc", "pbc10", "ilql", "ilql at β = 0"}
+    # Ours: our data's mean return scores 50 and our expert's 100; theirs: LMRL-Gym's constants.
+    assert rows["data (behaviour mix)"]["score_ours"] == pytest.approx(50.0)
+    assert rows["expert (upper reference)"]["score_ours"] == pytest.approx(100.0)
+    assert rows["bc"]["score_theirs"] == pytest.approx(
+        lmrl.score(rows["bc"]["mean_return"], lmrl.THEIRS["wordle"]))
+    table = (tmp_path / "results.md").read_text()
+    assert "LMRL-Gym score" in table and "| 79.9 |" in table  # BC's published score beside ours
+    train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    assert {p for g in train for p in g["policies"]} == {"smart_or_random"}
 
 
 def test_wordle_frozen_policy_on_the_habit_mix(tmp_path):

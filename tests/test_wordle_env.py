@@ -452,3 +452,46 @@ def test_loader_rejects_malformed_line(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message) as info:
         load_games(str(path), WORDS)
     assert str(info.value).startswith(f"{path}:3: ")
+
+
+# ---------------------------------------------------------------------------
+# LMRL-Gym's Wordle data (`python -m experiments.wordle --data lmrl`)
+
+
+def test_lmrl_player_guesses_a_consistent_word_with_its_probability(default_vocab):
+    from experiments.wordle.policies import SmartOrRandomPolicy
+
+    table = FeedbackTable(default_vocab)
+    history = (Turn("about", feedback("about", "their"), -1.0),)
+    consistent = set(np.asarray(default_vocab)[table.consistent(history)])
+    rng = np.random.default_rng(0)
+    for p in (0.0, 0.32, 1.0):
+        player = SmartOrRandomPolicy(default_vocab, table, prob_smart=p)
+        hits = np.mean([player(history, rng) in consistent for _ in range(3000)])
+        expected = p + (1 - p) * len(consistent) / len(default_vocab)
+        assert hits == pytest.approx(expected, abs=0.03), p
+    with pytest.raises(ValueError, match="prob_smart"):
+        SmartOrRandomPolicy(default_vocab, table, prob_smart=1.5)
+
+
+def test_lmrl_data_is_one_player_deterministic_and_averages_lmrl_gyms_return():
+    from experiments import lmrl
+    from experiments.wordle.datasets import LMRL_MIXTURES
+
+    words = default_words(400)
+    games = generate_games(words, 2000, seed=0, mixtures=LMRL_MIXTURES)
+    assert {t.policy for g in games for t in g.turns} == {"smart_or_random"}
+    assert _records(games[:50]) == _records(generate_games(words, 50, seed=0, mixtures=LMRL_MIXTURES))
+    stats = game_stats(games)
+    # The player's probability was fitted to LMRL-Gym's data average (their normalisation's 50).
+    assert stats["mean_return"] == pytest.approx(lmrl.THEIRS["wordle"].average, abs=3 * stats["stderr"])
+
+
+def test_data_lmrl_option_is_checked():
+    from experiments.wordle.run import WordleConfig
+
+    assert WordleConfig(data="lmrl").data == "lmrl"
+    with pytest.raises(ValueError, match="data"):
+        WordleConfig(data="theirs")
+    with pytest.raises(ValueError, match="mixture"):
+        WordleConfig(data="lmrl", mixture="habit")

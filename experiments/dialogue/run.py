@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import aggregate as aggregate_lib, plots, results
+from experiments import aggregate as aggregate_lib, lockstep, plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
@@ -168,13 +168,7 @@ def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[s
     sees one batch shape.
     """
     games = [env.DialogueGame(t, catalogue) for t in datasets.eval_targets(catalogue, n, seed)]
-    for _ in range(env.MAX_TURNS):
-        live = [i for i, g in enumerate(games) if not g.done]
-        if not live:
-            break
-        utterances = speak([g.turns for g in games])
-        for i in live:
-            games[i].step(utterances[i])
+    lockstep.play_lockstep(games, lambda batch: speak([g.turns for g in batch]), env.MAX_TURNS)
     return datasets.dialogue_stats(games)
 
 

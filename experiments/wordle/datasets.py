@@ -23,6 +23,9 @@ tuple of `Mixture`s, chosen with `--mixture`:
   value function is right not to prefer the expert's opener (README, Wordle).
 * "opener" (`OPENER_MIXTURES`) follows both openers with the same
   continuations, a tenth of them repeats.
+* "lmrl" (`LMRL_MIXTURES`): LMRL-Gym's data player, a random consistent word
+  or a random word at every guess (`policies.SmartOrRandomPolicy`); what
+  `python -m experiments.wordle --data lmrl` trains on.
 
 Generation is deterministic from a seed. A JSONL file holds one game per line::
 
@@ -54,6 +57,7 @@ __all__ = [
     "DEFAULT_CONTINUATIONS",
     "DEFAULT_MIXTURES",
     "HABIT_MIXTURES",
+    "LMRL_MIXTURES",
     "MIXTURES",
     "OPENER_CONTINUATIONS",
     "OPENER_MIXTURES",
@@ -134,8 +138,13 @@ DEFAULT_MIXTURES: tuple[Mixture, ...] = (
     *_one_opening_guess("random", 0.10, DEFAULT_CONTINUATIONS),
 )
 
+# LMRL-Gym's Wordle data (`llm_rl_scripts/wordle/misc/data_gen.py`): one player throughout, who guesses a random
+# consistent word with probability `policies.LMRL_PROB_SMART` and a random word otherwise, every guess.
+LMRL_MIXTURES: tuple[Mixture, ...] = (Mixture("smart_or_random", 1.0, "smart_or_random", "smart_or_random"),)
+
 MIXTURES: dict[str, tuple[Mixture, ...]] = {"default": DEFAULT_MIXTURES, "repeats": REPEAT_MIXTURES,
-                                            "habit": HABIT_MIXTURES, "opener": OPENER_MIXTURES}
+                                            "habit": HABIT_MIXTURES, "opener": OPENER_MIXTURES,
+                                            "lmrl": LMRL_MIXTURES}
 
 
 def play_game(

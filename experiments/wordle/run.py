@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import aggregate as aggregate_lib, plots, results
+from experiments import aggregate as aggregate_lib, lmrl, lockstep, plots, results
 from experiments.wordle import datasets, env, words as words_lib
 from experiments.wordle.policies import ExpertPolicy
 from ilql_jax import losses, sampler, tokenizers, train
@@ -59,8 +59,13 @@ class WordleConfig:
       vocab: a word-list file (one word a line) instead of `n_words`.
       mixture: which behaviour mix makes the data (`datasets.MIXTURES`: "default",
         a habitual poor opener followed by mostly expert play; "repeats", the
-        earlier default with a repeating player; "habit" and "opener"; see
+        earlier default with a repeating player; "habit", "opener" and "lmrl"; see
         the `datasets` docstring).
+      data: "ours" (the data `mixture` names) or "lmrl": LMRL-Gym's Wordle data
+        (their player, `datasets.LMRL_MIXTURES`; `mixture` must stay "default"),
+        and every row also scored as LMRL-Gym scores Wordle (`experiments.lmrl`),
+        with their data average and maximum and with ours (our data's mean return
+        and the expert's). Their runs use 400 words (`--n_words 400`).
       n_train_games: games in the offline data set.
       n_heldout_games: games for the held-out loss.
       n_eval_games: games played per method (fixed answers and seeds).
@@ -95,6 +100,7 @@ class WordleConfig:
     n_words: int = 200
     vocab: str | None = None
     mixture: str = "default"
+    data: str = "ours"
     n_train_games: int = 40000
     n_heldout_games: int = 256
     n_eval_games: int = 1024
@@ -130,6 +136,10 @@ class WordleConfig:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.mixture not in datasets.MIXTURES:
             raise ValueError(f"unknown mixture {self.mixture!r}; choose from {sorted(datasets.MIXTURES)}")
+        if self.data not in ("ours", "lmrl"):
+            raise ValueError(f"unknown data {self.data!r}; choose from ['lmrl', 'ours']")
+        if self.data == "lmrl" and self.mixture != "default":
+            raise ValueError("--data lmrl brings LMRL-Gym's own player: leave --mixture at its default")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
@@ -198,13 +208,7 @@ def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str,
     answers = np.random.default_rng(seed).integers(len(words), size=n_games)
     word_set = frozenset(words)
     games = [env.WordleGame(words[a], word_set) for a in answers]
-    for _ in range(env.MAX_GUESSES):
-        live = [i for i, g in enumerate(games) if not g.done]
-        if not live:
-            break
-        guesses = policy_guesses([g.turns for g in games])
-        for i in live:
-            games[i].step(guesses[i])
+    lockstep.play_lockstep(games, lambda batch: policy_guesses([g.turns for g in batch]), env.MAX_GUESSES)
     return datasets.game_stats(games)
 
 
@@ -248,7 +252,7 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     words_lib.save_vocab(workdir / "words.txt", words)
 
     games = datasets.generate_games(words, cfg.n_train_games + cfg.n_heldout_games, cfg.seed,
-                                    datasets.MIXTURES[cfg.mixture])
+                                    datasets.MIXTURES["lmrl" if cfg.data == "lmrl" else cfg.mixture])
     train_games, heldout_games = games[:cfg.n_train_games], games[cfg.n_train_games:]
     datasets.save_games(workdir / "data" / "train.jsonl", train_games)
     datasets.save_games(workdir / "data" / "heldout.jsonl", heldout_games)
@@ -266,9 +270,20 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
         rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, words,
                           train_arrays, heldout_arrays, returns)
-    table = aggregate_lib.aggregate(rows, ("method",), METRICS, {"mean_return": "stderr"})
+    metrics = METRICS
+    if cfg.data == "lmrl":
+        norms = lmrl_normalisations(data_stats["mean_return"], rows[0]["mean_return"])
+        rows = [{**r, **{f"score_{k}": lmrl.score(r["mean_return"], n) for k, n in norms.items()}} for r in rows]
+        metrics = METRICS + ("score_theirs", "score_ours")
+    table = aggregate_lib.aggregate(rows, ("method",), metrics, {"mean_return": "stderr"})
     write_results(workdir, table, rows, cfg, time.perf_counter() - t0)
     return table
+
+
+def lmrl_normalisations(data_mean: float, expert_mean: float) -> dict[str, lmrl.Normalisation]:
+    """LMRL-Gym's Wordle normalisation, and ours: our data's mean return as the 50 and our expert's as the 100."""
+    theirs = lmrl.THEIRS["wordle"]
+    return {"theirs": theirs, "ours": dataclasses.replace(theirs, average=data_mean, maximum=expert_mean)}
 
 
 METRICS = ("mean_return", "win_rate", "mean_guesses", "repeat_rate", "invalid_rate", "n_games")
@@ -314,8 +329,20 @@ def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[d
     n_methods = sum(r["method"] in METHODS for r in table)
     spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over games"
               if cfg.seeds > 1 else "one seed: ± is the s.e. over games")
-    results.write_table(workdir, table, COLUMNS,
+    columns, scored = COLUMNS, ""
+    if cfg.data == "lmrl":
+        published = lmrl.PUBLISHED["wordle"]
+        base = lambda m: "pbc" if m.startswith("pbc") else m
+        columns = COLUMNS[:1] + (
+            ("LMRL-Gym score ± s.e.", lambda r: aggregate_lib.mean_se(r, "score_theirs", ".1f")),
+            ("score, our average and max", lambda r: f"{r['score_ours']:.1f}"),
+            ("published", lambda r: f"{published[base(r['method'])]:.1f}" if base(r["method"]) in published else ""),
+        ) + COLUMNS[1:]
+        theirs = lmrl.THEIRS["wordle"]
+        scored = (f" LMRL-Gym's data and scores: data average {theirs.average:g} and maximum {theirs.maximum:g} "
+                  f"(theirs); ours: the data's and the expert's mean returns.")
+    results.write_table(workdir, table, columns,
                         f"{n_methods} methods, {cfg.n_train_games} training games over {words} words, "
-                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {spread}; {seconds / 60:.1f} min in all.",
-                        seed_rows=rows)
+                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {spread}; {seconds / 60:.1f} min in all."
+                        + scored, seed_rows=rows)
     plots.bar_plot_returns(epath.Path(workdir) / "results.png", table, "Wordle")

@@ -14,7 +14,9 @@ Three entry points, all pure functions of a parameter `State`:
 
 Prompts may be left-padded and ragged: position ids are counted over real
 tokens only, and padded keys are masked, so a left-padded prompt decodes
-exactly like the same prompt without padding.
+exactly like the same prompt without padding. A training row may pack several
+independent sequences, told apart by segment ids in the attention mask
+(`attention_layout`).
 """
 
 from __future__ import annotations
@@ -444,8 +446,32 @@ def _model(params: Params, config: GPT2Config, lora: lora_lib.LoRASpec | None = 
 
 
 def positions_from_mask(attention_mask: Array) -> Array:
-    """Position ids counted over real tokens, so left padding does not shift them."""
-    return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
+    """Position ids counted over real tokens (mask > 0), so left padding does not shift them."""
+    return jnp.maximum(jnp.cumsum(attention_mask > 0, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def attention_layout(attention_mask: Array) -> tuple[Array, Array]:
+    """The causal mask `[B, T, T]` (query, key) and the position ids `[B, T]` of a batch of rows.
+
+    `attention_mask` is 0 on padding and a segment id (≥ 1) on real tokens. A row
+    of 0/1 is one sequence (left or right padded). A packed row holds several
+    independent sequences, one contiguous run of tokens per id (`data/packing.py`):
+    a token attends only to earlier tokens of its own run, and positions restart
+    at 0 at the start of each run, so every run computes exactly what it would
+    alone in a row of its own. Padding queries see every earlier real key (their
+    outputs are never read; the fill keeps them finite).
+    """
+    chex.assert_rank(attention_mask, 2)
+    t = attention_mask.shape[1]
+    segment = attention_mask.astype(jnp.int32)
+    real = segment > 0
+    same = (segment[:, :, None] == segment[:, None, :]) | ~real[:, :, None]
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & real[:, None, :] & same
+    # Real tokens before t, and that count at the first token of t's run: their difference is t's position.
+    before = jnp.cumsum(real, axis=-1) - 1
+    starts = real & (segment != jnp.pad(segment, ((0, 0), (1, 0)))[:, :-1])
+    run_start = jax.lax.cummax(jnp.where(starts, before, 0), axis=1)
+    return mask, jnp.maximum(before - run_start, 0).astype(jnp.int32)
 
 
 def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: Array | None = None,
@@ -456,8 +482,8 @@ def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
 
     Args:
         tokens: [B, T] int token ids.
-        attention_mask: [B, T], 1 on real tokens (left or right padding both work);
-            None means all real.
+        attention_mask: [B, T], 1 on real tokens (left or right padding both work), or
+            segment ids of packed rows (`attention_layout`); None means all real.
         dropout_key: enables dropout when given.
         with_logits: False skips the LM head (logits None), for callers that
             read only the hidden states or only some positions' logits.
@@ -475,15 +501,14 @@ def forward(params: Params, config: GPT2Config, tokens: Array, attention_mask: A
         attention_mask = jnp.ones((b, t), jnp.int32)
     chex.assert_equal_shape([tokens, attention_mask])
     _check_length(config, t)
-    key_mask = attention_mask.astype(bool)
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
+    mask, positions = attention_layout(attention_mask)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
     if residual is None and start == 0:
-        hidden, logits, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+        hidden, logits, _ = _model(params, config, lora)(tokens, positions, mask, rngs=rngs,
                                                          with_logits=with_logits)
         return hidden, logits
     chex.assert_shape(residual, (b, t, config.n_embd))
-    hidden, logits, _ = _model(params, config, lora)(None, positions_from_mask(attention_mask), mask, rngs=rngs,
+    hidden, logits, _ = _model(params, config, lora)(None, positions, mask, rngs=rngs,
                                                      with_logits=with_logits, start=start, residual=residual)
     return hidden, logits
 
@@ -500,9 +525,9 @@ def residual_stream(params: Params, config: GPT2Config, tokens: Array, attention
         attention_mask = jnp.ones((b, t), jnp.int32)
     chex.assert_equal_shape([tokens, attention_mask])
     _check_length(config, t)
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    mask, positions = attention_layout(attention_mask)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-    x, _, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+    x, _, _ = _model(params, config, lora)(tokens, positions, mask, rngs=rngs,
                                            stop=stop, final=False, with_logits=False)
     return x
 

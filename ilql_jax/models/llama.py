@@ -22,7 +22,8 @@ Same entry points, same meaning and same `KVCache` as `gpt2.py` (the trunk
 interface, `models/trunk.py`): `forward`, `prefill`, `decode_step`,
 `lm_logits`, `init`, `abstract_params`, `init_cache`. Position ids count real
 tokens only (`gpt2.positions_from_mask`), so left-padded prompts decode as
-unpadded ones.
+unpadded ones; packed rows (segment ids in the attention mask) are laid out by
+`gpt2.attention_layout`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import numpy as np
 from flax import nnx
 
 from ilql_jax.models import lora as lora_lib
-from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, _adapted, _blocks, mask_padded_vocab,  # noqa: F401
-                                  positions_from_mask, shard_batch)
+from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, _adapted, _blocks, attention_layout,  # noqa: F401
+                                  mask_padded_vocab, positions_from_mask, shard_batch)
 
 Array = jax.Array
 Params = nnx.State
@@ -418,15 +419,14 @@ def forward(params: Params, config: LlamaConfig, tokens: Array, attention_mask: 
         attention_mask = jnp.ones((b, t), jnp.int32)
     chex.assert_equal_shape([tokens, attention_mask])
     _check_length(config, t)
-    key_mask = attention_mask.astype(bool)
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
+    mask, positions = attention_layout(attention_mask)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
     if residual is None and start == 0:
-        hidden, logits, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+        hidden, logits, _ = _model(params, config, lora)(tokens, positions, mask, rngs=rngs,
                                                          with_logits=with_logits)
         return hidden, logits
     chex.assert_shape(residual, (b, t, config.n_embd))
-    hidden, logits, _ = _model(params, config, lora)(None, positions_from_mask(attention_mask), mask, rngs=rngs,
+    hidden, logits, _ = _model(params, config, lora)(None, positions, mask, rngs=rngs,
                                                      with_logits=with_logits, start=start, residual=residual)
     return hidden, logits
 
@@ -441,9 +441,9 @@ def residual_stream(params: Params, config: LlamaConfig, tokens: Array, attentio
         attention_mask = jnp.ones((b, t), jnp.int32)
     chex.assert_equal_shape([tokens, attention_mask])
     _check_length(config, t)
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    mask, positions = attention_layout(attention_mask)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-    x, _, _ = _model(params, config, lora)(tokens, positions_from_mask(attention_mask), mask, rngs=rngs,
+    x, _, _ = _model(params, config, lora)(tokens, positions, mask, rngs=rngs,
                                            stop=stop, final=False, with_logits=False)
     return x
 
