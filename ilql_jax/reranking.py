@@ -19,7 +19,9 @@ Q̄ is ranking by the advantage Q̄ − V.
 
 With N = 1 this samples π_β: the same tokens as `sampler.sample` on π_β's
 parameters with the same key (the one candidate is kept whatever its score).
-The Visual Dialogue config of the paper used N = 4 and w = 0.
+The Visual Dialogue config of the paper used N = 4 and w = 0. `q_weight = 0`
+drops Q̄ (score = w · log π_β, no value networks needed): the best of N by
+likelihood, the decoding control for π_β alone (a BC state works too).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class RerankResult:
     Attributes:
       tokens: [B, M] int32, the chosen utterance (pad after its stop token).
       lengths: [B] int32, its tokens, the stop token included.
-      q: [B] float32, min(Q̄1, Q̄2)(s, u) of the chosen utterance.
+      q: [B] float32, min(Q̄1, Q̄2)(s, u) of the chosen utterance (0 with q_weight 0).
       logp_beta: [B] float32, log π_β(u | s) of the chosen utterance.
       score: [B] float32, q + w · logp_beta.
       choice: [B] int32, which candidate was kept.
@@ -79,9 +81,9 @@ def _trim_left_padding(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _score(model_config: ilql.ModelConfig, online, target, prompt_tokens, prompt_mask, tokens, lengths, logp_beta,
-           stop_ids, end_a_id, weight):
-    """Scores of the candidates [N]: the utterance (stop cut, `</a>` written) after the prompt, Q̄ at `</a>`."""
+def _q(model_config: ilql.ModelConfig, online, target, prompt_tokens, prompt_mask, tokens, lengths, stop_ids,
+       end_a_id):
+    """Q̄(s, u) of the candidates [N]: the utterance (stop cut, `</a>` written) after the prompt, read at `</a>`."""
     n, p = prompt_tokens.shape
     m = tokens.shape[1]
     last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
@@ -93,32 +95,34 @@ def _score(model_config: ilql.ModelConfig, online, target, prompt_tokens, prompt
     body_mask = (columns[None, :] <= content[:, None]).astype(prompt_mask.dtype)
     seq = jnp.concatenate([prompt_tokens, jnp.where(body_mask > 0, body, 0)], axis=1)
     seq_mask = jnp.concatenate([prompt_mask, body_mask], axis=1)
-    q = utterance.q_at(model_config, online, target, seq, seq_mask, p + content)
-    logp = jnp.sum(logp_beta, axis=-1)
-    return q, logp, q + weight * logp
+    return utterance.q_at(model_config, online, target, seq, seq_mask, p + content)
 
 
 def rerank(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params, prompt_tokens, prompt_mask,
-           key: Array, *, n: int, logp_weight: float = 0.0, temperature: float = 1.0, stop_ids: Sequence[int],
-           end_a_id: int, pad_id: int, sampler_config: sampler.SamplerConfig,
+           key: Array, *, n: int, logp_weight: float = 0.0, q_weight: float = 1.0, temperature: float = 1.0,
+           stop_ids: Sequence[int], end_a_id: int, pad_id: int, sampler_config: sampler.SamplerConfig,
            allowed_ids: Sequence[int] | None = None, forbidden_ids: Sequence[int] | None = None) -> RerankResult:
-    """One utterance per prompt: the best of `n` samples from π_β by Q̄(s, u) + `logp_weight` · log π_β(u | s).
+    """One utterance per prompt: the best of `n` samples from π_β by
+    `q_weight` · Q̄(s, u) + `logp_weight` · log π_β(u | s).
 
     Args:
-      model_config, online, target: a per-utterance ILQL state (`train.StepConfig` mode "ilql_utt").
+      model_config, online, target: a per-utterance ILQL state (`train.StepConfig` mode "ilql_utt"); with
+        `q_weight = 0`, any state with a π_β.
       prompt_tokens, prompt_mask: [B, P] left-padded prompts; their real tokens, the utterance and its
         `</a>` must fit the trunk's n_positions.
       key: PRNG key of the π_β samples.
       n: candidates per prompt (N).
       logp_weight: w.
+      q_weight: the weight of Q̄ (1; 0 ranks by likelihood alone and reads no value network).
       temperature: π_β's sampling temperature (log π_β in the score is at T = 1 regardless).
       stop_ids: ids that end an utterance (usually `</a>` alone); end_a_id: the `</a>` each candidate is
         scored with.
       pad_id, allowed_ids, forbidden_ids: as for `sampler.sample`.
       sampler_config: mode "sample"; its max_new_tokens, top_k, top_p and buckets apply to π_β's samples.
     """
-    if not utterance.is_per_utterance(online):
-        raise ValueError("rerank needs a per-utterance ILQL state (scalar Q heads; StepConfig mode 'ilql_utt')")
+    if q_weight != 0 and not utterance.is_per_utterance(online):
+        raise ValueError("rerank needs a per-utterance ILQL state (scalar Q heads; StepConfig mode 'ilql_utt'), "
+                         "or q_weight 0 (likelihood alone)")
     if n < 1:
         raise ValueError(f"rerank: n must be >= 1, got {n}")
     if sampler_config.mode != "sample":
@@ -137,11 +141,13 @@ def rerank(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Par
     out = sampler.sample(model_config, policy, {}, tiled_tokens, tiled_mask, key, beta=0.0, temperature=temperature,
                          stop_ids=stop_ids, pad_id=pad_id, sampler_config=sampler_config,
                          allowed_ids=allowed_ids, forbidden_ids=forbidden_ids)
-    stops = jnp.asarray(list(stop_ids), jnp.int32)
-    q, logp, score = _score(model_config, online, target, jnp.asarray(tiled_tokens), jnp.asarray(tiled_mask),
-                            out.tokens, out.lengths, out.logp_beta, stops, jnp.asarray(end_a_id, jnp.int32),
-                            jnp.asarray(logp_weight, jnp.float32))
-    q, logp, score = q.reshape(b, n), logp.reshape(b, n), score.reshape(b, n)
+    if q_weight == 0:
+        q = jnp.zeros((b * n,), jnp.float32)
+    else:
+        q = _q(model_config, online, target, jnp.asarray(tiled_tokens), jnp.asarray(tiled_mask), out.tokens,
+               out.lengths, jnp.asarray(list(stop_ids), jnp.int32), jnp.asarray(end_a_id, jnp.int32))
+    q, logp = q.reshape(b, n), jnp.sum(out.logp_beta, axis=-1).reshape(b, n)
+    score = q_weight * q + logp_weight * logp
     choice = jnp.argmax(score, axis=1).astype(jnp.int32)
     tokens = out.tokens.reshape(b, n, m)
     lengths = out.lengths.reshape(b, n)
@@ -152,7 +158,8 @@ def rerank(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Par
 
 
 def rerank_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Params,
-                prompts: Sequence, key: Array, *, n: int, logp_weight: float = 0.0, temperature: float = 1.0,
+                prompts: Sequence, key: Array, *, n: int, logp_weight: float = 0.0, q_weight: float = 1.0,
+                temperature: float = 1.0,
                 sampler_config: sampler.SamplerConfig | None = None, allowed_ids: Sequence[int] | None = None,
                 forbidden_ids: Sequence[int] | None = None) -> list[str]:
     """`rerank` on prompts or histories (as `sampler.generate_text` takes them); the chosen utterances' text,
@@ -161,7 +168,7 @@ def rerank_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params, 
     tokens, mask = sampler.prompt_arrays(tokenizer, prompts)
     stop_ids = (tokenizer.end_a_id,)
     result = rerank(model_config, online, target, tokens, mask, key, n=n, logp_weight=logp_weight,
-                    temperature=temperature, stop_ids=stop_ids, end_a_id=tokenizer.end_a_id,
+                    q_weight=q_weight, temperature=temperature, stop_ids=stop_ids, end_a_id=tokenizer.end_a_id,
                     pad_id=tokenizer.pad_id, sampler_config=sampler_config, allowed_ids=allowed_ids,
                     forbidden_ids=forbidden_ids)
     return sampler.decode_texts(tokenizer, result.tokens, result.lengths, stop_ids)

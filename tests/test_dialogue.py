@@ -1,5 +1,6 @@
 """The ask-to-identify dialogue game: answerer, rewards, token alignment across turns, data, and the smoke run."""
 
+import collections
 import json
 
 import numpy as np
@@ -180,13 +181,33 @@ def test_dialogue_ends_after_ten_turns(cat):
         game.step("Is it a dog?")
 
 
+def test_checklist_asks_the_narrowest_questions_first_and_leads_the_habit_mix():
+    small = catalogue_lib.load_catalogue(catalogue_lib.SMALL_PATH)
+    checklist = policies.ChecklistPolicy(small)
+    entropy = policies.split_entropy(small.table)
+    assert [entropy[small.attribute_index[a]] for a in checklist.order] == sorted(entropy)
+    game = env.DialogueGame("cow", small)
+    rng = np.random.default_rng(0)
+    while not game.done:
+        game.step(checklist(tuple(game.turns), rng))
+    asked = [t.parse.what for t in game.turns if t.parse.kind == "question"]
+    assert asked == list(checklist.order[:len(asked)])  # in its order, whatever the answers
+    assert game.turns[-1].parse.kind == "guess"
+    # In the habit mix the checklist's opener is the most frequent one, and not the expert's.
+    games = datasets.generate_dialogues(small, 400, seed=0, mixtures=datasets.MIXTURES["habit"])
+    openers = collections.Counter(g.turns[0].parse.what for g in games)
+    assert openers.most_common(1)[0][0] == checklist.order[0]
+    assert policies.InfoGainPolicy(small).choose((), rng) != ("question", checklist.order[0])
+
+
 def test_expert_wins_every_target_and_data_round_trip(cat, tmp_path):
     stats = datasets.evaluate_policy(policies.InfoGainPolicy(cat), cat, 100, seed=3)
     assert stats["success_rate"] == 1.0 and stats["mean_turns"] < 8
     games = datasets.generate_dialogues(cat, 40, seed=1)
     again = datasets.generate_dialogues(cat, 40, seed=1)
     assert [[t.text for t in g.turns] for g in games] == [[t.text for t in g.turns] for g in again]
-    assert {t.policy for g in games for t in g.turns} == set(policies.make_policies(cat))
+    assert {t.policy for g in games for t in g.turns} == ({m.opening for m in datasets.DEFAULT_MIXTURES}
+                                                          | {m.continuation for m in datasets.DEFAULT_MIXTURES})
     path = str(tmp_path / "d.jsonl")
     datasets.save_dialogues(path, games)
     loaded = datasets.load_dialogues(path, cat)
@@ -204,8 +225,8 @@ def test_expert_wins_every_target_and_data_round_trip(cat, tmp_path):
 def test_dialogue_smoke(tmp_path):
     assert dialogue_main(["--preset", "smoke", "--workdir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["seeds"]
-    assert [r["method"] for r in rows] == ["info_gain (scripted expert)", "data (behaviour mix)", "bc", "pbc20",
-                                           "ilql_beta8", "ilql_utt_rerank2"]
+    assert [r["method"] for r in rows] == ["info_gain (scripted expert)", "data (behaviour mix)", "bc", "bc_rerank2",
+                                           "pbc20", "ilql_beta8", "ilql_utt_rerank2_w1"]
     for r in rows:
         assert set(r) >= {"mean_return", "stderr", "success_rate", "mean_turns", "mean_return_yn", "stderr_yn",
                           "mean_return_conservative", "stderr_conservative", "unparsed_rate", "n_dialogues"}
@@ -213,8 +234,9 @@ def test_dialogue_smoke(tmp_path):
         assert r["mean_return_yn"] <= r["mean_return"] and r["mean_return_conservative"] <= r["mean_return"]
     assert rows[0]["success_rate"] == 1.0 and rows[0]["n_dialogues"] == 64 and rows[2]["n_dialogues"] == 64
     # BC is read off the ILQL run's π_β (bc_from_ilql); %BC has its own run on the top 20%.
-    assert [r["trained_as"] for r in rows[2:]] == ["ilql", "pbc20", "ilql", "ilql_utt"]
-    assert rows[4]["beta"] == 8.0 and rows[5]["rerank_n"] == 2
+    assert [r["trained_as"] for r in rows[2:]] == ["ilql", "ilql", "pbc20", "ilql", "ilql_utt"]
+    assert rows[3]["rerank_n"] == 2 and rows[5]["beta"] == 8.0
+    assert rows[6]["rerank_n"] == 2 and rows[6]["rerank_weight"] == 1.0
     assert not (tmp_path / "bc").exists()
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     for name in ("results.png", "data/train.jsonl", "data/heldout.jsonl", "tokenizer/tokenizer.json",

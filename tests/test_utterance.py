@@ -184,6 +184,19 @@ def test_rerank_with_one_candidate_samples_pi_beta(trained):
     np.testing.assert_allclose(np.asarray(one.logp_beta), np.asarray(pi.logp_beta).sum(-1), rtol=1e-6)
 
 
+def test_rerank_by_likelihood_alone_needs_no_values(trained):
+    """q_weight 0: the best of N by log π_β, from π_β's parameters alone (a BC state)."""
+    model, state, _ = trained
+    prompts, mask = np.full((16, 1), TOK.a_id, np.int32), np.ones((16, 1), np.int32)
+    scfg = sampler.SamplerConfig(max_new_tokens=3, mode="sample", prompt_buckets=(1,))
+    best = reranking.rerank(model, {"policy": state.params["policy"]}, {}, prompts, mask, jax.random.key(2), n=4,
+                            q_weight=0.0, logp_weight=1.0, stop_ids=(END_A,), end_a_id=END_A, pad_id=TOK.pad_id,
+                            sampler_config=scfg)
+    np.testing.assert_array_equal(np.asarray(best.candidate_q), 0.0)
+    np.testing.assert_array_equal(np.asarray(best.choice), np.argmax(np.asarray(best.candidate_logp_beta), axis=1))
+    np.testing.assert_allclose(np.asarray(best.logp_beta), np.asarray(best.candidate_logp_beta).max(axis=1))
+
+
 def test_rerank_text_and_guards(trained):
     model, state, _ = trained
     texts = reranking.rerank_text(TOK, model, state.params, state.target_params, [[], [env("x")]],
@@ -195,6 +208,9 @@ def test_rerank_text_and_guards(trained):
     with pytest.raises(ValueError, match="per-utterance"):
         sampler.sample(model, state.params, state.target_params, prompts, mask, jax.random.key(0), beta=1.0,
                        sampler_config=sampler.SamplerConfig(max_new_tokens=3), **kw)
+    with pytest.raises(ValueError, match="per-utterance ILQL state"):  # Q̄ needs scalar Q heads
+        reranking.rerank(model, {"policy": state.params["policy"]}, {}, prompts, mask, jax.random.key(0), n=2,
+                         end_a_id=END_A, sampler_config=sampler.SamplerConfig(max_new_tokens=3), **kw)
     with pytest.raises(ValueError, match="mode must be 'sample'"):
         reranking.rerank(model, state.params, state.target_params, prompts, mask, jax.random.key(0), n=2,
                       end_a_id=END_A, sampler_config=sampler.SamplerConfig(max_new_tokens=3, mode="greedy"), **kw)

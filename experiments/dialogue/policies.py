@@ -12,6 +12,9 @@ Questions are free text: each attribute has three paraphrase templates
 * `NoisyPolicy`: the expert's choice, but half of its questions come out as an
   unparseable paraphrase (`VAGUE_QUESTIONS`: vague or compound questions).
 * `PrematureGuesser`: guesses a uniformly random consistent item at once.
+* `ChecklistPolicy`: a habit: asks the attributes in one fixed order, the
+  narrowest first (ascending split entropy over the whole catalogue), whatever
+  the answers so far; guesses when one item remains or the list is done.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .catalogue import Catalogue
 from .env import Turn, consistent_mask
 
 __all__ = [
+    "ChecklistPolicy",
     "GUESS_TEMPLATES",
     "InfoGainPolicy",
     "NoisyPolicy",
@@ -158,6 +162,25 @@ class PrematureGuesser:
         return guess_text(self.catalogue.names[rng.choice(candidates)], rng)
 
 
+class ChecklistPolicy:
+    """Asks the unasked attribute first in `order` (default: ascending split entropy over the catalogue, the
+    narrowest questions first); guesses a consistent item when one remains or every attribute was asked."""
+
+    def __init__(self, catalogue: Catalogue, order: Sequence[str] | None = None):
+        self.catalogue = catalogue
+        if order is None:
+            order = [catalogue.attributes[i] for i in np.argsort(split_entropy(catalogue.table), kind="stable")]
+        self.order = tuple(order)
+
+    def __call__(self, history: Sequence[Turn], rng: np.random.Generator) -> str:
+        candidates = np.flatnonzero(consistent_mask(history, self.catalogue))
+        unasked = [a for a in self.order if a not in _asked(history)]
+        if len(candidates) <= 1 or not unasked:
+            pool = candidates if len(candidates) else np.arange(len(self.catalogue.names))
+            return guess_text(self.catalogue.names[rng.choice(pool)], rng)
+        return question_text(unasked[0], rng)
+
+
 def make_policies(catalogue: Catalogue) -> dict:
     """The scripted questioners by name."""
     return {
@@ -165,4 +188,5 @@ def make_policies(catalogue: Catalogue) -> dict:
         "random_attribute": RandomAttributePolicy(catalogue),
         "noisy": NoisyPolicy(catalogue),
         "premature": PrematureGuesser(catalogue),
+        "checklist": ChecklistPolicy(catalogue),
     }

@@ -17,14 +17,18 @@ Methods (all on the same data), and the rows of the table each gives:
             gradient clipping, no weight decay, so AdamW updates it independently
             of the value losses), i.e. BC on the same batches, without paying for
             a second training run. Row `bc`;
+  bc_rerank the same π_β, decoded as the best of N samples by log π_β(u | s)
+            alone (the per-utterance decoder without values: what reranking
+            gains from likelihood, not from Q̄), for each N of `rerank_n`.
+            Rows `bc_rerankN`;
   pbcNN     %BC: π_β on the top NN% of dialogues by return. Row `pbcNN`;
   ilql      token-level ILQL (τ, γ = 0.99 per token, α_cql), trained once and
             decoded on log π_β + β·A for each β of `betas` (A clipped from above
             at `adv_clip`; None: not clipped). Rows `ilql_betaB`;
   ilql_utt  per-utterance ILQL (`ilql_jax.utterance`: τ, γ = 0.99 per utterance,
             no CQL), trained once and decoded by reranking N samples of its π_β
-            by Q̄(s, u) + `rerank_weight` · log π_β(u | s) for each N of
-            `rerank_n` (`ilql_jax.rerank`). Rows `ilql_utt_rerankN`.
+            by Q̄(s, u) + w · log π_β(u | s) for each N of `rerank_n` and w of
+            `rerank_weights` (`ilql_jax.rerank`). Rows `ilql_utt_rerankN_wW`.
 Sampling is at T = 1 (`decode`). Every row is scored under all three reward
 variants; every method is trained on `reward`.
 """
@@ -51,7 +55,7 @@ from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
-_METHOD = re.compile(r"^(bc|pbc[1-9][0-9]?|ilql|ilql_utt)$")
+_METHOD = re.compile(r"^(bc|bc_rerank|pbc[1-9][0-9]?|ilql|ilql_utt)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,10 @@ class DialogueConfig:
     """One dialogue benchmark run.
 
     Attributes:
-      catalogue: the catalogue CSV (default: the shipped 100 items × 23 attributes).
+      catalogue: the catalogue CSV (default: the shipped 16 items × 12 attributes; `catalogue.DEFAULT_PATH` has
+        100 × 23).
+      data_mix: the scripted questioners' mixture, a key of `datasets.MIXTURES`: "habit" (a habitual checklist
+        is the most frequent speaker) or "expert" (the expert's choice is the most frequent one).
       reward: the training reward, one of `env.REWARDS` (standard, yn, conservative).
       n_train, n_heldout, n_eval: dialogues in the data set, for the held-out loss, and played per method.
       seed: the data and evaluation-targets seed, and the first training seed.
@@ -71,11 +78,14 @@ class DialogueConfig:
       batch_size: dialogues per step.
       bc_steps, rl_steps: steps for BC / %BC and for ILQL.
       learning_rate: AdamW learning rate.
-      tau, alpha_cql: ILQL's expectile and CQL weight.
+      tau, alpha_cql: ILQL's expectile and CQL weight (per-utterance ILQL has no CQL term).
+      polyak_alpha: the target networks' update rate, for both ILQL variants.
       betas: the inference β of each ILQL row (one training, one row per β).
       adv_clip: the advantage's upper clip (None: no clip).
-      rerank_n: candidates per utterance of each per-utterance ILQL row (one training, one row per N).
-      rerank_weight: w in the reranking score Q̄(s, u) + w · log π_β(u | s) (0: the paper's Visual Dialogue).
+      rerank_n: candidates per utterance of each per-utterance ILQL and bc_rerank row (one training, one row
+        per N).
+      rerank_weights: the w of each per-utterance ILQL row, in the score Q̄(s, u) + w · log π_β(u | s)
+        (0: the paper's Visual Dialogue).
       decode: "sample" (T = 1, a fresh key per turn) or "greedy" (token-level rows only; reranking samples).
         Greedy π_β repeats one question until the dialogue runs out (it never guesses), so every method
         scored −10 in a pilot.
@@ -83,7 +93,8 @@ class DialogueConfig:
       bc_from_ilql: with "ilql" in `methods`, "bc" is the ILQL run's π_β at β = 0 (see the module docstring).
     """
 
-    catalogue: str = catalogue_lib.DEFAULT_PATH
+    catalogue: str = catalogue_lib.SMALL_PATH
+    data_mix: str = "habit"
     reward: str = "standard"
     n_train: int = 6000
     n_heldout: int = 256
@@ -96,17 +107,18 @@ class DialogueConfig:
     max_len: int = 120
     max_new_tokens: int = 9
     batch_size: int = 32
-    bc_steps: int = 600
-    rl_steps: int = 600
+    bc_steps: int = 2000
+    rl_steps: int = 2000
     learning_rate: float = 1e-3
     tau: float = 0.7
     alpha_cql: float = 0.1
+    polyak_alpha: float = 0.05
     betas: tuple[float, ...] = (1.0, 4.0, 8.0, 16.0)
     adv_clip: float | None = None
     rerank_n: tuple[int, ...] = (4, 8)
-    rerank_weight: float = 0.0
+    rerank_weights: tuple[float, ...] = (0.0, 1.0)
     decode: str = "sample"
-    methods: tuple[str, ...] = ("bc", "pbc10", "pbc20", "pbc50", "ilql", "ilql_utt")
+    methods: tuple[str, ...] = ("bc", "bc_rerank", "pbc10", "pbc20", "pbc50", "ilql", "ilql_utt")
     bc_from_ilql: bool = True
 
     def __post_init__(self):
@@ -114,13 +126,18 @@ class DialogueConfig:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         bad = [m for m in self.methods if not _METHOD.match(m)]
         if bad:
-            raise ValueError(f"unknown method(s) {bad}; use bc, pbcNN (1 ≤ NN ≤ 99), ilql or ilql_utt")
+            raise ValueError(f"unknown method(s) {bad}; use bc, bc_rerank, pbcNN (1 ≤ NN ≤ 99), ilql or ilql_utt")
+        if self.data_mix not in datasets.MIXTURES:
+            raise ValueError(f"unknown data_mix {self.data_mix!r}; choose from {sorted(datasets.MIXTURES)}")
         if "ilql" in self.methods and not self.betas:
             raise ValueError("methods has ilql but betas is empty: give at least one β")
-        if "ilql_utt" in self.methods and (not self.rerank_n or min(self.rerank_n) < 1):
-            raise ValueError(f"methods has ilql_utt: rerank_n needs at least one N >= 1, got {self.rerank_n}")
-        if "ilql_utt" in self.methods and self.decode != "sample":
-            raise ValueError("ilql_utt reranks samples of π_β: it needs decode 'sample'")
+        reranked = {"ilql_utt", "bc_rerank"} & set(self.methods)
+        if reranked and (not self.rerank_n or min(self.rerank_n) < 1):
+            raise ValueError(f"methods has {sorted(reranked)}: rerank_n needs at least one N >= 1, got {self.rerank_n}")
+        if "ilql_utt" in self.methods and not self.rerank_weights:
+            raise ValueError("methods has ilql_utt but rerank_weights is empty: give at least one w")
+        if reranked and self.decode != "sample":
+            raise ValueError(f"{sorted(reranked)} rerank samples of π_β: they need decode 'sample'")
         if self.reward not in env.REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose from {env.REWARDS}")
 
@@ -128,8 +145,8 @@ class DialogueConfig:
 PRESETS = {
     "default": DialogueConfig(),
     "smoke": DialogueConfig(n_train=256, n_heldout=32, n_eval=64, n_layer=1, n_embd=32, batch_size=16,
-                            bc_steps=10, rl_steps=10, methods=("bc", "pbc20", "ilql", "ilql_utt"), betas=(8.0,),
-                            rerank_n=(2,)),
+                            bc_steps=10, rl_steps=10, methods=("bc", "bc_rerank", "pbc20", "ilql", "ilql_utt"),
+                            betas=(8.0,), rerank_n=(2,), rerank_weights=(1.0,)),
 }
 
 
@@ -143,12 +160,12 @@ def train_config(cfg: DialogueConfig, method: str, tok, seed: int | None = None)
     model = ilql.ModelConfig(trunk=trunk_config(cfg, tok.vocab_size))
     optim = OptimConfig(learning_rate=cfg.learning_rate)
     if method == "ilql":
-        step = train.StepConfig(mode="ilql", model=model, optim=optim,
+        step = train.StepConfig(mode="ilql", model=model, optim=optim, polyak_alpha=cfg.polyak_alpha,
                                 loss=losses.LossConfig(gamma=0.99, tau=cfg.tau, alpha_cql=cfg.alpha_cql))
         num_steps, fraction = cfg.rl_steps, None
     elif method == "ilql_utt":
         step = train.StepConfig(mode="ilql_utt", model=model, optim=optim, end_a_id=tok.end_a_id,
-                                loss=losses.LossConfig(gamma=0.99, tau=cfg.tau))
+                                polyak_alpha=cfg.polyak_alpha, loss=losses.LossConfig(gamma=0.99, tau=cfg.tau))
         num_steps, fraction = cfg.rl_steps, None
     else:
         step = train.StepConfig(mode="bc", model=model, optim=optim)
@@ -173,9 +190,10 @@ def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[s
 
 
 def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, beta: float = 0.0,
-                  rerank_n: int | None = None):
+                  rerank_n: int | None = None, rerank_weight: float | None = None):
     """Utterances (`cfg.decode`) from a state trained as `method`: π_β + β·A (β = 0: π_β alone), or, with
-    `rerank_n`, the best of that many π_β samples by Q̄ + w · log π_β (a per-utterance state)."""
+    `rerank_n`, the best of that many π_β samples by Q̄ + w · log π_β (a per-utterance state; w =
+    `rerank_weight`), or by log π_β alone when `rerank_weight` is None."""
     model = train_config(cfg, method, tok).step.model
     # A reranked candidate is scored with its `</a>` after the prompt, one more token than decoding needs.
     room = cfg.max_len - cfg.max_new_tokens - (rerank_n is not None)
@@ -195,8 +213,11 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, beta:
         # A fresh key per turn (fold in the call count), the same sequence for every method.
         turn_key = jax.random.fold_in(key, next(calls))
         if rerank_n is not None:
+            likelihood = rerank_weight is None
             return reranking.rerank_text(tok, model, state.params, state.target_params, prompts, turn_key, n=rerank_n,
-                                      logp_weight=cfg.rerank_weight, sampler_config=scfg, forbidden_ids=forbidden)
+                                         logp_weight=1.0 if likelihood else rerank_weight,
+                                         q_weight=0.0 if likelihood else 1.0, sampler_config=scfg,
+                                         forbidden_ids=forbidden)
         return sampler.generate_text(tok, model, state.params, state.target_params, prompts, turn_key,
                                      sampler_config=scfg, beta=beta, adv_clip=cfg.adv_clip if beta else None,
                                      forbidden_ids=forbidden)
@@ -209,7 +230,10 @@ def evaluations(cfg: DialogueConfig, method: str) -> list[tuple[str, dict]]:
     if method == "ilql":
         return [(f"ilql_beta{b:g}", {"beta": b}) for b in cfg.betas]
     if method == "ilql_utt":
-        return [(f"ilql_utt_rerank{n}", {"rerank_n": n}) for n in cfg.rerank_n]
+        return [(f"ilql_utt_rerank{n}_w{w:g}", {"rerank_n": n, "rerank_weight": w})
+                for w in cfg.rerank_weights for n in cfg.rerank_n]
+    if method == "bc_rerank":
+        return [(f"bc_rerank{n}", {"rerank_n": n}) for n in cfg.rerank_n]
     return [(method, {})]
 
 
@@ -223,7 +247,8 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     if files.is_writer():
         tok.save(workdir / "tokenizer")
 
-    games = datasets.generate_dialogues(catalogue, cfg.n_train + cfg.n_heldout, cfg.seed)
+    games = datasets.generate_dialogues(catalogue, cfg.n_train + cfg.n_heldout, cfg.seed,
+                                        mixtures=datasets.MIXTURES[cfg.data_mix])
     train_games, heldout_games = games[:cfg.n_train], games[cfg.n_train:]
     # Seeded, so every process generates the same dialogues; process 0 records them.
     datasets.save_dialogues(workdir / "data" / "train.jsonl", train_games)
@@ -268,8 +293,9 @@ def seed_rows(cfg: DialogueConfig, seed: int, workdir: epath.Path, tok, catalogu
     rows, states = [], {}
     label = f"seed {seed} " if cfg.seeds > 1 else ""
     for method in cfg.methods:
-        # "bc" may be read off the ILQL run's π_β (see the module docstring).
-        trained = "ilql" if (method == "bc" and cfg.bc_from_ilql and "ilql" in cfg.methods) else method
+        # "bc" and "bc_rerank" may be read off the ILQL run's π_β (see the module docstring).
+        bc = method in ("bc", "bc_rerank")
+        trained = "ilql" if (bc and cfg.bc_from_ilql and "ilql" in cfg.methods) else "bc" if bc else method
         tc = train_config(cfg, trained, tok, seed)
         start = time.perf_counter()
         if trained not in states:
@@ -308,6 +334,6 @@ def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[d
               if cfg.seeds > 1 else "one seed: ± is the s.e. over dialogues")
     results.write_table(workdir, table, COLUMNS,
                         f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; "
-                        f"adv_clip = {cfg.adv_clip}, rerank w = {cfg.rerank_weight:g}; {spread}; "
+                        f"data mix `{cfg.data_mix}`; adv_clip = {cfg.adv_clip}; {spread}; "
                         f"{seconds / 60:.1f} min in all.", seed_rows=rows)
     plots.bar_plot_returns(epath.Path(workdir) / "results.png", table, "Ask-to-identify dialogue")
