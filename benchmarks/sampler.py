@@ -1,4 +1,4 @@
-"""Decoding throughput of the value-guided sampler (ILQL_SPEC §5), beside the official sampler and
+"""Decoding throughput of the value-guided sampler (docs/algorithm.md §5), beside the official sampler and
 against this machine's memory-bandwidth and compute bounds.
 
     python -m benchmarks.sampler [--shapes tiny,6x256,gpt2-small] [--runs N] [--rounds R]

@@ -110,7 +110,7 @@ def synthetic_batch(cfg: gpt2.GPT2Config) -> dict[str, np.ndarray]:
 
 
 def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> dict[str, int]:
-    """Matmul FLOPs one ILQL step needs on `batch` (ILQL_SPEC §2-3), whatever computes it.
+    """Matmul FLOPs one ILQL step needs on `batch` (docs/algorithm.md §2-3), whatever computes it.
 
     With N = B·T positions, A real action states, S the distinct states whose
     V a loss reads (action states and their next states), L layers, width d,

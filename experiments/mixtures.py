@@ -1,4 +1,4 @@
-"""Data sets of mixed quality: scripted policies switched within an episode (ILQL_SPEC §7).
+"""Data sets of mixed quality: scripted policies switched within an episode (docs/algorithm.md §7).
 
 Wordle and the dialogue task share this: an episode draws one `Mixture`, plays
 its `opening` policy for the first k agent turns (k uniform in `switch`) and

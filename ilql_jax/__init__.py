@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 # name -> (module, one line on what it is for). The order is `__all__`'s and the catalogue's.
 _EXPORTS: dict[str, tuple[str, str]] = {
-    # --- Data: your logged text and rewards as episodes, then token-level MDP arrays (ILQL_SPEC §1).
+    # --- Data: your logged text and rewards as episodes, then token-level MDP arrays (docs/algorithm.md §1).
     "Segment": ("ilql_jax.data.episodes", "one turn: text, whether the agent spoke it, and its reward"),
     "Episode": ("ilql_jax.data.episodes", "a sequence of segments and whether the interaction ended there"),
     "env": ("ilql_jax.data.episodes", "an environment segment (a prompt, a parent comment, game feedback)"),
@@ -61,7 +61,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
                            "the training loop: logs, evaluates, checkpoints, resumes; returns the final state"),
     "Preempted": ("ilql_jax.loop", "raised after SIGTERM/SIGINT once a checkpoint is saved; rerun to resume"),
     "ILQLState": ("ilql_jax.state", "the one train-state pytree: step, params, target params, optimizer, RNG"),
-    # --- Sampling: π_β's logits plus β·(Q − V) (ILQL_SPEC §5).
+    # --- Sampling: π_β's logits plus β·(Q − V) (docs/algorithm.md §5).
     "SamplerConfig": ("ilql_jax.sampler", "static decoding settings: length, mode, top-k/p, where β·A goes"),
     "generate_text": ("ilql_jax.sampler", "prompts or histories in, the agent's next utterance as text out"),
     "sample": ("ilql_jax.sampler", "token arrays in, tokens with log π, log π_β, advantages and KL out"),

@@ -1,7 +1,7 @@
 """What value-guided decoding does to π_β: how much of β·A is a sharpening of π_β itself.
 
 The CQL term trains each Q head as the logits of a softmax over the data's actions
-(ILQL_SPEC §3), so Q, and A = min(Q̄1, Q̄2) − V with it, grows a component k·log π_β.
+(docs/algorithm.md §3), so Q, and A = min(Q̄1, Q̄2) − V with it, grows a component k·log π_β.
 Decoding then samples from
 
     π_β · exp(β·A) = π_β^(1 + β·k) · exp(β·(A − k·log π_β)),

@@ -123,7 +123,7 @@ def export_run(directory: str | os.PathLike, tokenizer, model_config: ilql.Model
         "padded_vocab_size": trunk.padded_vocab_size,
         "advantage": "A(h_t, a) = min(Q̄1, Q̄2)(h_t, a) − V(h_t): Q̄ from the target heads on target.trunk's "
                      "hidden states (value.trunk's when model.target_on_online_trunk), V from value.v on "
-                     "value.trunk's; decoding adds β·A to π_β's logits (ILQL_SPEC §5).",
+                     "value.trunk's; decoding adds β·A to π_β's logits (docs/algorithm.md §5).",
         "heads": "MLP d → 2d → out with a ReLU: fc.kernel [d, 2d], fc.bias [2d], out.kernel [2d, out], out.bias "
                  "[out]; out = 1 for v, padded_vocab_size for q1 and q2 (ids ≥ vocab_size are padding).",
         "tensors": {name: list(t.shape) for name, t in sorted(tensors.items())},

@@ -1,10 +1,10 @@
-"""ILQL losses as pure functions (ILQL_SPEC.md §3).
+"""ILQL losses as pure functions (docs/algorithm.md §3).
 
 Conventions (rlax style):
 
 * Arrays are batched ``[B, T]`` (per-position scalars) or ``[B, T, V]``
   (per-position vectors over the vocabulary). ``t`` indexes the *state*
-  ``h_t``; the action taken there is ``a_t = tokens[t + 1]`` (ILQL_SPEC §1),
+  ``h_t``; the action taken there is ``a_t = tokens[t + 1]`` (docs/algorithm.md §1),
   exactly like LM logits.
 * ``m_t`` is the action mask: 1 iff state ``t`` emits an agent token. Every
   loss is a masked mean ``Σ_t m_t ℓ_t / N`` with ``N = max(Σ_t m_t, 1)``.
@@ -58,12 +58,12 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Indexing helpers (ILQL_SPEC §1).
+# Indexing helpers (docs/algorithm.md §1).
 # ---------------------------------------------------------------------------
 
 
 def next_actions(tokens: Array) -> Array:
-    """Actions ``a_t = tokens[t + 1]`` (ILQL_SPEC §1: state ``h_t`` emits ``x_{t+1}``).
+    """Actions ``a_t = tokens[t + 1]`` (docs/algorithm.md §1: state ``h_t`` emits ``x_{t+1}``).
 
     Args:
         tokens: int token ids, shape ``[B, T]``.
@@ -103,7 +103,7 @@ def gather_next(v_t: Array, next_idx: Array) -> Array:
 
     Args:
         v_t: per-state scalars, ``[B, T]``.
-        next_idx: int index of the next state, ``[B, T]`` (ILQL_SPEC §1).
+        next_idx: int index of the next state, ``[B, T]`` (docs/algorithm.md §1).
 
     Returns:
         ``[B, T]`` array in the dtype of ``v_t``.
@@ -123,7 +123,7 @@ def masked_mean(x_t: Array, m_t: Array) -> Array:
 
 
 def _num_actions(m_t: Array) -> Array:
-    """N = max(Σ m_t, 1) (ILQL_SPEC §3)."""
+    """N = max(Σ m_t, 1) (docs/algorithm.md §3)."""
     return jnp.maximum(jnp.sum(m_t.astype(jnp.float32)), 1.0)
 
 
@@ -149,14 +149,14 @@ def _token_nll(
 
 
 # ---------------------------------------------------------------------------
-# Loss terms (ILQL_SPEC §3).
+# Loss terms (docs/algorithm.md §3).
 # ---------------------------------------------------------------------------
 
 
 def td_target(
     r_t: Array, v_next: Array, done_next: Array, gamma: float
 ) -> Array:
-    """One-step TD target (ILQL_SPEC §3):
+    """One-step TD target (docs/algorithm.md §3):
 
         y_t = r_t + γ (1 - done_next(t)) · sg(V(h_next(t)))
 
@@ -184,7 +184,7 @@ def td_target(
 def q_loss(
     q1_a: Array, q2_a: Array, y_t: Array, m_t: Array
 ) -> tuple[Array, dict[str, Array]]:
-    """Double-Q regression to the TD target (ILQL_SPEC §3):
+    """Double-Q regression to the TD target (docs/algorithm.md §3):
 
         L_Q = Σ_t m_t [(y_t - Q1(h_t)[a_t])² + (y_t - Q2(h_t)[a_t])²] / N
 
@@ -220,7 +220,7 @@ def q_loss(
 def expectile_v_loss(
     q_target_a: Array, v_t: Array, m_t: Array, tau: float
 ) -> tuple[Array, dict[str, Array]]:
-    """Expectile regression of V towards the target Q (ILQL_SPEC §3):
+    """Expectile regression of V towards the target Q (docs/algorithm.md §3):
 
         u_t = sg(Q̄(h_t)[a_t]) - V(h_t)
         L_V = Σ_t m_t |τ - 1(u_t < 0)| · u_t² / N
@@ -263,7 +263,7 @@ def cql_loss(
     m_t: Array,
     vocab_size: Optional[int] = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """CQL regulariser on both online Q heads (ILQL_SPEC §3):
+    """CQL regulariser on both online Q heads (docs/algorithm.md §3):
 
         L_CQL = Σ_t m_t Σ_i [logsumexp_a Q_i(h_t)[a] - Q_i(h_t)[a_t]] / N
 
@@ -301,7 +301,7 @@ def bc_loss(
     adv_t: Optional[Array] = None,
     beta_awac: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
-    """Behaviour cloning of π_β on agent tokens (ILQL_SPEC §3, ``L_BC``):
+    """Behaviour cloning of π_β on agent tokens (docs/algorithm.md §3, ``L_BC``):
 
         L_BC = Σ_t m_t w_t [logsumexp_a l_t[a] - l_t[a_t]] / N,
         w_t  = exp(β_awac · sg(adv_t))     (AWAC; w_t = 1 when adv_t is None)
@@ -350,7 +350,7 @@ def bc_loss(
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Hyper-parameters of the ILQL objective (ILQL_SPEC §3, §6).
+    """Hyper-parameters of the ILQL objective (docs/algorithm.md §3, §6).
 
     Defaults are the authors' Wordle config (τ = 0.7, α_cql = 1e-4);
     Reddit toxicity uses τ = 0.6, α_cql = 0.25; Visual Dialogue τ = 0.8,
@@ -402,7 +402,7 @@ def ilql_loss(
     batch: Any,
     cfg: LossConfig,
 ) -> tuple[Array, dict[str, Array]]:
-    """The full ILQL objective (ILQL_SPEC §3):
+    """The full ILQL objective (docs/algorithm.md §3):
 
         L = L_Q + L_V + α_cql · L_CQL + L_BC
 
@@ -495,7 +495,7 @@ def ilql_loss(
 def bc_only_loss(
     pi_logits_t: Array, batch: Any, vocab_size: Optional[int] = None
 ) -> tuple[Array, dict[str, Array]]:
-    """Loss of the BC baseline: π_β's token NLL on agent tokens (ILQL_SPEC §3, §6).
+    """Loss of the BC baseline: π_β's token NLL on agent tokens (docs/algorithm.md §3, §6).
 
     Args:
         pi_logits_t: π_β logits, ``[B, T, V_pad]``.
@@ -517,7 +517,7 @@ def bc_only_loss(
 # ---------------------------------------------------------------------------
 # The lean path: losses evaluated at the action positions only.
 #
-# Every term of ILQL_SPEC §3 reads the vocabulary-sized outputs at action
+# Every term of docs/algorithm.md §3 reads the vocabulary-sized outputs at action
 # states only (m_t = 1), and the target Q̄ at one entry per action. The lean
 # path packs each row's action positions into K static slots (`pack_actions`),
 # so the model runs the Q heads and π_β's LM head on [B, K] positions instead
@@ -532,7 +532,7 @@ def bc_only_loss(
 
 @chex.dataclass(frozen=True)
 class PackedActions:
-    """A batch's action states packed into K slots per row (ILQL_SPEC §1).
+    """A batch's action states packed into K slots per row (docs/algorithm.md §1).
 
     Slot k of row b holds the k-th action state of row b in order; slots past
     the row's action count hold padding (``m_k = 0``).
@@ -629,7 +629,7 @@ def logsumexp_and_gather(x_t: Array, a_t: Array, vocab_size: Optional[int] = Non
     """``(logsumexp_a x_t[a], x_t[a_t])`` over the real vocabulary, float32 ``[...]`` each.
 
     The two reads every vocabulary-wide loss term makes of its logits: CQL's
-    and BC's ``logsumexp − x[a_t]`` (ILQL_SPEC §3) and L_Q's ``Q(h_t)[a_t]``.
+    and BC's ``logsumexp − x[a_t]`` (docs/algorithm.md §3) and L_Q's ``Q(h_t)[a_t]``.
     Fused: the padded vocabulary tail (entries ``>= vocab_size``) is masked
     inside the reductions rather than in a masked copy, and the backward pass
     forms the logits' cotangent ``g_lse · softmax(x) + g_a · onehot(a_t)`` in one
@@ -683,7 +683,7 @@ def ilql_loss_packed(
     packed: PackedActions,
     cfg: LossConfig,
 ) -> tuple[Array, dict[str, Array]]:
-    """``ilql_loss`` on packed action slots: the same objective (ILQL_SPEC §3),
+    """``ilql_loss`` on packed action slots: the same objective (docs/algorithm.md §3),
 
         L = L_Q + L_V + α_cql · L_CQL + L_BC,
 

@@ -1,4 +1,4 @@
-"""The value-guided sampler (ILQL_SPEC.md §5).
+"""The value-guided sampler (docs/algorithm.md §5).
 
 Per step, with KV caches for π_β, the value trunk and the target trunk::
 
@@ -55,7 +55,7 @@ from ilql_jax.models import trunk as trunk_lib
 Array = jax.Array
 
 MODES = ("sample", "greedy", "beam", "best_of_n")
-# Where temperature, filtering and the advantage go (ILQL_SPEC §5):
+# Where temperature, filtering and the advantage go (docs/algorithm.md §5):
 #   "spec":             filter(l / T) + β·A          (the spec's order, default)
 #   "adv_first":        filter((l + β·A) / T)
 #   "temperature_last": (filter(l) + β·A) / T
@@ -297,7 +297,7 @@ def advantage(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.
 
 def perturb_logits(pi_logits: Array, adv: Array, valid: Array, *, beta: Array, temperature: Array,
                    adv_clip: Array, order: str = "spec", top_k: int = 0, top_p: float = 1.0) -> Array:
-    """l' of ILQL_SPEC §5: π_β logits steered by β·min(A, adv_clip), filtered and tempered.
+    """l' of docs/algorithm.md §5: π_β logits steered by β·min(A, adv_clip), filtered and tempered.
 
     `valid` [V_pad] marks the ids that may be sampled (real vocabulary, not
     pad); the others are -inf in l'. See `ORDERS` for `order`.
@@ -318,7 +318,7 @@ def perturb_logits(pi_logits: Array, adv: Array, valid: Array, *, beta: Array, t
 def inverse_cdf(logits: Array, u: Array) -> tuple[Array, Array]:
     """The id whose CDF interval under softmax(logits) holds u, per row (inverse transform sampling).
 
-    With u ~ U[0, 1) this draws a ~ softmax(logits) (ILQL_SPEC §5 step 4),
+    With u ~ U[0, 1) this draws a ~ softmax(logits) (docs/algorithm.md §5 step 4),
     exactly up to float32 rounding of the CDF, from one uniform per row instead
     of one per vocabulary entry (the Gumbel trick of `jax.random.categorical`,
     a V-wide threefry draw per row and step). The CDF is searched in two
@@ -585,7 +585,7 @@ def sample(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.Par
            adv_clip: float | None = None, stop_ids: Sequence[int], pad_id: int,
            sampler_config: SamplerConfig, allowed_ids: Sequence[int] | None = None,
            forbidden_ids: Sequence[int] | None = None) -> SampleResult:
-    """Generates up to `max_new_tokens` per prompt with the value-guided sampler (ILQL_SPEC §5).
+    """Generates up to `max_new_tokens` per prompt with the value-guided sampler (docs/algorithm.md §5).
 
     Args:
       prompt_tokens, prompt_mask: [B, P] left-padded prompts (each row needs a
@@ -627,7 +627,7 @@ def generate_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params
                   beta: float = 1.0, temperature: float = 1.0, adv_clip: float | None = None,
                   stop_ids: Sequence[int] | None = None, allowed_ids: Sequence[int] | None = None,
                   forbidden_ids: Sequence[int] | None = None) -> list[str]:
-    """Text of the agent's next utterance for each prompt (ILQL_SPEC §5 step 4).
+    """Text of the agent's next utterance for each prompt (docs/algorithm.md §5 step 4).
 
     Args:
       prompts: token id lists, or histories (sequences of `episodes.Segment`)
@@ -635,7 +635,7 @@ def generate_text(tokenizer, model_config: ilql.ModelConfig, online: ilql.Params
       stop_ids: default `</a>`.
       allowed_ids, forbidden_ids: the token mask (see `sample`).
 
-    Returns the generated text cut before the first stop id (ILQL_SPEC §5 step 4 strips it). Everything
+    Returns the generated text cut before the first stop id (docs/algorithm.md §5 step 4 strips it). Everything
     else the model emitted is kept: markup emitted mid-reply comes back verbatim ("b<s>a", not "ba"),
     so an evaluation sees it (forbid it with `forbidden_ids` instead).
     """

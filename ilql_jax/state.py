@@ -1,4 +1,4 @@
-"""One train-state pytree, the optimizer, and the Polyak target update (ILQL_SPEC.md §4)."""
+"""One train-state pytree, the optimizer, and the Polyak target update (docs/algorithm.md §4)."""
 
 from __future__ import annotations
 
@@ -116,5 +116,5 @@ def with_frozen(state: ILQLState, frozen: Any) -> ILQLState:
 
 
 def polyak_update(online: Any, target: Any, alpha: float) -> Any:
-    """θ̄ ← α θ + (1 − α) θ̄ (ILQL_SPEC §4), leaf by leaf."""
+    """θ̄ ← α θ + (1 − α) θ̄ (docs/algorithm.md §4), leaf by leaf."""
     return optax.incremental_update(online, target, step_size=alpha)

@@ -1,7 +1,7 @@
 """Tokenizers for ILQL episodes: GPT-2 BPE, a small trained BPE, and Wordle.
 
 Every tokenizer encodes the ILQL markup (`<s> </s> <a> </a> </eod>`, see
-ILQL_SPEC.md §1) and the pad token `<pad>` as one id each, so the data
+docs/algorithm.md §1) and the pad token `<pad>` as one id each, so the data
 pipeline and the sampler see the same ids for the same markup.
 
 - `gpt2_tokenizer()`: GPT-2's exact BPE, built offline from the `encoder.json`

@@ -157,7 +157,7 @@ def with_action_capacity(config: StepConfig, action_masks: Mapping[str, np.ndarr
 
 def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
             dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The scalar loss of one batch and its metrics (ILQL_SPEC §3), computed where the losses read.
+    """The scalar loss of one batch and its metrics (docs/algorithm.md §3), computed where the losses read.
 
     The action states are packed into `config.action_capacity` slots per row
     (`losses.pack_actions`); the vocabulary-sized heads run only there, and the
@@ -235,7 +235,7 @@ def _after(tree: Any, scalar: jax.Array) -> Any:
 
 def train_step(config: StepConfig, state: ILQLState, batch: Batch) -> tuple[ILQLState, dict[str, jax.Array]]:
     """One micro-step: gradients, AdamW (through MultiSteps), and the Polyak update after every
-    `target_update_every`-th real optimizer step only (ILQL_SPEC §4)."""
+    `target_update_every`-th real optimizer step only (docs/algorithm.md §4)."""
     tx = make_optimizer(config.optim)
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if config.model.trunk.dropout == 0.0:

@@ -1,4 +1,4 @@
-"""Index construction of the token-level MDP (ILQL_SPEC §1, §8)."""
+"""Index construction of the token-level MDP (docs/algorithm.md §1, §8)."""
 
 import math
 import re
@@ -96,7 +96,7 @@ def check_invariants(arrays, max_len):
 
 
 # ---------------------------------------------------------------------------
-# The worked Wordle example of ILQL_SPEC §1
+# The worked Wordle example of docs/algorithm.md §1
 # ---------------------------------------------------------------------------
 
 

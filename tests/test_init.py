@@ -1,4 +1,4 @@
-"""Initialisation schemes: the heads' (`heads.HEAD_INITS`) and the GPT-2 trunk's (ILQL_SPEC §2)."""
+"""Initialisation schemes: the heads' (`heads.HEAD_INITS`) and the GPT-2 trunk's (docs/algorithm.md §2)."""
 
 import jax
 import numpy as np

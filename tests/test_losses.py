@@ -1,4 +1,4 @@
-"""Tests for ilql_jax.losses (ILQL_SPEC.md §3, §8).
+"""Tests for ilql_jax.losses (docs/algorithm.md §3, §8).
 
 Expected values are written out by hand as numbers (logs of small integers
 where a logsumexp is involved), never by re-calling the loss formula.

@@ -39,7 +39,7 @@ def test_none_is_the_identity_and_the_arrays_carry_the_mapped_rewards():
     tok = wordle_tokenizer()
     norm = fit_reward_norm(TRAIN, "zscore")
     arrays = episodes_to_arrays(norm.apply(TRAIN), tok, 16)
-    # Each utterance's reward sits on its </a> transition (ILQL_SPEC §1): the row sums are the mapped returns.
+    # Each utterance's reward sits on its </a> transition (docs/algorithm.md §1): the row sums are the mapped returns.
     np.testing.assert_allclose(arrays["rewards"].sum(1), [norm.reward(1.0), norm.reward(-3.0),
                                                           norm.reward(2.0) + norm.reward(4.0)], rtol=1e-6)
 

@@ -1,4 +1,4 @@
-"""The value-guided sampler (ILQL_SPEC §5, §8): cached decoding equals full forwards,
+"""The value-guided sampler (docs/algorithm.md §5, §8): cached decoding equals full forwards,
 β = 0 reproduces π_β, the distribution is π_β·exp(βA) normalised, stops, filters, modes.
 
 Compilation dominates: every test reuses a few static configs and the batch
@@ -96,7 +96,7 @@ def _np_filter(l, k, p):
 
 def _np_perturbed(pi, adv, *, beta, temperature, adv_clip=np.inf, pad_id=PAD, top_k=0, top_p=1.0,
                   order="spec"):
-    """l' of ILQL_SPEC §5 for one state, in float64."""
+    """l' of docs/algorithm.md §5 for one state, in float64."""
     valid = np.isfinite(pi) & (np.arange(pi.size) != pad_id)
     l = np.where(valid, pi, -np.inf)
     shift = beta * np.where(valid, np.minimum(adv, adv_clip), 0.0)

@@ -203,7 +203,7 @@ def test_symbol_tokenizer_through_the_public_api_round_trips_episodes(tmp_path):
     assert tokenizer.decode(ids) == "<s>c</s>hda</a></eod>"
     assert tokenizer.decode(ids, skip_markup=True) == "chda"
     assert ids == tokenizer.encode("<s>c</s>hda</a></eod>")
-    # One action per agent symbol and the </a> (ILQL_SPEC §1), the reward on the </a> transition.
+    # One action per agent symbol and the </a> (docs/algorithm.md §1), the reward on the </a> transition.
     assert arrays["action_mask"][0].sum() == 4 and arrays["rewards"][0].sum() == 0.75
 
     tokenizer.save(str(tmp_path / "tok"))

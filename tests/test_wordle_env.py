@@ -1,4 +1,4 @@
-"""Wordle game rules, scripted policies and offline data (ILQL_SPEC §1, §7)."""
+"""Wordle game rules, scripted policies and offline data (docs/algorithm.md §1, §7)."""
 
 import collections
 import json
@@ -158,7 +158,7 @@ def test_answer_must_be_listed():
 
 
 # ---------------------------------------------------------------------------
-# The worked example of ILQL_SPEC §1
+# The worked example of docs/algorithm.md §1
 #
 # The spec shows crane with feedback b y b b g followed by a winning slate.
 # Against the answer slate, crane honestly gets b b g b g (a is green at

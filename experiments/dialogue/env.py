@@ -1,4 +1,4 @@
-"""The ask-to-identify game: a rule-based answerer, rewards, and dialogues as ILQL episodes (ILQL_SPEC §1, §7).
+"""The ask-to-identify game: a rule-based answerer, rewards, and dialogues as ILQL episodes (docs/algorithm.md §1, §7).
 
 A hidden target is drawn from the catalogue. Each turn the agent says one free-text
 utterance and the answerer replies:

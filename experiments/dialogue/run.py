@@ -1,7 +1,7 @@
 """The ask-to-identify dialogue benchmark: one data set; BC, %BC, ILQL and per-utterance ILQL; 1024 evaluation
 dialogues per row.
 
-The paper's Visual Dialogue setting made offline (ILQL_SPEC §6–§7): many turns,
+The paper's Visual Dialogue setting made offline (docs/algorithm.md §6–§7): many turns,
 an answerer's reply between the agent's utterances, a cost per question, and
 reward variants that punish redundant (`yn`) or unparseable (`conservative`)
 questions. In execution order: catalogue → word-level tokenizer → mixed-quality

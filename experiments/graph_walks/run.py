@@ -12,7 +12,7 @@ stay fixed; a seed sets initialisation, dropout, batch order and sampling):
   shared        trlx's one stage: π_β is the value trunk's LM head, the target Q
                 heads read the online trunk, BC and the value losses train together.
   bc_then_ilql  our two stages: BC π_β (`bc_steps`), then ILQL (`ilql_steps`) with every
-                trunk starting from π_β and π_β frozen there (ILQL_SPEC §2).
+                trunk starting from π_β and π_β frozen there (docs/algorithm.md §2).
 Settings are trlx's (`ilql_randomwalks.yml`): τ 0.8, γ 0.99, α_cql 0.1, the target
 moved every 5 steps with α 0.1, AdamW 2e-4 (β₂ 0.95, weight decay 1e-6), dropout
 0.1, rewards z-scored, and its decoding order: top-k on log π_β + β·A

@@ -1,1 +1,1 @@
-"""The Reddit comments task (ILQL_SPEC §7): parent -> comment, rewarded by a toxicity judge."""
+"""The Reddit comments task (docs/algorithm.md §7): parent -> comment, rewarded by a toxicity judge."""

@@ -1,8 +1,8 @@
 """A generated corpus of Reddit-style parent -> comment pairs (the offline default).
 
 This corpus is SYNTHETIC. No Reddit-like text with toxicity labels ships in
-any package this project can use offline (DESIGN.md, "Offline"), so the
-default data set of the Reddit task (ILQL_SPEC §7) is generated here from
+any package this project can use offline, so the
+default data set of the Reddit task (docs/algorithm.md §7) is generated here from
 templates and slot-filled vocabulary. It is not real Reddit data and says
 nothing about real users; it exists so the task runs end to end with no
 download. Real data comes in through ``data.py`` (the paper's CSV layout,

@@ -1,4 +1,4 @@
-"""Data of the Reddit task: loaders, seeded splits, and episodes (ILQL_SPEC §7).
+"""Data of the Reddit task: loaders, seeded splits, and episodes (docs/algorithm.md §7).
 
 Every loader returns a list of records, plain dicts::
 
@@ -331,7 +331,7 @@ def fit_to_length(
     """The episodes whose tokens fit in ``max_len``, and how many were skipped.
 
     A one-step episode cut at ``max_len`` would lose its ``</a>`` and with it
-    the comment's reward (ILQL_SPEC §1: a cut utterance gets none), so a row
+    the comment's reward (docs/algorithm.md §1: a cut utterance gets none), so a row
     that does not fit is skipped and counted rather than cut.
     """
     kept = [e for e in episodes if len(episode_tokens(e, tokenizer)) <= max_len]
@@ -367,7 +367,7 @@ def locate(data: str, record: Mapping) -> str:
 
 
 def to_episodes(records: Sequence[Mapping], rewards: Sequence[float]) -> list[Episode]:
-    """One terminal episode per record: ``<s>parent</s>comment</a></eod>`` (ILQL_SPEC §7)."""
+    """One terminal episode per record: ``<s>parent</s>comment</a></eod>`` (docs/algorithm.md §7)."""
     if len(records) != len(rewards):
         raise ValueError(f"{len(records)} records but {len(rewards)} rewards")
     return [

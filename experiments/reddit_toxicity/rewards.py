@@ -1,6 +1,6 @@
-"""Rewards of the Reddit task (ILQL_SPEC §7): a three-level toxicity judge and its variants.
+"""Rewards of the Reddit task (docs/algorithm.md §7): a three-level toxicity judge and its variants.
 
-The judge is ``alt-profanity-check`` (DESIGN.md, "Offline"): a linear model
+The judge is ``alt-profanity-check`` (it ships its model on PyPI): a linear model
 over word n-grams that returns P(offensive) for a text. Its probability is
 mapped to three levels by ``THRESHOLDS = (0.25, 0.9)``:
 

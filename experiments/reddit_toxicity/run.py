@@ -9,7 +9,7 @@ With `--seeds N`, the data, splits, tokenizer and rewards stay fixed and
 BC + ILQL + the sweep run once per training seed (`seed<k>/bc`, `seed<k>/ilql`);
 the table reports the mean over seeds ± the standard error across seeds.
 
-The paper's Reddit experiment (ILQL_SPEC §6–§7): τ = 0.6, γ = 0.99,
+The paper's Reddit experiment (docs/algorithm.md §6–§7): τ = 0.6, γ = 0.99,
 α_cql = 0.25, sampling with β up to 16.
 """
 
@@ -60,7 +60,7 @@ class RedditConfig:
       tau, gamma, alpha_cql: ILQL's expectile, discount and CQL weight.
       polyak_alpha: target update rate (0.005 published, for many more steps).
       target_on_online_trunk: the target Q heads read the online value trunk
-        (ILQL_SPEC §2's cheaper option: one trunk forward less per step).
+        (docs/algorithm.md §2's cheaper option: one trunk forward less per step).
       num_layers_unfrozen, lora_rank, lora_alpha: train only part of every trunk, in BC and in ILQL
         (`ilql.ModelConfig`'s fields; docs/partial_training.md): the top k blocks (-1: all), and/or LoRA
         adapters of rank r (0: none) scaled by alpha / r.
@@ -69,7 +69,7 @@ class RedditConfig:
       adv_clip: A is clipped from above at this value when decoding (0, as in Wordle: only tokens
         that lead to a worse return are pushed down; None, the published Reddit setting: no clipping).
         Every reward here is ≤ 0, so a positive A mostly measures CQL's per-token excess
-        (ILQL_SPEC §3) summed over a long reply, and unclipped it steers decoding onto long templates.
+        (docs/algorithm.md §3) summed over a long reply, and unclipped it steers decoding onto long templates.
       max_new_tokens: comment length limit.
       n_eval: held-out parents per β (from the test split).
       eval_batch: rows decoded at once.

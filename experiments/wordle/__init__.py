@@ -1,1 +1,1 @@
-"""Wordle (ILQL_SPEC §7): the game, scripted policies and offline data sets."""
+"""Wordle (docs/algorithm.md §7): the game, scripted policies and offline data sets."""

@@ -1,6 +1,6 @@
 """Offline Wordle data of mixed quality, its JSONL files, and policy evaluation.
 
-Games mix the scripted policies *within* a game (ILQL_SPEC §7). Each mix is a
+Games mix the scripted policies *within* a game (docs/algorithm.md §7). Each mix is a
 tuple of `Mixture`s, chosen with `--mixture`:
 
 * "default" (`DEFAULT_MIXTURES`): a player with a habit opens 70% of the games

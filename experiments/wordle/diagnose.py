@@ -2,7 +2,7 @@
 
 Value-guided decoding can only improve on π_β where the values tell guesses
 apart. Q̄ at the state that emits a guess's `</a>` is the expected discounted
-return of having typed that guess (ILQL_SPEC §1, §3): an expectation over the
+return of having typed that guess (docs/algorithm.md §1, §3): an expectation over the
 answers still possible, so grouping guesses by hindsight (won or not) compares
 it with something it cannot know. This groups them by what the history
 already says instead:
@@ -71,7 +71,7 @@ def returns_to_go(turns: Sequence[Turn], gamma: float, tokenizer) -> np.ndarray:
     """G_i = r_i + γ^{n_{i+1}} G_{i+1}, the discounted return from guess i's `</a>` on.
 
     Every agent token is one discounted step and environment tokens are skipped
-    (ILQL_SPEC §1), so guess i+1's reward arrives n_{i+1} = |guess i+1| + 1
+    (docs/algorithm.md §1), so guess i+1's reward arrives n_{i+1} = |guess i+1| + 1
     actions (its letters and its `</a>`) after guess i's.
     """
     g = np.zeros(len(turns))
@@ -149,7 +149,7 @@ def letter_advantages(model_config: ilql.ModelConfig, state, history: Sequence[T
                       tokenizer) -> list[dict]:
     """Per action of typing `guess` (its letters, then `</a>`) after `history`: the token, log π_β, Q̄, V, A.
 
-    A = min(Q̄1, Q̄2)[a] − V at the state emitting a (ILQL_SPEC §5, before clipping); the
+    A = min(Q̄1, Q̄2)[a] − V at the state emitting a (docs/algorithm.md §5, before clipping); the
     sampler adds β·min(A, adv_clip) to π_β's logits there.
     """
     prefix = prompt_ids(history, tokenizer)

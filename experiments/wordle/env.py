@@ -1,4 +1,4 @@
-"""The Wordle game, and its games as ILQL episodes (ILQL_SPEC §1, §7).
+"""The Wordle game, and its games as ILQL episodes (docs/algorithm.md §1, §7).
 
 Rules: the agent has at most `MAX_GUESSES` guesses to find a hidden five-letter
 answer. A guess is valid iff it is in the word list; a valid guess gets
@@ -19,7 +19,7 @@ six guesses, so the return lies in [−6, 0]. An invalid guess (not in the word
 list, wrong length, non-letters) costs −1, uses up a turn and gets no
 feedback: its environment segment is the empty string, so the episode shows
 ``<a>xyzzy</a></s>`` — the ``</s>`` still closes the (empty) reply, which keeps
-the layout of ILQL_SPEC §1 and tokenises with the Wordle tokenizer.
+the layout of docs/algorithm.md §1 and tokenises with the Wordle tokenizer.
 
 Episode markup: each turn is an agent segment (the guess letters, with its
 reward) followed by an environment segment (the feedback as ``<g><y><b>``
@@ -109,7 +109,7 @@ def game_over(turns: Sequence[Turn]) -> bool:
 
 
 def history_segments(turns: Iterable[Turn]) -> list[Segment]:
-    """The turns as alternating agent / environment segments (ILQL_SPEC §1)."""
+    """The turns as alternating agent / environment segments (docs/algorithm.md §1)."""
     segments = []
     for turn in turns:
         segments.append(agent(turn.guess, turn.reward))

@@ -1,4 +1,4 @@
-"""The Wordle benchmark: one data set, six methods, 1024 evaluation games each (ILQL_SPEC.md §6–§7).
+"""The Wordle benchmark: one data set, six methods, 1024 evaluation games each (docs/algorithm.md §6–§7).
 
 In execution order: word list → mixed-quality games (saved) → token arrays →
 for each method, train through `train_and_evaluate` and play the evaluation
@@ -83,14 +83,14 @@ class WordleConfig:
       alpha_cql: CQL weight (1e-4 published for Wordle).
       polyak_alpha: target update rate (0.005 published, for many more steps).
       rl_from_bc: single-step RL and ILQL start π_β and the value trunk from
-        this run's BC checkpoint (ILQL_SPEC §2 allows π_β from a BC run); π_β
+        this run's BC checkpoint (docs/algorithm.md §2 allows π_β from a BC run); π_β
         keeps its BC loss during the value steps unless `freeze_policy`.
       freeze_policy: with `rl_from_bc`, π_β stays the BC checkpoint during the
         value steps (no BC loss, no update), so single-step RL, ILQL, BC and %BC
         all get `bc_steps` of policy training and the value-guided methods
         differ from BC by β·A alone.
       target_on_online_trunk: the target Q heads read the online value trunk
-        (ILQL_SPEC §2's cheaper option: one trunk forward less per step).
+        (docs/algorithm.md §2's cheaper option: one trunk forward less per step).
       head_init: how the V and Q heads start, "pytorch" or "flax" (`ilql.ModelConfig.head_init`).
       warmup_steps, cosine: learning-rate warm-up, then cosine decay to 0 (else constant).
       beta, adv_clip: inference β and the advantage's upper clip.

@@ -1,4 +1,4 @@
-"""`ilql-jax generate` and `ilql-jax sweep`: prompts in, value-guided replies at one or more β out (ILQL_SPEC §5).
+"""`ilql-jax generate` and `ilql-jax sweep`: prompts in, value-guided replies at one or more β out (docs/algorithm.md §5).
 
 Prompts are checked (markup, length) and `--reward` is loaded before the
 checkpoint is read. Rows (each prompt `num` times) are decoded `batch_size` at

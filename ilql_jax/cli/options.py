@@ -254,7 +254,7 @@ class GenerateOptions:
 
     Each generation is printed (or written as JSONL to --out) with its log π
     (the steered policy's log-probability of the tokens it chose), log π_β and
-    their difference, the KL estimate Σ_t (log π − log π_β) (ILQL_SPEC §5).
+    their difference, the KL estimate Σ_t (log π − log π_β) (docs/algorithm.md §5).
     Prompts are decoded in batches of one shape: one compilation per prompt-length
     bucket, whatever the number of β values (β is an argument of the compiled
     sampler). With several β values or --reward, one summary line per β follows:

@@ -5,8 +5,8 @@ The batch at global step ``k`` is a pure function of ``(seed, k)``: epoch
 ``np.random.default_rng([seed, e])`` and step ``k`` takes the
 ``k % steps_per_epoch``-th slice of it. Resuming a run at step ``k`` therefore
 needs only the step number stored in the checkpoint, and yields exactly the
-batches a straight run yields from ``k`` on (DESIGN.md: data iteration
-resumable by step).
+batches a straight run yields from ``k`` on (data iteration resumable by
+step).
 
 Choices:
 * drop_remainder: every batch has the static shape ``[batch_size, ...]`` (no
@@ -159,7 +159,7 @@ def batches(
 
 
 # ---------------------------------------------------------------------------
-# %BC: the top fraction of episodes by return (ILQL_SPEC §6 baselines)
+# %BC: the top fraction of episodes by return (docs/algorithm.md §6 baselines)
 # ---------------------------------------------------------------------------
 
 

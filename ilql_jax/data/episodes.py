@@ -1,4 +1,4 @@
-"""Episodes of text with rewards, and their token-level MDP arrays (ILQL_SPEC §1).
+"""Episodes of text with rewards, and their token-level MDP arrays (docs/algorithm.md §1).
 
 An episode is a sequence of segments, each spoken either by the environment
 (prompt, parent comment, game feedback) or by the agent (an utterance with a
@@ -6,7 +6,7 @@ scalar reward), plus a ``terminal`` flag. ``episode_to_arrays`` lays it out as
 one token sequence with markup (or, for a pretrained chat model's tokenizer,
 through its chat template: ``ilql_jax.data.layout``, docs/pretrained.md, where
 the template's end-of-turn token plays ``</a>``'s role) and builds, per
-position ``t``, everything the losses need (ILQL_SPEC §1, §3):
+position ``t``, everything the losses need (docs/algorithm.md §1, §3):
 
 * ``tokens[t]`` is ``x_t``; hidden state ``h_t`` predicts ``x_{t+1}``, so the
   *action* taken at state ``t`` is ``x_{t+1}`` (as with LM logits);
@@ -20,7 +20,7 @@ position ``t``, everything the losses need (ILQL_SPEC §1, §3):
 * ``dones[t]`` is 1 only at the final position of a terminal episode; the loss
   reads ``done_next(t) = dones[next_idx[t]]``.
 
-Worked example (ILQL_SPEC §1, Wordle; guess ``crane``, then ``slate`` wins)::
+Worked example (docs/algorithm.md §1, Wordle; guess ``crane``, then ``slate`` wins)::
 
     0:<a> 1-5:c r a n e 6:</a> 7-11:<b><y><b><b><g> 12:</s>
     13-17:s l a t e 18:</a> 19-23:<g>x5 24:</s> 25:</eod>
@@ -74,7 +74,7 @@ class TokenizerLike(Protocol):
 
     ``encode`` must add no markup of its own; the markup ids are special tokens
     so that tokenising each segment separately and inserting them equals
-    tokenising the joined string (ILQL_SPEC §1).
+    tokenising the joined string (docs/algorithm.md §1).
     """
 
     s_id: int  # <s>
@@ -94,7 +94,7 @@ class TokenizerLike(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """One turn of an episode (ILQL_SPEC §1).
+    """One turn of an episode (docs/algorithm.md §1).
 
     Agent segments carry a finite scalar reward; environment segments carry
     none (``reward is None``).
@@ -152,7 +152,7 @@ class Episode:
     """A non-empty sequence of segments and whether the episode ended there.
 
     ``terminal=False`` means the interaction continued beyond the logged text:
-    no ``</eod>`` is appended and the last state bootstraps (ILQL_SPEC §1).
+    no ``</eod>`` is appended and the last state bootstraps (docs/algorithm.md §1).
     """
 
     segments: tuple[Segment, ...]
@@ -200,7 +200,7 @@ class Utterance(NamedTuple):
 
     ``start`` is the position of its first token (of its stop token, ``</a>``,
     when the text is empty), ``end`` the position of its stop token. The states
-    that emit it are ``start - 1 .. end - 1`` (ILQL_SPEC §1).
+    that emit it are ``start - 1 .. end - 1`` (docs/algorithm.md §1).
     """
 
     start: int
@@ -236,7 +236,7 @@ def _encode(tokenizer, text: str, reserved: Mapping[int, str], kind: str) -> lis
 def _layout(
     segments: Sequence[Segment], terminal: bool, tokenizer: TokenizerLike
 ) -> tuple[list[int], list[Utterance]]:
-    """Token ids of the segments in the tokenizer's layout, and where each agent utterance sits (ILQL_SPEC §1).
+    """Token ids of the segments in the tokenizer's layout, and where each agent utterance sits (docs/algorithm.md §1).
 
     ILQL's markup (``layout.markup_layout``): ``<a>`` opens the text when the first
     segment is the agent's (and when there are no segments yet, i.e. the agent
@@ -272,7 +272,7 @@ def _layout(
 
 
 def episode_tokens(episode: Episode, tokenizer: TokenizerLike) -> list[int]:
-    """The full, uncut token ids of an episode with markup (ILQL_SPEC §1)."""
+    """The full, uncut token ids of an episode with markup (docs/algorithm.md §1)."""
     return _layout(episode.segments, episode.terminal, tokenizer)[0]
 
 
@@ -300,7 +300,7 @@ def prompt_tokens(history: Sequence[Segment], tokenizer: TokenizerLike) -> list[
 def episode_to_arrays(
     episode: Episode, tokenizer: TokenizerLike, max_len: int
 ) -> dict[str, np.ndarray]:
-    """Token-level MDP arrays of one episode, each of length ``max_len`` (ILQL_SPEC §1).
+    """Token-level MDP arrays of one episode, each of length ``max_len`` (docs/algorithm.md §1).
 
     Returns (see ``ARRAY_DTYPES``):
       tokens          int32   x_t, padded with ``tokenizer.pad_id``.

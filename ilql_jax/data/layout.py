@@ -12,7 +12,7 @@ ILQL's actions are an agent segment's content tokens and its `stop` token: the
 reward sits on the transition that emits `stop`, and the sampler stops at it.
 Every other piece is the environment's side (no action, no reward).
 
-* `markup_layout(tokenizer)`: ILQL's own markup (ILQL_SPEC §1) from the
+* `markup_layout(tokenizer)`: ILQL's own markup (docs/algorithm.md §1) from the
   tokenizer's `s_id, end_s_id, a_id, end_a_id, eod_id`: `<s>` or `<a>` opens
   the episode, `</s>` closes an env segment, `</a>` is the stop, `</eod>` the
   terminal piece; the other pieces are empty. This is the layout every

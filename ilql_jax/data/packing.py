@@ -1,4 +1,4 @@
-"""Turns seen through their own context windows, packed into rows of the token-level MDP (ILQL_SPEC §1).
+"""Turns seen through their own context windows, packed into rows of the token-level MDP (docs/algorithm.md §1).
 
 `episodes.py` lays an episode out as one growing text: the agent acting at turn
 k sees every earlier turn. Agents that see only a window of the interaction (the

@@ -12,7 +12,7 @@ One JSON object per line (blank lines are skipped), either form:
 Other keys are ignored (e.g. an ``"id"``). Rewards are finite numbers (not booleans).
 
 Markup rule: ILQL lays episodes out with the reserved strings ``<s> </s> <a>
-</a> </eod>`` and the pad string ``<pad>`` (ILQL_SPEC §1), which every
+</a> </eod>`` and the pad string ``<pad>`` (docs/algorithm.md §1), which every
 tokenizer here encodes as single ids. A text that contains one of them would
 shift the layout, so such a record is **refused**: the error names the file,
 line, field and string. Rewrite it in your data (e.g. ``<s>`` as ``&lt;s>``). With a pretrained chat
@@ -217,7 +217,7 @@ def check_lengths(records: Sequence[Record], tokenizer, max_len: int, path: str 
     """The records whose full token layout fits in `max_len`, and how many did not.
 
     A record cut at `max_len` would lose the reward of every utterance past
-    the cut (ILQL_SPEC §1), so it is either refused (`too_long="error"`: a
+    the cut (docs/algorithm.md §1), so it is either refused (`too_long="error"`: a
     DataError naming its line) or skipped and counted (`"skip"`).
     """
     if too_long not in ("error", "skip"):

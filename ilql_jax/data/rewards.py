@@ -1,7 +1,7 @@
 """Reward standardisation: one affine map r ↦ (r − shift) / scale of every agent reward, fitted on training data.
 
 trlx z-scores the rewards of its offline data; the authors' code uses them as
-given. The scale matters because the losses are not scale-free (ILQL_SPEC §3):
+given. The scale matters because the losses are not scale-free (docs/algorithm.md §3):
 dividing every reward by s divides the fixed-point Q, V and A = Q − V by s,
 so L_Q and L_V shrink by s² while the CQL term, a cross-entropy of Q used as
 logits, does not. Standardising therefore changes the balance that α_cql sets

@@ -1,10 +1,10 @@
-"""Q and V heads on the value trunk's final hidden states (ILQL_SPEC.md §2).
+"""Q and V heads on the value trunk's final hidden states (docs/algorithm.md §2).
 
 V: MLP d → 2d → 1 (ReLU); Q1, Q2: MLP d → 2d → |vocab| (double Q). The Q
 output axis is the trunk's padded vocabulary; the losses and the sampler mask
 the padded tail.
 
-Initialisation (`HEAD_INITS`, ILQL_SPEC §2) is a choice with measured
+Initialisation (`HEAD_INITS`, docs/algorithm.md §2) is a choice with measured
 consequences: "pytorch" (the default) is `torch.nn.Linear`'s, kernel and bias
 ~ U(±1/√fan_in), as in the authors' heads and trlx's; "flax" is Flax's default
 (lecun-normal kernel, zero bias), which starts Q about 3× larger and, with a

@@ -1,4 +1,4 @@
-"""The ILQL networks as parameter pytrees (ILQL_SPEC.md §2).
+"""The ILQL networks as parameter pytrees (docs/algorithm.md §2).
 
 Online parameters::
 
@@ -51,7 +51,7 @@ class ModelConfig:
         hidden states (trlx-style; saves a trunk forward) instead of a Polyak
         copy of the trunk.
       frozen_policy: π_β is held fixed where it starts (a BC checkpoint,
-        ILQL_SPEC §2): training neither runs it nor updates it, and L_BC is 0.
+        docs/algorithm.md §2): training neither runs it nor updates it, and L_BC is 0.
         Then π_β is exactly the BC baseline, and what decoding adds is β·A.
       head_init: how the V and Q heads start: "pytorch" (kernel and bias
         ~ U(±1/√fan_in), `torch.nn.Linear`'s default, as in the authors' code and
