@@ -93,10 +93,11 @@ def chain_return(chain: Chain) -> float:
 
 
 def step_tokens(step: Step, tokenizer: TokenizerLike) -> tuple[list[int], int]:
-    """A turn's block without `</eod>`: context ids, action ids, `</a>`; and the context's length."""
+    """A turn's block without `</eod>`: context ids, action ids, `</a>`; and the context's length (ILQL's
+    markup layout: packed rows are built for tokenizers without a chat template)."""
     context = prompt_tokens(step.context, tokenizer)
     markup = {int(getattr(tokenizer, n)): n for n in ("s_id", "end_s_id", "a_id", "end_a_id", "eod_id")}
-    return context + _encode(tokenizer, step.action, markup) + [int(tokenizer.end_a_id)], len(context)
+    return context + _encode(tokenizer, step.action, markup, "markup") + [int(tokenizer.end_a_id)], len(context)
 
 
 class _Row:
