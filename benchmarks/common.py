@@ -325,7 +325,7 @@ class Peer:
     `dir` holds `ilql/` (the official tree) and `venv/` (its Python), as the
     harness's setup.sh makes them; the harness scripts (peer_official_step.py,
     peer_official_sample.py) are found in `harness`, by default the first of
-    `$PEER_HARNESS`, `<repo>/../shared/peer` and `<repo>/../../shared/peer` that holds them.
+    `$PEER_HARNESS`, else the `shared/peer` folder beside the checkout (or one level up) that holds them.
     """
 
     def __init__(self, dir: str, harness: str | None = None):
