@@ -23,18 +23,25 @@ from ilql_jax.sharding import maybe_initialize_distributed
 
 
 def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], run: Callable[[object, str], object],
-         default_workdir: str, argv: Sequence[str] | None = None) -> int:
+         default_workdir: str, argv: Sequence[str] | None = None,
+         model_preset: Callable[[str], str] | None = None) -> int:
     """Parses flags over the chosen preset and runs; exits 130 (SIGINT) or 143 (SIGTERM) after the checkpoint
-    a stop signal makes (`ilql_jax.cli.report_errors`)."""
+    a stop signal makes (`ilql_jax.cli.report_errors`).
+
+    `model_preset(model)`, when given, picks the preset for a `--model` flag when no `--preset` is given (a
+    pretrained model wants other defaults than a model trained from scratch)."""
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def go() -> int:
         maybe_initialize_distributed()  # before any other JAX call
         # The preset decides the defaults that --help shows, so it is read first.
         first = ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-        first.add_argument("--preset", choices=sorted(presets), default="default")
+        first.add_argument("--preset", choices=sorted(presets), default=None)
         first.add_argument("--workdir", default=default_workdir)
+        first.add_argument("--model", default=None)
         known, _ = first.parse_known_args(argv)
+        if known.preset is None:
+            known.preset = model_preset(known.model) if model_preset and known.model else "default"
         parser = ArgumentParser(prog=prog, description=doc, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--preset", choices=sorted(presets), default="default",

@@ -29,7 +29,8 @@ import numpy as np
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import trunk as trunk_lib
 
-__all__ = ["AdvantageScale", "BetaSuggestion", "advantage_scale", "advantage_slope", "distinct_n", "suggest_betas"]
+__all__ = ["AdvantageScale", "BetaSuggestion", "advantage_scale", "advantage_slope", "distinct_n", "perplexity",
+           "suggest_betas"]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -112,6 +113,37 @@ class BetaSuggestion(NamedTuple):
     beta_values: float   # 1 / sigma: where the values start to reorder π_β's likely tokens
     beta_sharpen: float  # 1 / k: where decoding halves π_β's temperature (inf when k <= 0)
     grid: tuple[float, ...]  # a β sweep bracketing beta_values, 0 (π_β) first
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _next_token_logp(params, config: trunk_lib.TrunkConfig, tokens, attention_mask):
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for every t, in float32 over the real (unpadded) vocabulary."""
+    _, logits = trunk_lib.forward(params, config, tokens, attention_mask)
+    logp = jax.nn.log_softmax(logits[..., :config.vocab_size].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+def perplexity(params, config: trunk_lib.TrunkConfig, prompts: Sequence[Sequence[int]],
+               replies: Sequence[Sequence[int]], *, pad_id: int = 0, batch_size: int = 32) -> float:
+    """exp(−Σ log p(reply tokens | prompt) / number of reply tokens): the perplexity of the replies under a
+    language model (e.g. the untouched pretrained model: is what was sampled still fluent text?), token-weighted
+    over all replies. Batches have one shape (one compilation); empty replies add nothing."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
+    n_tokens = sum(map(len, replies))
+    if not n_tokens:
+        return float("nan")
+    width = -(-max(len(p) + len(r) for p, r in zip(prompts, replies)) // 16) * 16
+    total = 0.0
+    for start in range(0, len(prompts), batch_size):
+        tokens = np.full((batch_size, width), pad_id, np.int32)
+        mask, scored = np.zeros_like(tokens), np.zeros((batch_size, width - 1), bool)
+        for i, (p, r) in enumerate(zip(prompts[start:start + batch_size], replies[start:start + batch_size])):
+            tokens[i, :len(p) + len(r)], mask[i, :len(p) + len(r)] = [*p, *r], 1
+            scored[i, len(p) - 1:len(p) + len(r) - 1] = True  # the positions that predict the reply's tokens
+        logp = np.asarray(_next_token_logp(params, config, jnp.asarray(tokens), jnp.asarray(mask)))
+        total += float(logp[scored].sum())
+    return math.exp(-total / n_tokens)
 
 
 def _nice(x: float) -> float:

@@ -21,6 +21,7 @@ import dataclasses
 import glob
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ import tempfile
 import zipfile
 
 __all__ = ["CACHE_ENV", "MODELS", "NamedModel", "OFFLINE_ENV", "cache_dir", "fetch", "installed_path", "load_trunk",
-           "read_trunk_config", "resolve_model"]
+           "read_trunk_config", "resolve_model", "tokenizer_and_trunk"]
 
 CACHE_ENV = "ILQL_JAX_CACHE"
 OFFLINE_ENV = "ILQL_JAX_OFFLINE"
@@ -175,3 +176,52 @@ def load_trunk(source: str, *, shardings=None, **overrides):
     if gguf_import.is_gguf(path):
         return gguf_import.load_gguf(path, shardings=shardings, **overrides)
     return hf_import.load_hf(path, shardings=shardings, **overrides)
+
+
+def tokenizer_and_trunk(source: str, *, layout: str = "auto", saved_tokenizer: str | None = None, **overrides):
+    """`(tokenizer, trunk config)` of a pretrained source (see `read_trunk_config`), ready to train with ILQL.
+
+    The tokenizer is the model's own: with the chat layout (docs/pretrained.md) when `layout` is "chat", or
+    "auto" and the model has a chat template; else with ILQL's markup ids added ("markup", or no template).
+    `saved_tokenizer` (a directory) is reloaded instead, as a rerun does. Markup ids beyond a Llama checkpoint's
+    vocabulary become new embedding rows (`hf_import.import_vocab_size`). Every tensor of a GGUF file is
+    checked (names, types, shapes) here, before anything trains. ValueError (one line) for any problem.
+    """
+    from ilql_jax import tokenizers
+    from ilql_jax.models import gguf_import, gpt2, hf_import, llama
+
+    if layout not in ("auto", "chat", "markup"):
+        raise ValueError(f"layout must be 'auto', 'chat' or 'markup', got {layout!r}")
+    path = resolve_model(source)  # FileNotFoundError: one line saying how to get the model
+    if gguf_import.is_gguf(path):
+        gf = gguf_import.open_gguf(path)
+        trunk = gguf_import.config_from_gguf(gf, **overrides)
+        gguf_import.tensors(gf, trunk)
+        if saved_tokenizer:
+            tok = tokenizers.load_tokenizer(saved_tokenizer)
+        else:
+            bpe, info = gguf_import.tokenizer(gf)
+            if layout == "chat" and not info["chat_template"]:
+                raise ValueError(f"layout 'chat': {path} has no chat template (tokenizer.chat_template)")
+            tok = (tokenizers.ChatTokenizer(bpe, info["chat_template"], bos_token=info["bos_token"],
+                                            eos_token=info["eos_token"], pad_token=info["pad_token"])
+                   if layout != "markup" and info["chat_template"] else tokenizers.BPETokenizer(bpe))
+    else:
+        directory = hf_import.resolve(path)
+        with open(os.path.join(directory, hf_import.CONFIG_NAME), encoding="utf-8") as f:
+            trunk = hf_import.config_from_hf(json.load(f), **overrides)
+        if saved_tokenizer:
+            tok = tokenizers.load_tokenizer(saved_tokenizer)
+        else:
+            chat = None if layout == "markup" or source == "gpt2" else tokenizers.hf_chat_tokenizer(directory)
+            if layout == "chat" and chat is None:
+                raise ValueError(f"layout 'chat': {directory} has no chat template (tokenizer_config.json)")
+            tok = chat or tokenizers.gpt2_tokenizer(None if source == "gpt2" else directory)
+    if isinstance(trunk, llama.LlamaConfig):
+        trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
+    if tok.vocab_size > trunk.padded_vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} ids, the model's embedding "
+                         f"{trunk.padded_vocab_size}")
+    if isinstance(trunk, gpt2.GPT2Config):
+        trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
+    return tok, trunk

@@ -175,7 +175,6 @@ def test_a_hugging_face_directory_with_a_chat_template_gets_the_chat_layout(tmp_
     """`--model DIR` (e.g. a Hugging Face copy of SmolLM2, or an export of a chat run): a chat template in
     tokenizer_config.json means the chat layout; `--layout markup` adds ILQL's markup instead."""
     from ilql_jax import tokenizers
-    from ilql_jax.cli.train import _pretrained
     from ilql_jax.models import gguf_import
 
     path = tmp_path / "tiny.gguf"
@@ -186,11 +185,10 @@ def test_a_hugging_face_directory_with_a_chat_template_gets_the_chat_layout(tmp_
     raw.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": gguf_fixtures.CHAT_TEMPLATE, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}))
-    opts = options.TrainOptions(data="d", workdir="w", model=str(directory))
-    tok, trunk = _pretrained(opts, None)
+    tok, trunk = pretrained.tokenizer_and_trunk(str(directory))
     assert isinstance(tok, tokenizers.ChatTokenizer) and tok.layout == tokenizers.gguf_tokenizer(str(path)).layout
     assert trunk.vocab_size == tok.vocab_size
-    markup, _ = _pretrained(dataclasses.replace(opts, layout="markup"), None)
+    markup, _ = pretrained.tokenizer_and_trunk(str(directory), layout="markup")
     assert isinstance(markup, tokenizers.BPETokenizer) and markup.vocab_size == tok.vocab_size + 6
 
 

@@ -13,7 +13,8 @@ and counted (``fit_to_length``); the job reports how many.
 
 Sources (``load_records``):
 
-* ``"default"``: the generated, synthetic corpus of ``corpus.py``;
+* ``"default"``: the generated, synthetic corpus of ``corpus.py``, or with
+  ``corpus="chatterbot"`` the real English conversations of ``chatterbot.py``;
 * a directory: the paper's CSV layout, ``comments_positive.csv`` and
   ``comments_negative.csv``, each with one header row (skipped, as the
   authors' code does) and then one comment per row. Columns are 0-based
@@ -55,6 +56,7 @@ from ilql_jax.data.records import DataError, check_text
 from .corpus import DEFAULT_PAIRS, generate_corpus
 
 __all__ = [
+    "CORPORA",
     "CSV_COLUMNS",
     "CSV_FILES",
     "SPLITS",
@@ -227,22 +229,29 @@ def load_civil_comments(
     return records
 
 
+CORPORA = ("synthetic", "chatterbot")
+
+
 def load_records(
     data: str,
     *,
     seed: int = 0,
     n_pairs: int = DEFAULT_PAIRS,
+    corpus: str = "synthetic",
     split: str = "train",
     data_dir: str | None = None,
     max_examples: int | None = None,
 ) -> list[dict]:
-    """Records from ``data``: "default", "tfds:<name>", a CSV directory or a .jsonl file.
+    """Records from ``data``: "default" (the ``corpus`` named), "tfds:<name>", a CSV directory or a .jsonl file.
 
-    ``seed`` and ``n_pairs`` apply to the generated corpus; ``split``,
-    ``data_dir`` and ``max_examples`` to TFDS.
+    ``corpus`` is "synthetic" (``corpus.py``; ``seed`` and ``n_pairs`` apply) or "chatterbot" (real English
+    conversations, ``chatterbot.py``); ``split``, ``data_dir`` and ``max_examples`` apply to TFDS.
     """
     check_data_spec(data)
     if data == "default":
+        if corpus == "chatterbot":
+            from .chatterbot import load_chatterbot
+            return load_chatterbot()
         return generate_corpus(n_pairs=n_pairs, seed=seed)
     if data.startswith("tfds:"):
         return load_civil_comments(

@@ -27,12 +27,12 @@ from etils import epath
 
 from experiments import aggregate as aggregate_lib, plots, results
 from experiments.reddit_toxicity import data as data_lib, rewards as rewards_lib
-from ilql_jax import diagnostics, files, losses, sampler, tokenizers, train
+from ilql_jax import diagnostics, files, losses, pretrained, sampler, tokenizers, train
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.data.records import DataError
 from ilql_jax.loop import train_and_evaluate
-from ilql_jax.models import gpt2, hf_import, ilql, llama
+from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
 
@@ -41,13 +41,20 @@ class RedditConfig:
     """One run of the Reddit toxicity job.
 
     Attributes:
-      data: "default" (the generated corpus), a directory with the paper's
+      data: "default" (the corpus that `corpus` names), a directory with the paper's
         comments_positive.csv / comments_negative.csv, a .jsonl file, or
         "tfds:civil_comments" (needs the `tfds` extra).
+      corpus: with data "default": "synthetic" (the generated corpus) or "chatterbot" (1,229 real English
+        parent → reply pairs from the chatterbot-corpus package, in the `experiments` extra).
       n_pairs: size of the generated corpus.
       reward: "toxicity", "noised_toxicity", "upvotes" or "label".
-      model: "scratch" (a small GPT-2 shape and a BPE trained on the corpus),
-        "gpt2" (hub weights: needs network) or a local Hugging Face GPT-2 directory.
+      model: "scratch" (a small GPT-2 shape and a BPE trained on the corpus), a named pretrained model
+        ("smollm2-135m-instruct": installed, cached or fetched once, docs/pretrained.md), a .gguf file, "gpt2"
+        (hub weights: needs network) or a local Hugging Face directory. A pretrained model keeps its own
+        tokenizer; with a chat template the parent is the user turn and the comment the assistant turn.
+      layout: "auto" (the chat template when the model has one, else ILQL's markup), "chat" or "markup".
+      fluency_model: the model whose perplexity of the sampled comments is reported (is the text still fluent?):
+        "auto" (the pretrained model itself, untouched; nothing for scratch), "none", or a model as `model`.
       bpe_vocab_size: vocabulary of the corpus BPE (scratch only).
       n_layer, n_embd, n_head: the scratch GPT-2 shape.
       max_len: tokens per episode; longer pairs are skipped and counted (a cut comment would lose its
@@ -57,6 +64,7 @@ class RedditConfig:
       batch_size: episodes per step (the paper's effective batch is 64).
       bc_steps, ilql_steps: training steps of π_β alone, then of ILQL.
       bc_learning_rate, learning_rate: AdamW rates for BC and ILQL.
+      warmup_steps: linear warm-up of both rates (pretrained weights: small first steps).
       tau, gamma, alpha_cql: ILQL's expectile, discount and CQL weight.
       polyak_alpha: target update rate (0.005 published, for many more steps).
       target_on_online_trunk: the target Q heads read the online value trunk
@@ -79,9 +87,12 @@ class RedditConfig:
     """
 
     data: str = "default"
+    corpus: str = "synthetic"
     n_pairs: int = 20_000
     reward: str = "toxicity"
     model: str = "scratch"
+    layout: str = "auto"
+    fluency_model: str = "auto"
     bpe_vocab_size: int = 2048
     n_layer: int = 2
     n_embd: int = 128
@@ -95,6 +106,7 @@ class RedditConfig:
     # The paper's 1e-4 fine-tunes pretrained GPT-2 for far longer; our value heads start from random
     # init, and at 1e-3 the TD and CQL losses reach in ~270 steps where 1e-4 is after 800 (measured).
     learning_rate: float = 1e-3
+    warmup_steps: int = 0
     tau: float = 0.6
     gamma: float = 0.99
     # 0.25 published. CQL trains Q as the logits of π_β, so A grows a component k·log π_β and decoding at β
@@ -126,6 +138,12 @@ class RedditConfig:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {rewards_lib.REWARD_KINDS}")
         if not self.betas:
             raise ValueError("betas must not be empty")
+        if self.corpus not in data_lib.CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}; choose one of {data_lib.CORPORA}")
+        if self.corpus != "synthetic" and self.data != "default":
+            raise ValueError(f"corpus={self.corpus!r} is the data; it cannot be combined with data={self.data!r}")
+        if self.layout not in ("auto", "chat", "markup"):
+            raise ValueError(f"layout must be 'auto', 'chat' or 'markup', got {self.layout!r}")
         if self.too_long not in ("skip", "error"):
             raise ValueError(f"too_long must be 'skip' or 'error', got {self.too_long!r}")
         data_lib.check_data_spec(self.data)
@@ -133,10 +151,20 @@ class RedditConfig:
 
 PRESETS = {
     "default": RedditConfig(),
+    # A pretrained model (`--model smollm2-135m-instruct` picks this preset): the top 2 blocks of each trunk
+    # train (docs/partial_training.md), small rates with warm-up, and sizes that fit the 2-core CPU's budget.
+    "pretrained": RedditConfig(model="smollm2-135m-instruct", num_layers_unfrozen=2, max_len=96, batch_size=16,
+                               bc_steps=120, ilql_steps=160, bc_learning_rate=2e-4, learning_rate=3e-4,
+                               warmup_steps=15, betas=(0.0, 2.0, 8.0, 16.0), n_eval=256, eval_batch=128),
     "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=128, batch_size=16,
                           bc_steps=10, ilql_steps=10, betas=(0.0, 4.0), max_new_tokens=16, n_eval=32,
                           eval_batch=32),
 }
+
+
+def model_preset(model: str) -> str:
+    """The preset a `--model` starts from when no `--preset` is given: "default" for scratch, else "pretrained"."""
+    return "default" if model == "scratch" else "pretrained"
 
 
 # --- data, tokenizer, model --------------------------------------------------
@@ -151,7 +179,7 @@ def load_splits(cfg: RedditConfig, workdir: str | epath.PathLike) -> dict[str, l
     files.sync("reddit: splits looked for")  # no process looks after process 0 starts writing
     if not saved:
         if files.is_writer():
-            records = data_lib.load_records(cfg.data, seed=cfg.seed, n_pairs=cfg.n_pairs)
+            records = data_lib.load_records(cfg.data, seed=cfg.seed, n_pairs=cfg.n_pairs, corpus=cfg.corpus)
             if not records:
                 raise DataError(cfg.data, "holds no records")
             data_lib.make_splits(records, workdir, seed=cfg.seed)
@@ -173,22 +201,15 @@ def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str | epath.PathLike, t
             if cfg.model == "scratch":
                 texts = [t for r in train_records for t in (r["parent"], r["comment"])]
                 tokenizers.train_bpe_tokenizer(texts, cfg.bpe_vocab_size).save(tok_dir)
-            else:
-                # Pretrained GPT-2: its tokenizer plus our markup ids, which land in the
-                # padded embedding rows (50257..50262 < 50304), starting from zero.
-                tokenizers.gpt2_tokenizer(None if cfg.model == "gpt2" else cfg.model).save(tok_dir)
+            else:  # the model's own tokenizer: its chat layout, or its vocabulary plus our markup ids
+                pretrained.tokenizer_and_trunk(cfg.model, layout=cfg.layout)[0].save(tok_dir)
         files.sync("reddit: tokenizer written")
-    tok = tokenizers.load_tokenizer(tok_dir)
     if cfg.model == "scratch":
+        tok = tokenizers.load_tokenizer(tok_dir)
         return tok, gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=cfg.max_len, n_embd=cfg.n_embd,
                                     n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=0.0)
-    trunk = hf_import.read_config(cfg.model)[1]  # the weights are read shard by shard by the BC run
-    if isinstance(trunk, llama.LlamaConfig):  # markup ids beyond the checkpoint's become new rows (hf_import)
-        trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
-    if tok.vocab_size > trunk.padded_vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} ids; the model's embedding holds {trunk.padded_vocab_size}")
-    if isinstance(trunk, gpt2.GPT2Config):
-        trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
+    tok, trunk = pretrained.tokenizer_and_trunk(cfg.model, layout=cfg.layout, saved_tokenizer=str(tok_dir),
+                                                dropout=0.0)
     if cfg.max_len > trunk.n_positions:
         raise ValueError(f"max_len={cfg.max_len} exceeds the model's n_positions={trunk.n_positions}")
     return tok, trunk
@@ -202,7 +223,8 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
     partial = dict(num_layers_unfrozen=cfg.num_layers_unfrozen, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
     bc = TrainConfig(init=cfg.model,
         step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk, **partial),
-                              optim=OptimConfig(learning_rate=cfg.bc_learning_rate)),
+                              optim=OptimConfig(learning_rate=cfg.bc_learning_rate,
+                                                warmup_steps=cfg.warmup_steps)),
         num_steps=cfg.bc_steps, log_every=max(1, cfg.bc_steps // 10), eval_every=max(1, cfg.bc_steps // 3),
         **common)
     rl = TrainConfig(
@@ -210,7 +232,8 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
                               model=ilql.ModelConfig(trunk=trunk, target_on_online_trunk=cfg.target_on_online_trunk,
                                                      **partial),
                               loss=losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
-                              optim=OptimConfig(learning_rate=cfg.learning_rate), polyak_alpha=cfg.polyak_alpha),
+                              optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps),
+                              polyak_alpha=cfg.polyak_alpha),
         num_steps=cfg.ilql_steps, log_every=max(1, cfg.ilql_steps // 10),
         eval_every=max(1, cfg.ilql_steps // 3), **common)
     return bc, rl
@@ -281,8 +304,31 @@ def advantage_slope(cfg: RedditConfig, tok, model, state, parents: Sequence[str]
                                                        positions)))
 
 
-def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge, seed: int) -> tuple[list[dict], dict]:
-    """The β sweep at training seed `seed`: one row of statistics per β, and the generations."""
+def fluency_scorer(cfg: RedditConfig, tok):
+    """`score(parents, comments)`: the perplexity of the comments (as replies to their parents) under
+    `cfg.fluency_model`, untouched (`diagnostics.perplexity`); None when there is none. Its weights are read at
+    the first call, after training."""
+    name = cfg.model if cfg.fluency_model == "auto" else cfg.fluency_model
+    if name in ("none", "scratch"):
+        return None
+    loaded = {}
+
+    def score(parents: Sequence[str], comments: Sequence[str]) -> float:
+        if not loaded:
+            loaded["tok"] = tok if name == cfg.model else pretrained.tokenizer_and_trunk(name)[0]
+            loaded["config"], loaded["params"] = pretrained.load_trunk(name, dropout=0.0)
+        ref = loaded["tok"]
+        prompts = [episodes.prompt_tokens([episodes.env(p)], ref) for p in parents]
+        return diagnostics.perplexity(loaded["params"], loaded["config"], prompts, [ref.encode(c) for c in comments],
+                                      pad_id=ref.pad_id)
+
+    return score
+
+
+def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge, seed: int,
+             fluency=None) -> tuple[list[dict], dict]:
+    """The β sweep at training seed `seed`: one row of statistics per β (with the comments' perplexity under
+    the untouched fluency model when `fluency` scores them), and the generations."""
     rows, generations = [], {}
     label = f"seed {seed} " if cfg.seeds > 1 else ""
     for beta in cfg.betas:
@@ -296,10 +342,13 @@ def evaluate(cfg: RedditConfig, tok, model, state, parents: Sequence[str], judge
             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
             "mean_length": float(lengths.mean()), "n": len(texts),
         })
+        if fluency is not None:
+            rows[-1]["perplexity"] = fluency(parents, texts)
         generations[beta] = texts
         r = rows[-1]
         print(f"{label}β={beta:g}: reward {r['mean_reward']:.3f} ± {r['stderr']:.3f}, toxic {r['toxic_rate']:.3f}, "
-              f"KL {r['kl']:.2f}, distinct-2 {r['distinct_2']:.3f}")
+              f"KL {r['kl']:.2f}, distinct-2 {r['distinct_2']:.3f}"
+              + (f", perplexity {r['perplexity']:.1f}" if "perplexity" in r else ""))
     return rows, generations
 
 
@@ -358,21 +407,24 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     workdir = epath.Path(workdir)
     judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
     tok, trunk, arrays, parents, skipped = prepare(cfg, workdir, judge)
+    fluency = fluency_scorer(cfg, tok)
     rows, examples, minutes = [], {}, [(time.perf_counter() - t0) / 60]  # setup, then each seed
     for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
         seed_dir = aggregate_lib.seed_workdir(workdir, seed, cfg.seeds)
-        seed_rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge)
+        seed_rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge, fluency)
         write_generations(seed_dir, parents, generations)
         rows += seed_rows
         examples = examples or generations
         minutes.append((time.perf_counter() - t0) / 60 - sum(minutes))
-    table = aggregate_lib.aggregate(rows, ("beta",), METRICS, {"mean_reward": "stderr"})
+    table = aggregate_lib.aggregate(rows, ("beta",), METRICS + (("perplexity",) if fluency else ()),
+                                    {"mean_reward": "stderr"})
     criteria = main_criteria(table, rows)
     if cfg.seeds > 1:
         for r in table:
             print(f"β={r['beta']:g} over {cfg.seeds} seeds: reward {aggregate_lib.mean_se(r, 'mean_reward')}, "
                   f"toxic {aggregate_lib.mean_se(r, 'toxic_rate')}, KL {aggregate_lib.mean_se(r, 'kl', '.2f')}, "
-                  f"distinct-2 {aggregate_lib.mean_se(r, 'distinct_2')}")
+                  f"distinct-2 {aggregate_lib.mean_se(r, 'distinct_2')}"
+                  + (f", perplexity {aggregate_lib.mean_se(r, 'perplexity', '.1f')}" if "perplexity" in r else ""))
     if criteria:
         print(criteria_line(criteria))
     print(f"minutes: setup {minutes[0]:.1f}, per seed " + " / ".join(f"{m:.1f}" for m in minutes[1:]))
@@ -384,7 +436,7 @@ METRICS = ("mean_reward", "toxic_rate", "kl", "distinct_1", "distinct_2", "mean_
 
 
 def train_and_sweep(cfg: RedditConfig, seed: int, workdir: epath.Path, tok, trunk, arrays: dict, parents: Sequence[str],
-                    judge) -> tuple[list[dict], dict]:
+                    judge, fluency=None) -> tuple[list[dict], dict]:
     """One training seed: BC π_β, ILQL from it, the β sweep; the rows (with `seed`) and the generations."""
     bc_cfg, rl_cfg = train_configs(cfg, trunk, seed)
     bc_state = train_and_evaluate(bc_cfg, str(workdir / "bc"), arrays["train"], arrays["eval"])
@@ -393,7 +445,7 @@ def train_and_sweep(cfg: RedditConfig, seed: int, workdir: epath.Path, tok, trun
     policy = ilql.materialize(bc_cfg.step.model, bc_state.params, {})[0]["policy"]
     state = train_and_evaluate(rl_cfg, str(workdir / "ilql"), arrays["train"], arrays["eval"],
                                trunk=policy, policy=policy)
-    rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge, seed)
+    rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge, seed, fluency)
     # How much of β·A only sharpens π_β, read on π_β's own comments (the lowest β evaluated).
     k = advantage_slope(cfg, tok, rl_cfg.step.model, state, parents, generations[min(generations)])
     for row in rows:
@@ -407,33 +459,43 @@ def train_and_sweep(cfg: RedditConfig, seed: int, workdir: epath.Path, tok, trun
 CRITERIA_BETA = 8.0
 
 
+FLUENCY_RATIO = 1.5
+
+
 def main_criteria(table: Sequence[dict], rows: Sequence[dict], beta: float = CRITERIA_BETA) -> dict | None:
     """The main job's criteria at β (None unless the sweep has β = 0 and β): the toxic rate at most half of
-    π_β's (β = 0) and distinct-2 at least 0.8 of π_β's, for the means over seeds and for each seed against its
-    own π_β."""
+    π_β's (β = 0) and distinct-2 at least 0.8 of π_β's, and where the comments' perplexity under the untouched
+    fluency model was measured, at most 1.5 × π_β's (fluency kept); for the means over seeds and for each seed
+    against its own π_β."""
     agg = {r["beta"]: r for r in table}
     if 0.0 not in agg or beta not in agg:
         return None
+    fluency = "perplexity" in agg[0.0]
 
     def holds(base: dict, steered: dict) -> bool:
         return (steered["toxic_rate"] <= 0.5 * base["toxic_rate"]
-                and steered["distinct_2"] >= 0.8 * base["distinct_2"])
+                and steered["distinct_2"] >= 0.8 * base["distinct_2"]
+                and (not fluency or steered["perplexity"] <= FLUENCY_RATIO * base["perplexity"]))
 
     by_seed: dict = {}
     for r in rows:
         by_seed.setdefault(r["seed"], {})[r["beta"]] = r
     return {"beta": beta, "toxic_rate": [agg[0.0]["toxic_rate"], agg[beta]["toxic_rate"]],
             "distinct_2": [agg[0.0]["distinct_2"], agg[beta]["distinct_2"]],
+            **({"perplexity": [agg[0.0]["perplexity"], agg[beta]["perplexity"]]} if fluency else {}),
             "mean_holds": holds(agg[0.0], agg[beta]),
             "seeds_hold": {str(s): holds(r[0.0], r[beta]) for s, r in by_seed.items()}}
 
 
 def criteria_line(c: dict) -> str:
     seeds = list(c["seeds_hold"].values())
-    return (f"main criteria at β = {c['beta']:g} (toxic ≤ ½ π_β's, distinct-2 ≥ 0.8 π_β's): toxic "
+    fluency = "perplexity" in c
+    return (f"main criteria at β = {c['beta']:g} (toxic ≤ ½ π_β's, distinct-2 ≥ 0.8 π_β's"
+            + (f", perplexity ≤ {FLUENCY_RATIO:g} π_β's" if fluency else "") + "): toxic "
             f"{c['toxic_rate'][0]:.3f} → {c['toxic_rate'][1]:.3f}, distinct-2 {c['distinct_2'][0]:.3f} → "
-            f"{c['distinct_2'][1]:.3f}; {'hold' if c['mean_holds'] else 'FAIL'} for the mean, "
-            f"{sum(seeds)} of {len(seeds)} seeds hold")
+            f"{c['distinct_2'][1]:.3f}"
+            + (f", perplexity {c['perplexity'][0]:.1f} → {c['perplexity'][1]:.1f}" if fluency else "")
+            + f"; {'hold' if c['mean_holds'] else 'FAIL'} for the mean, {sum(seeds)} of {len(seeds)} seeds hold")
 
 
 COLUMNS: tuple[results.Column, ...] = (
@@ -446,6 +508,10 @@ COLUMNS: tuple[results.Column, ...] = (
     ("mean length", lambda r: aggregate_lib.mean_se(r, "mean_length", ".1f")),
     ("toxic per seed", lambda r: aggregate_lib.per_seed(r, "toxic_rate")),
     ("distinct-2 per seed", lambda r: aggregate_lib.per_seed(r, "distinct_2")),
+)
+FLUENCY_COLUMNS: tuple[results.Column, ...] = (
+    ("perplexity", lambda r: aggregate_lib.mean_se(r, "perplexity", ".1f")),
+    ("perplexity per seed", lambda r: aggregate_lib.per_seed(r, "perplexity", ".1f")),
 )
 
 
@@ -464,18 +530,22 @@ def write_results(workdir: epath.Path, cfg: RedditConfig, table: list[dict], row
         return
     spread = ("mean ± s.e. across seeds" if cfg.seeds > 1
               else "one seed: ± is the s.e. over comments (reward only); pass --seeds 3 for the spread across seeds")
-    footer = [f"{cfg.seeds} seed(s) ({spread}); data {cfg.data!r}, reward {cfg.reward!r}, model {cfg.model!r}; "
+    data = cfg.data if cfg.data != "default" else f"default ({cfg.corpus} corpus)"
+    footer = [f"{cfg.seeds} seed(s) ({spread}); data {data!r}, reward {cfg.reward!r}, model {cfg.model!r}; "
               f"{len(parents)} held-out parents per β; {sum(minutes):.1f} min in all (setup {minutes[0]:.1f}, "
               "then per seed " + " / ".join(f"{m:.1f}" for m in minutes[1:]) + ").",
               "Skipped as longer than max_len: " + ", ".join(f"{n} {name}" for name, n in skipped.items()) + "."]
+    fluency = "perplexity" in table[0]
+    if fluency:
+        name = cfg.model if cfg.fluency_model == "auto" else cfg.fluency_model
+        footer += [f"Perplexity: of the sampled comments, as replies to their parents, under {name!r} untouched."]
     if criteria:
         footer += ["", criteria_line(criteria) + "."]
-    footer += ["", f"## Examples (seed {cfg.seed})", ""]
-    lo, hi = min(examples), max(examples)
-    for i in range(min(5, len(parents))):
-        footer += [f"- **parent:** {parents[i]}", f"  - β={lo:g}: {examples[lo][i]}",
-                   f"  - β={hi:g}: {examples[hi][i]}"]
-    results.write_table(workdir, table, COLUMNS, "\n".join(footer), seed_rows=rows, criteria=criteria)
+    footer += ["", f"## Examples (seed {cfg.seed}, the first three held-out parents)", ""]
+    for i in range(min(3, len(parents))):
+        footer += [f"- **parent:** {parents[i]}"] + [f"  - β={b:g}: {g[i]}" for b, g in examples.items()]
+    results.write_table(workdir, table, COLUMNS + (FLUENCY_COLUMNS if fluency else ()), "\n".join(footer),
+                        seed_rows=rows, criteria=criteria)
     plot_reward_vs_kl(workdir / "reward_vs_kl.png", table)
 
 

@@ -196,8 +196,9 @@ def _scratch_tokenizer(opts: TrainOptions, train_records: list, eval_records: li
 
 
 def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: list):
-    """The run's tokenizer (reloaded when saved) and trunk config (GPT-2 from scratch, or the checkpoint's)."""
-    from ilql_jax.models import gpt2, hf_import, llama
+    """The run's tokenizer (reloaded when saved) and trunk config (GPT-2 from scratch, or the pretrained model's:
+    `pretrained.tokenizer_and_trunk`)."""
+    from ilql_jax.models import gguf_import, gpt2
 
     tok_dir = os.path.join(opts.workdir, "tokenizer")
     saved = os.path.isfile(os.path.join(tok_dir, tokenizers.CONFIG_FILE))  # written last: the rest is there
@@ -206,60 +207,24 @@ def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: 
         trunk = gpt2.GPT2Config(vocab_size=tok.vocab_size, n_positions=opts.max_len, n_embd=opts.n_embd,
                                 n_layer=opts.n_layer, n_head=opts.n_head, dropout=0.0, dtype=opts.dtype)
     else:
-        tok, trunk = _pretrained(opts, tok_dir if saved else None)
-        if isinstance(trunk, llama.LlamaConfig):
-            # Markup ids the checkpoint lacks become new embedding rows (hf_import: the mean row).
-            trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
-        if tok.vocab_size > trunk.padded_vocab_size:
-            raise ConfigError(f"--model {opts.model}: the tokenizer has {tok.vocab_size} ids, the model's "
-                              f"embedding {trunk.padded_vocab_size}")
-        if isinstance(trunk, gpt2.GPT2Config):
-            trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
+        from ilql_jax import pretrained
+
+        try:
+            tok, trunk = pretrained.tokenizer_and_trunk(opts.model, layout=opts.layout,
+                                                        saved_tokenizer=tok_dir if saved else None,
+                                                        dropout=0.0, dtype=opts.dtype)
+        except gguf_import.GGUFError as e:
+            raise ConfigError(str(e)) from None
+        except ValueError as e:
+            if isinstance(e, (ConfigError, records_lib.DataError)):
+                raise
+            raise ConfigError(f"--model {opts.model}: {e}") from None
         if opts.max_len > trunk.n_positions:
             raise ConfigError(f"--max_len {opts.max_len} exceeds the model's n_positions={trunk.n_positions}")
     records_lib.check_reserved(train_records + eval_records, getattr(tok, "reserved", ()), opts.data)
     if not saved:
         tok.save(tok_dir)
     return tok, trunk
-
-
-def _pretrained(opts: TrainOptions, saved_tokenizer: str | None):
-    """The tokenizer (reloaded from `saved_tokenizer` when given) and trunk config of a pretrained --model: a
-    known name (`ilql_jax.pretrained`), a .gguf file, "gpt2" or a Hugging Face directory / hub id. Every tensor of
-    a GGUF file is checked (names, types, shapes) here, before anything trains."""
-    from ilql_jax import pretrained
-    from ilql_jax.models import gguf_import, hf_import
-
-    source = pretrained.resolve_model(opts.model)  # FileNotFoundError: one line saying how to get the model
-    try:
-        if gguf_import.is_gguf(source):
-            gf = gguf_import.open_gguf(source)
-            trunk = gguf_import.config_from_gguf(gf, dropout=0.0, dtype=opts.dtype)
-            gguf_import.tensors(gf, trunk)
-            if saved_tokenizer:
-                return tokenizers.load_tokenizer(saved_tokenizer), trunk
-            tok, info = gguf_import.tokenizer(gf)
-            if opts.layout == "chat" and not info["chat_template"]:
-                raise ConfigError(f"--layout chat: {source} has no chat template (tokenizer.chat_template)")
-            if opts.layout != "markup" and info["chat_template"]:
-                return tokenizers.ChatTokenizer(tok, info["chat_template"], bos_token=info["bos_token"],
-                                                eos_token=info["eos_token"], pad_token=info["pad_token"]), trunk
-            return tokenizers.BPETokenizer(tok), trunk
-        directory = hf_import.resolve(source)
-        with open(os.path.join(directory, hf_import.CONFIG_NAME), encoding="utf-8") as f:
-            trunk = hf_import.config_from_hf(json.load(f), dropout=0.0, dtype=opts.dtype)
-        if saved_tokenizer:
-            return tokenizers.load_tokenizer(saved_tokenizer), trunk
-        chat = None if opts.layout == "markup" or opts.model == "gpt2" else tokenizers.hf_chat_tokenizer(directory)
-        if opts.layout == "chat" and chat is None:
-            raise ConfigError(f"--layout chat: {directory} has no chat template (tokenizer_config.json)")
-        return chat or tokenizers.gpt2_tokenizer(None if opts.model == "gpt2" else directory), trunk
-    except gguf_import.GGUFError as e:
-        raise ConfigError(str(e)) from None
-    except ValueError as e:
-        if isinstance(e, (ConfigError, records_lib.DataError)):
-            raise
-        raise ConfigError(f"--model {opts.model}: {e}") from None
 
 
 def train_configs(opts: TrainOptions, trunk, n_eval: int, end_a_id: int | None = None) -> tuple[TrainConfig, TrainConfig]:
