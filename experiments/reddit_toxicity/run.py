@@ -67,6 +67,8 @@ class RedditConfig:
       warmup_steps: linear warm-up of both rates (pretrained weights: small first steps).
       tau, gamma, alpha_cql: ILQL's expectile, discount and CQL weight.
       polyak_alpha: target update rate (0.005 published, for many more steps).
+      freeze_policy: π_β stays the BC result during ILQL (only the values train; β = 0 decodes exactly BC, and
+        the step skips π_β's backward pass).
       target_on_online_trunk: the target Q heads read the online value trunk
         (docs/algorithm.md §2's cheaper option: one trunk forward less per step).
       num_layers_unfrozen, lora_rank, lora_alpha: train only part of every trunk, in BC and in ILQL
@@ -118,6 +120,7 @@ class RedditConfig:
     # comment's end then barely reaches its earlier tokens (β = 8 left the toxic rate at 15% with
     # adv_clip 0); 0.05 propagates it within the 400 steps (measured: toxic 1.8%).
     polyak_alpha: float = 0.05
+    freeze_policy: bool = False
     target_on_online_trunk: bool = False
     num_layers_unfrozen: int = -1
     lora_rank: int = 0
@@ -154,8 +157,8 @@ PRESETS = {
     # A pretrained model (`--model smollm2-135m-instruct` picks this preset): the top 2 blocks of each trunk
     # train (docs/partial_training.md), small rates with warm-up, and sizes that fit the 2-core CPU's budget.
     "pretrained": RedditConfig(model="smollm2-135m-instruct", num_layers_unfrozen=2, max_len=96, batch_size=16,
-                               bc_steps=120, ilql_steps=160, bc_learning_rate=2e-4, learning_rate=3e-4,
-                               warmup_steps=15, betas=(0.0, 2.0, 8.0, 16.0), n_eval=256, eval_batch=128),
+                               bc_steps=120, ilql_steps=200, bc_learning_rate=2e-4, learning_rate=1e-3,
+                               warmup_steps=15, freeze_policy=True, betas=(0.0, 2.0, 8.0, 16.0), n_eval=256, eval_batch=128),
     "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=128, batch_size=16,
                           bc_steps=10, ilql_steps=10, betas=(0.0, 4.0), max_new_tokens=16, n_eval=32,
                           eval_batch=32),
@@ -230,7 +233,7 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
     rl = TrainConfig(
         step=train.StepConfig(mode="ilql",
                               model=ilql.ModelConfig(trunk=trunk, target_on_online_trunk=cfg.target_on_online_trunk,
-                                                     **partial),
+                                                     frozen_policy=cfg.freeze_policy, **partial),
                               loss=losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
                               optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps),
                               polyak_alpha=cfg.polyak_alpha),
