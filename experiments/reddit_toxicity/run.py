@@ -218,9 +218,10 @@ def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str | epath.PathLike, t
     return tok, trunk
 
 
-def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = None) -> tuple[TrainConfig, TrainConfig]:
+def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = None,
+                  bc_workdir: str = "bc") -> tuple[TrainConfig, TrainConfig]:
     """Loop configs for BC π_β (starting from `cfg.model`'s weights unless scratch) and for ILQL, at training
-    seed `seed` (`cfg.seed` by default)."""
+    seed `seed` (`cfg.seed` by default). A frozen π_β is read from the BC run in `bc_workdir`."""
     common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4,
                   seed=cfg.seed if seed is None else seed)
     partial = dict(num_layers_unfrozen=cfg.num_layers_unfrozen, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
@@ -238,7 +239,8 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
                               optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps),
                               polyak_alpha=cfg.polyak_alpha),
         num_steps=cfg.ilql_steps, log_every=max(1, cfg.ilql_steps // 10),
-        eval_every=max(1, cfg.ilql_steps // 3), **common)
+        eval_every=max(1, cfg.ilql_steps // 3), **({"init": f"bc:{bc_workdir}"} if cfg.freeze_policy else {}),
+        **common)
     return bc, rl
 
 
@@ -441,13 +443,15 @@ METRICS = ("mean_reward", "toxic_rate", "kl", "distinct_1", "distinct_2", "mean_
 def train_and_sweep(cfg: RedditConfig, seed: int, workdir: epath.Path, tok, trunk, arrays: dict, parents: Sequence[str],
                     judge, fluency=None) -> tuple[list[dict], dict]:
     """One training seed: BC π_β, ILQL from it, the β sweep; the rows (with `seed`) and the generations."""
-    bc_cfg, rl_cfg = train_configs(cfg, trunk, seed)
+    bc_cfg, rl_cfg = train_configs(cfg, trunk, seed, str(workdir / "bc"))
     bc_state = train_and_evaluate(bc_cfg, str(workdir / "bc"), arrays["train"], arrays["eval"])
     # Every ILQL trunk starts from the BC π_β, as they would from a pretrained GPT-2 (whole, when BC trained
-    # only part of it).
-    policy = ilql.materialize(bc_cfg.step.model, bc_state.params, {})[0]["policy"]
-    state = train_and_evaluate(rl_cfg, str(workdir / "ilql"), arrays["train"], arrays["eval"],
-                               trunk=policy, policy=policy)
+    # only part of it); a frozen π_β is read from the BC run by the ILQL config's init.
+    weights = {}
+    if not rl_cfg.init.startswith("bc:"):
+        policy = ilql.materialize(bc_cfg.step.model, bc_state.params, {})[0]["policy"]
+        weights = dict(trunk=policy, policy=policy)
+    state = train_and_evaluate(rl_cfg, str(workdir / "ilql"), arrays["train"], arrays["eval"], **weights)
     rows, generations = evaluate(cfg, tok, rl_cfg.step.model, state, parents, judge, seed, fluency)
     # How much of β·A only sharpens π_β, read on π_β's own comments (the lowest β evaluated).
     k = advantage_slope(cfg, tok, rl_cfg.step.model, state, parents, generations[min(generations)])
