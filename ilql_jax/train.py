@@ -33,7 +33,7 @@ class StepConfig:
         `ilql_jax.utterance`, docs/per_utterance.md) or "bc" (π_β alone: the BC
         and %BC baselines).
       model: which networks exist and their trunk shape.
-      loss: γ, τ, α_cql, β_awac (the vocabulary size is taken from the trunk).
+      loss: γ, τ, α_cql, β_awac, the BC normaliser (the vocabulary size is taken from the trunk).
         In mode "ilql_utt" γ discounts per utterance, and α_cql and β_awac are unused.
       optim: AdamW settings, schedule, clipping, accumulation.
       polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published;
@@ -172,13 +172,13 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
         hidden = _bc_partial_hidden(config, params, batch, dropout_key)
         logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                        losses.gather_packed(hidden, packed.idx), mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
+        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key, with_logits=False)
         logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
                                        mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
+        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
                             dropout_key)
     return losses.ilql_loss_packed(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
@@ -196,11 +196,11 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
     if config.mode == "bc" and partial_lib.FROZEN in params:
         logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                      _bc_partial_hidden(config, params, batch, dropout_key))
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size)
+        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key)
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size)
+        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
     return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,
                             batch, config.loss_config)
