@@ -24,7 +24,6 @@ are set to ``-inf`` before every ``logsumexp``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import numbers
 from typing import Any, Mapping, Optional
@@ -32,6 +31,8 @@ from typing import Any, Mapping, Optional
 import chex
 import jax
 import jax.numpy as jnp
+
+from ilql_jax.configs import BC_NORMALISERS, LossConfig  # noqa: F401  (the config's home)
 
 Array = chex.Array
 
@@ -358,51 +359,6 @@ def bc_loss(
 # ---------------------------------------------------------------------------
 # Composition.
 # ---------------------------------------------------------------------------
-
-
-BC_NORMALISERS = ("agent", "non_pad")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Hyper-parameters of the ILQL objective (docs/algorithm.md §3, §6).
-
-    Defaults are the authors' Wordle config (τ = 0.7, α_cql = 1e-4);
-    Reddit toxicity uses τ = 0.6, α_cql = 0.25; Visual Dialogue τ = 0.8,
-    α_cql = 1.0.
-
-    Attributes:
-        gamma: per-token discount γ.
-        tau: expectile τ of the V loss (0.5 = single-step RL / SARSA values).
-        alpha_cql: weight α_cql of the CQL term.
-        beta_awac: AWAC temperature of the BC term (0 = plain BC, as published).
-            Distinct from the sampler's β.
-        vocab_size: real vocabulary size; Q / logits tensors may be padded past
-            it on the last axis. ``None``: no padding.
-        bc_normaliser: what L_BC's sum is divided by: "agent", the agent tokens
-            (ours), or "non_pad", every token the LM predicts (the official
-            code's ``awac_loss``; docs/fidelity.md). Same gradient direction
-            within a batch; "non_pad" weighs batches with few agent tokens less.
-    """
-
-    gamma: float = 0.99
-    tau: float = 0.7
-    alpha_cql: float = 1e-4
-    beta_awac: float = 0.0
-    vocab_size: Optional[int] = None
-    bc_normaliser: str = "agent"
-
-    def __post_init__(self):
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"LossConfig.gamma={self.gamma} must be in [0, 1].")
-        if not 0.0 < self.tau < 1.0:
-            raise ValueError(f"LossConfig.tau={self.tau} must be in (0, 1).")
-        if self.alpha_cql < 0.0:
-            raise ValueError(f"LossConfig.alpha_cql={self.alpha_cql} must be >= 0.")
-        if self.vocab_size is not None and self.vocab_size <= 0:
-            raise ValueError(f"LossConfig.vocab_size={self.vocab_size} must be > 0.")
-        if self.bc_normaliser not in BC_NORMALISERS:
-            raise ValueError(f"LossConfig.bc_normaliser={self.bc_normaliser!r} must be one of {BC_NORMALISERS}.")
 
 
 def bc_normaliser(batch: Any, normaliser: str) -> Optional[Array]:

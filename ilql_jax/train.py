@@ -12,70 +12,14 @@ import numpy as np
 import optax
 
 from ilql_jax import losses, utterance
+from ilql_jax.configs import MODES, StepConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
-from ilql_jax.state import (ILQLState, OptimConfig, create_state, learning_rate_schedule, make_optimizer,
-                            polyak_update)
+from ilql_jax.state import ILQLState, create_state, learning_rate_schedule, make_optimizer, polyak_update
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "action_mask", "rewards", "next_idx", "dones")
-MODES = ("ilql", "ilql_utt", "bc")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """What the train step computes.
-
-    Attributes:
-      mode: "ilql" (value trunk, heads, targets and π_β), "ilql_utt" (per-utterance
-        ILQL: the same networks with scalar Q heads, one action per utterance;
-        `ilql_jax.utterance`, docs/per_utterance.md) or "bc" (π_β alone: the BC
-        and %BC baselines).
-      model: which networks exist and their trunk shape.
-      loss: γ, τ, α_cql, β_awac, the BC normaliser (the vocabulary size is taken from the trunk).
-        In mode "ilql_utt" γ discounts per utterance, and α_cql and β_awac are unused.
-      optim: AdamW settings, schedule, clipping, accumulation.
-      polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published;
-        1.0 is a hard copy (θ̄ ← θ).
-      target_update_every: the target moves after every k-th optimizer step
-        only (k = 1 published; trlx syncs every 5 steps with α = 0.1, DQN-style
-        designs hard-copy every k steps with α = 1).
-      action_capacity: action states per row that the step evaluates the
-        vocabulary-sized heads at (`losses.pack_actions`); None: the whole row.
-        A batch with a row holding more actions gets a NaN loss. The training
-        loop sets it from the data when None (`with_action_capacity`).
-      end_a_id: the tokenizer's `</a>` id, which ends an utterance; mode
-        "ilql_utt" needs it (to find each utterance's end in the token arrays).
-    """
-
-    mode: str = "ilql"
-    model: ilql.ModelConfig = ilql.ModelConfig()
-    loss: losses.LossConfig = losses.LossConfig()
-    optim: OptimConfig = OptimConfig()
-    polyak_alpha: float = 0.005
-    target_update_every: int = 1
-    action_capacity: int | None = None
-    end_a_id: int | None = None
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"StepConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "ilql_utt" and (self.end_a_id is None or self.end_a_id < 0):
-            raise ValueError("StepConfig.mode 'ilql_utt' needs end_a_id, the tokenizer's </a> id")
-        if self.mode == "ilql_utt" and partial_lib.is_partial(self.model):
-            raise ValueError("StepConfig.mode 'ilql_utt' (per-utterance ILQL) trains whole trunks: set "
-                             "model.num_layers_unfrozen=-1 and model.lora_rank=0")
-        if not 0.0 < self.polyak_alpha <= 1.0:
-            raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
-        if self.target_update_every < 1:
-            raise ValueError(f"StepConfig.target_update_every must be >= 1, got {self.target_update_every}")
-        if self.action_capacity is not None and self.action_capacity < 1:
-            raise ValueError(f"StepConfig.action_capacity must be >= 1 or None, got {self.action_capacity}")
-
-    @property
-    def loss_config(self) -> losses.LossConfig:
-        return dataclasses.replace(self.loss, vocab_size=self.model.trunk.vocab_size)
 
 
 def init_state(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None = None,
