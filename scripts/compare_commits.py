@@ -111,28 +111,29 @@ def compare_file(a: Path, b: Path, ignore: re.Pattern) -> str:
         else:
             keep = lambda k: not ignore.search(k.rsplit(".", 1)[-1])
             keys_a, keys_b = {k for k in la if keep(k)}, {k for k in lb if keep(k)}
-            if keys_a != keys_b:
-                only = sorted(keys_a ^ keys_b)
-                return f"DIFFERENT KEYS ({len(only)}, e.g. {only[0]})"
-            diff, worst, worst_key, other = 0, 0.0, None, 0
-            for k in sorted(keys_a):
+            extra = [f"{k} only in the {'first' if k in keys_a else 'second'}" for k in sorted(keys_a ^ keys_b)]
+            common = keys_a & keys_b
+            diff, worst, worst_key, other, names = 0, 0.0, None, 0, set()
+            for k in sorted(common):
                 x, y = la[k], lb[k]
                 if type(x) is type(y) and x == y or (isinstance(x, float) and isinstance(y, float)
                                                      and math.isnan(x) and math.isnan(y)):
                     continue
                 diff += 1
+                names.add(re.sub(r"\[\d+\]", "[]", k.split(".", 1)[-1]))
                 if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
                     d = abs(float(x) - float(y))
                     if not d <= worst:
                         worst, worst_key = d, k
                 else:
                     other += 1
-            if not diff:
+            if not diff and not extra:
                 return "identical"
-            text = f"DIFFERS: {diff} of {len(keys_a)} values"
+            text = f"DIFFERS: {diff} of {len(common)} values" + (f" (of {', '.join(sorted(names)[:6])})" if diff else "")
             if worst_key is not None:
                 text += f", max |Δ| = {worst:.3g} at {worst_key} ({la[worst_key]!r} vs {lb[worst_key]!r})"
-            return text + (f", {other} non-numeric" if other else "")
+            text += f", {other} non-numeric" if other else ""
+            return text + (f"; {len(extra)} keys in one only: {', '.join(extra[:3])}" if extra else "")
     da, db = a.read_bytes(), b.read_bytes()
     if da == db:
         return "identical"

@@ -26,7 +26,7 @@ def test_metrics_are_compared_per_step_without_timings(tmp_path):
     off = _jsonl(tmp_path / "c.jsonl", [{"step": 1, "train/loss": 1.5, "train/tokens_per_sec": 10.0},
                                        {"step": 2, "train/loss": 1.2500001, "train/tokens_per_sec": 11.0}])
     verdict = compare.compare_file(a, off, IGNORE)
-    assert verdict.startswith("DIFFERS: 1 of 4 values, max |Δ| = 1e-07 at step 2.train/loss"), verdict
+    assert verdict.startswith("DIFFERS: 1 of 4 values (of train/loss), max |Δ| = 1e-07 at step 2.train/loss"), verdict
 
 
 def test_other_files_are_compared_by_bytes_and_trees_by_name(tmp_path):
