@@ -37,3 +37,6 @@ def test_other_files_are_compared_by_bytes_and_trees_by_name(tmp_path):
     (tmp_path / "b" / "extra.json").write_text("{}")
     rows = dict(compare.compare_trees(tmp_path / "a", tmp_path / "b", IGNORE))
     assert rows == {"extra.json": "only in the second", "results.md": "DIFFERS: 1 of 2 lines"}
+    (tmp_path / "a" / "t.md").write_text("2 seeds; 0.5 min in all.\n")
+    (tmp_path / "b" / "t.md").write_text("2 seeds; 0.6 min in all.\n")
+    assert compare.compare_file(tmp_path / "a" / "t.md", tmp_path / "b" / "t.md", IGNORE).startswith("identical")
