@@ -40,7 +40,6 @@ Typical use::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -51,6 +50,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ilql_jax import sharding
+from ilql_jax.configs import CheckpointConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.state import has_frozen, with_frozen, without_frozen
 
@@ -75,30 +75,6 @@ CHECKPOINT_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^(\d+)(\.orbax-checkpoint-tmp.*)?$")
 
 PyTree = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    """When and how train-state checkpoints are written.
-
-    Attributes:
-      every_steps: save when the step count is a multiple of this (see
-        `Checkpointer.should_save`).
-      keep: how many of the most recent checkpoints to keep; older ones are
-        deleted after each successful save.
-      async_save: write in a background thread, so training continues while
-        the files are written; `Checkpointer.wait()` / `close()` block until done.
-    """
-
-    every_steps: int = 1000
-    keep: int = 3
-    async_save: bool = True
-
-    def __post_init__(self):
-        for name in ("every_steps", "keep"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CheckpointConfig.{name} must be an int >= 1, got {value!r}")
 
 
 def _path(path: str | epath.PathLike) -> epath.Path:

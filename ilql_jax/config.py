@@ -25,9 +25,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ilql_jax.checkpoint import CheckpointConfig
-from ilql_jax.sharding import MeshConfig
-from ilql_jax.train import StepConfig
+from ilql_jax.configs import CheckpointConfig, MeshConfig, StepConfig
 
 __all__ = [
     "ConfigError",

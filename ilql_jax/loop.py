@@ -15,6 +15,7 @@ The workdir afterwards::
 
     config.json     the TrainConfig (`config.config_from_dict(TrainConfig, ...)` reloads it)
     metrics.jsonl   {"step": k, "train/loss": ..., "train/tokens_per_sec": ..., "eval/loss": ...}
+                    (while the run writes, its lines are in metrics.parts/: `logging.read_metrics`)
     tb/             TensorBoard events of the same scalars
     checkpoints/    the train state of the last `checkpoint.keep` saves, with (as JSON) the
                     data position, the config and the train metrics of the unfinished log window

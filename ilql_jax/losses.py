@@ -24,7 +24,6 @@ are set to ``-inf`` before every ``logsumexp``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import numbers
 from typing import Any, Mapping, Optional
@@ -32,6 +31,8 @@ from typing import Any, Mapping, Optional
 import chex
 import jax
 import jax.numpy as jnp
+
+from ilql_jax.configs import BC_NORMALISERS, LossConfig  # noqa: F401  (the config's home)
 
 Array = chex.Array
 
@@ -114,12 +115,19 @@ def gather_next(v_t: Array, next_idx: Array) -> Array:
     return jnp.take_along_axis(v_t, next_idx, axis=1)
 
 
-def masked_mean(x_t: Array, m_t: Array) -> Array:
-    """``Σ_t m_t x_t / max(Σ_t m_t, 1)`` in float32; ``x_t`` at ``m_t = 0`` is ignored."""
+def masked_mean(x_t: Array, m_t: Array, n: Optional[Array] = None) -> Array:
+    """``Σ_t m_t x_t / max(N, 1)`` in float32, ``N = Σ_t m_t`` unless given; ``x_t`` at ``m_t = 0`` is ignored."""
     chex.assert_equal_shape([x_t, m_t])
     m_t = m_t.astype(jnp.float32)
     x_t = jnp.where(m_t > 0, x_t.astype(jnp.float32), 0.0)
-    return jnp.sum(m_t * x_t) / _num_actions(m_t)
+    return jnp.sum(m_t * x_t) / (_num_actions(m_t) if n is None else jnp.maximum(n, 1.0))
+
+
+def non_pad_targets(attention_mask: Array) -> Array:
+    """``Σ_t attention_mask[t + 1]``, the tokens a causal LM predicts in a batch: the official code's
+    BC/AWAC normaliser (``bc_normaliser="non_pad"``, docs/fidelity.md), float32 ``[]``."""
+    chex.assert_rank(attention_mask, 2)
+    return jnp.sum(attention_mask[:, 1:].astype(jnp.float32))
 
 
 def _num_actions(m_t: Array) -> Array:
@@ -300,11 +308,15 @@ def bc_loss(
     vocab_size: Optional[int] = None,
     adv_t: Optional[Array] = None,
     beta_awac: float = 0.0,
+    n: Optional[Array] = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Behaviour cloning of π_β on agent tokens (docs/algorithm.md §3, ``L_BC``):
 
         L_BC = Σ_t m_t w_t [logsumexp_a l_t[a] - l_t[a_t]] / N,
         w_t  = exp(β_awac · sg(adv_t))     (AWAC; w_t = 1 when adv_t is None)
+
+    N is the number of agent tokens unless ``n`` is given (``non_pad_targets``
+    for the official normaliser, ``LossConfig.bc_normaliser``).
 
     With ``β_awac = 0`` (every published config) this is the plain token NLL.
     The weighted sum is normalised by N (not by Σ w), and weights are not
@@ -319,10 +331,11 @@ def bc_loss(
         adv_t: advantages ``Q̄(h_t)[a_t] - V(h_t)``, ``[B, T]``; stop-gradiented.
             Required when ``beta_awac != 0``.
         beta_awac: AWAC temperature β_awac.
+        n: the normaliser N, ``[]`` (None: ``Σ_t m_t``).
 
     Returns:
-        ``(loss, info)`` with info keys ``bc_loss`` (weighted) and ``bc_nll``
-        (unweighted masked-mean NLL).
+        ``(loss, info)`` with info keys ``bc_loss`` (weighted, over N) and
+        ``bc_nll`` (unweighted NLL per agent token).
     """
     chex.assert_rank([logits_t, a_t, m_t], [3, 2, 2])
     chex.assert_equal_shape([a_t, m_t])
@@ -334,12 +347,12 @@ def bc_loss(
     if adv_t is None:
         if isinstance(beta_awac, numbers.Number) and beta_awac != 0:
             raise ValueError("bc_loss: beta_awac != 0 needs adv_t.")
-        loss = nll
+        loss = nll if n is None else masked_mean(nll_t, m_t, n)
     else:
         chex.assert_equal_shape([adv_t, m_t])
         adv_t = jax.lax.stop_gradient(adv_t.astype(jnp.float32))
         w_t = jnp.exp(beta_awac * adv_t)
-        loss = masked_mean(w_t * nll_t, m_t)
+        loss = masked_mean(w_t * nll_t, m_t, n)
     return loss, {"bc_loss": loss, "bc_nll": nll}
 
 
@@ -348,39 +361,9 @@ def bc_loss(
 # ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Hyper-parameters of the ILQL objective (docs/algorithm.md §3, §6).
-
-    Defaults are the authors' Wordle config (τ = 0.7, α_cql = 1e-4);
-    Reddit toxicity uses τ = 0.6, α_cql = 0.25; Visual Dialogue τ = 0.8,
-    α_cql = 1.0.
-
-    Attributes:
-        gamma: per-token discount γ.
-        tau: expectile τ of the V loss (0.5 = single-step RL / SARSA values).
-        alpha_cql: weight α_cql of the CQL term.
-        beta_awac: AWAC temperature of the BC term (0 = plain BC, as published).
-            Distinct from the sampler's β.
-        vocab_size: real vocabulary size; Q / logits tensors may be padded past
-            it on the last axis. ``None``: no padding.
-    """
-
-    gamma: float = 0.99
-    tau: float = 0.7
-    alpha_cql: float = 1e-4
-    beta_awac: float = 0.0
-    vocab_size: Optional[int] = None
-
-    def __post_init__(self):
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"LossConfig.gamma={self.gamma} must be in [0, 1].")
-        if not 0.0 < self.tau < 1.0:
-            raise ValueError(f"LossConfig.tau={self.tau} must be in (0, 1).")
-        if self.alpha_cql < 0.0:
-            raise ValueError(f"LossConfig.alpha_cql={self.alpha_cql} must be >= 0.")
-        if self.vocab_size is not None and self.vocab_size <= 0:
-            raise ValueError(f"LossConfig.vocab_size={self.vocab_size} must be > 0.")
+def bc_normaliser(batch: Any, normaliser: str) -> Optional[Array]:
+    """L_BC's N for ``LossConfig.bc_normaliser``: None (the agent tokens) or ``non_pad_targets``."""
+    return non_pad_targets(_field(batch, "attention_mask")) if normaliser == "non_pad" else None
 
 
 def _field(batch: Any, name: str) -> Array:
@@ -423,8 +406,8 @@ def ilql_loss(
         batch: mapping (or object) with ``tokens`` int ``[B, T]``,
             ``action_mask`` ``[B, T]``, ``rewards`` ``[B, T]``, ``next_idx`` int
             ``[B, T]`` and ``dones`` ``[B, T]`` (per position; ``done_next(t) =
-            dones[next_idx[t]]``). ``attention_mask`` is not read: the action mask
-            already excludes padding.
+            dones[next_idx[t]]``). ``attention_mask`` is read only for
+            ``cfg.bc_normaliser="non_pad"``: the action mask already excludes padding.
         cfg: a ``LossConfig``.
 
     Returns:
@@ -475,7 +458,8 @@ def ilql_loss(
         if cfg.beta_awac != 0:
             adv_t = q_target_a - v_t.astype(jnp.float32)
         l_bc, bc_info = bc_loss(
-            pi_logits_t, a_t, m_t, cfg.vocab_size, adv_t, cfg.beta_awac
+            pi_logits_t, a_t, m_t, cfg.vocab_size, adv_t, cfg.beta_awac,
+            bc_normaliser(batch, cfg.bc_normaliser),
         )
 
     loss = l_q + l_v + cfg.alpha_cql * l_cql + l_bc
@@ -493,7 +477,7 @@ def ilql_loss(
 
 
 def bc_only_loss(
-    pi_logits_t: Array, batch: Any, vocab_size: Optional[int] = None
+    pi_logits_t: Array, batch: Any, vocab_size: Optional[int] = None, normaliser: str = "agent"
 ) -> tuple[Array, dict[str, Array]]:
     """Loss of the BC baseline: π_β's token NLL on agent tokens (docs/algorithm.md §3, §6).
 
@@ -501,6 +485,7 @@ def bc_only_loss(
         pi_logits_t: π_β logits, ``[B, T, V_pad]``.
         batch: as for ``ilql_loss`` (reads ``tokens`` and ``action_mask``).
         vocab_size: real vocabulary size (``None``: no padding).
+        normaliser: ``LossConfig.bc_normaliser``.
 
     Returns:
         ``(loss, metrics)`` with float32 scalars ``loss``, ``bc_loss``,
@@ -509,7 +494,7 @@ def bc_only_loss(
     tokens = _field(batch, "tokens")
     m_t = _field(batch, "action_mask")
     a_t = _safe_actions(next_actions(tokens), m_t)
-    loss, info = bc_loss(pi_logits_t, a_t, m_t, vocab_size)
+    loss, info = bc_loss(pi_logits_t, a_t, m_t, vocab_size, n=bc_normaliser(batch, normaliser))
     metrics = {"loss": loss, **info, "n_actions": jnp.sum(m_t.astype(jnp.float32))}
     return loss, metrics
 
@@ -546,6 +531,7 @@ class PackedActions:
         next_k: ``[B, K]`` int32 ``next(t)``.
         done_next_k: ``[B, K]`` float32 ``done(next(t))``.
         overflow: ``[]`` bool, some row has more than K actions.
+        n_non_pad: ``[]`` float32 ``non_pad_targets`` of the batch (the official BC normaliser).
     """
 
     idx: Array
@@ -555,6 +541,7 @@ class PackedActions:
     next_k: Array
     done_next_k: Array
     overflow: Array
+    n_non_pad: Array
 
 
 def gather_packed(x_t: Array, idx: Array) -> Array:
@@ -569,8 +556,8 @@ def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
     """Packs the action states of a ``[B, T]`` batch into ``K = min(capacity, T)`` slots per row.
 
     Args:
-        batch: as for ``ilql_loss`` (``tokens``, ``action_mask``, ``rewards``,
-            ``next_idx``, ``dones``).
+        batch: as for ``ilql_loss`` (``tokens``, ``attention_mask``, ``action_mask``,
+            ``rewards``, ``next_idx``, ``dones``).
         capacity: slots per row; ``None`` means T (always enough).
 
     Returns:
@@ -603,6 +590,7 @@ def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
         next_k=next_k,
         done_next_k=jnp.take_along_axis(dones, next_k, axis=1).astype(jnp.float32),
         overflow=jnp.any(count > k),
+        n_non_pad=non_pad_targets(_field(batch, "attention_mask")),
     )
 
 
@@ -734,10 +722,11 @@ def ilql_loss_packed(
         lse_pi, pi_a = logsumexp_and_gather(pi_logits_k, a_k, cfg.vocab_size)
         nll_k = lse_pi - pi_a
         nll = masked_mean(nll_k, m_k)
-        l_bc = nll
+        n = _packed_normaliser(packed, cfg.bc_normaliser)
+        l_bc = nll if n is None else masked_mean(nll_k, m_k, n)
         if cfg.beta_awac != 0:
             adv_k = jax.lax.stop_gradient(q_target_a - v_k.astype(jnp.float32))
-            l_bc = masked_mean(jnp.exp(cfg.beta_awac * adv_k) * nll_k, m_k)
+            l_bc = masked_mean(jnp.exp(cfg.beta_awac * adv_k) * nll_k, m_k, n)
         bc_info = {"bc_loss": l_bc, "bc_nll": nll}
 
     loss = _poison_if(l_q + l_v + cfg.alpha_cql * l_cql + l_bc, packed.overflow)
@@ -754,8 +743,12 @@ def ilql_loss_packed(
     return loss, metrics
 
 
+def _packed_normaliser(packed: PackedActions, normaliser: str) -> Optional[Array]:
+    return packed.n_non_pad if normaliser == "non_pad" else None
+
+
 def bc_only_loss_packed(
-    pi_logits_k: Array, packed: PackedActions, vocab_size: Optional[int] = None
+    pi_logits_k: Array, packed: PackedActions, vocab_size: Optional[int] = None, normaliser: str = "agent"
 ) -> tuple[Array, dict[str, Array]]:
     """``bc_only_loss`` on packed action slots (π_β's logits at the slots, ``[B, K, V_pad]``).
 
@@ -765,5 +758,7 @@ def bc_only_loss_packed(
     chex.assert_equal_shape_prefix([pi_logits_k, packed.m_k], 2)
     lse, x_a = logsumexp_and_gather(pi_logits_k, packed.a_k, vocab_size)
     nll = masked_mean(lse - x_a, packed.m_k)
-    loss = _poison_if(nll, packed.overflow)
-    return loss, {"loss": loss, "bc_loss": nll, "bc_nll": nll, "n_actions": jnp.sum(packed.m_k)}
+    n = _packed_normaliser(packed, normaliser)
+    l_bc = nll if n is None else masked_mean(lse - x_a, packed.m_k, n)
+    loss = _poison_if(l_bc, packed.overflow)
+    return loss, {"loss": loss, "bc_loss": l_bc, "bc_nll": nll, "n_actions": jnp.sum(packed.m_k)}

@@ -231,7 +231,7 @@ class DecodeState:
     score: Array       # [N] float32, Σ log π(a_t) under softmax(l')
     tokens: Array      # [N, M] int32, pad after the stop
     logp: Array        # [N, M] log π(a_t) under softmax(l'); 0 after the stop
-    logp_beta: Array   # [N, M] log π_β(a_t) at T = 1, unfiltered; 0 after the stop
+    logp_beta: Array   # [N, M] log π_β(a_t) at T = 1, unfiltered but for pad (`step_state`); 0 after the stop
     adv: Array         # [N, M] A(h_t, a_t), unclipped; 0 after the stop
     logits: Any        # [N, M, V_pad] l' per step when debugging, else None
     uniforms: Array    # [N, M] float32 U[0, 1): row n's draw at step t is `inverse_cdf` at uniforms[n, t]
@@ -244,7 +244,7 @@ class SampleResult:
     tokens: Array     # [B, M] int32, pad after the stop token
     lengths: Array    # [B] int32, generated tokens including the stop token
     logp: Array       # [B, M] log π(a_t) under the final perturbed distribution
-    logp_beta: Array  # [B, M] log π_β(a_t) at T = 1, unfiltered
+    logp_beta: Array  # [B, M] log π_β(a_t) at T = 1, normalised without pad (never sampled), else unfiltered
     adv: Array        # [B, M] A(h_t, a_t) = min(Q̄1, Q̄2) − V at the chosen token, unclipped
     kl: Array         # [B] Σ_t (logp − logp_beta), the KL estimate of §5
     score: Array      # [B] Σ_t logp
@@ -496,7 +496,9 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     elif sc.mode == "greedy":
         token = jnp.argmax(logits, axis=-1)
     live = ~state.done
-    # Finished rows emit pad; it is never sampled (invalid above).
+    # Finished rows emit pad; it is never sampled (invalid above), so π_β, whose log-prob the KL
+    # estimate reads, is normalised without it too, as the official sampler does (docs/fidelity.md).
+    pi_beta = jnp.where(ids == knobs.pad_id, -jnp.inf, pi_logits)
     token = jnp.where(live, token, knobs.pad_id).astype(jnp.int32)
     at = lambda x, z=0.0: jnp.where(live, jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0] - z, 0.0)
     logp = at(logits, logz)
@@ -514,7 +516,7 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
         length=state.length + live.astype(jnp.int32), score=score,
         tokens=state.tokens.at[:, t].set(token),
         logp=state.logp.at[:, t].set(logp),
-        logp_beta=state.logp_beta.at[:, t].set(at(pi_logits, jax.nn.logsumexp(pi_logits, axis=-1))),
+        logp_beta=state.logp_beta.at[:, t].set(at(pi_logits, jax.nn.logsumexp(pi_beta, axis=-1))),
         adv=state.adv.at[:, t].set(at(adv)),
         logits=None if state.logits is None else state.logits.at[:, t].set(logits),
         uniforms=state.uniforms)

@@ -25,7 +25,6 @@ stay split the same way (`activation_layout`). Parameters are replicated
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -38,53 +37,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ilql_jax import train
+from ilql_jax.configs import AXES, MeshConfig, Rules  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.state import ILQLState
 
-AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# (logical name, mesh axis | tuple of mesh axes | None), in priority order, as
-# in `flax.linen.logical_axis_rules`: rules are applied in order, a mesh axis is
-# used at most once per array, and a name with no applicable rule is replicated.
-Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
-
 DATA_PARALLEL_RULES: Rules = (("vocab", None), ("embed", None), ("heads", None), ("mlp", None))
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Shape of the device mesh and how parameters are laid out on it.
-
-    Attributes:
-      data: pure data-parallel replicas (batch split, parameters replicated
-        along this axis). -1 takes all devices the other axes leave.
-      fsdp: devices that split the batch and, with `fsdp_params`, also shard
-        parameters and optimizer state (ZeRO-3 / FSDP). -1 as for `data`.
-      tensor: devices that share a batch slice and shard the "vocab", "heads"
-        and "mlp" axes of the parameters (Megatron-style). Keep it within a host.
-        -1 as for `data`.
-      fsdp_params: shard parameters, target parameters and optimizer state over
-        "fsdp" (every matrix along "embed", or "mlp"/"vocab" when it has no
-        "embed" axis). False: replicate them over "data" and "fsdp".
-      rules: your own logical-axis rules (see `Rules`); when given they replace
-        the rules the fields above imply.
-    """
-
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    fsdp_params: bool = False
-    rules: Rules | None = None
-
-    def __post_init__(self):
-        sizes = {name: getattr(self, name) for name in AXES}
-        for name, size in sizes.items():
-            if not isinstance(size, int) or (size < 1 and size != -1):
-                raise ValueError(f"MeshConfig.{name} must be a positive int or -1, got {size!r}")
-        if list(sizes.values()).count(-1) > 1:
-            raise ValueError(f"MeshConfig: at most one axis may be -1, got {sizes}")
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.struct
@@ -10,42 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ilql_jax.configs import OptimConfig  # noqa: F401  (the config's home)
+
 from ilql_jax.models.partial import FROZEN
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """AdamW, as in the reference (no schedule, no clipping by default).
-
-    Attributes:
-      learning_rate: peak learning rate.
-      weight_decay: AdamW decoupled weight decay (0 in every published config).
-      b1, b2, eps: Adam moments.
-      warmup_steps: linear warm-up from 0 (optimizer steps).
-      schedule: "constant" or "cosine" (cosine decays to 0 at `total_steps`).
-      total_steps: optimizer steps, needed by "cosine".
-      clip_norm: global gradient-norm clip; None for none.
-      grad_accum: micro-batches per optimizer step (`optax.MultiSteps`).
-    """
-
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    total_steps: int | None = None
-    clip_norm: float | None = None
-    grad_accum: int = 1
-
-    def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"OptimConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.schedule == "cosine" and not self.total_steps:
-            raise ValueError("OptimConfig: schedule='cosine' needs total_steps")
-        if self.grad_accum < 1:
-            raise ValueError(f"OptimConfig.grad_accum must be >= 1, got {self.grad_accum}")
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:

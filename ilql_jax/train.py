@@ -12,70 +12,14 @@ import numpy as np
 import optax
 
 from ilql_jax import losses, utterance
+from ilql_jax.configs import MODES, StepConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
-from ilql_jax.state import (ILQLState, OptimConfig, create_state, learning_rate_schedule, make_optimizer,
-                            polyak_update)
+from ilql_jax.state import ILQLState, create_state, learning_rate_schedule, make_optimizer, polyak_update
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "action_mask", "rewards", "next_idx", "dones")
-MODES = ("ilql", "ilql_utt", "bc")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """What the train step computes.
-
-    Attributes:
-      mode: "ilql" (value trunk, heads, targets and π_β), "ilql_utt" (per-utterance
-        ILQL: the same networks with scalar Q heads, one action per utterance;
-        `ilql_jax.utterance`, docs/per_utterance.md) or "bc" (π_β alone: the BC
-        and %BC baselines).
-      model: which networks exist and their trunk shape.
-      loss: γ, τ, α_cql, β_awac (the vocabulary size is taken from the trunk).
-        In mode "ilql_utt" γ discounts per utterance, and α_cql and β_awac are unused.
-      optim: AdamW settings, schedule, clipping, accumulation.
-      polyak_alpha: target update rate α (θ̄ ← α θ + (1 − α) θ̄), 0.005 published;
-        1.0 is a hard copy (θ̄ ← θ).
-      target_update_every: the target moves after every k-th optimizer step
-        only (k = 1 published; trlx syncs every 5 steps with α = 0.1, DQN-style
-        designs hard-copy every k steps with α = 1).
-      action_capacity: action states per row that the step evaluates the
-        vocabulary-sized heads at (`losses.pack_actions`); None: the whole row.
-        A batch with a row holding more actions gets a NaN loss. The training
-        loop sets it from the data when None (`with_action_capacity`).
-      end_a_id: the tokenizer's `</a>` id, which ends an utterance; mode
-        "ilql_utt" needs it (to find each utterance's end in the token arrays).
-    """
-
-    mode: str = "ilql"
-    model: ilql.ModelConfig = ilql.ModelConfig()
-    loss: losses.LossConfig = losses.LossConfig()
-    optim: OptimConfig = OptimConfig()
-    polyak_alpha: float = 0.005
-    target_update_every: int = 1
-    action_capacity: int | None = None
-    end_a_id: int | None = None
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"StepConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "ilql_utt" and (self.end_a_id is None or self.end_a_id < 0):
-            raise ValueError("StepConfig.mode 'ilql_utt' needs end_a_id, the tokenizer's </a> id")
-        if self.mode == "ilql_utt" and partial_lib.is_partial(self.model):
-            raise ValueError("StepConfig.mode 'ilql_utt' (per-utterance ILQL) trains whole trunks: set "
-                             "model.num_layers_unfrozen=-1 and model.lora_rank=0")
-        if not 0.0 < self.polyak_alpha <= 1.0:
-            raise ValueError(f"StepConfig.polyak_alpha must be in (0, 1], got {self.polyak_alpha}")
-        if self.target_update_every < 1:
-            raise ValueError(f"StepConfig.target_update_every must be >= 1, got {self.target_update_every}")
-        if self.action_capacity is not None and self.action_capacity < 1:
-            raise ValueError(f"StepConfig.action_capacity must be >= 1 or None, got {self.action_capacity}")
-
-    @property
-    def loss_config(self) -> losses.LossConfig:
-        return dataclasses.replace(self.loss, vocab_size=self.model.trunk.vocab_size)
 
 
 def init_state(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None = None,
@@ -172,13 +116,13 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
         hidden = _bc_partial_hidden(config, params, batch, dropout_key)
         logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                        losses.gather_packed(hidden, packed.idx), mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
+        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key, with_logits=False)
         logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
                                        mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size)
+        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
                             dropout_key)
     return losses.ilql_loss_packed(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
@@ -196,11 +140,11 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
     if config.mode == "bc" and partial_lib.FROZEN in params:
         logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                      _bc_partial_hidden(config, params, batch, dropout_key))
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size)
+        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key)
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size)
+        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
     return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,
                             batch, config.loss_config)

@@ -385,6 +385,43 @@ def test_ilql_jax_help_runs_without_the_experiments_packages(tmp_path):
     assert proc.stdout.rstrip().endswith("HELP OK") and "usage: ilql-jax train" in proc.stdout
 
 
+NO_JAX = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"jax", "jaxlib", "flax", "optax", "orbax", "chex"}:
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+sys.argv[0] = "ilql-jax"
+import runpy
+runpy.run_module("ilql_jax", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["generate"], ["sweep"], ["export"]])
+def test_ilql_jax_help_runs_with_jax_unimportable(tmp_path, argv):
+    """`ilql-jax --help` and each subcommand's: the config layer and the options import no JAX (nor Flax,
+    Optax, Orbax, chex), so --help works, fast, where JAX is broken or absent."""
+    proc = _run_module(["-c", NO_JAX, *argv, "--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: ilql-jax {argv[0] if argv else ''}".rstrip())
+    assert "--workdir" in proc.stdout if argv else "train,sweep,generate,export" in proc.stdout
+    assert "blocked" not in proc.stderr
+
+
+def test_config_layer_imports_no_jax(tmp_path):
+    code = NO_JAX.split("sys.argv[0]")[0] + """
+from ilql_jax.config import TrainConfig, parse_config
+from ilql_jax.configs import StepConfig
+config = parse_config(TrainConfig, ["--step.loss.bc_normaliser", "non_pad", "--step.model.trunk.n_layer", "2"])
+assert config.step.loss.bc_normaliser == "non_pad" and config.step.model.trunk.n_layer == 2
+assert not any(m.split(".")[0] in ("jax", "flax", "optax", "orbax") for m in sys.modules)
+print("CONFIG OK")
+"""
+    proc = _run_module(["-c", code], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "CONFIG OK", proc.stderr
+
+
 # --- the same bad input through `python -m experiments.reddit_toxicity --data` ------------------------------------
 
 REDDIT_OK = b"".join(json.dumps({"parent": f"parent {i}", "comment": f"a civil reply {i}"}).encode() + b"\n"

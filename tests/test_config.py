@@ -145,3 +145,16 @@ def test_mesh_checkpoint_and_init_flags():
     assert default.mesh == MeshConfig(data=-1) and default.mesh.rules is None
     assert default.resume is True and default.init == "scratch"
     assert parse_config(TrainConfig, ["--mesh.rules", "none"], defaults=config).mesh.rules is None
+
+
+def test_a_loss_vocab_size_that_differs_from_the_trunk_is_refused_not_overwritten():
+    """`StepConfig.loss_config` takes the vocabulary size from the trunk; a user value that differs is an error
+    naming both, never silently replaced. None (the default) or the trunk's own value are accepted."""
+    trunk = gpt2.GPT2Config.tiny(vocab_size=35)
+    for ok in (None, 35):
+        step = train.StepConfig(model=ilql.ModelConfig(trunk=trunk), loss=losses.LossConfig(vocab_size=ok))
+        assert step.loss_config.vocab_size == 35
+    with pytest.raises(ValueError, match=r"loss.vocab_size=36 differs from the trunk's vocab_size=35"):
+        train.StepConfig(model=ilql.ModelConfig(trunk=trunk), loss=losses.LossConfig(vocab_size=36))
+    with pytest.raises(ConfigError, match=r"loss.vocab_size=50 differs from the trunk's vocab_size=50257"):
+        parse_config(TrainConfig, ["--step.loss.vocab_size", "50"])

@@ -7,7 +7,7 @@ import pytest
 
 from ilql_jax import files
 from ilql_jax.checkpoint import CheckpointConfig
-from ilql_jax.logging import MetricWriter
+from ilql_jax.logging import MetricWriter, read_metrics
 from ilql_jax.loop import train_and_evaluate
 from tests.no_append import refuse_append
 from tests.test_loop import _config, _data
@@ -60,3 +60,60 @@ def test_metric_writer_drops_the_lines_a_resumed_run_logs_again(tmp_path):
         writer.write(3, {"loss": 30.0})
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 30.0}]
+
+
+def _stat(path):
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, path.read_bytes()
+
+
+def test_metric_writes_never_rewrite_earlier_bytes(tmp_path):
+    """Each write is a new part file: metrics.jsonl and the earlier parts keep their bytes (and inode) until the
+    run folds them into metrics.jsonl once, at its end; no file is ever opened to append."""
+    with refuse_append(tmp_path):
+        with MetricWriter(tmp_path, enabled=True) as writer:
+            writer.write(1, {"loss": 1.0})
+        before = _stat(tmp_path / "metrics.jsonl")
+        with MetricWriter(tmp_path, enabled=True) as writer:
+            seen = {}
+            for step in (2, 3, 4):
+                writer.write(step, {"loss": float(step)})
+                assert _stat(tmp_path / "metrics.jsonl") == before
+                parts = sorted((tmp_path / "metrics.parts").iterdir())
+                assert len(parts) == step - 1
+                for part in parts[:-1]:
+                    assert _stat(part) == seen[part]  # untouched since written
+                seen[parts[-1]] = _stat(parts[-1])
+                assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, step + 1))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4)]
+    assert not (tmp_path / "metrics.parts").exists()
+
+
+def test_a_line_cut_short_is_dropped_on_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
+    with MetricWriter(tmp_path, enabled=True) as writer:  # purge_step None: nothing else is dropped
+        assert writer.dropped == 1
+        assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'
+        writer.write(2, {"loss": 2.0})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]
+
+
+def test_parts_a_killed_run_left_are_read_in_order_and_purged(tmp_path):
+    """A run killed before it folds its parts leaves them; the next run reads them after metrics.jsonl, in write
+    order (more than 10 parts: not a lexicographic accident), purges from its first step on and folds the rest."""
+    with MetricWriter(tmp_path, enabled=True) as writer:
+        writer.write(1, {"loss": 1.0})
+    killed = MetricWriter(tmp_path, enabled=True)
+    for step in range(2, 14):
+        killed.write(step, {"loss": float(step)})
+    (tmp_path / "metrics.parts" / ".00000012.jsonl.tmp-1").write_text('{"step": 14, "lo')  # a write cut short
+    assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 14))
+    with MetricWriter(tmp_path, enabled=True, purge_step=12) as writer:
+        assert writer.dropped == 2  # steps 12, 13
+        assert not (tmp_path / "metrics.parts").exists()
+        writer.write(12, {"loss": 120.0})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)) and json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1]) \
+        == {"step": 12, "loss": 120.0}

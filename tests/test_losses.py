@@ -4,6 +4,7 @@ Expected values are written out by hand as numbers (logs of small integers
 where a logsumexp is involved), never by re-calling the loss formula.
 """
 
+import dataclasses
 import math
 
 import chex
@@ -498,6 +499,55 @@ def test_loss_config_validation_and_hashable():
     a = losses.next_actions(batch["tokens"])
     with pytest.raises(ValueError, match="adv_t"):
         losses.bc_loss(q1, a, batch["action_mask"], 3, None, 1.0)
+    with pytest.raises(ValueError, match="bc_normaliser"):
+        losses.LossConfig(bc_normaliser="all")
+
+
+def _two_agent_shares():
+    """Two rows with different agent shares: row 0 has 2 agent targets of 3 predicted tokens, row 1 (padded
+    after 3 tokens) 1 of 2. π_β's NLL at the agent targets: ln 3, ln 2 (row 0), ln(7/5) (row 1)."""
+    g = GARBAGE
+    batch = {
+        "tokens": i32([[0, 1, 2, 0], [0, 2, 0, 0]]),
+        "attention_mask": i32([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        "action_mask": f32([[1, 1, 0, 0], [0, 1, 0, 0]]),
+        "rewards": f32([[0, -1, 0, 0], [0, 0, 0, 0]]),
+        "next_idx": i32([[1, 2, 3, 3], [1, 2, 3, 3]]),
+        "dones": f32([[0, 0, 0, 1], [0, 0, 1, 0]]),
+    }
+    pi = f32([[[0, 0, 0], [0, 0, LN2], [g, -g, g], [-g, g, g]],
+              [[g, -g, g], [math.log(5.0), 0, 0], [-g, g, g], [g, g, -g]]])
+    return pi, batch
+
+
+@pytest.mark.parametrize("normaliser, n", [("agent", 3.0), ("non_pad", 5.0)])
+def test_bc_normaliser_on_rows_with_different_agent_shares(normaliser, n):
+    """L_BC = Σ (agent NLL) / N: N = 3 agent tokens ("agent", ours) or N = 3 + 2 predicted non-pad tokens
+    ("non_pad", the official awac_loss), on the reference and the packed (trained) paths alike; ``bc_nll``
+    stays the per-agent-token NLL."""
+    pi, batch = _two_agent_shares()
+    nll_sum = LN3 + LN2 + math.log(1.4)
+    cfg = losses.LossConfig(gamma=0.5, vocab_size=3, bc_normaliser=normaliser)
+    zeros_q, zeros_v = jnp.zeros(pi.shape), jnp.zeros(pi.shape[:2])
+    packed = losses.pack_actions(batch, capacity=2)
+    pi_k = losses.gather_packed(pi, packed.idx)
+    zk_q, zk = jnp.zeros(pi_k.shape), jnp.zeros(pi_k.shape[:2])
+    no_bc = losses.ilql_loss(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, None, batch, cfg)[0]
+    no_bc_k = losses.ilql_loss_packed(zk_q, zk_q, zk, zk, zk, None, packed, cfg)[0]
+    runs = {
+        "ilql_loss": (losses.ilql_loss(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, pi, batch, cfg), no_bc),
+        "ilql_loss_packed": (losses.ilql_loss_packed(zk_q, zk_q, zk, zk, zk, pi_k, packed, cfg), no_bc_k),
+        "bc_only_loss": (losses.bc_only_loss(pi, batch, 3, normaliser), 0.0),
+        "bc_only_loss_packed": (losses.bc_only_loss_packed(pi_k, packed, 3, normaliser), 0.0),
+    }
+    for name, ((loss, metrics), rest) in runs.items():
+        np.testing.assert_allclose(metrics["bc_loss"], nll_sum / n, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(loss - rest, nll_sum / n, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(metrics["bc_nll"], nll_sum / 3, rtol=1e-6, err_msg=name)
+    # With AWAC weights (adv = 0 - 0 here, so w = 1) the same normaliser applies.
+    awac = dataclasses.replace(cfg, beta_awac=1.0)
+    _, metrics = losses.ilql_loss_packed(zk_q, zk_q, zk, zk, zk, pi_k, packed, awac)
+    np.testing.assert_allclose(metrics["bc_loss"], nll_sum / n, rtol=1e-6)
 
 
 if __name__ == "__main__":

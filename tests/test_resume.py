@@ -6,7 +6,6 @@ process trains the straight reference run.
 """
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from ilql_jax import checkpoint, sharding
+from ilql_jax.logging import read_metrics
 from ilql_jax.loop import train_and_evaluate
 from tests import _resume_worker as worker
 from tests.test_loop import _data
@@ -74,8 +74,8 @@ def straight(workers, tmp_path_factory):
 
 
 def _metrics(workdir, without=("train/tokens_per_sec",)):
-    with open(workdir / "metrics.jsonl") as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in without} for line in f]
+    """Every line the runs in `workdir` logged (a killed run's are not yet folded into metrics.jsonl)."""
+    return [{k: v for k, v in line.items() if k not in without} for line in read_metrics(workdir)]
 
 
 def _steps(workdir) -> list[int]:

@@ -195,10 +195,36 @@ def test_each_step_is_softmax_of_filtered_logits_plus_beta_a(nets):
             a = tokens[b, t]
             assert np.isfinite(expected[a])  # sampled from the kept set
             np.testing.assert_allclose(logp[b, t], _log_softmax(expected)[a], rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(logp_beta[b, t], _log_softmax(pi[b, t])[a], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(logp_beta[b, t], _log_softmax(_without(pi[b, t], PAD))[a], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(result.adv[b, t], adv[b, t, a], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(result.kl, (logp - logp_beta).sum(-1), rtol=1e-6)
     assert (np.asarray(result.kl) > 0).all()  # β = 2 moves far from π_β
+
+
+def _without(l, pad_id):
+    return np.where(np.arange(l.size) == pad_id, -np.inf, l)
+
+
+def test_logp_beta_and_kl_normalise_pi_beta_without_pad(nets):
+    """log π_β(a_t), and so the KL estimate, is π_β's log-softmax with pad excluded, as in the official
+    sampler (pad is never sampled); here pad is π_β's likeliest first token, so including it would show."""
+    pi0, _ = _reference(MODEL, nets, np.zeros((6, M), np.int32))
+    pad_id = int(np.argmax(pi0[0, 0]))
+    result = _run(MODEL, nets, dataclasses.replace(FILTERED, top_k=0, top_p=1.0), key=5, pad_id=pad_id)
+    tokens, logits = np.asarray(result.tokens), np.asarray(result.logits)
+    pi, adv = _reference(MODEL, nets, tokens)
+    logp_beta, gap = np.asarray(result.logp_beta), []
+    assert (tokens != pad_id).all()  # what is sampled never includes pad
+    for b in range(6):
+        for t in range(M):
+            a = tokens[b, t]
+            _assert_logits_close(logits[b, t], _np_perturbed(pi[b, t], adv[b, t], beta=1.0, temperature=1.0,
+                                                             pad_id=pad_id))
+            want = _log_softmax(_without(pi[b, t], pad_id))[a]
+            np.testing.assert_allclose(logp_beta[b, t], want, rtol=1e-5, atol=1e-5)
+            gap.append(want - _log_softmax(pi[b, t])[a])  # = −log(1 − π_β(pad)) > 0
+    assert max(gap) > 0.05
+    np.testing.assert_allclose(result.kl, (np.asarray(result.logp) - logp_beta).sum(-1), rtol=1e-6)
 
 
 def test_q_heads_as_stored_and_vocab_major_decode_the_same(nets):

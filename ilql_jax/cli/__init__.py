@@ -62,18 +62,23 @@ def report_errors(prog: str, fn: Callable[[], Any]) -> Any:
     A `Preempted` run (SIGINT/SIGTERM after a checkpoint) prints how to resume and exits 128 + the
     signal's number (`exit_status`): 130 for SIGINT, 143 for SIGTERM.
     """
-    from ilql_jax.loop import Preempted  # noqa: PLC0415 - keeps `--help` free of the training stack
     try:
         return fn()
-    except Preempted as e:
-        print(e, file=sys.stderr)
-        raise SystemExit(exit_status(e.signal)) from None
+    except SystemExit:  # --help, or a subcommand's own exit: before `_user_errors` loads the data modules
+        raise
     except _user_errors() as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         message = " ".join(str(e).split())  # one line, whatever the exception held
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as e:
+        # Only a run that imported the loop can be preempted: `--help` stays free of the training stack.
+        loop = sys.modules.get("ilql_jax.loop")
+        if loop is None or not isinstance(e, loop.Preempted):
+            raise
+        print(e, file=sys.stderr)
+        raise SystemExit(exit_status(e.signal)) from None
 
 
 def exit_status(signal_name: str) -> int:

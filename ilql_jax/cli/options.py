@@ -14,7 +14,7 @@ import os
 import re
 
 from ilql_jax.pretrained import MODELS as PRETRAINED_MODELS
-from ilql_jax.sharding import MeshConfig
+from ilql_jax.configs import MeshConfig
 
 __all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "GENERATE_MODES", "LAYOUTS", "MODEL_NAMES", "MODES",
            "TOO_LONG", "is_hub_shaped", "learning_rates", "parse_betas"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import functools
 from typing import Any
 
@@ -34,81 +33,17 @@ import numpy as np
 from flax import nnx
 
 from ilql_jax.models import lora as lora_lib
+from ilql_jax.configs import VOCAB_MULTIPLE, GPT2Config  # noqa: F401  (the config's home)
 
 Array = jax.Array
 Params = nnx.State
 
-VOCAB_MULTIPLE = 128
 # Parameter names the partial-training split reads (models/partial.py): the blocks' container, the
 # parameters after the last block (trained with the top blocks), and the projections LoRA can adapt
 # (block-relative paths).
 BLOCKS = "h"
 FINAL = ("ln_f",)
 LORA_PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-
-
-@dataclasses.dataclass(frozen=True)
-class GPT2Config:
-    """Shape and numerics of a GPT-2 trunk.
-
-    Attributes:
-        vocab_size: real vocabulary size (50257 for GPT-2 BPE, 35 for Wordle).
-            The embedding is padded to a multiple of 128; padded logits are -inf.
-        n_positions: longest sequence the position embedding covers.
-        n_embd: model width d.
-        n_layer: number of transformer blocks.
-        n_head: attention heads; must divide `n_embd`.
-        dropout: one rate for embedding, attention-weight and residual dropout
-            (Hugging Face's embd/attn/resid_pdrop, 0.1 in GPT-2); only active when
-            `forward` gets a dropout key.
-        layer_norm_epsilon: as in GPT-2.
-        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators.
-            Logits, softmax and layer-norm statistics stay float32 either way.
-        param_dtype: storage dtype of the parameters.
-        remat: rematerialise each block in the backward pass (saves activation
-            memory at roughly one extra forward).
-    """
-
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    dropout: float = 0.1
-    layer_norm_epsilon: float = 1e-5
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: bool = False
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPT2Config: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPT2Config: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"GPT2Config: unknown {name} {getattr(self, name)!r}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def gpt2_small(cls, **overrides) -> "GPT2Config":
-        """The 124M GPT-2 shape."""
-        return cls(**overrides)
-
-    @classmethod
-    def tiny(cls, **overrides) -> "GPT2Config":
-        """A 2-layer, 64-wide shape for tests and smoke runs."""
-        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, dropout=0.0), **overrides})
 
 
 def _meta(*names: str | None) -> dict[str, Any]:

@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ilql_jax.configs import HEAD_INITS  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2
 from ilql_jax.models.trunk import TrunkConfig
 
-
-HEAD_INITS = ("pytorch", "flax")
 
 
 def _meta(*names):

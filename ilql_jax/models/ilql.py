@@ -34,59 +34,10 @@ import jax
 import jax.numpy as jnp
 
 from ilql_jax import losses
-from ilql_jax.models import gpt2, heads, llama, partial as partial_lib, trunk as trunk_lib
+from ilql_jax.models import gpt2, heads, partial as partial_lib, trunk as trunk_lib
+from ilql_jax.configs import ModelConfig  # noqa: F401  (the config's home)
 
 Params = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Which ILQL networks exist.
-
-    Attributes:
-      trunk: the trunk's shape (`GPT2Config` or `LlamaConfig`) shared by the value trunk, the target trunk and π_β.
-      shared_policy: π_β is the value trunk's LM head (trlx-style; lighter, but
-        the value and BC losses then compete for one representation).
-      target_on_online_trunk: target Q heads read the online value trunk's
-        hidden states (trlx-style; saves a trunk forward) instead of a Polyak
-        copy of the trunk.
-      frozen_policy: π_β is held fixed where it starts (a BC checkpoint,
-        docs/algorithm.md §2): training neither runs it nor updates it, and L_BC is 0.
-        Then π_β is exactly the BC baseline, and what decoding adds is β·A.
-      head_init: how the V and Q heads start: "pytorch" (kernel and bias
-        ~ U(±1/√fan_in), `torch.nn.Linear`'s default, as in the authors' code and
-        trlx) or "flax" (lecun-normal kernel, zero bias); see `heads.HEAD_INITS`.
-      num_layers_unfrozen: trlx's: only the top k blocks of every trunk train
-        (with the final norm and an untied LM head); the embeddings and the
-        bottom blocks are frozen, stored once and run once per step for all
-        trunks. -1: every block trains; 0: no block (docs/partial_training.md).
-      lora_rank: r > 0 adds LoRA adapters (rank r) to the projections
-        `lora_targets` names, in the top `num_layers_unfrozen` blocks (every
-        block at -1); then every trunk weight is frozen and shared, and only the
-        adapters (and the heads) train. 0: no LoRA.
-      lora_alpha: α: the adapters' output is scaled by α / r.
-      lora_targets: the projections that get adapters: "all", or names as in the
-        checkpoint (GPT-2: c_attn, c_proj, c_fc, or attn.c_proj / mlp.c_proj;
-        Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj).
-    """
-
-    trunk: gpt2.GPT2Config | llama.LlamaConfig = gpt2.GPT2Config()
-    shared_policy: bool = False
-    target_on_online_trunk: bool = False
-    frozen_policy: bool = False
-    head_init: str = "pytorch"
-    num_layers_unfrozen: int = -1
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("all",)
-
-    def __post_init__(self):
-        partial_lib.check(self)
-        if self.head_init not in heads.HEAD_INITS:
-            raise ValueError(f"ModelConfig.head_init must be one of {heads.HEAD_INITS}, got {self.head_init!r}")
-        if self.shared_policy and self.frozen_policy:
-            raise ValueError("ModelConfig: frozen_policy needs a separate π_β; with shared_policy π_β is the "
-                             "value trunk's LM head, which the value losses train")
 
 
 @dataclasses.dataclass(frozen=True)

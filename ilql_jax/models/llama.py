@@ -28,7 +28,6 @@ unpadded ones; packed rows (segment ids in the attention mask) are laid out by
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any
@@ -40,126 +39,18 @@ import numpy as np
 from flax import nnx
 
 from ilql_jax.models import lora as lora_lib
+from ilql_jax.configs import HF_MODEL_TYPES, ROPE_TYPES, LlamaConfig  # noqa: F401  (the config's home)
 from ilql_jax.models.gpt2 import (VOCAB_MULTIPLE, KVCache, _adapted, _blocks, attention_layout,  # noqa: F401
                                   mask_padded_vocab, positions_from_mask, shard_batch)
 
 Array = jax.Array
 Params = nnx.State
 
-ROPE_TYPES = ("default", "linear", "llama3")
-HF_MODEL_TYPES = ("llama", "qwen2")
 # Parameter names the partial-training split reads (models/partial.py), as gpt2.py's.
 BLOCKS = "layers"
 FINAL = ("norm", "lm_head")
 LORA_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-
-@dataclasses.dataclass(frozen=True)
-class LlamaConfig:
-    """Shape and numerics of a Llama-architecture trunk (read from a Hugging Face `config.json` by
-    `hf_import.read_config`; field names as `GPT2Config`'s where the meaning is the same).
-
-    Attributes:
-        vocab_size: real vocabulary size (the checkpoint's, plus any ids added for ILQL's markup).
-            The embedding is padded to a multiple of 128; padded logits are -inf.
-        n_positions: longest sequence accepted (Hugging Face's max_position_embeddings).
-        n_embd: model width d (hidden_size).
-        n_layer: number of transformer blocks.
-        n_head: query heads.
-        n_kv_head: key/value heads (grouped-query attention); must divide n_head.
-        head_dim: width of one head (hidden_size // n_head unless the checkpoint says otherwise).
-        intermediate_size: SwiGLU hidden width.
-        rms_norm_eps: ε of RMSNorm.
-        rope_theta: RoPE base θ.
-        rope_type: "default", "linear" (every frequency / rope_factor) or "llama3" (Llama 3.1's
-            wavelength-dependent rescaling, with the four fields below).
-        rope_factor: the scaling factor (rope_scaling["factor"]).
-        rope_low_freq_factor: Llama 3 scaling's low_freq_factor.
-        rope_high_freq_factor: Llama 3 scaling's high_freq_factor.
-        rope_original_max_position: Llama 3 scaling's original_max_position_embeddings.
-        tie_word_embeddings: the LM head is the embedding (else its own `lm_head`).
-        qkv_bias: q, k and v projections have biases (Qwen2; Llama's attention_bias).
-        o_bias: the output projection has a bias (Llama's attention_bias; not Qwen2).
-        dropout: attention-weight dropout (Hugging Face's attention_dropout, 0 in every Llama);
-            only active when `forward` gets a dropout key.
-        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators.
-            Logits, softmax, RoPE and RMSNorm statistics stay float32 either way.
-        param_dtype: storage dtype of the parameters.
-        remat: rematerialise each block in the backward pass.
-        hf_model_type: the Hugging Face model_type written on export ("llama" or "qwen2").
-        arch: always "llama": tells this config from a GPT2Config in a saved config.json.
-    """
-
-    vocab_size: int = 32000
-    n_positions: int = 2048
-    n_embd: int = 2048
-    n_layer: int = 22
-    n_head: int = 32
-    n_kv_head: int = 4
-    head_dim: int = 64
-    intermediate_size: int = 5632
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_type: str = "default"
-    rope_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_position: int = 8192
-    tie_word_embeddings: bool = False
-    qkv_bias: bool = False
-    o_bias: bool = False
-    dropout: float = 0.0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: bool = False
-    hf_model_type: str = "llama"
-    arch: str = "llama"
-
-    def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
-                     "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LlamaConfig: {name} must be >= 1, got {getattr(self, name)}")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"LlamaConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
-        if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig: head_dim={self.head_dim} must be even (RoPE rotates pairs)")
-        if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"LlamaConfig: rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
-        if self.rope_factor <= 0 or self.rope_theta <= 0:
-            raise ValueError("LlamaConfig: rope_factor and rope_theta must be > 0")
-        if self.rope_type == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
-            raise ValueError("LlamaConfig: llama3 RoPE scaling needs rope_low_freq_factor < rope_high_freq_factor")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LlamaConfig: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"LlamaConfig: unknown {name} {getattr(self, name)!r}")
-        if self.hf_model_type not in HF_MODEL_TYPES:
-            raise ValueError(f"LlamaConfig: hf_model_type must be one of {HF_MODEL_TYPES}, got {self.hf_model_type!r}")
-        if self.arch != "llama":
-            raise ValueError(f"LlamaConfig: arch must be 'llama', got {self.arch!r}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-    @classmethod
-    def tiny(cls, **overrides) -> "LlamaConfig":
-        """A 2-layer, 64-wide shape for tests and smoke runs: GQA (4 query heads, 2 KV heads), untied head."""
-        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
-                             head_dim=16, intermediate_size=128, rope_theta=10000.0), **overrides})
-
-    @classmethod
-    def llama_3_2_1b(cls, **overrides) -> "LlamaConfig":
-        """The shape of Llama 3.2 1B (meta-llama/Llama-3.2-1B's config.json): 16 layers, 2048 wide, 32 query and
-        8 KV heads, SwiGLU 8192, tied embeddings, RoPE θ = 500000 with Llama 3 scaling (factor 32)."""
-        return cls(**{**dict(vocab_size=128256, n_positions=131072, n_embd=2048, n_layer=16, n_head=32, n_kv_head=8,
-                             head_dim=64, intermediate_size=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
-                             rope_type="llama3", rope_factor=32.0, rope_low_freq_factor=1.0,
-                             rope_high_freq_factor=4.0, rope_original_max_position=8192,
-                             tie_word_embeddings=True), **overrides})
 
 
 def _meta(*names: str | None) -> dict[str, Any]:

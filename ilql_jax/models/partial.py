@@ -48,7 +48,7 @@ FROZEN = "frozen"
 
 def is_partial(config: Any) -> bool:
     """Whether a `ModelConfig` trains only part of its trunks (so the state has a frozen part)."""
-    return config.num_layers_unfrozen >= 0 or config.lora_rank > 0
+    return config.is_partial
 
 
 def bottom_layers(config: Any) -> int:
@@ -64,25 +64,6 @@ def lora_spec(config: Any) -> lora_lib.LoRASpec | None:
     targets = lora_lib.resolve_targets(trunk_lib.implementation(config.trunk).LORA_PROJECTIONS, config.lora_targets)
     return lora_lib.LoRASpec(rank=config.lora_rank, alpha=float(config.lora_alpha), targets=targets,
                              first_layer=bottom_layers(config))
-
-
-def check(config: Any) -> None:
-    """ValueError (naming the field) unless a `ModelConfig`'s partial-training fields are consistent."""
-    n, k = config.trunk.n_layer, config.num_layers_unfrozen
-    if not isinstance(k, int) or not -1 <= k <= n:
-        raise ValueError(f"ModelConfig.num_layers_unfrozen must be -1 (all) or in [0, n_layer={n}], got {k!r}")
-    if not isinstance(config.lora_rank, int) or config.lora_rank < 0:
-        raise ValueError(f"ModelConfig.lora_rank must be an int >= 0 (0: no LoRA), got {config.lora_rank!r}")
-    if not config.lora_alpha > 0:
-        raise ValueError(f"ModelConfig.lora_alpha must be > 0, got {config.lora_alpha!r}")
-    if config.lora_rank > 0:
-        if k == 0:
-            raise ValueError("ModelConfig: lora_rank > 0 with num_layers_unfrozen=0 puts adapters in no block; "
-                             "use num_layers_unfrozen=-1 (every block) or >= 1")
-        try:
-            lora_spec(config)
-        except ValueError as e:
-            raise ValueError(f"ModelConfig.{e}") from None
 
 
 def _trained_path(config: Any, path: tuple) -> bool:
