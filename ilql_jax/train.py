@@ -1,4 +1,16 @@
-"""The jitted ILQL (and BC) train step: `make_train_step(config)(state, batch) -> (state, metrics)`."""
+"""The ILQL (and BC) train step and the train state's birth, on one device or on a mesh.
+
+One device: `make_train_step(config)(state, batch) -> (state, metrics)`. On a
+mesh (`sharding.py` lays the state out)::
+
+    shardings = sharding.state_shardings(abstract_state(step_cfg), mesh, sharding.logical_rules(mesh_cfg))
+    state = init_sharded_state(step_cfg, jax.random.key(0), shardings)  # born sharded; or with weights:
+    # weights = hf_import.load_hf(path, shardings=trunk_shardings(shardings))[1]   # GPT-2, Llama, Qwen2
+    # state = init_sharded_state(step_cfg, jax.random.key(0), shardings, trunk=weights)
+    step = make_sharded_train_step(step_cfg, mesh, shardings)
+    for host_batch in batches:                   # this process's rows, as numpy
+        state, metrics = step(state, sharding.place_batch(host_batch, mesh))
+"""
 
 from __future__ import annotations
 
@@ -10,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ilql_jax import losses, utterance
+from ilql_jax import losses, sharding, utterance
 from ilql_jax.configs import MODES, StepConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import partial as partial_lib
@@ -215,3 +228,85 @@ def make_train_step(config: StepConfig, *, donate: bool = True) -> Callable[[ILQ
 def make_eval_step(config: StepConfig) -> Callable[[ILQLState, Batch], dict[str, jax.Array]]:
     """Held-out loss metrics, without dropout and without updating anything."""
     return jax.jit(lambda state, batch: loss_fn(config, state.params, state.target_params, batch, None)[1])
+
+
+def abstract_state(step_config: StepConfig) -> ILQLState:
+    """Shapes, dtypes and logical names of a fresh state; allocates nothing."""
+    return jax.eval_shape(lambda: init_state(step_config, jax.random.key(0)))
+
+
+def make_init(step_config: StepConfig, shardings: Any) -> Callable[..., ILQLState]:
+    """`init(key, trunk=None, policy=None) -> state`: `init_state` jitted (`.lower` works) with
+    `shardings` as its output shardings, so every device computes (or copies) only its own shards of the state.
+
+    `trunk` and `policy` (GPT-2 weights) should already lie on the mesh in
+    their own shardings (`trunk_shardings`; `sharding.place`, `hf_import.load_hf_gpt2(...,
+    shardings=...)` and `checkpoint.load_policy_from_checkpoint` put them
+    there), so that no device ever holds the whole state, nor a whole trunk,
+    unless the mesh has one device.
+    """
+    return jax.jit(lambda key, trunk=None, policy=None: init_state(step_config, key, trunk, policy),
+                   out_shardings=shardings)
+
+
+def make_frozen_init(step_config: StepConfig, shardings: Any) -> Callable[..., Any]:
+    """`frozen(key, trunk=None, policy=None)`: the frozen part (`params["frozen"]`) of the state `make_init`
+    would build, alone, in its shardings: the same program less what it does not need (partial training's
+    resume rebuilds the frozen weights this way)."""
+    return jax.jit(lambda key, trunk=None, policy=None:
+                   init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN],
+                   out_shardings=shardings.params[partial_lib.FROZEN])
+
+
+def init_sharded_state(step_config: StepConfig, key: jax.Array, shardings: Any,
+                       trunk: Any = None, policy: Any = None) -> ILQLState:
+    """A fresh state, as `init_state` makes it (random, or from `trunk` / `policy` weights),
+    built directly in `shardings` (see `make_init`; weights not yet on the mesh are placed first)."""
+    if partial_lib.is_partial(step_config.model) and same_weights(trunk, policy):
+        policy = None  # one set of starting weights, which placing them would hide
+    trunk, policy = (None if w is None else sharding.place(w, trunk_shardings(shardings)) for w in (trunk, policy))
+    return make_init(step_config, shardings)(key, trunk, policy)
+
+
+def trunk_shardings(shardings: ILQLState) -> Any:
+    """The shardings of one (plain, whole) trunk's parameters, taken from a state's shardings
+    (`sharding.state_shardings`): every trunk of the state (value, target, π_β) is laid out alike. Under partial
+    training, the frozen part's and a trunk's trained part's together, less any LoRA adapters: the layout
+    of the weights a run starts from."""
+    params = shardings.params
+    trunk = params["value"]["trunk"] if "value" in params else params["policy"]
+    if partial_lib.FROZEN in params:
+        return partial_lib.plain_layout(partial_lib.combine(params[partial_lib.FROZEN], trunk))
+    return trunk
+
+
+def make_sharded_train_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
+                            state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]],
+                                                              tuple[ILQLState, dict[str, jax.Array]]]:
+    """`(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+    The state keeps `state_shardings` across steps, the batch comes in as
+    `sharding.batch_sharding(mesh)` (use `sharding.place_batch`), activations stay split like
+    the batch (`sharding.activation_layout`), and metrics come out replicated, so
+    every process can read them.
+    """
+    replicated = NamedSharding(mesh, P())
+
+    def step(state, batch):
+        with sharding.activation_layout(mesh):
+            return train_step(step_config, state, batch)
+
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_sharded_eval_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
+                           state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """`(state, batch) -> metrics` (`make_eval_step`) on the mesh; metrics replicated."""
+
+    def step(state, batch):
+        with sharding.activation_layout(mesh):
+            return loss_fn(step_config, state.params, state.target_params, batch, None)[1]
+
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=NamedSharding(mesh, P()))
