@@ -129,38 +129,41 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
         hidden = _bc_partial_hidden(config, params, batch, dropout_key)
         logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                        losses.gather_packed(hidden, packed.idx), mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key, with_logits=False)
         logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
                                        mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
                             dropout_key)
-    return losses.ilql_loss_packed(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
-                                   packed, config.loss_config)
+    return losses.ilql_loss(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
+                            packed, config.loss_config)
 
 
 def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
                       dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
-    (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory.
-    Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
+    (`ilql.apply`), then the same objective read at every position (`losses.every_position`). The
+    yardstick for `loss_fn`'s exactness and memory. Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
     if config.mode == "ilql_utt":
         return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
+    every = losses.every_position(batch)
     if config.mode == "bc" and partial_lib.FROZEN in params:
         logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                      _bc_partial_hidden(config, params, batch, dropout_key))
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key)
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
-    return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,
-                            batch, config.loss_config)
+    target_q_a = jnp.minimum(losses.gather_actions(out.target_q1_t, every.a_k),
+                             losses.gather_actions(out.target_q2_t, every.a_k))
+    return losses.ilql_loss(out.q1_t, out.q2_t, target_q_a, out.v_t, losses.gather_next(out.v_t, every.next_k),
+                            out.pi_logits_t, every, config.loss_config)
 
 
 def _bc_partial_hidden(config: StepConfig, params: Any, batch: Batch, dropout_key: jax.Array | None) -> jax.Array:
