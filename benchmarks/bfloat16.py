@@ -37,7 +37,7 @@ from etils import epath  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from experiments.wordle import datasets, env, run as wordle, words as words_lib  # noqa: E402
-from ilql_jax import checkpoint, files, losses, sampler, sharding, tokenizers  # noqa: E402
+from ilql_jax import checkpoint, files, losses, sampler, tokenizers, train  # noqa: E402
 from ilql_jax.config import TrainConfig, config_from_dict  # noqa: E402
 from ilql_jax.data import episodes  # noqa: E402
 from ilql_jax.models import heads, ilql  # noqa: E402
@@ -48,7 +48,7 @@ VARIANTS = ("float32", "bfloat16", "bfloat16, Q and V rounded")
 def load_run(run_dir: epath.Path) -> tuple[TrainConfig, object]:
     """The run's config and its newest checkpoint's state (on one device)."""
     config = config_from_dict(TrainConfig, files.read_json(run_dir / "config.json"))
-    state, _ = checkpoint.restore(run_dir, sharding.abstract_state(config.step))
+    state, _ = checkpoint.restore(run_dir, train.abstract_state(config.step))
     return config, state
 
 

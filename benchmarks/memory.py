@@ -217,7 +217,7 @@ def _train_inputs(case: Case, n_layer: int):
 
     cfg = _step_config(case, n_layer)
     mesh, rules = _mesh(case)
-    abstract = sharding.abstract_state(cfg)
+    abstract = train.abstract_state(cfg)
     shardings = sharding.state_shardings(abstract, mesh, rules)
     rows = case.batch_per_device * case.devices
     batch_sharding = sharding.batch_sharding(mesh)
@@ -229,10 +229,10 @@ def _train_inputs(case: Case, n_layer: int):
 
 def lower_train(case: Case, n_layer: int):
     """The sharded ILQL train step, lowered for abstract inputs."""
-    from ilql_jax import sharding
+    from ilql_jax import train
 
     cfg, mesh, shardings, state, batch = _train_inputs(case, n_layer)
-    return sharding.make_sharded_train_step(cfg, mesh, shardings).lower(state, batch)
+    return train.make_sharded_train_step(cfg, mesh, shardings).lower(state, batch)
 
 
 def lower_gradient(case: Case, n_layer: int):
@@ -267,12 +267,12 @@ def lower_decode(case: Case, n_layer: int):
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from ilql_jax import sampler, sharding
+    from ilql_jax import sampler, sharding, train
     from ilql_jax.models import ilql
 
     cfg = _step_config(case, n_layer)
     mesh, rules = _mesh(case)
-    abstract = sharding.abstract_state(cfg)
+    abstract = train.abstract_state(cfg)
     online = sharding.state_shardings(abstract.params, mesh, rules)
     target = sharding.state_shardings(abstract.target_params, mesh, rules)
     online, target = _abstract(abstract.params, online), _abstract(abstract.target_params, target)
@@ -316,9 +316,9 @@ def state_bytes_per_device(case: Case) -> int:
     import jax
     import numpy as np
 
-    from ilql_jax import sharding
+    from ilql_jax import sharding, train
 
-    abstract = sharding.abstract_state(_step_config(case))
+    abstract = train.abstract_state(_step_config(case))
     mesh, rules = _mesh(case)
     tree = abstract if case.program == "train" else (abstract.params, abstract.target_params)
     shardings = sharding.state_shardings(tree, mesh, rules)
@@ -336,7 +336,7 @@ def state_breakdown(step_config, mesh, rules) -> dict[str, int]:
     from ilql_jax import sharding, train
     from ilql_jax.models import partial
 
-    abstract = sharding.abstract_state(step_config)
+    abstract = train.abstract_state(step_config)
     shardings = sharding.state_shardings(abstract, mesh, rules)
 
     def local(tree, tree_shardings) -> int:

@@ -8,7 +8,7 @@ before anything trains (ILQL_DEBUG=1: a traceback instead), as for `ilql-jax`. S
 saves a checkpoint and exits 130 or 143, as `ilql-jax train` does: rerun the same command to resume.
 
 The same command runs on every host of a multi-host job: `jax.distributed` is initialised
-first (a no-op on one host; see `ilql_jax.sharding.maybe_initialize_distributed`).
+first (a no-op on one host; see `ilql_jax.distributed.maybe_initialize_distributed`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ilql_jax.cli import ArgumentParser, report_errors
 from ilql_jax.config import parse_config
-from ilql_jax.sharding import maybe_initialize_distributed
+from ilql_jax.distributed import maybe_initialize_distributed
 
 
 def main(prog: str, doc: str, config_cls: type, presets: Mapping[str, object], run: Callable[[object, str], object],

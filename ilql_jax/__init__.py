@@ -71,7 +71,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "rerank": ("ilql_jax.reranking", "token arrays in, the best of N π_β samples by Q̄(s, u) + w·log π_β out"),
     "RerankResult": ("ilql_jax.reranking", "what `rerank` returns: the chosen utterance and every candidate's scores"),
     # --- Checkpoints and weights.
-    "abstract_state": ("ilql_jax.sharding", "the shapes of a fresh train state, the target to restore into"),
+    "abstract_state": ("ilql_jax.train", "the shapes of a fresh train state, the target to restore into"),
     "restore": ("ilql_jax.checkpoint", "a train state from the newest readable checkpoint in a workdir"),
     "restore_state": ("ilql_jax.loop",
                       "a run's train state from its workdir and config, a frozen part (partial training) rebuilt"),
@@ -89,7 +89,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
                      "a Hugging Face GPT-2 (safetensors directory or hub id) as our config and weights"),
     "export_hf_gpt2": ("ilql_jax.models.hf_import", "our GPT-2 weights as a directory `transformers` loads"),
     # --- Several devices and hosts (docs/accelerators.md).
-    "maybe_initialize_distributed": ("ilql_jax.sharding",
+    "maybe_initialize_distributed": ("ilql_jax.distributed",
                                      "jax.distributed.initialize() when this is one process of several"),
 }
 
@@ -119,6 +119,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.data.episodes import (Episode, Segment, agent, env, episode_return, episodes_to_arrays,
                                         prompt_tokens)
     from ilql_jax.data.rewards import RewardNorm, fit_reward_norm
+    from ilql_jax.distributed import maybe_initialize_distributed
     from ilql_jax.loop import Preempted, restore_state, train_and_evaluate
     from ilql_jax.losses import LossConfig
     from ilql_jax.models.gguf_import import load_gguf
@@ -129,8 +130,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.pretrained import resolve_model
     from ilql_jax.reranking import RerankResult, rerank, rerank_text
     from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
-    from ilql_jax.sharding import MeshConfig, abstract_state, maybe_initialize_distributed
+    from ilql_jax.sharding import MeshConfig
     from ilql_jax.state import ILQLState, OptimConfig
-    from ilql_jax.train import StepConfig
+    from ilql_jax.train import StepConfig, abstract_state
     from ilql_jax.tokenizers import (gguf_tokenizer, gpt2_tokenizer, hf_tokenizer, load_tokenizer, symbol_tokenizer,
                                      train_bpe_tokenizer, wordle_tokenizer)

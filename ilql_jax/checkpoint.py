@@ -49,7 +49,6 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from ilql_jax import sharding
 from ilql_jax.configs import CheckpointConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.state import has_frozen, with_frozen, without_frozen
@@ -319,11 +318,11 @@ def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree]
         (random init, imported GPT-2 weights, π_β from a BC run via
         `load_policy_from_checkpoint`). Unless `abstract_state` is given, it is
         traced once with `jax.eval_shape` for the restore target; it is called
-        only when nothing is restored. For a large sharded model, jit it with
-        `out_shardings` (or return it placed already) so that no device holds
-        the whole state.
-      shardings: as in `abstract_like`; a fresh state is placed there too
-        (leaves already there are kept as they are).
+        only when nothing is restored, and its state is returned as it is:
+        build it in `shardings` (jit it with `out_shardings`, as
+        `train.make_init` does, so that no device holds the whole state, or
+        place it with `sharding.place`).
+      shardings: as in `abstract_like`: where a restored state goes.
       resume: False ignores existing checkpoints.
       abstract_state: the restore target's shapes and dtypes, when tracing
         `init_fn` would do real work (e.g. read weights from disk).
@@ -339,17 +338,7 @@ def restore_or_init(workdir: str | epath.PathLike, init_fn: Callable[[], PyTree]
             if ckpt.latest_step() is not None:
                 state, extra = ckpt.restore(abstract, frozen_fn=frozen_fn)
                 return state, extra, True
-    state = init_fn()
-    if shardings is not None:
-        state = jax.tree.map(_place, state, abstract)
-    return state, {}, False
-
-
-def _place(x: jax.Array, target: jax.ShapeDtypeStruct) -> jax.Array:
-    """`x` on `target.sharding`: kept when already there, else copied (also across processes)."""
-    if getattr(x, "sharding", None) == target.sharding:
-        return x
-    return sharding.shard_state(x, target.sharding)
+    return init_fn(), {}, False
 
 
 def export_params(directory: str | epath.PathLike, params: PyTree) -> None:

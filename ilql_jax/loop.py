@@ -56,7 +56,7 @@ Faults:
   step. The loss is checked at every log step and before every save, so no
   checkpoint holds a state reached after it: the newest one is the last good one.
 
-Multi-host: call `sharding.maybe_initialize_distributed()` first thing, before
+Multi-host: call `distributed.maybe_initialize_distributed()` first thing, before
 any other JAX call, then run `train_and_evaluate` with the same arguments on
 every process. Each process reads its own rows of every global batch; every
 process saves its shards (orbax coordinates them); only process 0 writes logs.
@@ -183,12 +183,12 @@ def select_train_rows(config: TrainConfig, train_data: Arrays, returns: np.ndarr
 def _programs(step_config: train.StepConfig, mesh: jax.sharding.Mesh, rules: sharding.Rules):
     """The state's abstract shape and shardings on `mesh`, and the jitted train and eval steps,
     reused across calls (e.g. in a notebook)."""
-    abstract = sharding.abstract_state(step_config)
+    abstract = train.abstract_state(step_config)
     shardings = sharding.state_shardings(abstract, mesh, rules)
     # Each device computes (or copies) only its own shards of a fresh state.
-    init = sharding.make_init(step_config, shardings)
-    train_step = sharding.make_sharded_train_step(step_config, mesh, shardings)
-    eval_step = sharding.make_sharded_eval_step(step_config, mesh, shardings)
+    init = train.make_init(step_config, shardings)
+    train_step = train.make_sharded_train_step(step_config, mesh, shardings)
+    eval_step = train.make_sharded_eval_step(step_config, mesh, shardings)
     return abstract, shardings, init, train_step, eval_step
 
 
@@ -255,7 +255,7 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
     tokens; to `trunk.vocab_size` for Llama, new rows starting as the mean
     row, see `hf_import`). The weights start the value trunk and π_β
     (`train.init_state(config, key, trunk=weights)`).
-    With `shardings` (`sharding.trunk_shardings`), every device reads only its
+    With `shardings` (`train.trunk_shardings`), every device reads only its
     own shards (orbax restores them; safetensors slices are read per device);
     otherwise they come back whole (host numpy or one device).
     """
@@ -338,11 +338,11 @@ def _frozen_part(step_config: train.StepConfig, config: TrainConfig, shardings: 
             trunk = init_weights(config.init, config.step.model.trunk)
         build = lambda key, trunk, policy: train.init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN]
         return jax.jit(build)(key, trunk, policy)
-    trunk_shardings = sharding.trunk_shardings(shardings)
+    trunk_shardings = train.trunk_shardings(shardings)
     if trunk is None and policy is None:
         trunk = init_weights(config.init, config.step.model.trunk, trunk_shardings)
     trunk, policy = (None if w is None else sharding.place(w, trunk_shardings) for w in (trunk, policy))
-    return sharding.make_frozen_init(step_config, shardings)(key, trunk, policy)
+    return train.make_frozen_init(step_config, shardings)(key, trunk, policy)
 
 
 def _frozen_reference(config: TrainConfig, given: str | None) -> str:
@@ -356,7 +356,7 @@ def restore_state(config: TrainConfig, workdir: str, step: int | None = None) ->
     """`(state, extra)` of checkpoint `step` (the newest readable when None) of the run in `workdir`, on one
     device, its frozen part rebuilt from `config.init` when it trained part of its trunks (and refused when
     that gives weights with another hash); what `ilql-jax generate` and `export` read a run back with."""
-    abstract = sharding.abstract_state(config.step)
+    abstract = train.abstract_state(config.step)
     frozen_fn = (functools.partial(_frozen_part, config.step, config, None, None, None) if has_frozen(abstract)
                  else None)
     return checkpoint.restore(workdir, checkpoint.abstract_like(abstract), step, frozen_fn)
@@ -370,7 +370,7 @@ def _fresh_state(config: TrainConfig, shardings: Any, init: Callable[..., ILQLSt
     unless already there), so no device holds a whole trunk or state.
     """
     key = jax.random.key(config.seed)
-    trunk_shardings = sharding.trunk_shardings(shardings)
+    trunk_shardings = train.trunk_shardings(shardings)
     if trunk is None and policy is None:
         trunk = init_weights(config.init, config.step.model.trunk, trunk_shardings)
     if partial_lib.is_partial(config.step.model) and train.same_weights(trunk, policy):

@@ -1,4 +1,4 @@
-"""ILQL losses as pure functions (docs/algorithm.md §3).
+"""The ILQL objective as pure functions (docs/algorithm.md §3).
 
 Conventions (rlax style):
 
@@ -6,11 +6,15 @@ Conventions (rlax style):
   (per-position vectors over the vocabulary). ``t`` indexes the *state*
   ``h_t``; the action taken there is ``a_t = tokens[t + 1]`` (docs/algorithm.md §1),
   exactly like LM logits.
-* ``m_t`` is the action mask: 1 iff state ``t`` emits an agent token. Every
-  loss is a masked mean ``Σ_t m_t ℓ_t / N`` with ``N = max(Σ_t m_t, 1)``.
-  Masked positions are removed with ``jnp.where`` (not a multiply), and
-  actions there are replaced by 0 before any gather, so finite garbage -- or
-  an out-of-range token id -- there never reaches a loss value or gradient.
+* The losses read the action states only, packed into K slots per row
+  (``pack_actions``; ``[B, K]`` and ``[B, K, V]``, suffix ``_k``); ``every_position``
+  is the same layout with K = T and slot k = position k. ``m_k`` is the slots'
+  action mask. Every loss is a masked mean ``Σ_k m_k ℓ_k / N`` with
+  ``N = max(Σ_k m_k, 1)``. Masked slots are removed with ``jnp.where`` (not a
+  multiply), and actions there are 0, so finite garbage -- or an out-of-range
+  token id -- there never reaches a loss value or gradient.
+* Each vocabulary-wide term takes the two reads of its logits that
+  ``logsumexp_and_gather`` makes: ``logsumexp_a x[a]`` and ``x[a_t]``.
 * ``v_next`` / ``done_next`` are ``V`` and ``done`` read at ``next(t)``
   (``gather_next``); environment tokens are skipped, not discounted.
 * Everything is computed in float32 whatever the input dtype.
@@ -19,7 +23,7 @@ Conventions (rlax style):
 
 The vocabulary may be padded (e.g. 50257 -> 50304 so it divides mesh axes);
 ``vocab_size`` is the real size and entries ``>= vocab_size`` of the last axis
-are set to ``-inf`` before every ``logsumexp``.
+are left out of every ``logsumexp``.
 """
 
 from __future__ import annotations
@@ -41,14 +45,13 @@ __all__ = [
     "PackedActions",
     "bc_loss",
     "bc_only_loss",
-    "bc_only_loss_packed",
     "cql_loss",
+    "every_position",
     "expectile_v_loss",
     "gather_actions",
     "gather_next",
     "gather_packed",
     "ilql_loss",
-    "ilql_loss_packed",
     "logsumexp_and_gather",
     "masked_mean",
     "next_actions",
@@ -135,25 +138,208 @@ def _num_actions(m_t: Array) -> Array:
     return jnp.maximum(jnp.sum(m_t.astype(jnp.float32)), 1.0)
 
 
-def _mask_padded_vocab(x_t: Array, vocab_size: Optional[int]) -> Array:
-    """Casts to float32 and sets entries ``>= vocab_size`` of the last axis to -inf."""
-    valid = _valid_vocab(x_t, vocab_size)
-    x_t = x_t.astype(jnp.float32)
-    return x_t if valid is None else jnp.where(valid, x_t, -jnp.inf)
-
-
 def _safe_actions(a_t: Array, m_t: Array) -> Array:
     """Replaces actions at ``m_t = 0`` by 0, so an out-of-range id at a masked
     position cannot produce a NaN whose (masked) gradient would still be NaN."""
     return jnp.where(m_t > 0, a_t, jnp.zeros_like(a_t))
 
 
-def _token_nll(
-    logits_t: Array, a_t: Array, vocab_size: Optional[int]
-) -> Array:
-    """``logsumexp_a x_t[a] - x_t[a_t]`` over the real vocabulary, float32 ``[B, T]``."""
-    x_t = _mask_padded_vocab(logits_t, vocab_size)
-    return jax.nn.logsumexp(x_t, axis=-1) - gather_actions(x_t, a_t)
+# ---------------------------------------------------------------------------
+# Action slots: where the losses read.
+#
+# Every term of docs/algorithm.md §3 reads the vocabulary-sized outputs at action
+# states only (m_t = 1), and the target Q̄ at one entry per action. The train
+# step packs each row's action positions into K static slots (`pack_actions`),
+# so the model runs the Q heads and π_β's LM head on [B, K] positions instead
+# of [B, T] (see `models/ilql.apply_packed`), and the losses take those
+# packed tensors. K is a static capacity per row: shapes stay static (one
+# compilation), rows keep their batch index (so a batch sharded over rows stays
+# sharded the same way), and a row with fewer actions fills its tail slots with
+# masked padding. A row with more than K actions cannot be represented: the
+# loss is then NaN (see `ilql_loss`), never silently computed on a subset.
+# ---------------------------------------------------------------------------
+
+
+@chex.dataclass(frozen=True)
+class PackedActions:
+    """A batch's action states packed into K slots per row (docs/algorithm.md §1).
+
+    Slot k of row b holds the k-th action state of row b in order; slots past
+    the row's action count hold padding (``m_k = 0``).
+
+    Attributes:
+        idx: ``[B, K]`` int32 state position t of each slot (some non-action
+            position in padding slots; always inside the row).
+        m_k: ``[B, K]`` float32 action mask of the slots.
+        a_k: ``[B, K]`` int32 action ``a_t = tokens[t + 1]`` (0 in padding slots).
+        r_k: ``[B, K]`` float32 reward ``r_t``.
+        next_k: ``[B, K]`` int32 ``next(t)``.
+        done_next_k: ``[B, K]`` float32 ``done(next(t))``.
+        overflow: ``[]`` bool, some row has more than K actions.
+        n_non_pad: ``[]`` float32 ``non_pad_targets`` of the batch (the official BC normaliser).
+    """
+
+    idx: Array
+    m_k: Array
+    a_k: Array
+    r_k: Array
+    next_k: Array
+    done_next_k: Array
+    overflow: Array
+    n_non_pad: Array
+
+
+def gather_packed(x_t: Array, idx: Array) -> Array:
+    """Reads ``x_t`` at packed positions along axis 1: ``[B, T, ...]`` → ``[B, K, ...]``."""
+    chex.assert_rank(idx, 2)
+    chex.assert_type(idx, int)
+    index = idx.reshape(idx.shape + (1,) * (x_t.ndim - 2))
+    return jnp.take_along_axis(x_t, index, axis=1)
+
+
+def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
+    """Packs the action states of a ``[B, T]`` batch into ``K = min(capacity, T)`` slots per row.
+
+    Args:
+        batch: mapping (or object) of ``[B, T]`` arrays: ``tokens`` (int),
+            ``attention_mask``, ``action_mask``, ``rewards``, ``next_idx`` (int) and
+            ``dones`` (per position; ``done_next(t) = dones[next_idx[t]]``).
+        capacity: slots per row; ``None`` means T (always enough).
+
+    Returns:
+        ``PackedActions``. Positions are kept in order (a stable sort of each
+        row's mask), so slot k of row b is the k-th action of row b.
+    """
+    tokens = _field(batch, "tokens")
+    m_t = _field(batch, "action_mask")
+    r_t = _field(batch, "rewards")
+    next_idx = _field(batch, "next_idx")
+    dones = _field(batch, "dones")
+    chex.assert_rank(tokens, 2)
+    chex.assert_equal_shape([tokens, m_t, r_t, next_idx, dones])
+    t = tokens.shape[1]
+    if capacity is not None and capacity < 1:
+        raise ValueError(f"pack_actions: capacity must be >= 1 or None, got {capacity}")
+    k = t if capacity is None else min(int(capacity), t)
+    real = m_t > 0
+    # Action positions first, in order; the remaining (non-action) positions fill the tail.
+    idx = jnp.argsort(jnp.where(real, 0, 1), axis=1, stable=True)[:, :k].astype(jnp.int32)
+    count = jnp.sum(real, axis=1)
+    m_k = (jnp.arange(k)[None, :] < count[:, None]).astype(jnp.float32)
+    a_k = _safe_actions(gather_packed(next_actions(tokens), idx), m_k)
+    next_k = gather_packed(next_idx, idx)
+    return PackedActions(
+        idx=idx,
+        m_k=m_k,
+        a_k=a_k,
+        r_k=gather_packed(r_t, idx).astype(jnp.float32),
+        next_k=next_k,
+        done_next_k=jnp.take_along_axis(dones, next_k, axis=1).astype(jnp.float32),
+        overflow=jnp.any(count > k),
+        n_non_pad=non_pad_targets(_field(batch, "attention_mask")),
+    )
+
+
+def every_position(batch: Any) -> PackedActions:
+    """The slots of ``pack_actions`` with K = T and slot k = position k, so that
+    ``[B, T]``-shaped outputs (every head at every position, ``models/ilql.apply``)
+    are the losses' slot tensors as they are.
+
+    Args:
+        batch: as for ``pack_actions``.
+    """
+    tokens = _field(batch, "tokens")
+    m_t = _field(batch, "action_mask")
+    next_idx = _field(batch, "next_idx")
+    chex.assert_rank(tokens, 2)
+    chex.assert_equal_shape([tokens, m_t, next_idx])
+    b, t = tokens.shape
+    return PackedActions(
+        idx=jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+        m_k=m_t.astype(jnp.float32),
+        a_k=_safe_actions(next_actions(tokens), m_t),
+        r_k=_field(batch, "rewards").astype(jnp.float32),
+        next_k=next_idx,
+        done_next_k=gather_next(_field(batch, "dones"), next_idx).astype(jnp.float32),
+        overflow=jnp.zeros((), bool),
+        n_non_pad=non_pad_targets(_field(batch, "attention_mask")),
+    )
+
+
+def _field(batch: Any, name: str) -> Array:
+    """Reads a batch field from a mapping or an attribute container."""
+    if isinstance(batch, Mapping):
+        if name not in batch:
+            raise KeyError(f"batch has no field {name!r}; has {sorted(batch)}.")
+        return batch[name]
+    return getattr(batch, name)
+
+
+# ---------------------------------------------------------------------------
+# The two reads of a vocabulary-wide output.
+# ---------------------------------------------------------------------------
+
+
+def _valid_vocab(x: Array, vocab_size: Optional[int]) -> Optional[Array]:
+    """Boolean ``[V_pad]`` of the real vocabulary entries, or None when nothing is padded."""
+    padded = x.shape[-1]
+    if vocab_size is None or vocab_size == padded:
+        return None
+    if not 0 < vocab_size < padded:
+        raise ValueError(
+            f"vocab_size={vocab_size} must be in (0, {padded}] (last axis of the "
+            "Q / logits tensor)."
+        )
+    return jnp.arange(padded) < vocab_size
+
+
+def _masked_f32(x: Array, valid: Optional[Array]) -> Array:
+    x = x.astype(jnp.float32)
+    return x if valid is None else jnp.where(valid, x, -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def logsumexp_and_gather(x_t: Array, a_t: Array, vocab_size: Optional[int] = None) -> tuple[Array, Array]:
+    """``(logsumexp_a x_t[a], x_t[a_t])`` over the real vocabulary, float32 ``[...]`` each.
+
+    The two reads every vocabulary-wide loss term makes of its logits: CQL's
+    and BC's ``logsumexp − x[a_t]`` (docs/algorithm.md §3) and L_Q's ``Q(h_t)[a_t]``.
+    Fused: the padded vocabulary tail (entries ``>= vocab_size``) is masked
+    inside the reductions rather than in a masked copy, and the backward pass
+    forms the logits' cotangent ``g_lse · softmax(x) + g_a · onehot(a_t)`` in one
+    elementwise pass, so beyond ``x_t`` itself (the matmul's output, kept for
+    the backward) the only vocabulary-sized tensor is that cotangent. Padded
+    entries get a zero cotangent.
+
+    Args:
+        x_t: ``[..., V_pad]`` logits (any float dtype; the padded tail may hold anything finite).
+        a_t: ``[...]`` int actions in ``[0, vocab_size)``; out of range gives NaN, as ``gather_actions``.
+        vocab_size: real vocabulary size (``None``: no padding).
+    """
+    return _logsumexp_and_gather_fwd(x_t, a_t, vocab_size)[0]
+
+
+def _logsumexp_and_gather_fwd(x_t, a_t, vocab_size):
+    chex.assert_equal_shape_prefix([x_t, a_t], a_t.ndim)
+    chex.assert_rank(x_t, a_t.ndim + 1)
+    chex.assert_type(a_t, int)
+    valid = _valid_vocab(x_t, vocab_size)
+    lse = jax.nn.logsumexp(_masked_f32(x_t, valid), axis=-1)
+    x_a = jnp.take_along_axis(x_t, a_t[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return (lse, x_a), (x_t, a_t, lse)
+
+
+def _logsumexp_and_gather_bwd(vocab_size, residuals, cotangents):
+    x_t, a_t, lse = residuals
+    g_lse, g_a = cotangents
+    valid = _valid_vocab(x_t, vocab_size)
+    probs = jnp.exp(_masked_f32(x_t, valid) - lse[..., None])
+    onehot = jnp.arange(x_t.shape[-1]) == a_t[..., None]
+    dx = g_lse[..., None] * probs + jnp.where(onehot, g_a[..., None], 0.0)
+    return dx.astype(x_t.dtype), None
+
+
+logsumexp_and_gather.defvjp(_logsumexp_and_gather_fwd, _logsumexp_and_gather_bwd)
 
 
 # ---------------------------------------------------------------------------
@@ -265,47 +451,39 @@ def expectile_v_loss(
 
 
 def cql_loss(
-    q1_t: Array,
-    q2_t: Array,
-    a_t: Array,
-    m_t: Array,
-    vocab_size: Optional[int] = None,
+    lse1: Array, q1_a: Array, lse2: Array, q2_a: Array, m_t: Array
 ) -> tuple[Array, dict[str, Array]]:
     """CQL regulariser on both online Q heads (docs/algorithm.md §3):
 
         L_CQL = Σ_t m_t Σ_i [logsumexp_a Q_i(h_t)[a] - Q_i(h_t)[a_t]] / N
 
     i.e. the cross-entropy of ``Q_i(h_t, ·)`` used as logits against the data
-    action, summed over the two heads. The logsumexp runs over the real
-    vocabulary only: entries ``>= vocab_size`` (padding) are set to -inf.
+    action, summed over the two heads, from each head's two reads
+    (``logsumexp_and_gather``, whose logsumexp runs over the real vocabulary only).
 
     Args:
-        q1_t: online Q1, ``[B, T, V_pad]`` with ``V_pad >= vocab_size``.
-        q2_t: online Q2, same shape.
-        a_t: int actions, ``[B, T]``.
+        lse1: ``logsumexp_a Q1(h_t)[a]``, ``[B, T]``.
+        q1_a: ``Q1(h_t)[a_t]``, ``[B, T]``.
+        lse2: ``logsumexp_a Q2(h_t)[a]``, ``[B, T]``.
+        q2_a: ``Q2(h_t)[a_t]``, ``[B, T]``.
         m_t: action mask, ``[B, T]``.
-        vocab_size: real vocabulary size (``None``: no padding).
 
     Returns:
         ``(loss, info)`` with info keys ``cql_loss``, ``cql_q1``, ``cql_q2``
         (the per-head terms).
     """
-    chex.assert_rank([q1_t, q2_t, a_t, m_t], [3, 3, 2, 2])
-    chex.assert_equal_shape([q1_t, q2_t])
-    chex.assert_equal_shape([a_t, m_t])
-    chex.assert_type(a_t, int)
-    a_t = _safe_actions(a_t, m_t)
-    cql_q1 = masked_mean(_token_nll(q1_t, a_t, vocab_size), m_t)
-    cql_q2 = masked_mean(_token_nll(q2_t, a_t, vocab_size), m_t)
+    chex.assert_rank([lse1, q1_a, lse2, q2_a, m_t], 2)
+    chex.assert_equal_shape([lse1, q1_a, lse2, q2_a, m_t])
+    cql_q1 = masked_mean(lse1.astype(jnp.float32) - q1_a.astype(jnp.float32), m_t)
+    cql_q2 = masked_mean(lse2.astype(jnp.float32) - q2_a.astype(jnp.float32), m_t)
     loss = cql_q1 + cql_q2
     return loss, {"cql_loss": loss, "cql_q1": cql_q1, "cql_q2": cql_q2}
 
 
 def bc_loss(
-    logits_t: Array,
-    a_t: Array,
+    lse_t: Array,
+    logit_a: Array,
     m_t: Array,
-    vocab_size: Optional[int] = None,
     adv_t: Optional[Array] = None,
     beta_awac: float = 0.0,
     n: Optional[Array] = None,
@@ -315,19 +493,19 @@ def bc_loss(
         L_BC = Σ_t m_t w_t [logsumexp_a l_t[a] - l_t[a_t]] / N,
         w_t  = exp(β_awac · sg(adv_t))     (AWAC; w_t = 1 when adv_t is None)
 
-    N is the number of agent tokens unless ``n`` is given (``non_pad_targets``
-    for the official normaliser, ``LossConfig.bc_normaliser``).
+    from π_β's logits' two reads (``logsumexp_and_gather``, over the real
+    vocabulary only). N is the number of agent tokens unless ``n`` is given
+    (``non_pad_targets`` for the official normaliser, ``LossConfig.bc_normaliser``).
 
     With ``β_awac = 0`` (every published config) this is the plain token NLL.
     The weighted sum is normalised by N (not by Σ w), and weights are not
     clipped. ``β_awac`` is the *training* AWAC temperature, distinct from the
-    sampler's β. Padded vocabulary entries are excluded from the logsumexp.
+    sampler's β.
 
     Args:
-        logits_t: π_β logits, ``[B, T, V_pad]``.
-        a_t: int actions, ``[B, T]``.
+        lse_t: ``logsumexp_a l_t[a]`` of π_β's logits, ``[B, T]``.
+        logit_a: ``l_t[a_t]``, ``[B, T]``.
         m_t: action mask, ``[B, T]``.
-        vocab_size: real vocabulary size (``None``: no padding).
         adv_t: advantages ``Q̄(h_t)[a_t] - V(h_t)``, ``[B, T]``; stop-gradiented.
             Required when ``beta_awac != 0``.
         beta_awac: AWAC temperature β_awac.
@@ -337,12 +515,9 @@ def bc_loss(
         ``(loss, info)`` with info keys ``bc_loss`` (weighted, over N) and
         ``bc_nll`` (unweighted NLL per agent token).
     """
-    chex.assert_rank([logits_t, a_t, m_t], [3, 2, 2])
-    chex.assert_equal_shape([a_t, m_t])
-    chex.assert_equal_shape_prefix([logits_t, a_t], 2)
-    chex.assert_type(a_t, int)
-    a_t = _safe_actions(a_t, m_t)
-    nll_t = _token_nll(logits_t, a_t, vocab_size)
+    chex.assert_rank([lse_t, logit_a, m_t], 2)
+    chex.assert_equal_shape([lse_t, logit_a, m_t])
+    nll_t = lse_t.astype(jnp.float32) - logit_a.astype(jnp.float32)
     nll = masked_mean(nll_t, m_t)
     if adv_t is None:
         if isinstance(beta_awac, numbers.Number) and beta_awac != 0:
@@ -361,307 +536,17 @@ def bc_loss(
 # ---------------------------------------------------------------------------
 
 
-def bc_normaliser(batch: Any, normaliser: str) -> Optional[Array]:
-    """L_BC's N for ``LossConfig.bc_normaliser``: None (the agent tokens) or ``non_pad_targets``."""
-    return non_pad_targets(_field(batch, "attention_mask")) if normaliser == "non_pad" else None
-
-
-def _field(batch: Any, name: str) -> Array:
-    """Reads a batch field from a mapping or an attribute container."""
-    if isinstance(batch, Mapping):
-        if name not in batch:
-            raise KeyError(f"batch has no field {name!r}; has {sorted(batch)}.")
-        return batch[name]
-    return getattr(batch, name)
-
-
-def ilql_loss(
-    q1_t: Array,
-    q2_t: Array,
-    target_q1_t: Array,
-    target_q2_t: Array,
-    v_t: Array,
-    pi_logits_t: Optional[Array],
-    batch: Any,
-    cfg: LossConfig,
-) -> tuple[Array, dict[str, Array]]:
-    """The full ILQL objective (docs/algorithm.md §3):
-
-        L = L_Q + L_V + α_cql · L_CQL + L_BC
-
-    with ``a_t = tokens[t + 1]``, ``Q̄ = sg(min(Q̄1, Q̄2))[a_t]`` from the target
-    heads, ``y_t = r_t + γ (1 - done_next) sg(V(h_next(t)))`` from the *online*
-    V (no target V). The advantage reported in the metrics (and used for AWAC
-    weights) is ``Q̄[a_t] - V(h_t)``. No gradient reaches the target tensors or
-    ``V`` through ``y_t``; L_BC reaches only ``pi_logits_t``.
-
-    Args:
-        q1_t: online Q1, ``[B, T, V_pad]``.
-        q2_t: online Q2, ``[B, T, V_pad]``.
-        target_q1_t: target Q̄1, ``[B, T, V_pad]``.
-        target_q2_t: target Q̄2, ``[B, T, V_pad]``.
-        v_t: online V, ``[B, T]``.
-        pi_logits_t: π_β logits ``[B, T, V_pad]``, or ``None`` (value-only; then
-            ``bc_loss`` and ``bc_nll`` are reported as 0).
-        batch: mapping (or object) with ``tokens`` int ``[B, T]``,
-            ``action_mask`` ``[B, T]``, ``rewards`` ``[B, T]``, ``next_idx`` int
-            ``[B, T]`` and ``dones`` ``[B, T]`` (per position; ``done_next(t) =
-            dones[next_idx[t]]``). ``attention_mask`` is read only for
-            ``cfg.bc_normaliser="non_pad"``: the action mask already excludes padding.
-        cfg: a ``LossConfig``.
-
-    Returns:
-        ``(loss, metrics)``; metrics are float32 scalars: ``loss``, ``q_loss``,
-        ``v_loss``, ``cql_loss``, ``bc_loss``, ``q_mean``, ``v_mean``,
-        ``adv_mean``, ``adv_pos_frac``, ``bc_nll``, ``n_actions``, plus
-        ``y_mean``, ``target_q_mean``, ``cql_q1``, ``cql_q2``.
-    """
-    tokens = _field(batch, "tokens")
-    m_t = _field(batch, "action_mask")
-    r_t = _field(batch, "rewards")
-    next_idx = _field(batch, "next_idx")
-    dones = _field(batch, "dones")
-    chex.assert_rank([q1_t, q2_t, target_q1_t, target_q2_t, v_t], [3, 3, 3, 3, 2])
-    chex.assert_equal_shape([q1_t, q2_t, target_q1_t, target_q2_t])
-    chex.assert_equal_shape([v_t, tokens, m_t, r_t, next_idx, dones])
-    chex.assert_equal_shape_prefix([q1_t, v_t], 2)
-
-    a_t = _safe_actions(next_actions(tokens), m_t)
-
-    # TD target from the online V at next(t).
-    v_next = gather_next(v_t, next_idx)
-    done_next = gather_next(dones, next_idx)
-    y_t = td_target(r_t, v_next, done_next, cfg.gamma)
-
-    # L_Q on both online heads.
-    q1_a = gather_actions(q1_t, a_t)
-    q2_a = gather_actions(q2_t, a_t)
-    l_q, q_info = q_loss(q1_a, q2_a, y_t, m_t)
-
-    # L_V towards the target min-Q.
-    q_target_a = jnp.minimum(
-        gather_actions(target_q1_t, a_t).astype(jnp.float32),
-        gather_actions(target_q2_t, a_t).astype(jnp.float32),
-    )
-    q_target_a = jax.lax.stop_gradient(q_target_a)
-    l_v, v_info = expectile_v_loss(q_target_a, v_t, m_t, cfg.tau)
-
-    # L_CQL on both online heads.
-    l_cql, cql_info = cql_loss(q1_t, q2_t, a_t, m_t, cfg.vocab_size)
-
-    # L_BC on π_β.
-    if pi_logits_t is None:
-        l_bc = jnp.zeros((), jnp.float32)
-        bc_info = {"bc_loss": l_bc, "bc_nll": l_bc}
-    else:
-        adv_t = None
-        if cfg.beta_awac != 0:
-            adv_t = q_target_a - v_t.astype(jnp.float32)
-        l_bc, bc_info = bc_loss(
-            pi_logits_t, a_t, m_t, cfg.vocab_size, adv_t, cfg.beta_awac,
-            bc_normaliser(batch, cfg.bc_normaliser),
-        )
-
-    loss = l_q + l_v + cfg.alpha_cql * l_cql + l_bc
-    metrics = {
-        "loss": loss,
-        **q_info,
-        **v_info,
-        **cql_info,
-        **bc_info,
-        "target_q_mean": masked_mean(q_target_a, m_t),
-        "n_actions": jnp.sum(m_t.astype(jnp.float32)),
-    }
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    return loss, metrics
-
-
-def bc_only_loss(
-    pi_logits_t: Array, batch: Any, vocab_size: Optional[int] = None, normaliser: str = "agent"
-) -> tuple[Array, dict[str, Array]]:
-    """Loss of the BC baseline: π_β's token NLL on agent tokens (docs/algorithm.md §3, §6).
-
-    Args:
-        pi_logits_t: π_β logits, ``[B, T, V_pad]``.
-        batch: as for ``ilql_loss`` (reads ``tokens`` and ``action_mask``).
-        vocab_size: real vocabulary size (``None``: no padding).
-        normaliser: ``LossConfig.bc_normaliser``.
-
-    Returns:
-        ``(loss, metrics)`` with float32 scalars ``loss``, ``bc_loss``,
-        ``bc_nll`` and ``n_actions``.
-    """
-    tokens = _field(batch, "tokens")
-    m_t = _field(batch, "action_mask")
-    a_t = _safe_actions(next_actions(tokens), m_t)
-    loss, info = bc_loss(pi_logits_t, a_t, m_t, vocab_size, n=bc_normaliser(batch, normaliser))
-    metrics = {"loss": loss, **info, "n_actions": jnp.sum(m_t.astype(jnp.float32))}
-    return loss, metrics
-
-
-# ---------------------------------------------------------------------------
-# The lean path: losses evaluated at the action positions only.
-#
-# Every term of docs/algorithm.md §3 reads the vocabulary-sized outputs at action
-# states only (m_t = 1), and the target Q̄ at one entry per action. The lean
-# path packs each row's action positions into K static slots (`pack_actions`),
-# so the model runs the Q heads and π_β's LM head on [B, K] positions instead
-# of [B, T] (see `models/ilql.apply_packed`), and the losses below take those
-# packed tensors. K is a static capacity per row: shapes stay static (one
-# compilation), rows keep their batch index (so a batch sharded over rows stays
-# sharded the same way), and a row with fewer actions fills its tail slots with
-# masked padding. A row with more than K actions cannot be represented: the
-# loss is then NaN (see `ilql_loss_packed`), never silently computed on a subset.
-# ---------------------------------------------------------------------------
-
-
-@chex.dataclass(frozen=True)
-class PackedActions:
-    """A batch's action states packed into K slots per row (docs/algorithm.md §1).
-
-    Slot k of row b holds the k-th action state of row b in order; slots past
-    the row's action count hold padding (``m_k = 0``).
-
-    Attributes:
-        idx: ``[B, K]`` int32 state position t of each slot (some non-action
-            position in padding slots; always inside the row).
-        m_k: ``[B, K]`` float32 action mask of the slots.
-        a_k: ``[B, K]`` int32 action ``a_t = tokens[t + 1]`` (0 in padding slots).
-        r_k: ``[B, K]`` float32 reward ``r_t``.
-        next_k: ``[B, K]`` int32 ``next(t)``.
-        done_next_k: ``[B, K]`` float32 ``done(next(t))``.
-        overflow: ``[]`` bool, some row has more than K actions.
-        n_non_pad: ``[]`` float32 ``non_pad_targets`` of the batch (the official BC normaliser).
-    """
-
-    idx: Array
-    m_k: Array
-    a_k: Array
-    r_k: Array
-    next_k: Array
-    done_next_k: Array
-    overflow: Array
-    n_non_pad: Array
-
-
-def gather_packed(x_t: Array, idx: Array) -> Array:
-    """Reads ``x_t`` at packed positions along axis 1: ``[B, T, ...]`` → ``[B, K, ...]``."""
-    chex.assert_rank(idx, 2)
-    chex.assert_type(idx, int)
-    index = idx.reshape(idx.shape + (1,) * (x_t.ndim - 2))
-    return jnp.take_along_axis(x_t, index, axis=1)
-
-
-def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
-    """Packs the action states of a ``[B, T]`` batch into ``K = min(capacity, T)`` slots per row.
-
-    Args:
-        batch: as for ``ilql_loss`` (``tokens``, ``attention_mask``, ``action_mask``,
-            ``rewards``, ``next_idx``, ``dones``).
-        capacity: slots per row; ``None`` means T (always enough).
-
-    Returns:
-        ``PackedActions``. Positions are kept in order (a stable sort of each
-        row's mask), so slot k of row b is the k-th action of row b.
-    """
-    tokens = _field(batch, "tokens")
-    m_t = _field(batch, "action_mask")
-    r_t = _field(batch, "rewards")
-    next_idx = _field(batch, "next_idx")
-    dones = _field(batch, "dones")
-    chex.assert_rank(tokens, 2)
-    chex.assert_equal_shape([tokens, m_t, r_t, next_idx, dones])
-    t = tokens.shape[1]
-    if capacity is not None and capacity < 1:
-        raise ValueError(f"pack_actions: capacity must be >= 1 or None, got {capacity}")
-    k = t if capacity is None else min(int(capacity), t)
-    real = m_t > 0
-    # Action positions first, in order; the remaining (non-action) positions fill the tail.
-    idx = jnp.argsort(jnp.where(real, 0, 1), axis=1, stable=True)[:, :k].astype(jnp.int32)
-    count = jnp.sum(real, axis=1)
-    m_k = (jnp.arange(k)[None, :] < count[:, None]).astype(jnp.float32)
-    a_k = _safe_actions(gather_packed(next_actions(tokens), idx), m_k)
-    next_k = gather_packed(next_idx, idx)
-    return PackedActions(
-        idx=idx,
-        m_k=m_k,
-        a_k=a_k,
-        r_k=gather_packed(r_t, idx).astype(jnp.float32),
-        next_k=next_k,
-        done_next_k=jnp.take_along_axis(dones, next_k, axis=1).astype(jnp.float32),
-        overflow=jnp.any(count > k),
-        n_non_pad=non_pad_targets(_field(batch, "attention_mask")),
-    )
-
-
-def _valid_vocab(x: Array, vocab_size: Optional[int]) -> Optional[Array]:
-    """Boolean ``[V_pad]`` of the real vocabulary entries, or None when nothing is padded."""
-    padded = x.shape[-1]
-    if vocab_size is None or vocab_size == padded:
-        return None
-    if not 0 < vocab_size < padded:
-        raise ValueError(
-            f"vocab_size={vocab_size} must be in (0, {padded}] (last axis of the "
-            "Q / logits tensor)."
-        )
-    return jnp.arange(padded) < vocab_size
-
-
-def _masked_f32(x: Array, valid: Optional[Array]) -> Array:
-    x = x.astype(jnp.float32)
-    return x if valid is None else jnp.where(valid, x, -jnp.inf)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def logsumexp_and_gather(x_t: Array, a_t: Array, vocab_size: Optional[int] = None) -> tuple[Array, Array]:
-    """``(logsumexp_a x_t[a], x_t[a_t])`` over the real vocabulary, float32 ``[...]`` each.
-
-    The two reads every vocabulary-wide loss term makes of its logits: CQL's
-    and BC's ``logsumexp − x[a_t]`` (docs/algorithm.md §3) and L_Q's ``Q(h_t)[a_t]``.
-    Fused: the padded vocabulary tail (entries ``>= vocab_size``) is masked
-    inside the reductions rather than in a masked copy, and the backward pass
-    forms the logits' cotangent ``g_lse · softmax(x) + g_a · onehot(a_t)`` in one
-    elementwise pass, so beyond ``x_t`` itself (the matmul's output, kept for
-    the backward) the only vocabulary-sized tensor is that cotangent. Padded
-    entries get a zero cotangent.
-
-    Args:
-        x_t: ``[..., V_pad]`` logits (any float dtype; the padded tail may hold anything finite).
-        a_t: ``[...]`` int actions in ``[0, vocab_size)``; out of range gives NaN, as ``gather_actions``.
-        vocab_size: real vocabulary size (``None``: no padding).
-    """
-    return _logsumexp_and_gather_fwd(x_t, a_t, vocab_size)[0]
-
-
-def _logsumexp_and_gather_fwd(x_t, a_t, vocab_size):
-    chex.assert_equal_shape_prefix([x_t, a_t], a_t.ndim)
-    chex.assert_rank(x_t, a_t.ndim + 1)
-    chex.assert_type(a_t, int)
-    valid = _valid_vocab(x_t, vocab_size)
-    lse = jax.nn.logsumexp(_masked_f32(x_t, valid), axis=-1)
-    x_a = jnp.take_along_axis(x_t, a_t[..., None], axis=-1)[..., 0].astype(jnp.float32)
-    return (lse, x_a), (x_t, a_t, lse)
-
-
-def _logsumexp_and_gather_bwd(vocab_size, residuals, cotangents):
-    x_t, a_t, lse = residuals
-    g_lse, g_a = cotangents
-    valid = _valid_vocab(x_t, vocab_size)
-    probs = jnp.exp(_masked_f32(x_t, valid) - lse[..., None])
-    onehot = jnp.arange(x_t.shape[-1]) == a_t[..., None]
-    dx = g_lse[..., None] * probs + jnp.where(onehot, g_a[..., None], 0.0)
-    return dx.astype(x_t.dtype), None
-
-
-logsumexp_and_gather.defvjp(_logsumexp_and_gather_fwd, _logsumexp_and_gather_bwd)
-
-
 def _poison_if(loss: Array, overflow: Array) -> Array:
     """NaN loss, and NaN gradients, when some row's actions did not fit the packing capacity."""
     return loss * jnp.where(overflow, jnp.nan, 1.0)
 
 
-def ilql_loss_packed(
+def _bc_normaliser(packed: PackedActions, normaliser: str) -> Optional[Array]:
+    """L_BC's N for ``LossConfig.bc_normaliser``: None (the agent tokens) or ``non_pad_targets``."""
+    return packed.n_non_pad if normaliser == "non_pad" else None
+
+
+def ilql_loss(
     q1_k: Array,
     q2_k: Array,
     target_q_a: Array,
@@ -671,12 +556,17 @@ def ilql_loss_packed(
     packed: PackedActions,
     cfg: LossConfig,
 ) -> tuple[Array, dict[str, Array]]:
-    """``ilql_loss`` on packed action slots: the same objective (docs/algorithm.md §3),
+    """The ILQL objective (docs/algorithm.md §3), read at the action slots:
 
-        L = L_Q + L_V + α_cql · L_CQL + L_BC,
+        L = L_Q + L_V + α_cql · L_CQL + L_BC
 
-    the same metrics, the same gradients, computed from the values at the K
-    packed slots of each row (`pack_actions`) instead of at every position.
+    with ``a_t = tokens[t + 1]``, ``Q̄ = sg(min(Q̄1, Q̄2))[a_t]`` from the target
+    heads, ``y_t = r_t + γ (1 - done_next) sg(V(h_next(t)))`` from the *online*
+    V (no target V). The advantage reported in the metrics (and used for AWAC
+    weights) is ``Q̄[a_t] - V(h_t)``. No gradient reaches the target or ``V``
+    through ``y_t``; L_BC reaches only ``pi_logits_k``. Each vocabulary-wide
+    output is read twice, fused (``logsumexp_and_gather``): L_Q and L_CQL share
+    the online heads' reads.
 
     Args:
         q1_k: online Q1 at the slots, ``[B, K, V_pad]`` (padded tail as computed).
@@ -684,13 +574,17 @@ def ilql_loss_packed(
         target_q_a: ``min(Q̄1, Q̄2)(h_t)[a_t]`` at the slots, ``[B, K]``; stop-gradiented here.
         v_k: online ``V(h_t)`` at the slots, ``[B, K]``.
         v_next_k: online ``V(h_next(t))``, ``[B, K]``; stop-gradiented (by ``td_target``).
-        pi_logits_k: π_β logits at the slots ``[B, K, V_pad]``, or ``None`` (then
-            ``bc_loss`` and ``bc_nll`` are 0).
-        packed: the slots' actions, rewards, dones and mask.
+        pi_logits_k: π_β logits at the slots ``[B, K, V_pad]``, or ``None`` (value-only,
+            e.g. a frozen π_β; then ``bc_loss`` and ``bc_nll`` are reported as 0).
+        packed: the slots' actions, rewards, dones and mask: ``pack_actions`` (what
+            the train step runs) or ``every_position``.
         cfg: a ``LossConfig``.
 
     Returns:
-        ``(loss, metrics)`` with ``ilql_loss``'s metric keys. When
+        ``(loss, metrics)``; metrics are float32 scalars: ``loss``, ``q_loss``,
+        ``v_loss``, ``cql_loss``, ``bc_loss``, ``q_mean``, ``v_mean``,
+        ``adv_mean``, ``adv_pos_frac``, ``bc_nll``, ``n_actions``, plus
+        ``y_mean``, ``target_q_mean``, ``cql_q1``, ``cql_q2``. When
         ``packed.overflow`` (a row had more actions than slots) the loss, and
         so every gradient, is NaN.
     """
@@ -709,10 +603,7 @@ def ilql_loss_packed(
     q_target_a = jax.lax.stop_gradient(target_q_a.astype(jnp.float32))
     l_v, v_info = expectile_v_loss(q_target_a, v_k, m_k, cfg.tau)
 
-    cql_q1 = masked_mean(lse1 - q1_a, m_k)
-    cql_q2 = masked_mean(lse2 - q2_a, m_k)
-    l_cql = cql_q1 + cql_q2
-    cql_info = {"cql_loss": l_cql, "cql_q1": cql_q1, "cql_q2": cql_q2}
+    l_cql, cql_info = cql_loss(lse1, q1_a, lse2, q2_a, m_k)
 
     if pi_logits_k is None:
         l_bc = jnp.zeros((), jnp.float32)
@@ -720,14 +611,8 @@ def ilql_loss_packed(
     else:
         chex.assert_equal_shape_prefix([pi_logits_k, m_k], 2)
         lse_pi, pi_a = logsumexp_and_gather(pi_logits_k, a_k, cfg.vocab_size)
-        nll_k = lse_pi - pi_a
-        nll = masked_mean(nll_k, m_k)
-        n = _packed_normaliser(packed, cfg.bc_normaliser)
-        l_bc = nll if n is None else masked_mean(nll_k, m_k, n)
-        if cfg.beta_awac != 0:
-            adv_k = jax.lax.stop_gradient(q_target_a - v_k.astype(jnp.float32))
-            l_bc = masked_mean(jnp.exp(cfg.beta_awac * adv_k) * nll_k, m_k, n)
-        bc_info = {"bc_loss": l_bc, "bc_nll": nll}
+        adv_k = q_target_a - v_k.astype(jnp.float32) if cfg.beta_awac != 0 else None
+        l_bc, bc_info = bc_loss(lse_pi, pi_a, m_k, adv_k, cfg.beta_awac, _bc_normaliser(packed, cfg.bc_normaliser))
 
     loss = _poison_if(l_q + l_v + cfg.alpha_cql * l_cql + l_bc, packed.overflow)
     metrics = {
@@ -743,22 +628,25 @@ def ilql_loss_packed(
     return loss, metrics
 
 
-def _packed_normaliser(packed: PackedActions, normaliser: str) -> Optional[Array]:
-    return packed.n_non_pad if normaliser == "non_pad" else None
-
-
-def bc_only_loss_packed(
+def bc_only_loss(
     pi_logits_k: Array, packed: PackedActions, vocab_size: Optional[int] = None, normaliser: str = "agent"
 ) -> tuple[Array, dict[str, Array]]:
-    """``bc_only_loss`` on packed action slots (π_β's logits at the slots, ``[B, K, V_pad]``).
+    """Loss of the BC baseline: ``ilql_loss``'s L_BC alone, π_β's token NLL on agent tokens
+    (docs/algorithm.md §3, §6).
 
-    Same metrics; NaN loss when ``packed.overflow``.
+    Args:
+        pi_logits_k: π_β logits at the slots, ``[B, K, V_pad]``.
+        packed: the slots, as for ``ilql_loss``.
+        vocab_size: real vocabulary size (``None``: no padding).
+        normaliser: ``LossConfig.bc_normaliser``.
+
+    Returns:
+        ``(loss, metrics)`` with float32 scalars ``loss``, ``bc_loss``,
+        ``bc_nll`` and ``n_actions``; NaN loss when ``packed.overflow``.
     """
     chex.assert_rank(pi_logits_k, 3)
     chex.assert_equal_shape_prefix([pi_logits_k, packed.m_k], 2)
     lse, x_a = logsumexp_and_gather(pi_logits_k, packed.a_k, vocab_size)
-    nll = masked_mean(lse - x_a, packed.m_k)
-    n = _packed_normaliser(packed, normaliser)
-    l_bc = nll if n is None else masked_mean(lse - x_a, packed.m_k, n)
+    l_bc, info = bc_loss(lse, x_a, packed.m_k, n=_bc_normaliser(packed, normaliser))
     loss = _poison_if(l_bc, packed.overflow)
-    return loss, {"loss": loss, "bc_loss": l_bc, "bc_nll": nll, "n_actions": jnp.sum(packed.m_k)}
+    return loss, {"loss": loss, **info, "n_actions": jnp.sum(packed.m_k)}

@@ -1,4 +1,4 @@
-"""Device mesh, logical-axis rules, batch placement and the sharded train step.
+"""Device mesh, logical-axis rules, and placing batches and states on the mesh.
 
 The models name parameter axes logically ("vocab", "embed", "heads", "mlp";
 see `models/gpt2.py` and `models/llama.py`); this module maps those names onto a mesh with axes
@@ -6,14 +6,12 @@ see `models/gpt2.py` and `models/llama.py`); this module maps those names onto a
 appears in a model. Typical use, identical on one CPU and on a multi-host
 TPU/GPU slice::
 
-    maybe_initialize_distributed()               # before any other JAX call
+    distributed.maybe_initialize_distributed()   # before any other JAX call
     mesh_cfg = MeshConfig(fsdp=4, fsdp_params=True)
     mesh = make_mesh(mesh_cfg)
-    shardings = state_shardings(abstract_state(step_cfg), mesh, logical_rules(mesh_cfg))
-    state = init_sharded_state(step_cfg, jax.random.key(0), shardings)  # born sharded; or with GPT-2 weights:
-    # weights = hf_import.load_hf(path, shardings=trunk_shardings(shardings))[1]   # GPT-2, Llama, Qwen2
-    # state = init_sharded_state(step_cfg, jax.random.key(0), shardings, trunk=weights)
-    step = make_sharded_train_step(step_cfg, mesh, shardings)
+    shardings = state_shardings(train.abstract_state(step_cfg), mesh, logical_rules(mesh_cfg))
+    state = train.init_sharded_state(step_cfg, jax.random.key(0), shardings)  # born sharded
+    step = train.make_sharded_train_step(step_cfg, mesh, shardings)  # the step, jitted on the mesh
     for host_batch in batches:                   # this process's rows, as numpy
         state, metrics = step(state, place_batch(host_batch, mesh))
 
@@ -27,8 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,11 +33,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ilql_jax import train
 from ilql_jax.configs import AXES, MeshConfig, Rules  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2
-from ilql_jax.models import partial as partial_lib
-from ilql_jax.state import ILQLState
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -125,56 +119,6 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules: Rules) -> Any:
     return jax.tree.map(to_sharding, logical, state)
 
 
-def abstract_state(step_config: train.StepConfig) -> ILQLState:
-    """Shapes, dtypes and logical names of a fresh state; allocates nothing."""
-    return jax.eval_shape(lambda: train.init_state(step_config, jax.random.key(0)))
-
-
-def make_init(step_config: train.StepConfig, shardings: Any) -> Callable[..., ILQLState]:
-    """`init(key, trunk=None, policy=None) -> state`: `train.init_state` jitted (`.lower` works) with
-    `shardings` as its output shardings, so every device computes (or copies) only its own shards of the state.
-
-    `trunk` and `policy` (GPT-2 weights) should already lie on the mesh in
-    their own shardings (`trunk_shardings`; `place`, `hf_import.load_hf_gpt2(...,
-    shardings=...)` and `checkpoint.load_policy_from_checkpoint` put them
-    there), so that no device ever holds the whole state, nor a whole trunk,
-    unless the mesh has one device.
-    """
-    return jax.jit(lambda key, trunk=None, policy=None: train.init_state(step_config, key, trunk, policy),
-                   out_shardings=shardings)
-
-
-def init_sharded_state(step_config: train.StepConfig, key: jax.Array, shardings: Any,
-                       trunk: Any = None, policy: Any = None) -> ILQLState:
-    """A fresh state, as `train.init_state` makes it (random, or from `trunk` / `policy` weights),
-    built directly in `shardings` (see `make_init`; weights not yet on the mesh are placed first)."""
-    if partial_lib.is_partial(step_config.model) and train.same_weights(trunk, policy):
-        policy = None  # one set of starting weights, which placing them would hide
-    trunk, policy = (None if w is None else place(w, trunk_shardings(shardings)) for w in (trunk, policy))
-    return make_init(step_config, shardings)(key, trunk, policy)
-
-
-def trunk_shardings(shardings: ILQLState) -> Any:
-    """The shardings of one (plain, whole) trunk's parameters, taken from a state's shardings
-    (`state_shardings`): every trunk of the state (value, target, π_β) is laid out alike. Under partial
-    training, the frozen part's and a trunk's trained part's together, less any LoRA adapters: the layout
-    of the weights a run starts from."""
-    params = shardings.params
-    trunk = params["value"]["trunk"] if "value" in params else params["policy"]
-    if partial_lib.FROZEN in params:
-        return partial_lib.plain_layout(partial_lib.combine(params[partial_lib.FROZEN], trunk))
-    return trunk
-
-
-def make_frozen_init(step_config: train.StepConfig, shardings: Any) -> Callable[..., Any]:
-    """`frozen(key, trunk=None, policy=None)`: the frozen part (`params["frozen"]`) of the state `make_init`
-    would build, alone, in its shardings: the same program less what it does not need (partial training's
-    resume rebuilds the frozen weights this way)."""
-    return jax.jit(lambda key, trunk=None, policy=None:
-                   train.init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN],
-                   out_shardings=shardings.params[partial_lib.FROZEN])
-
-
 def place(tree: Any, shardings: Any) -> Any:
     """`tree` on `shardings` (a matching tree, or a prefix): leaves already there are kept, others
     copied there (`shard_state`). Multi-process: every process passes the same host values."""
@@ -246,38 +190,6 @@ def _put(x: Any, sharding: NamedSharding, donate: bool) -> jax.Array:
     return jax.device_put(x, sharding, donate=True)
 
 
-def make_sharded_train_step(step_config: train.StepConfig, mesh: jax.sharding.Mesh,
-                            state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]],
-                                                              tuple[ILQLState, dict[str, jax.Array]]]:
-    """`(state, batch) -> (state, metrics)`, jitted with the state donated.
-
-    The state keeps `state_shardings` across steps, the batch comes in as
-    `batch_sharding(mesh)` (use `place_batch`), activations stay split like
-    the batch (`activation_layout`), and metrics come out replicated, so
-    every process can read them.
-    """
-    replicated = NamedSharding(mesh, P())
-
-    def step(state, batch):
-        with activation_layout(mesh):
-            return train.train_step(step_config, state, batch)
-
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-
-
-def make_sharded_eval_step(step_config: train.StepConfig, mesh: jax.sharding.Mesh,
-                           state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """`(state, batch) -> metrics` (`train.make_eval_step`) on the mesh; metrics replicated."""
-
-    def step(state, batch):
-        with activation_layout(mesh):
-            return train.loss_fn(step_config, state.params, state.target_params, batch, None)[1]
-
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
-                   out_shardings=NamedSharding(mesh, P()))
-
-
 def activation_layout(mesh: jax.sharding.Mesh):
     """A context for tracing a program on `mesh`: the trunks' activations stay split by rows
     over ("data", "fsdp"), as the batch is (`gpt2.shard_batch`); their other axes are left to XLA."""
@@ -286,40 +198,3 @@ def activation_layout(mesh: jax.sharding.Mesh):
         return NamedSharding(mesh, P(BATCH_AXES, *(P.UNCONSTRAINED,) * (ndim - 1)))
 
     return gpt2.batch_layout(layout)
-
-
-def _multi_process_cluster() -> bool:
-    """True under a launcher that started several processes and that JAX auto-detects."""
-    env = os.environ
-    # Set per process by `mpirun` and `srun` (not by a bare `sbatch` script, which is one process).
-    counts = (env.get("OMPI_COMM_WORLD_SIZE"), env.get("SLURM_STEP_NUM_TASKS"))
-    if any(c is not None and c.isdigit() and int(c) > 1 for c in counts):
-        return True
-    # Multi-host TPU slices on GKE list their workers here.
-    return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-
-
-def maybe_initialize_distributed(force: bool = False) -> bool:
-    """Calls `jax.distributed.initialize()` when this is one process of several.
-
-    Call it first thing, before any other JAX call. Explicit setup: set
-    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID on every process. Otherwise jobs launched by `mpirun`
-    (Open MPI) or `srun` (Slurm) with more than one task, and multi-host GKE
-    TPU jobs, are detected and JAX finds the rest itself; `force=True` asks JAX
-    to auto-detect in any other environment it supports (e.g. a Cloud TPU VM
-    pod). Anything else (one host, a laptop, Colab) is a no-op. Returns
-    whether JAX runs distributed.
-    """
-    if jax.distributed.is_initialized():
-        return True
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if address:
-        num, pid = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
-        jax.distributed.initialize(address, num_processes=None if num is None else int(num),
-                                   process_id=None if pid is None else int(pid))
-        return True
-    if force or _multi_process_cluster():
-        jax.distributed.initialize()
-        return True
-    return False

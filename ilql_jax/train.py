@@ -1,4 +1,16 @@
-"""The jitted ILQL (and BC) train step: `make_train_step(config)(state, batch) -> (state, metrics)`."""
+"""The ILQL (and BC) train step and the train state's birth, on one device or on a mesh.
+
+One device: `make_train_step(config)(state, batch) -> (state, metrics)`. On a
+mesh (`sharding.py` lays the state out)::
+
+    shardings = sharding.state_shardings(abstract_state(step_cfg), mesh, sharding.logical_rules(mesh_cfg))
+    state = init_sharded_state(step_cfg, jax.random.key(0), shardings)  # born sharded; or with weights:
+    # weights = hf_import.load_hf(path, shardings=trunk_shardings(shardings))[1]   # GPT-2, Llama, Qwen2
+    # state = init_sharded_state(step_cfg, jax.random.key(0), shardings, trunk=weights)
+    step = make_sharded_train_step(step_cfg, mesh, shardings)
+    for host_batch in batches:                   # this process's rows, as numpy
+        state, metrics = step(state, sharding.place_batch(host_batch, mesh))
+"""
 
 from __future__ import annotations
 
@@ -10,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ilql_jax import losses, utterance
+from ilql_jax import losses, sharding, utterance
 from ilql_jax.configs import MODES, StepConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import partial as partial_lib
@@ -116,38 +129,41 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
         hidden = _bc_partial_hidden(config, params, batch, dropout_key)
         logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                        losses.gather_packed(hidden, packed.idx), mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key, with_logits=False)
         logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
                                        mask_padded=False)
-        return losses.bc_only_loss_packed(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
                             dropout_key)
-    return losses.ilql_loss_packed(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
-                                   packed, config.loss_config)
+    return losses.ilql_loss(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
+                            packed, config.loss_config)
 
 
 def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
                       dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
-    (`ilql.apply`, `losses.ilql_loss`). The yardstick for `loss_fn`'s exactness and memory.
-    Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
+    (`ilql.apply`), then the same objective read at every position (`losses.every_position`). The
+    yardstick for `loss_fn`'s exactness and memory. Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
     if config.mode == "ilql_utt":
         return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
+    every = losses.every_position(batch)
     if config.mode == "bc" and partial_lib.FROZEN in params:
         logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                      _bc_partial_hidden(config, params, batch, dropout_key))
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
         _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
                                       dropout_key=dropout_key)
-        return losses.bc_only_loss(logits, batch, trunk.vocab_size, config.loss.bc_normaliser)
+        return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
     out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
-    return losses.ilql_loss(out.q1_t, out.q2_t, out.target_q1_t, out.target_q2_t, out.v_t, out.pi_logits_t,
-                            batch, config.loss_config)
+    target_q_a = jnp.minimum(losses.gather_actions(out.target_q1_t, every.a_k),
+                             losses.gather_actions(out.target_q2_t, every.a_k))
+    return losses.ilql_loss(out.q1_t, out.q2_t, target_q_a, out.v_t, losses.gather_next(out.v_t, every.next_k),
+                            out.pi_logits_t, every, config.loss_config)
 
 
 def _bc_partial_hidden(config: StepConfig, params: Any, batch: Batch, dropout_key: jax.Array | None) -> jax.Array:
@@ -215,3 +231,85 @@ def make_train_step(config: StepConfig, *, donate: bool = True) -> Callable[[ILQ
 def make_eval_step(config: StepConfig) -> Callable[[ILQLState, Batch], dict[str, jax.Array]]:
     """Held-out loss metrics, without dropout and without updating anything."""
     return jax.jit(lambda state, batch: loss_fn(config, state.params, state.target_params, batch, None)[1])
+
+
+def abstract_state(step_config: StepConfig) -> ILQLState:
+    """Shapes, dtypes and logical names of a fresh state; allocates nothing."""
+    return jax.eval_shape(lambda: init_state(step_config, jax.random.key(0)))
+
+
+def make_init(step_config: StepConfig, shardings: Any) -> Callable[..., ILQLState]:
+    """`init(key, trunk=None, policy=None) -> state`: `init_state` jitted (`.lower` works) with
+    `shardings` as its output shardings, so every device computes (or copies) only its own shards of the state.
+
+    `trunk` and `policy` (GPT-2 weights) should already lie on the mesh in
+    their own shardings (`trunk_shardings`; `sharding.place`, `hf_import.load_hf_gpt2(...,
+    shardings=...)` and `checkpoint.load_policy_from_checkpoint` put them
+    there), so that no device ever holds the whole state, nor a whole trunk,
+    unless the mesh has one device.
+    """
+    return jax.jit(lambda key, trunk=None, policy=None: init_state(step_config, key, trunk, policy),
+                   out_shardings=shardings)
+
+
+def make_frozen_init(step_config: StepConfig, shardings: Any) -> Callable[..., Any]:
+    """`frozen(key, trunk=None, policy=None)`: the frozen part (`params["frozen"]`) of the state `make_init`
+    would build, alone, in its shardings: the same program less what it does not need (partial training's
+    resume rebuilds the frozen weights this way)."""
+    return jax.jit(lambda key, trunk=None, policy=None:
+                   init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN],
+                   out_shardings=shardings.params[partial_lib.FROZEN])
+
+
+def init_sharded_state(step_config: StepConfig, key: jax.Array, shardings: Any,
+                       trunk: Any = None, policy: Any = None) -> ILQLState:
+    """A fresh state, as `init_state` makes it (random, or from `trunk` / `policy` weights),
+    built directly in `shardings` (see `make_init`; weights not yet on the mesh are placed first)."""
+    if partial_lib.is_partial(step_config.model) and same_weights(trunk, policy):
+        policy = None  # one set of starting weights, which placing them would hide
+    trunk, policy = (None if w is None else sharding.place(w, trunk_shardings(shardings)) for w in (trunk, policy))
+    return make_init(step_config, shardings)(key, trunk, policy)
+
+
+def trunk_shardings(shardings: ILQLState) -> Any:
+    """The shardings of one (plain, whole) trunk's parameters, taken from a state's shardings
+    (`sharding.state_shardings`): every trunk of the state (value, target, π_β) is laid out alike. Under partial
+    training, the frozen part's and a trunk's trained part's together, less any LoRA adapters: the layout
+    of the weights a run starts from."""
+    params = shardings.params
+    trunk = params["value"]["trunk"] if "value" in params else params["policy"]
+    if partial_lib.FROZEN in params:
+        return partial_lib.plain_layout(partial_lib.combine(params[partial_lib.FROZEN], trunk))
+    return trunk
+
+
+def make_sharded_train_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
+                            state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]],
+                                                              tuple[ILQLState, dict[str, jax.Array]]]:
+    """`(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+    The state keeps `state_shardings` across steps, the batch comes in as
+    `sharding.batch_sharding(mesh)` (use `sharding.place_batch`), activations stay split like
+    the batch (`sharding.activation_layout`), and metrics come out replicated, so
+    every process can read them.
+    """
+    replicated = NamedSharding(mesh, P())
+
+    def step(state, batch):
+        with sharding.activation_layout(mesh):
+            return train_step(step_config, state, batch)
+
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_sharded_eval_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
+                           state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """`(state, batch) -> metrics` (`make_eval_step`) on the mesh; metrics replicated."""
+
+    def step(state, batch):
+        with sharding.activation_layout(mesh):
+            return loss_fn(step_config, state.params, state.target_params, batch, None)[1]
+
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=NamedSharding(mesh, P()))

@@ -271,8 +271,7 @@ def loss_fn(step_config, params: Params, target_params: Params, batch: Any,
         h_policy, _ = trunk_lib.forward(policy, cfg, batch["tokens"], batch["attention_mask"],
                                         dropout_key=k_policy, with_logits=False)
         logits_k = trunk_lib.lm_logits(policy, cfg, losses.gather_packed(h_policy, packed.idx), mask_padded=False)
-        l_bc, bc_info = losses.bc_only_loss_packed(logits_k, packed, cfg.vocab_size,
-                                                  step_config.loss.bc_normaliser)
+        l_bc, bc_info = losses.bc_only_loss(logits_k, packed, cfg.vocab_size, step_config.loss.bc_normaliser)
         bc_info = {k: v for k, v in bc_info.items() if k != "loss"}
     loss = l_value + l_bc
     metrics = {"loss": loss, **info, **bc_info}

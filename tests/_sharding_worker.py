@@ -90,15 +90,15 @@ def mesh8(out: str, arch: str = "gpt2") -> None:
     state = train.init_state(cfg, jax.random.key(0))
     mesh_cfg = sharding.MeshConfig(data=2, fsdp=4, fsdp_params=True)
     mesh = sharding.make_mesh(mesh_cfg)
-    shardings = sharding.state_shardings(sharding.abstract_state(cfg), mesh, sharding.logical_rules(mesh_cfg))
+    shardings = sharding.state_shardings(train.abstract_state(cfg), mesh, sharding.logical_rules(mesh_cfg))
     sharded = sharding.shard_state(state, shardings)
-    step = sharding.make_sharded_train_step(cfg, mesh, shardings)
+    step = train.make_sharded_train_step(cfg, mesh, shardings)
     new, metrics = step(sharded, sharding.place_batch(global_batch(), mesh))
     # shard_state copied: the donating step must not have deleted the caller's state.
     source_alive = not any(x.is_deleted() for x in jax.tree.leaves(state))
 
     # Same state built directly on the mesh, never whole on one device.
-    init_direct = sharding.init_sharded_state(cfg, jax.random.key(0), shardings)
+    init_direct = train.init_sharded_state(cfg, jax.random.key(0), shardings)
 
     def layout(x):  # spec, global shape, shape of one shard
         return np.array([str(x.sharding.spec), str(x.shape), str(x.addressable_shards[0].data.shape)])
@@ -170,9 +170,9 @@ def born8(out: str, hf_dir: str, workdir: str) -> None:
     report = {}
     for mode in ("ilql", "bc"):
         cfg = train.StepConfig(mode=mode, model=ilql.ModelConfig(trunk=trunk))
-        abstract = sharding.abstract_state(cfg)
+        abstract = train.abstract_state(cfg)
         shardings = sharding.state_shardings(abstract, mesh, rules)
-        init = sharding.make_init(cfg, shardings)
+        init = train.make_init(cfg, shardings)
         key = jax.random.key(0)
         compiled = init.lower(key).compile()
         report[f"{mode}/random"] = {"output_bytes": compiled.memory_analysis().output_size_in_bytes,
@@ -185,7 +185,7 @@ def born8(out: str, hf_dir: str, workdir: str) -> None:
                 ckpt.save(1, state)
             bc_policy = state.params["policy"]
             continue
-        trunk_shardings = sharding.trunk_shardings(shardings)
+        trunk_shardings = train.trunk_shardings(shardings)
         weights = loop.init_weights(hf_dir, trunk, trunk_shardings)  # as the loop imports `init=HF_DIR`
         compiled = init.lower(key, weights).compile()
         state = init(key, weights)
@@ -215,7 +215,7 @@ def layout8(out: str) -> None:
     cfg = train.StepConfig(model=ilql.ModelConfig(trunk=gpt2.GPT2Config.tiny(vocab_size=1000)))
     mesh_cfg = sharding.MeshConfig(data=1, fsdp=8, fsdp_params=True)
     mesh = sharding.make_mesh(mesh_cfg)
-    abstract = sharding.abstract_state(cfg)
+    abstract = train.abstract_state(cfg)
     shardings = sharding.state_shardings(abstract, mesh, sharding.logical_rules(mesh_cfg))
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     rows = sharding.batch_sharding(mesh)
@@ -225,7 +225,7 @@ def layout8(out: str) -> None:
     for name, layout in (("rows", sharding.activation_layout), ("free", lambda mesh: contextlib.nullcontext())):
         sharding.activation_layout, original = layout, sharding.activation_layout
         try:
-            compiled = sharding.make_sharded_train_step(cfg, mesh, shardings).lower(state, batch).compile()
+            compiled = train.make_sharded_train_step(cfg, mesh, shardings).lower(state, batch).compile()
         finally:
             sharding.activation_layout = original
         temp[name] = compiled.memory_analysis().temp_size_in_bytes
@@ -236,10 +236,10 @@ def layout8(out: str) -> None:
 def multiprocess(out: str) -> None:
     import jax
 
-    from ilql_jax import sharding, train
+    from ilql_jax import distributed, sharding, train
 
     # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID come from the test.
-    assert sharding.maybe_initialize_distributed()
+    assert distributed.maybe_initialize_distributed()
     from jax.experimental import multihost_utils
 
     process_id = jax.process_index()
@@ -247,10 +247,10 @@ def multiprocess(out: str) -> None:
     cfg = step_config()
     mesh_cfg = sharding.MeshConfig(data=2, fsdp=2, fsdp_params=True)
     mesh = sharding.make_mesh(mesh_cfg)
-    shardings = sharding.state_shardings(sharding.abstract_state(cfg), mesh, sharding.logical_rules(mesh_cfg))
+    shardings = sharding.state_shardings(train.abstract_state(cfg), mesh, sharding.logical_rules(mesh_cfg))
     # Every process builds the same host state from the seed and places it.
     state = sharding.shard_state(train.init_state(cfg, jax.random.key(0)), shardings)
-    step = sharding.make_sharded_train_step(cfg, mesh, shardings)
+    step = train.make_sharded_train_step(cfg, mesh, shardings)
 
     batch = global_batch()
     rows = len(batch["tokens"]) // jax.process_count()

@@ -3,7 +3,7 @@
 `train.loss_fn` packs the action states (`losses.pack_actions`), runs the
 vocabulary-sized heads only there and reads the target Q̄ at the taken action
 only (`heads.q_at`); `train.reference_loss_fn` runs every head at every
-position (`ilql.apply` + `losses.ilql_loss`). Here they are compared on a batch
+position (`ilql.apply`, the objective read by `losses.every_position`). Here they are compared on a batch
 with ragged action counts: two-turn Wordle games (next(t) skips the feedback),
 episodes cut by max_len mid-utterance, a non-terminal episode and a short one.
 """

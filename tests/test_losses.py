@@ -1,7 +1,14 @@
 """Tests for ilql_jax.losses (docs/algorithm.md §3, §8).
 
 Expected values are written out by hand as numbers (logs of small integers
-where a logsumexp is involved), never by re-calling the loss formula.
+where a logsumexp is involved), never by re-calling the loss formula; the
+objective as a whole is also checked against its dense hand-written form
+(tests/dense_losses.py).
+
+Most examples are laid out densely, ``[B, T]`` and ``[B, T, V]``; the adapters
+below feed them to the library the way `train.reference_loss_fn` does
+(`losses.every_position`, each vocabulary-wide head read by
+`losses.logsumexp_and_gather`), so the library's own terms are what is tested.
 """
 
 import dataclasses
@@ -16,8 +23,35 @@ import pytest
 from absl.testing import absltest
 
 from ilql_jax import losses
+from tests import dense_losses
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
+
+
+def ilql_every(q1_t, q2_t, target_q1_t, target_q2_t, v_t, pi_logits_t, batch, cfg):
+    """`losses.ilql_loss` with every head at every position (as `train.reference_loss_fn` calls it)."""
+    every = losses.every_position(batch)
+    target_q_a = jnp.minimum(losses.gather_actions(target_q1_t, every.a_k),
+                             losses.gather_actions(target_q2_t, every.a_k))
+    return losses.ilql_loss(q1_t, q2_t, target_q_a, v_t, losses.gather_next(v_t, every.next_k), pi_logits_t,
+                            every, cfg)
+
+
+def bc_only_every(pi_logits_t, batch, vocab_size=None, normaliser="agent"):
+    return losses.bc_only_loss(pi_logits_t, losses.every_position(batch), vocab_size, normaliser)
+
+
+def _reads(x_t, a_t, m_t, vocab_size):
+    """`losses.logsumexp_and_gather` of dense logits, actions at masked positions replaced by 0 (as in the slots)."""
+    return losses.logsumexp_and_gather(x_t, jnp.where(m_t > 0, a_t, 0), vocab_size)
+
+
+def cql_dense(q1_t, q2_t, a_t, m_t, vocab_size=None):
+    return losses.cql_loss(*_reads(q1_t, a_t, m_t, vocab_size), *_reads(q2_t, a_t, m_t, vocab_size), m_t)
+
+
+def bc_dense(logits_t, a_t, m_t, vocab_size=None, adv_t=None, beta_awac=0.0, n=None):
+    return losses.bc_loss(*_reads(logits_t, a_t, m_t, vocab_size), m_t, adv_t, beta_awac, n)
 
 
 def f32(x):
@@ -164,7 +198,7 @@ class LossValuesTest(chex.TestCase):
         q2 = f32([[[0, LN2, LN3], [5, 5, 5], [-g, g, -g]]])
         a = i32([[1, 2, 0]])
         m = f32([[1, 1, 0]])
-        fn = self.variant(lambda q1, q2, a, m: losses.cql_loss(q1, q2, a, m, 3))
+        fn = self.variant(lambda q1, q2, a, m: cql_dense(q1, q2, a, m, 3))
         loss, info = fn(q1, q2, a, m)
         np.testing.assert_allclose(loss, math.log(162.0) / 2.0, rtol=1e-6)
         np.testing.assert_allclose(info["cql_q1"], (LN3 + math.log(6.0)) / 2, rtol=1e-6)
@@ -177,7 +211,7 @@ class LossValuesTest(chex.TestCase):
         logits = f32([[[0, 0, 0], [0, 0, math.log(5.0)], [g, g, -g]]])
         a = i32([[1, 2, 0]])
         m = f32([[1, 1, 0]])
-        fn = self.variant(lambda l, a, m: losses.bc_loss(l, a, m, 3))
+        fn = self.variant(lambda l, a, m: bc_dense(l, a, m, 3))
         loss, info = fn(logits, a, m)
         np.testing.assert_allclose(loss, (LN3 + math.log(1.4)) / 2, rtol=1e-6)
         np.testing.assert_allclose(info["bc_nll"], (LN3 + math.log(1.4)) / 2, rtol=1e-6)
@@ -191,14 +225,14 @@ class LossValuesTest(chex.TestCase):
         # (2 ln 3 + 1 ln 1.4) / 2; unweighted NLL unchanged.
         adv = f32([[LN2, 0.0, 80.0]])
         fn = self.variant(
-            lambda l, a, m, adv: losses.bc_loss(l, a, m, 3, adv_t=adv, beta_awac=1.0)
+            lambda l, a, m, adv: bc_dense(l, a, m, 3, adv_t=adv, beta_awac=1.0)
         )
         loss, info = fn(logits, a, m, adv)
         np.testing.assert_allclose(loss, (2 * LN3 + math.log(1.4)) / 2, rtol=1e-6)
         np.testing.assert_allclose(info["bc_nll"], (LN3 + math.log(1.4)) / 2, rtol=1e-6)
         # beta_awac = 0 with an advantage given: plain BC.
         fn0 = self.variant(
-            lambda l, a, m, adv: losses.bc_loss(l, a, m, 3, adv_t=adv, beta_awac=0.0)
+            lambda l, a, m, adv: bc_dense(l, a, m, 3, adv_t=adv, beta_awac=0.0)
         )
         np.testing.assert_allclose(
             fn0(logits, a, m, adv)[0], (LN3 + math.log(1.4)) / 2, rtol=1e-6
@@ -207,7 +241,7 @@ class LossValuesTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_ilql_loss_composed(self):
         q1, q2, tq1, tq2, v, pi, batch = composed_example()
-        fn = self.variant(lambda *args: losses.ilql_loss(*args, cfg=CFG))
+        fn = self.variant(lambda *args: ilql_every(*args, cfg=CFG))
         loss, metrics = fn(q1, q2, tq1, tq2, v, pi, batch)
         np.testing.assert_allclose(loss, EXPECTED_TOTAL, rtol=1e-6)
         expected = {
@@ -236,7 +270,7 @@ class LossValuesTest(chex.TestCase):
         # L_Q = [(1-1)^2 + (1-2)^2 + (1-0)^2 + (1+2)^2] / 2 = (0+1+1+9)/2 = 5.5.
         q1, q2, tq1, tq2, v, pi, batch = composed_example()
         batch = dict(batch, dones=f32([[0, 0, 0, 0]]))
-        fn = self.variant(lambda *args: losses.ilql_loss(*args, cfg=CFG))
+        fn = self.variant(lambda *args: ilql_every(*args, cfg=CFG))
         _, metrics = fn(q1, q2, tq1, tq2, v, pi, batch)
         np.testing.assert_allclose(metrics["q_loss"], 5.5, rtol=1e-6)
         np.testing.assert_allclose(metrics["y_mean"], 1.0, rtol=1e-6)
@@ -245,7 +279,7 @@ class LossValuesTest(chex.TestCase):
     def test_ilql_loss_value_only_and_bc_only(self):
         q1, q2, tq1, tq2, v, pi, batch = composed_example()
         fn = self.variant(
-            lambda q1, q2, tq1, tq2, v, b: losses.ilql_loss(
+            lambda q1, q2, tq1, tq2, v, b: ilql_every(
                 q1, q2, tq1, tq2, v, None, b, CFG
             )
         )
@@ -254,7 +288,7 @@ class LossValuesTest(chex.TestCase):
             loss, EXPECTED_Q + EXPECTED_V + ALPHA * EXPECTED_CQL, rtol=1e-6
         )
         assert float(metrics["bc_loss"]) == 0.0
-        bc = self.variant(lambda p, b: losses.bc_only_loss(p, b, 3))
+        bc = self.variant(lambda p, b: bc_only_every(p, b, 3))
         loss, metrics = bc(pi, batch)
         np.testing.assert_allclose(loss, EXPECTED_BC, rtol=1e-6)
         assert float(metrics["n_actions"]) == 2.0
@@ -275,17 +309,17 @@ def test_padded_vocab_does_not_change_cql_or_bc(value):
     q1, q2, tq1, tq2, v, pi, batch = composed_example()
     a = losses.next_actions(batch["tokens"])
     m = batch["action_mask"]
-    ref_cql, _ = losses.cql_loss(q1, q2, a, m, vocab_size=3)
-    ref_bc, _ = losses.bc_loss(pi, a, m, vocab_size=3)
+    ref_cql, _ = cql_dense(q1, q2, a, m, vocab_size=3)
+    ref_bc, _ = bc_dense(pi, a, m, vocab_size=3)
     pq1, pq2, ppi = (_pad_vocab(x, 5, value) for x in (q1, q2, pi))
-    cql, _ = jax.jit(losses.cql_loss, static_argnums=4)(pq1, pq2, a, m, 3)
-    bc, _ = jax.jit(losses.bc_loss, static_argnums=3)(ppi, a, m, 3)
+    cql, _ = jax.jit(cql_dense, static_argnums=4)(pq1, pq2, a, m, 3)
+    bc, _ = jax.jit(bc_dense, static_argnums=3)(ppi, a, m, 3)
     np.testing.assert_allclose(cql, ref_cql, rtol=1e-6)
     np.testing.assert_allclose(bc, ref_bc, rtol=1e-6)
     np.testing.assert_allclose(cql, EXPECTED_CQL, rtol=1e-6)
     # Whole objective too, with all four Q tensors and the logits padded.
     ptq1, ptq2 = (_pad_vocab(x, 5, value) for x in (tq1, tq2))
-    loss, _ = losses.ilql_loss(pq1, pq2, ptq1, ptq2, v, ppi, batch, CFG)
+    loss, _ = ilql_every(pq1, pq2, ptq1, ptq2, v, ppi, batch, CFG)
     np.testing.assert_allclose(loss, EXPECTED_TOTAL, rtol=1e-6)
 
 
@@ -294,10 +328,10 @@ def test_padded_vocab_gets_no_gradient():
     a = losses.next_actions(batch["tokens"])
     m = batch["action_mask"]
     pq1, pq2 = _pad_vocab(q1, 5, 1e30), _pad_vocab(q2, 5, 1e30)
-    g = jax.grad(lambda q: losses.cql_loss(q, pq2, a, m, 3)[0])(pq1)
+    g = jax.grad(lambda q: cql_dense(q, pq2, a, m, 3)[0])(pq1)
     assert np.all(np.isfinite(g))
     np.testing.assert_array_equal(g[..., 3:], 0.0)
-    gp = jax.grad(lambda p: losses.bc_loss(p, a, m, 3)[0])(_pad_vocab(pi, 5, 1e30))
+    gp = jax.grad(lambda p: bc_dense(p, a, m, 3)[0])(_pad_vocab(pi, 5, 1e30))
     assert np.all(np.isfinite(gp))
     np.testing.assert_array_equal(gp[..., 3:], 0.0)
 
@@ -306,7 +340,7 @@ def test_vocab_size_larger_than_axis_raises():
     q1, q2, *_, batch = composed_example()
     a = losses.next_actions(batch["tokens"])
     with pytest.raises(ValueError, match="vocab_size"):
-        losses.cql_loss(q1, q2, a, batch["action_mask"], vocab_size=4)
+        cql_dense(q1, q2, a, batch["action_mask"], vocab_size=4)
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +350,7 @@ def test_vocab_size_larger_than_axis_raises():
 
 def test_masked_positions_never_change_any_loss():
     q1, q2, tq1, tq2, v, pi, batch = composed_example()
-    ref_loss, ref_metrics = losses.ilql_loss(q1, q2, tq1, tq2, v, pi, batch, CFG)
+    ref_loss, ref_metrics = ilql_every(q1, q2, tq1, tq2, v, pi, batch, CFG)
 
     rng = np.random.default_rng(0)
     m = np.asarray(batch["action_mask"])
@@ -338,16 +372,16 @@ def test_masked_positions_never_change_any_loss():
     )
     v2 = f32([[0.5, 2.0, -333.0, 1e4]])
     args = (junk(q1), junk(q2), junk(tq1), junk(tq2), v2, junk(pi), batch2)
-    loss, metrics = losses.ilql_loss(*args, CFG)
+    loss, metrics = ilql_every(*args, CFG)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     for k in ref_metrics:
         np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=1e-6, atol=1e-7, err_msg=k)
     # Jitted and with an out-of-range action id at a masked state.
     batch3 = dict(batch2, tokens=i32([[0, 1, 2, 999]]))
-    loss3, _ = jax.jit(losses.ilql_loss, static_argnums=7)(*args[:-1], batch3, CFG)
+    loss3, _ = jax.jit(ilql_every, static_argnums=7)(*args[:-1], batch3, CFG)
     np.testing.assert_allclose(loss3, ref_loss, rtol=1e-6)
     grads = jax.grad(
-        lambda *a: losses.ilql_loss(*a, batch3, CFG)[0], argnums=(0, 1, 2, 3, 4, 5)
+        lambda *a: ilql_every(*a, batch3, CFG)[0], argnums=(0, 1, 2, 3, 4, 5)
     )(*args[:-1])
     for g in grads:
         assert np.all(np.isfinite(g))
@@ -370,7 +404,7 @@ def test_masked_positions_scalar_losses(fn):
 def test_no_actions_gives_zero_loss():
     q1, q2, tq1, tq2, v, pi, batch = composed_example()
     batch = dict(batch, action_mask=f32([[0, 0, 0, 0]]))
-    loss, metrics = losses.ilql_loss(q1, q2, tq1, tq2, v, pi, batch, CFG)
+    loss, metrics = ilql_every(q1, q2, tq1, tq2, v, pi, batch, CFG)
     assert float(loss) == 0.0
     assert float(metrics["n_actions"]) == 0.0
 
@@ -410,7 +444,7 @@ def test_no_gradient_into_targets_from_ilql_loss():
     cfg = losses.LossConfig(gamma=0.5, tau=0.7, alpha_cql=0.1, beta_awac=0.5, vocab_size=3)
 
     def total(q1, q2, tq1, tq2, v, pi):
-        return losses.ilql_loss(q1, q2, tq1, tq2, v, pi, batch, cfg)[0]
+        return ilql_every(q1, q2, tq1, tq2, v, pi, batch, cfg)[0]
 
     grads = jax.grad(total, argnums=(0, 1, 2, 3, 4, 5))(q1, q2, tq1, tq2, v, pi)
     g_q1, g_q2, g_tq1, g_tq2, g_v, g_pi = grads
@@ -431,7 +465,7 @@ def test_no_gradient_into_targets_from_ilql_loss():
 
 def test_ilql_v_gradient_is_only_the_expectile_gradient():
     q1, q2, tq1, tq2, v, pi, batch = composed_example()
-    g_v = jax.grad(lambda v: losses.ilql_loss(q1, q2, tq1, tq2, v, pi, batch, CFG)[0])(v)
+    g_v = jax.grad(lambda v: ilql_every(q1, q2, tq1, tq2, v, pi, batch, CFG)[0])(v)
     # u = [1, -2], w = [0.7, 0.3], N = 2: dL_V/dV = -2 w u / N = [-0.7, 1.2 / 2].
     np.testing.assert_allclose(g_v, [[-0.7, 0.6, 0.0, 0.0]], rtol=1e-6, atol=1e-7)
 
@@ -440,7 +474,7 @@ def test_no_gradient_into_awac_advantage():
     logits = f32([[[0, 0, 0], [0, 1, 2]]])
     a, m = i32([[1, 2]]), f32([[1, 1]])
     adv = f32([[0.3, -0.2]])
-    g = jax.grad(lambda adv: losses.bc_loss(logits, a, m, 3, adv, 1.0)[0])(adv)
+    g = jax.grad(lambda adv: bc_dense(logits, a, m, 3, adv, 1.0)[0])(adv)
     np.testing.assert_array_equal(g, 0.0)
 
 
@@ -459,7 +493,7 @@ class CqlCrossEntropyTest(chex.TestCase):
         q2 = 3.0 * jax.random.normal(k2, (b, t, v))
         a = jax.random.randint(k3, (b, t), 0, v)
         m = (jax.random.uniform(k4, (b, t)) < 0.6).astype(jnp.float32)
-        loss, _ = self.variant(lambda *x: losses.cql_loss(*x, v))(q1, q2, a, m)
+        loss, _ = self.variant(lambda *x: cql_dense(*x, v))(q1, q2, a, m)
         ce = optax.softmax_cross_entropy_with_integer_labels(
             q1, a
         ) + optax.softmax_cross_entropy_with_integer_labels(q2, a)
@@ -468,14 +502,14 @@ class CqlCrossEntropyTest(chex.TestCase):
         # With a padded vocab (filled with huge values) too.
         pq1 = _pad_vocab(q1, 5, 1e30)
         pq2 = _pad_vocab(q2, 5, 1e30)
-        ploss, _ = self.variant(lambda *x: losses.cql_loss(*x, v))(pq1, pq2, a, m)
+        ploss, _ = self.variant(lambda *x: cql_dense(*x, v))(pq1, pq2, a, m)
         np.testing.assert_allclose(ploss, want, rtol=1e-5)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_bf16_inputs_computed_in_float32(self):
         q = jnp.zeros((1, 2, 3), jnp.bfloat16)
         a, m = i32([[1, 2]]), f32([[1, 1]])
-        loss, info = self.variant(lambda *x: losses.cql_loss(*x, 3))(q, q, a, m)
+        loss, info = self.variant(lambda *x: cql_dense(*x, 3))(q, q, a, m)
         assert loss.dtype == jnp.float32
         np.testing.assert_allclose(loss, 2 * LN3, rtol=1e-6)
 
@@ -498,7 +532,7 @@ def test_loss_config_validation_and_hashable():
     q1, *_, batch = composed_example()
     a = losses.next_actions(batch["tokens"])
     with pytest.raises(ValueError, match="adv_t"):
-        losses.bc_loss(q1, a, batch["action_mask"], 3, None, 1.0)
+        bc_dense(q1, a, batch["action_mask"], 3, None, 1.0)
     with pytest.raises(ValueError, match="bc_normaliser"):
         losses.LossConfig(bc_normaliser="all")
 
@@ -532,13 +566,15 @@ def test_bc_normaliser_on_rows_with_different_agent_shares(normaliser, n):
     packed = losses.pack_actions(batch, capacity=2)
     pi_k = losses.gather_packed(pi, packed.idx)
     zk_q, zk = jnp.zeros(pi_k.shape), jnp.zeros(pi_k.shape[:2])
-    no_bc = losses.ilql_loss(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, None, batch, cfg)[0]
-    no_bc_k = losses.ilql_loss_packed(zk_q, zk_q, zk, zk, zk, None, packed, cfg)[0]
+    no_bc = ilql_every(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, None, batch, cfg)[0]
+    no_bc_k = losses.ilql_loss(zk_q, zk_q, zk, zk, zk, None, packed, cfg)[0]
     runs = {
-        "ilql_loss": (losses.ilql_loss(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, pi, batch, cfg), no_bc),
-        "ilql_loss_packed": (losses.ilql_loss_packed(zk_q, zk_q, zk, zk, zk, pi_k, packed, cfg), no_bc_k),
-        "bc_only_loss": (losses.bc_only_loss(pi, batch, 3, normaliser), 0.0),
-        "bc_only_loss_packed": (losses.bc_only_loss_packed(pi_k, packed, 3, normaliser), 0.0),
+        "ilql_loss every position": (ilql_every(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, pi, batch, cfg), no_bc),
+        "ilql_loss packed": (losses.ilql_loss(zk_q, zk_q, zk, zk, zk, pi_k, packed, cfg), no_bc_k),
+        "bc_only_loss every position": (bc_only_every(pi, batch, 3, normaliser), 0.0),
+        "bc_only_loss packed": (losses.bc_only_loss(pi_k, packed, 3, normaliser), 0.0),
+        "dense reference": (dense_losses.ilql_loss(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, pi, batch, cfg),
+                            dense_losses.ilql_loss(zeros_q, zeros_q, zeros_q, zeros_q, zeros_v, None, batch, cfg)[0]),
     }
     for name, ((loss, metrics), rest) in runs.items():
         np.testing.assert_allclose(metrics["bc_loss"], nll_sum / n, rtol=1e-6, err_msg=name)
@@ -546,8 +582,62 @@ def test_bc_normaliser_on_rows_with_different_agent_shares(normaliser, n):
         np.testing.assert_allclose(metrics["bc_nll"], nll_sum / 3, rtol=1e-6, err_msg=name)
     # With AWAC weights (adv = 0 - 0 here, so w = 1) the same normaliser applies.
     awac = dataclasses.replace(cfg, beta_awac=1.0)
-    _, metrics = losses.ilql_loss_packed(zk_q, zk_q, zk, zk, zk, pi_k, packed, awac)
+    _, metrics = losses.ilql_loss(zk_q, zk_q, zk, zk, zk, pi_k, packed, awac)
     np.testing.assert_allclose(metrics["bc_loss"], nll_sum / n, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The objective against its dense hand-written form (tests/dense_losses.py).
+# ---------------------------------------------------------------------------
+
+
+def _random_example(seed, b=3, t=9, vocab=7, padded=10):
+    k = iter(jax.random.split(jax.random.PRNGKey(seed), 11))
+    heads = [3.0 * jax.random.normal(next(k), (b, t, padded)) for _ in range(5)]  # q1, q2, tq1, tq2, pi
+    m = (jax.random.uniform(next(k), (b, t)) < 0.6).astype(jnp.float32).at[:, -1].set(0.0)
+    attention = (jnp.arange(t)[None, :] < jnp.array([[t], [t - 2], [t - 3]])[:b]).astype(jnp.int32)
+    batch = {
+        "tokens": jax.random.randint(next(k), (b, t), 0, vocab),
+        "attention_mask": attention,
+        "action_mask": m * attention,
+        "rewards": jax.random.normal(next(k), (b, t)),
+        # next(t) >= t: the next agent state or a later position.
+        "next_idx": jnp.minimum(jnp.arange(t)[None, :] + jax.random.randint(next(k), (b, t), 1, 3), t - 1),
+        "dones": (jax.random.uniform(next(k), (b, t)) < 0.2).astype(jnp.float32),
+    }
+    v = jax.random.normal(next(k), (b, t))
+    return heads, v, batch
+
+
+@pytest.mark.parametrize("cfg", [
+    losses.LossConfig(gamma=0.9, tau=0.7, alpha_cql=0.3, vocab_size=7),
+    losses.LossConfig(gamma=0.5, tau=0.6, alpha_cql=0.0, beta_awac=0.5, vocab_size=7, bc_normaliser="non_pad"),
+], ids=["default", "awac-non-pad"])
+def test_objective_equals_the_dense_reference(cfg):
+    """`losses.ilql_loss` (at every position, and packed as the train step runs it) gives the dense formula's
+    loss and metrics, and, at every position, its gradients; π_β absent (value-only) too."""
+    (q1, q2, tq1, tq2, pi), v, batch = _random_example(0)
+    for policy in (pi, None):
+        want_loss, want = dense_losses.ilql_loss(q1, q2, tq1, tq2, v, policy, batch, cfg)
+        packed = losses.pack_actions(batch, capacity=8)
+        at = lambda x: losses.gather_packed(x, packed.idx)
+        target_k = jnp.minimum(losses.gather_actions(at(tq1), packed.a_k), losses.gather_actions(at(tq2), packed.a_k))
+        runs = {
+            "every position": jax.jit(ilql_every, static_argnums=7)(q1, q2, tq1, tq2, v, policy, batch, cfg),
+            "packed": losses.ilql_loss(at(q1), at(q2), target_k, at(v), jnp.take_along_axis(v, packed.next_k, axis=1),
+                                       None if policy is None else at(policy), packed, cfg),
+        }
+        for name, (loss, metrics) in runs.items():
+            assert sorted(metrics) == sorted(want), name
+            np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=name)
+            for key in want:
+                np.testing.assert_allclose(metrics[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {key}")
+    args = (q1, q2, tq1, tq2, v, pi)
+    got = jax.grad(lambda *a: ilql_every(*a, batch, cfg)[0], argnums=(0, 1, 4, 5))(*args)
+    want = jax.grad(lambda *a: dense_losses.ilql_loss(*a, batch, cfg)[0], argnums=(0, 1, 4, 5))(*args)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert any(np.any(np.asarray(g) != 0) for g in got)
 
 
 if __name__ == "__main__":

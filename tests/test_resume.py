@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from ilql_jax import checkpoint, sharding
+from ilql_jax import checkpoint, train
 from ilql_jax.logging import read_metrics
 from ilql_jax.loop import train_and_evaluate
 from tests import _resume_worker as worker
@@ -145,7 +145,7 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(tmp_pa
         train_and_evaluate(cfg, str(tmp_path), _data())
     assert _steps(tmp_path) == ([1] if every_steps == 1 else [])
     if every_steps == 1:
-        restored, _ = checkpoint.restore(tmp_path, sharding.abstract_state(cfg.step))  # the last good one
+        restored, _ = checkpoint.restore(tmp_path, train.abstract_state(cfg.step))  # the last good one
         assert int(restored.step) == 1
         assert all(np.isfinite(x).all() for x in worker.flat(restored.params).values())
 

@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from ilql_jax import sharding, train
+from ilql_jax import distributed, sharding, train
 from ilql_jax.models import ilql
 from ilql_jax.state import OptimConfig
 from tests import _sharding_worker as worker
@@ -37,7 +37,7 @@ TIMEOUT_S = 300
 
 def _specs(mesh_cfg, shape=(2, 4, 1)):
     mesh = AbstractMesh(shape, sharding.AXES)
-    shardings = sharding.state_shardings(sharding.abstract_state(worker.step_config()), mesh,
+    shardings = sharding.state_shardings(train.abstract_state(worker.step_config()), mesh,
                                          sharding.logical_rules(mesh_cfg))
     return jax.tree.map(lambda s: s.spec, shardings)
 
@@ -92,7 +92,7 @@ def test_shardings_cover_every_state_layout(variant):
     if "model" in variant:
         variant = dict(variant, model=dataclasses.replace(variant["model"], trunk=base.model.trunk))
     cfg = dataclasses.replace(base, **variant)
-    state = sharding.abstract_state(cfg)
+    state = train.abstract_state(cfg)
     mesh_cfg = sharding.MeshConfig(data=2, fsdp=4, fsdp_params=True)
     mesh = AbstractMesh((2, 4, 1), sharding.AXES)
     shardings = sharding.state_shardings(state, mesh, sharding.logical_rules(mesh_cfg))
@@ -172,7 +172,7 @@ def test_shard_state_leaves_the_source_usable_after_a_donating_step():
 def test_maybe_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
     for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
-    assert sharding.maybe_initialize_distributed() is False
+    assert distributed.maybe_initialize_distributed() is False
     assert jax.process_count() == 1
 
 

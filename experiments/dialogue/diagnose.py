@@ -49,7 +49,7 @@ from ilql_jax.checkpoint import restore
 from ilql_jax.config import TrainConfig, config_from_dict
 from ilql_jax.models import heads, ilql
 from ilql_jax.models import trunk as trunk_lib
-from ilql_jax.sharding import abstract_state
+from ilql_jax.train import abstract_state
 
 GAMMA = 0.99
 

@@ -49,7 +49,7 @@ from ilql_jax.checkpoint import restore
 from ilql_jax.config import TrainConfig, config_from_dict
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, ilql
-from ilql_jax.sharding import abstract_state
+from ilql_jax.train import abstract_state
 
 GROUPS = ("k=1", "k=2", "k=3-5", "k=6-20", "k>20", "inconsistent", "repeat", "invalid")
 

@@ -351,7 +351,7 @@ def load_hf(path_or_hub_id: str, *, shardings: Any = None, **config_overrides) -
         path_or_hub_id: a directory holding `config.json` and `model.safetensors` (or sharded
             safetensors with their index), the weights file itself, or a hub id (network needed).
         shardings: where the parameters go (a tree like `abstract_params`' of
-            `jax.sharding.Sharding`s, e.g. `sharding.trunk_shardings(...)`).
+            `jax.sharding.Sharding`s, e.g. `train.trunk_shardings(...)`).
             Each device then receives only its own slices, read straight from
             the files; no device (nor host) holds a whole tensor it does not
             keep. None: numpy arrays on the host.

@@ -119,7 +119,7 @@ def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class PackedOutputs:
-    """What the lean forward gives `losses.ilql_loss_packed`: values at K packed action slots per row.
+    """What the lean forward gives `losses.ilql_loss`: values at K packed action slots per row.
 
     Vocabulary-sized outputs exist only at the slots and only where a loss reads
     the whole vocabulary (CQL on the online Q heads, BC on π_β); their padded
@@ -138,7 +138,7 @@ class PackedOutputs:
 def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: jax.Array,
                  attention_mask: jax.Array, packed: losses.PackedActions,
                  dropout_key: jax.Array | None = None) -> PackedOutputs:
-    """The ILQL networks evaluated only where `losses.ilql_loss_packed` reads them.
+    """The ILQL networks evaluated only where `losses.ilql_loss` reads them.
 
     The trunks run on every position (each state's hidden depends on the whole
     prefix); no trunk computes LM logits over [B, T]. Then, at the packed action

@@ -95,7 +95,7 @@ def split(config: Any, trunk: nnx.State, key: jax.Array) -> tuple[nnx.State, nnx
 
 
 def delta_shardings(config: Any, plain_shardings: nnx.State) -> nnx.State:
-    """Shardings for one trunk's trained part, given a plain trunk's (`sharding.trunk_shardings`): its
+    """Shardings for one trunk's trained part, given a plain trunk's (`train.trunk_shardings`): its
     blocks' own; LoRA adapters (small) replicated over the same mesh."""
     spec = lora_spec(config)
     if spec is None:
