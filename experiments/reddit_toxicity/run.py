@@ -157,7 +157,7 @@ PRESETS = {
     # A pretrained model (`--model smollm2-135m-instruct` picks this preset): the top 2 blocks of each trunk
     # train (docs/partial_training.md), small rates with warm-up, and sizes that fit the 2-core CPU's budget.
     "pretrained": RedditConfig(model="smollm2-135m-instruct", num_layers_unfrozen=2, max_len=96, batch_size=16,
-                               bc_steps=120, ilql_steps=240, bc_learning_rate=2e-4, learning_rate=1e-3,
+                               bc_steps=120, ilql_steps=400, bc_learning_rate=2e-4, learning_rate=1e-3,
                                warmup_steps=15, freeze_policy=True, polyak_alpha=0.2, betas=(0.0, 2.0, 8.0, 16.0), n_eval=256, eval_batch=128),
     "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=128, batch_size=16,
                           bc_steps=10, ilql_steps=10, betas=(0.0, 4.0), max_new_tokens=16, n_eval=32,
