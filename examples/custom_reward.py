@@ -22,7 +22,7 @@ import argparse
 import json
 import random
 
-# [readme: begin] (README.md shows this part verbatim; tests/test_examples.py checks that it does)
+# [readme: begin] (docs/python_api.md shows this part verbatim; tests/test_examples.py checks that it does)
 import os
 
 import jax

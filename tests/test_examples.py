@@ -27,11 +27,12 @@ def _readme_part(path: pathlib.Path) -> str:
     return match.group(1)
 
 
-def test_readme_shows_custom_reward_verbatim():
+def test_the_python_api_page_shows_custom_reward_verbatim_and_the_readme_links_it():
     part = _readme_part(REPO / "examples" / "custom_reward.py")
     assert "def train_ilql" in part and "from ilql_jax import" in part
-    blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), flags=re.S | re.M)
-    assert part in blocks, "README.md's 'Your own data' block differs from examples/custom_reward.py"
+    blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "docs" / "python_api.md").read_text(), flags=re.S | re.M)
+    assert part in blocks, "docs/python_api.md's block differs from examples/custom_reward.py"
+    assert "(docs/python_api.md)" in (REPO / "README.md").read_text()
 
 
 def test_custom_reward_reads_jsonl_and_names_bad_lines(tmp_path):
