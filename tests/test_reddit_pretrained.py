@@ -137,6 +137,8 @@ def test_the_main_job_on_a_tiny_gguf_chat_model_uses_its_template_and_scores_flu
     bc = json.loads((workdir / "bc" / "config.json").read_text())
     assert bc["init"] == str(model) and bc["step"]["model"]["num_layers_unfrozen"] == 2
     assert bc["step"]["optim"]["warmup_steps"] == 1
+    rl = json.loads((workdir / "ilql" / "config.json").read_text())  # the preset's frozen π_β, read from BC
+    assert rl["step"]["model"]["frozen_policy"] and rl["init"] == f"bc:{workdir / 'bc'}"
     result = json.loads((workdir / "results.json").read_text())
     rows = result["seeds"]
     assert {r["beta"] for r in rows} == {0.0, 8.0}

@@ -219,9 +219,11 @@ def load_tokenizer_and_trunk(cfg: RedditConfig, workdir: str | epath.PathLike, t
 
 
 def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = None,
-                  bc_workdir: str = "bc") -> tuple[TrainConfig, TrainConfig]:
+                  bc_workdir: str | None = None) -> tuple[TrainConfig, TrainConfig]:
     """Loop configs for BC π_β (starting from `cfg.model`'s weights unless scratch) and for ILQL, at training
-    seed `seed` (`cfg.seed` by default). A frozen π_β is read from the BC run in `bc_workdir`."""
+    seed `seed` (`cfg.seed` by default). A frozen π_β is read from the BC run in `bc_workdir`, which it needs."""
+    if cfg.freeze_policy and bc_workdir is None:
+        raise ValueError("freeze_policy: the ILQL run reads π_β from the BC run; pass its bc_workdir")
     common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4,
                   seed=cfg.seed if seed is None else seed)
     partial = dict(num_layers_unfrozen=cfg.num_layers_unfrozen, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
