@@ -156,9 +156,12 @@ PRESETS = {
     "default": RedditConfig(),
     # A pretrained model (`--model smollm2-135m-instruct` picks this preset): the top 2 blocks of each trunk
     # train (docs/partial_training.md), small rates with warm-up, and sizes that fit the 2-core CPU's budget.
-    "pretrained": RedditConfig(model="smollm2-135m-instruct", num_layers_unfrozen=2, max_len=96, batch_size=16,
-                               bc_steps=120, ilql_steps=400, bc_learning_rate=2e-4, learning_rate=1e-3,
-                               warmup_steps=15, freeze_policy=True, polyak_alpha=0.2, betas=(0.0, 2.0, 8.0, 16.0), n_eval=256, eval_batch=128),
+    # max_len 88 holds 99.5% of the corpus's episodes under the chat template; BC 100 steps and 192 parents per β
+    # keep one seed within 30 minutes on the 2-core CPU (docs/results/smollm2.md).
+    "pretrained": RedditConfig(model="smollm2-135m-instruct", num_layers_unfrozen=2, max_len=88, batch_size=16,
+                               bc_steps=100, ilql_steps=400, bc_learning_rate=2e-4, learning_rate=1e-3,
+                               warmup_steps=15, freeze_policy=True, polyak_alpha=0.2, betas=(0.0, 2.0, 8.0, 16.0),
+                               n_eval=192, eval_batch=96),
     "smoke": RedditConfig(n_pairs=600, bpe_vocab_size=400, n_layer=1, n_embd=32, max_len=128, batch_size=16,
                           bc_steps=10, ilql_steps=10, betas=(0.0, 4.0), max_new_tokens=16, n_eval=32,
                           eval_batch=32),
