@@ -49,7 +49,6 @@ from experiments.dialogue.policies import InfoGainPolicy
 from ilql_jax import files, losses, recipe, sampler
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
-from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
@@ -241,9 +240,8 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     rows = [{"method": "info_gain (scripted expert)", "seed": None,
              **datasets.evaluate_policy(InfoGainPolicy(catalogue), catalogue, cfg.n_eval, seed=cfg.seed + 1)},
             {"method": "data (behaviour mix)", "seed": None, **data_stats}]
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, catalogue,
-                          train_arrays, heldout_arrays, returns)
+    rows += aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir, lambda seed, seed_dir: seed_rows(
+        cfg, seed, seed_dir, tok, catalogue, train_arrays, heldout_arrays, returns))
     table = aggregate_lib.aggregate(rows, ("method",), METRICS, EPISODE_STDERR)
     if cfg.seeds > 1:
         for r in table:
@@ -266,21 +264,20 @@ def seed_rows(cfg: DialogueConfig, seed: int, workdir: epath.Path, tok, catalogu
     Each row records `train_seconds` (the training it was read from, 0 when an earlier row paid for it) and
     `eval_seconds` (playing its dialogues), wall clock.
     """
-    rows, states = [], {}
+    rows = []
     label = f"seed {seed} " if cfg.seeds > 1 else ""
-    for method in cfg.methods:
+
+    def trained_as(method: str) -> str:
         # "bc" and "bc_rerank" may be read off the ILQL run's π_β (see the module docstring).
         bc = method in ("bc", "bc_rerank")
-        trained = "ilql" if (bc and cfg.bc_from_ilql and "ilql" in cfg.methods) else "bc" if bc else method
-        tc = train_config(cfg, trained, tok, seed)
-        start = time.perf_counter()
-        if trained not in states:
-            states[trained] = train_and_evaluate(tc, str(workdir / trained), train_arrays, heldout_arrays,
-                                                 returns=returns if tc.bc_top_fraction is not None else None)
-        train_seconds = time.perf_counter() - start
+        return "ilql" if (bc and cfg.bc_from_ilql and "ilql" in cfg.methods) else "bc" if bc else method
+
+    runs = methods.train_methods(cfg.methods, workdir, lambda run: train_config(cfg, run, tok, seed),
+                                 lambda run: (train_arrays, heldout_arrays), returns, trained_as)
+    for method, trained, tc, state, train_seconds in runs:
         for name, decoding in evaluations(cfg, method):
             start = time.perf_counter()
-            speaker = model_speaker(cfg, trained, states[trained], tok, seed, **decoding)
+            speaker = model_speaker(cfg, trained, state, tok, seed, **decoding)
             stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
             rows.append({"method": name, "seed": seed, **stats, "trained_as": trained, "train_steps": tc.num_steps,
                          **decoding, "train_seconds": round(train_seconds, 1),

@@ -46,7 +46,6 @@ from experiments.maze.policies import OptimalPolicy
 from ilql_jax import files, losses, recipe, sampler
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes, packing
-from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import OptimConfig
@@ -350,8 +349,8 @@ def run(cfg: MazeConfig, workdir: str) -> list[dict]:
     reference = play(cfg, lambda games: ["" if g.done else optimal(g) for g in games])
     rows = [with_scores({"method": "optimal (moves on the true position)", "seed": None, **reference}, norms),
             with_scores({"method": "data (behaviour mix)", "seed": None, **data_stats}, norms)]
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, data, norms)
+    rows += aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir,
+                                     lambda seed, seed_dir: seed_rows(cfg, seed, seed_dir, tok, data, norms))
     table = aggregate(rows, cfg)
     write_results(workdir, table, rows, cfg, norms, time.perf_counter() - t0)
     return table
@@ -367,20 +366,18 @@ def seed_rows(cfg: MazeConfig, seed: int, workdir: epath.Path, tok, data: dict, 
     rows = []
     label = f"seed {seed} " if cfg.seeds > 1 else ""
     key = jax.random.key(seed)
-    for method in sorted(cfg.methods, key=lambda m: m != "bc"):  # BC first: ILQL and MC start from it
-        tc = train_config(cfg, method, tok.vocab_size, seed, str(workdir / "bc"))
-        start = time.perf_counter()
-        train_rows = data["all" if method in ("bc", "ilql") else method]
-        heldout = data["mc_heldout" if method == "mc" else "heldout"]
-        state = train_and_evaluate(tc, str(workdir / method), train_rows, heldout)
-        trained = time.perf_counter() - start
+    runs = methods.train_methods(
+        sorted(cfg.methods, key=lambda m: m != "bc"),  # BC first: ILQL and MC start from it
+        workdir, lambda m: train_config(cfg, m, tok.vocab_size, seed, str(workdir / "bc")),
+        lambda m: (data["all" if m in ("bc", "ilql") else m], data["mc_heldout" if m == "mc" else "heldout"]))
+    for method, _, tc, state, train_seconds in runs:
         betas = sorted({cfg.beta, *(cfg.betas if method == "ilql" else ())}) if method in VALUE_GUIDED else [0.0]
         for beta in betas:
             start = time.perf_counter()
             stats = play(cfg, model_chooser(cfg, state, tok, key, beta, guided=method in VALUE_GUIDED))
             name = method if beta in (0.0, cfg.beta) else f"{method} β={beta:g}"
             row = with_scores({"method": name, "seed": seed, **stats, "beta": beta, "train_steps": tc.num_steps,
-                               "train_seconds": round(trained, 1),
+                               "train_seconds": round(train_seconds, 1),
                                "eval_seconds": round(time.perf_counter() - start, 1)}, norms)
             if method in VALUE_GUIDED and cfg.diagnose:
                 row.update(first_step_diagnostics(cfg, state, tok, beta))

@@ -409,14 +409,17 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
     tok, trunk, arrays, parents, skipped = prepare(cfg, workdir, judge)
     fluency = fluency_scorer(cfg, tok)
-    rows, examples, minutes = [], {}, [(time.perf_counter() - t0) / 60]  # setup, then each seed
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        seed_dir = aggregate_lib.seed_workdir(workdir, seed, cfg.seeds)
-        seed_rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge, fluency)
+    examples, minutes = {}, [(time.perf_counter() - t0) / 60]  # the first seed's generations; setup, then each seed
+
+    def seed_rows(seed: int, seed_dir: epath.Path) -> list[dict]:
+        rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge, fluency)
         write_generations(seed_dir, parents, generations)
-        rows += seed_rows
-        examples = examples or generations
+        if not examples:
+            examples.update(generations)
         minutes.append((time.perf_counter() - t0) / 60 - sum(minutes))
+        return rows
+
+    rows = aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir, seed_rows)
     table = aggregate_lib.aggregate(rows, ("beta",), METRICS + (("perplexity",) if fluency else ()),
                                     {"mean_reward": "stderr"})
     criteria = main_criteria(table, rows)

@@ -42,7 +42,6 @@ from experiments.wordle.policies import ExpertPolicy
 from ilql_jax import losses, recipe, sampler, tokenizers
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
-from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
@@ -252,9 +251,8 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     rows = [{"method": "expert (upper reference)", "seed": None, **datasets.evaluate_policy(
         expert, words, cfg.n_eval_games, seed=cfg.seed + 1)}]
     rows.append({"method": "data (behaviour mix)", "seed": None, **data_stats})
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, words,
-                          train_arrays, heldout_arrays, returns)
+    rows += aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir, lambda seed, seed_dir: seed_rows(
+        cfg, seed, seed_dir, tok, words, train_arrays, heldout_arrays, returns))
     metrics = METRICS
     if cfg.data == "lmrl":
         norms = lmrl_normalisations(data_stats["mean_return"], rows[0]["mean_return"])
@@ -278,14 +276,15 @@ def seed_rows(cfg: WordleConfig, seed: int, workdir: epath.Path, tok, words: lis
               returns: np.ndarray) -> list[dict]:
     """Trains every method at one training seed and plays the evaluation games (the same for every seed)."""
     rows = []
-    for method in (m for m in METHODS if m in cfg.methods):  # BC first: rl_from_bc reads its checkpoint
-        tc = train_config(cfg, method, bc_workdir=str(workdir / "bc"), seed=seed)
+    runs = methods.train_methods(
+        [m for m in METHODS if m in cfg.methods],  # BC first: rl_from_bc reads its checkpoint
+        workdir, lambda m: train_config(cfg, m, bc_workdir=str(workdir / "bc"), seed=seed),
+        lambda m: (train_arrays, heldout_arrays), returns)
+    for method, _, tc, state, seconds in runs:
         start = time.perf_counter()
-        state = train_and_evaluate(tc, str(workdir / method), train_arrays, heldout_arrays,
-                                   returns=returns if tc.bc_top_fraction is not None else None)
         stats = play(model_guesser(cfg, method, state, tok, seed), words, cfg.n_eval_games, cfg.seed + 1)
         rows.append({"method": method, "seed": seed, **stats, "train_steps": tc.num_steps,
-                     "seconds": round(time.perf_counter() - start, 1)})
+                     "seconds": round(seconds + time.perf_counter() - start, 1)})
         print_row(rows[-1], cfg.seeds)
         if method in VALUE_GUIDED:
             # The same checkpoint at β = 0 is its π_β alone: what the values add is the gap to this row.
