@@ -2,15 +2,12 @@
 build them."""
 
 import dataclasses
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from ilql_jax import recipe
 from ilql_jax.configs import GPT2Config, LossConfig, ModelConfig, OptimConfig
+from tests.test_cli import NO_JAX, _run_module
 
 TRUNK = GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=1, n_head=2)
 FROZEN = ModelConfig(trunk=TRUNK, frozen_policy=True, target_on_online_trunk=True, head_init="flax")
@@ -53,24 +50,14 @@ def test_percent_bc_cadence_bc_model_and_per_utterance_ilql():
         _runs(mode="ilql_utt").ilql("bc")
 
 
-NO_JAX = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"jax", "jaxlib", "flax", "optax", "orbax", "chex"}:
-            raise ImportError(f"blocked: {name}")
-sys.meta_path.insert(0, Block())
+def test_the_recipe_builds_its_runs_with_jax_unimportable(tmp_path):
+    code = NO_JAX.split("sys.argv[0]")[0] + """
 from ilql_jax import recipe
 from ilql_jax.configs import GPT2Config, LossConfig, ModelConfig, OptimConfig
 runs = recipe.BCThenILQL(ModelConfig(trunk=GPT2Config(n_positions=16)), LossConfig(), bc_steps=2, ilql_steps=3,
                          bc_optim=OptimConfig(), ilql_optim=OptimConfig(), polyak_alpha=0.1, loop={"max_len": 16})
 print(runs.bc().step.mode, runs.ilql("w/bc").init)
 """
-
-
-def test_the_recipe_builds_its_runs_with_jax_unimportable():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", NO_JAX], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    proc = _run_module(["-c", code], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["bc", "bc:w/bc"]
