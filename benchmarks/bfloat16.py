@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from experiments import lockstep  # noqa: E402
 from experiments.wordle import datasets, env, run as wordle, words as words_lib  # noqa: E402
 from ilql_jax import checkpoint, files, losses, sampler, tokenizers, train  # noqa: E402
 from ilql_jax.config import TrainConfig, config_from_dict  # noqa: E402
@@ -93,15 +94,9 @@ def play(model: ilql.ModelConfig, state, words: list[str], n_games: int, beta: f
     scfg = sampler.SamplerConfig(max_new_tokens=6, mode="greedy", prompt_buckets=(model.trunk.n_positions - 6,))
     answers = np.random.default_rng(seed).integers(len(words), size=n_games)
     games = [env.WordleGame(words[a], frozenset(words)) for a in answers]
-    for _ in range(env.MAX_GUESSES):
-        live = [i for i, g in enumerate(games) if not g.done]
-        if not live:
-            break
-        prompts = [env.prompt_ids(g.turns, tok) if not g.done else [tok.a_id] for g in games]
-        guesses = sampler.generate_text(tok, model, state.params, state.target_params, prompts, jax.random.key(seed),
-                                        sampler_config=scfg, beta=beta, adv_clip=adv_clip)
-        for i in live:
-            games[i].step(guesses[i])
+    choose = lockstep.model_player(tok, model, state, lambda g: env.prompt_ids(g.turns, tok) if not g.done else [tok.a_id],
+                                   jax.random.key(seed), scfg, beta=beta, adv_clip=adv_clip)
+    lockstep.play_lockstep(games, choose, env.MAX_GUESSES)
     return [[t.guess for t in g.turns] for g in games], datasets.game_stats(games)
 
 

@@ -376,6 +376,15 @@ class IdTokenizer:
         return [int(t) for t in text.split()]
 
 
+def parse_shapes(parser, text: str, known) -> list[str]:
+    """The shapes a comma-separated `--shapes` names; `parser.error` (exit 2) for one not in `known`."""
+    shapes = [s for s in text.split(",") if s]
+    for s in shapes:
+        if s not in known:
+            parser.error(f"unknown shape {s!r}; choose from {', '.join(known)}")
+    return shapes
+
+
 def gpt2_shape(shape: str):
     """The benchmarks' GPT-2 shapes, without dropout: "tiny" or "gpt2-small"."""
     from ilql_jax.models import gpt2

@@ -238,10 +238,7 @@ def main(argv=None) -> None:
     if args.worker:
         common.emit(worker(args.worker, args.runs or DEFAULT_RUNS[args.worker], args.eager))
         return
-    shapes = [s for s in args.shapes.split(",") if s]
-    for s in shapes:
-        if s not in SHAPES:
-            parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    shapes = common.parse_shapes(parser, args.shapes, SHAPES)
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
     small = SHAPES["gpt2-small"]()
     peak, bandwidth = common.PeakMeter(), common.BandwidthMeter()

@@ -37,14 +37,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MIN_MATCH = 16
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def greedy(params, config, prompt: list[int], new_tokens: int, stop_id: int) -> list[int]:
     """Greedy continuation of one prompt (trunk prefill, then one cached decode step per token), up to the stop."""
     from ilql_jax.models import trunk
@@ -80,7 +72,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     tok = tokenizers.gguf_tokenizer(path)
     tokenizer_s = time.perf_counter() - start
-    sha = _sha256(path)
+    with open(path, "rb") as f:
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
     common.emit({"bench": "smollm2_load", "model": args.model, "path": path, "load_s": round(load_s, 2),
                  "tokenizer_s": round(tokenizer_s, 2), "peak_rss_mib": round(common.peak_rss_bytes() / 2**20, 1),
                  "n_params": int(sum(np.size(x) for x in jax.tree.leaves(params))), "gguf_sha256": sha,

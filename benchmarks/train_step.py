@@ -373,10 +373,7 @@ def main(argv=None) -> None:
         common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc,
                            args.training))
         return
-    shapes = [s for s in args.shapes.split(",") if s]
-    for s in shapes:
-        if s not in SHAPES:
-            parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    shapes = common.parse_shapes(parser, args.shapes, SHAPES)
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
     partial = tuple(t for t, on in ((f"top{args.unfrozen}", args.unfrozen is not None),
                                     (f"lora{args.lora}", args.lora is not None)) if on)

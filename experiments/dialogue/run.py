@@ -36,27 +36,21 @@ variants; every method is trained on `reward`.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import re
 import time
 
 import jax
 import numpy as np
 from etils import epath
 
-from experiments import aggregate as aggregate_lib, lockstep, plots, results
+from experiments import aggregate as aggregate_lib, lockstep, methods, plots, results
 from experiments.dialogue import catalogue as catalogue_lib
 from experiments.dialogue import datasets, env, vocab
 from experiments.dialogue.policies import InfoGainPolicy
-from ilql_jax import files, losses, reranking, sampler, train
+from ilql_jax import files, losses, recipe, sampler
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
-from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
-
-_METHOD = re.compile(r"^(bc|bc_rerank|pbc[1-9][0-9]?|ilql|ilql_utt)$")
-
 
 @dataclasses.dataclass(frozen=True)
 class DialogueConfig:
@@ -124,9 +118,7 @@ class DialogueConfig:
     def __post_init__(self):
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        bad = [m for m in self.methods if not _METHOD.match(m)]
-        if bad:
-            raise ValueError(f"unknown method(s) {bad}; use bc, bc_rerank, pbcNN (1 ≤ NN ≤ 99), ilql or ilql_utt")
+        methods.check(self.methods, ("bc", "bc_rerank", "ilql", "ilql_utt"))
         if self.data_mix not in datasets.MIXTURES:
             raise ValueError(f"unknown data_mix {self.data_mix!r}; choose from {sorted(datasets.MIXTURES)}")
         if "ilql" in self.methods and not self.betas:
@@ -156,28 +148,22 @@ def trunk_config(cfg: DialogueConfig, vocab_size: int) -> gpt2.GPT2Config:
 
 
 def train_config(cfg: DialogueConfig, method: str, tok, seed: int | None = None) -> TrainConfig:
-    """The loop's config for one method at training seed `seed` (`cfg.seed` by default)."""
-    model = ilql.ModelConfig(trunk=trunk_config(cfg, tok.vocab_size))
-    optim = OptimConfig(learning_rate=cfg.learning_rate)
-    if method == "ilql":
-        step = train.StepConfig(mode="ilql", model=model, optim=optim, polyak_alpha=cfg.polyak_alpha,
-                                loss=losses.LossConfig(gamma=0.99, tau=cfg.tau, alpha_cql=cfg.alpha_cql))
-        num_steps, fraction = cfg.rl_steps, None
-    elif method == "ilql_utt":
-        step = train.StepConfig(mode="ilql_utt", model=model, optim=optim, end_a_id=tok.end_a_id,
-                                polyak_alpha=cfg.polyak_alpha, loss=losses.LossConfig(gamma=0.99, tau=cfg.tau))
-        num_steps, fraction = cfg.rl_steps, None
-    else:
-        step = train.StepConfig(mode="bc", model=model, optim=optim)
-        num_steps = cfg.bc_steps
-        fraction = None if method == "bc" else int(method[3:]) / 100
-    return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.max_len, num_steps=num_steps,
-                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4,
-                       seed=cfg.seed if seed is None else seed, bc_top_fraction=fraction)
+    """The loop's config for one method at training seed `seed` (`cfg.seed` by default): every run starts from
+    scratch, ILQL training its π_β alongside the values."""
+    utt = method == "ilql_utt"  # per-utterance ILQL: no CQL term
+    runs = recipe.BCThenILQL(
+        ilql.ModelConfig(trunk=trunk_config(cfg, tok.vocab_size)),
+        losses.LossConfig(gamma=0.99, tau=cfg.tau, **({} if utt else {"alpha_cql": cfg.alpha_cql})),
+        bc_steps=cfg.bc_steps, ilql_steps=cfg.rl_steps, bc_optim=OptimConfig(learning_rate=cfg.learning_rate),
+        ilql_optim=OptimConfig(learning_rate=cfg.learning_rate), polyak_alpha=cfg.polyak_alpha,
+        mode="ilql_utt" if utt else "ilql", end_a_id=tok.end_a_id if utt else None,
+        loop=dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_every=0, eval_batches=4,
+                  seed=cfg.seed if seed is None else seed))
+    return runs.ilql(None) if method in ("ilql", "ilql_utt") else runs.bc(methods.top_fraction(method))
 
 
 def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[str, float]:
-    """Plays `n` dialogues in lockstep; `speak(list of turn lists) -> list of utterances`, one per dialogue.
+    """Plays `n` dialogues in lockstep; `speak(games) -> utterances`, one per dialogue (`lockstep.play_lockstep`).
 
     Targets come from `datasets.eval_targets(seed)`, as for the scripted
     reference, so every method meets the same targets. Every call gets all
@@ -185,7 +171,7 @@ def play(speak, catalogue: catalogue_lib.Catalogue, n: int, seed: int) -> dict[s
     sees one batch shape.
     """
     games = [env.DialogueGame(t, catalogue) for t in datasets.eval_targets(catalogue, n, seed)]
-    lockstep.play_lockstep(games, lambda batch: speak([g.turns for g in batch]), env.MAX_TURNS)
+    lockstep.play_lockstep(games, speak, env.MAX_TURNS)
     return datasets.dialogue_stats(games)
 
 
@@ -194,35 +180,24 @@ def model_speaker(cfg: DialogueConfig, method: str, state, tok, seed: int, beta:
     """Utterances (`cfg.decode`) from a state trained as `method`: π_β + β·A (β = 0: π_β alone), or, with
     `rerank_n`, the best of that many π_β samples by Q̄ + w · log π_β (a per-utterance state; w =
     `rerank_weight`), or by log π_β alone when `rerank_weight` is None."""
-    model = train_config(cfg, method, tok).step.model
     # A reranked candidate is scored with its `</a>` after the prompt, one more token than decoding needs.
     room = cfg.max_len - cfg.max_new_tokens - (rerank_n is not None)
     scfg = sampler.SamplerConfig(max_new_tokens=cfg.max_new_tokens, mode=cfg.decode, prompt_buckets=(room,))
-    key = jax.random.key(seed)
-    calls = itertools.count()
-    # An utterance goes back into the history, which cannot hold markup.
-    forbidden = sampler.inner_markup_ids(tok)
 
-    def speak(histories):
-        prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
-        longest = max(map(len, prompts))
+    def prompt(game: env.DialogueGame) -> list[int]:
+        ids = env.prompt_ids(game.turns, tok) if not game.done else [tok.a_id]
         # Cannot happen at the defaults: 9 earlier turns of ≤ 9 + 3 tokens (words, </a>, a one-id reply, </s>) and <a>
         # make 109 ≤ 120 − 9 − 1 (the vocabulary keeps every id one id through decode and encode).
-        if longest > room:
-            raise ValueError(f"a dialogue prompt has {longest} tokens; max_len={cfg.max_len} leaves room for {room}")
-        # A fresh key per turn (fold in the call count), the same sequence for every method.
-        turn_key = jax.random.fold_in(key, next(calls))
-        if rerank_n is not None:
-            likelihood = rerank_weight is None
-            return reranking.rerank_text(tok, model, state.params, state.target_params, prompts, turn_key, n=rerank_n,
-                                         logp_weight=1.0 if likelihood else rerank_weight,
-                                         q_weight=0.0 if likelihood else 1.0, sampler_config=scfg,
-                                         forbidden_ids=forbidden)
-        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, turn_key,
-                                     sampler_config=scfg, beta=beta, adv_clip=cfg.adv_clip if beta else None,
-                                     forbidden_ids=forbidden)
+        if len(ids) > room:
+            raise ValueError(f"a dialogue prompt has {len(ids)} tokens; max_len={cfg.max_len} leaves room for {room}")
+        return ids
 
-    return speak
+    rerank = None
+    if rerank_n is not None:
+        likelihood = rerank_weight is None
+        rerank = dict(n=rerank_n, logp_weight=1.0 if likelihood else rerank_weight, q_weight=0.0 if likelihood else 1.0)
+    return lockstep.model_player(tok, train_config(cfg, method, tok).step.model, state, prompt, jax.random.key(seed),
+                                 scfg, beta=beta, adv_clip=cfg.adv_clip if beta else None, rerank=rerank)
 
 
 def evaluations(cfg: DialogueConfig, method: str) -> list[tuple[str, dict]]:
@@ -265,9 +240,8 @@ def run(cfg: DialogueConfig, workdir: str) -> list[dict]:
     rows = [{"method": "info_gain (scripted expert)", "seed": None,
              **datasets.evaluate_policy(InfoGainPolicy(catalogue), catalogue, cfg.n_eval, seed=cfg.seed + 1)},
             {"method": "data (behaviour mix)", "seed": None, **data_stats}]
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, catalogue,
-                          train_arrays, heldout_arrays, returns)
+    rows += aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir, lambda seed, seed_dir: seed_rows(
+        cfg, seed, seed_dir, tok, catalogue, train_arrays, heldout_arrays, returns))
     table = aggregate_lib.aggregate(rows, ("method",), METRICS, EPISODE_STDERR)
     if cfg.seeds > 1:
         for r in table:
@@ -290,21 +264,20 @@ def seed_rows(cfg: DialogueConfig, seed: int, workdir: epath.Path, tok, catalogu
     Each row records `train_seconds` (the training it was read from, 0 when an earlier row paid for it) and
     `eval_seconds` (playing its dialogues), wall clock.
     """
-    rows, states = [], {}
+    rows = []
     label = f"seed {seed} " if cfg.seeds > 1 else ""
-    for method in cfg.methods:
+
+    def trained_as(method: str) -> str:
         # "bc" and "bc_rerank" may be read off the ILQL run's π_β (see the module docstring).
         bc = method in ("bc", "bc_rerank")
-        trained = "ilql" if (bc and cfg.bc_from_ilql and "ilql" in cfg.methods) else "bc" if bc else method
-        tc = train_config(cfg, trained, tok, seed)
-        start = time.perf_counter()
-        if trained not in states:
-            states[trained] = train_and_evaluate(tc, str(workdir / trained), train_arrays, heldout_arrays,
-                                                 returns=returns if tc.bc_top_fraction is not None else None)
-        train_seconds = time.perf_counter() - start
+        return "ilql" if (bc and cfg.bc_from_ilql and "ilql" in cfg.methods) else "bc" if bc else method
+
+    runs = methods.train_methods(cfg.methods, workdir, lambda run: train_config(cfg, run, tok, seed),
+                                 lambda run: (train_arrays, heldout_arrays), returns, trained_as)
+    for method, trained, tc, state, train_seconds in runs:
         for name, decoding in evaluations(cfg, method):
             start = time.perf_counter()
-            speaker = model_speaker(cfg, trained, states[trained], tok, seed, **decoding)
+            speaker = model_speaker(cfg, trained, state, tok, seed, **decoding)
             stats = play(speaker, catalogue, cfg.n_eval, cfg.seed + 1)
             rows.append({"method": name, "seed": seed, **stats, "trained_as": trained, "train_steps": tc.num_steps,
                          **decoding, "train_seconds": round(train_seconds, 1),
@@ -330,8 +303,7 @@ COLUMNS: tuple[results.Column, ...] = (
 
 def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[dict], cfg: DialogueConfig,
                   seconds: float) -> None:
-    spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over dialogues"
-              if cfg.seeds > 1 else "one seed: ± is the s.e. over dialogues")
+    spread = results.spread(cfg.seeds, "dialogues")
     results.write_table(workdir, table, COLUMNS,
                         f"Trained on the `{cfg.reward}` reward; {cfg.n_train} training dialogues; "
                         f"data mix `{cfg.data_mix}`; adv_clip = {cfg.adv_clip}; {spread}; "

@@ -36,7 +36,7 @@ import numpy as np
 from experiments import aggregate as aggregate_lib
 from experiments import results
 from experiments.graph_walks import graph as graph_lib
-from ilql_jax import losses, sampler, tokenizers, train
+from ilql_jax import losses, recipe as recipe_lib, sampler, tokenizers
 from ilql_jax.checkpoint import CheckpointConfig
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes, rewards
@@ -139,20 +139,17 @@ def model_config(cfg: GraphWalkConfig, recipe: str, vocab_size: int) -> ilql.Mod
 
 def train_configs(cfg: GraphWalkConfig, recipe: str, vocab_size: int, seed: int, workdir: str) -> list[TrainConfig]:
     """The loop configs of a recipe, in order (bc_then_ilql: BC, then ILQL from its π_β)."""
-    model = model_config(cfg, recipe, vocab_size)
+    shared = recipe == "shared"
     optim = OptimConfig(learning_rate=cfg.learning_rate, b2=cfg.b2, weight_decay=cfg.weight_decay)
-    loss = losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql)
-    ilql_step = train.StepConfig(mode="ilql", model=model, loss=loss, optim=optim, polyak_alpha=cfg.polyak_alpha,
-                                 target_update_every=cfg.target_update_every)
-    common = dict(batch_size=cfg.batch_size, max_len=max_len(cfg), eval_every=0, eval_batches=1, seed=seed,
-                  progress=False, checkpoint=CheckpointConfig(every_steps=10**6, keep=1))
-    if recipe == "shared":
-        return [TrainConfig(step=ilql_step, num_steps=cfg.steps, log_every=max(1, cfg.steps // 4), **common)]
-    bc = TrainConfig(step=train.StepConfig(mode="bc", model=dataclasses.replace(model, frozen_policy=False),
-                                           optim=optim),
-                     num_steps=cfg.bc_steps, log_every=max(1, cfg.bc_steps // 4), **common)
-    return [bc, TrainConfig(step=ilql_step, num_steps=cfg.ilql_steps, log_every=max(1, cfg.ilql_steps // 4),
-                            init="bc:" + os.path.join(workdir, "bc"), **common)]
+    runs = recipe_lib.BCThenILQL(
+        model_config(cfg, recipe, vocab_size), losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
+        bc_steps=cfg.bc_steps, ilql_steps=cfg.steps if shared else cfg.ilql_steps, bc_optim=optim, ilql_optim=optim,
+        polyak_alpha=cfg.polyak_alpha, target_update_every=cfg.target_update_every,
+        cadence=lambda steps: {"log_every": max(1, steps // 4)},
+        loop=dict(batch_size=cfg.batch_size, max_len=max_len(cfg), eval_every=0, eval_batches=1, seed=seed,
+                  progress=False, checkpoint=CheckpointConfig(every_steps=10**6, keep=1)))
+    # The shared recipe is one ILQL run from scratch, π_β trained with the values.
+    return [runs.ilql(None)] if shared else [runs.bc(), runs.ilql(os.path.join(workdir, "bc"))]
 
 
 def decode_walks(cfg: GraphWalkConfig, graph: graph_lib.Graph, tok, model: ilql.ModelConfig, state, *,

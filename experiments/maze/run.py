@@ -33,8 +33,6 @@ log π_β's.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import re
 import time
 
 import jax
@@ -42,18 +40,16 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from experiments import aggregate as aggregate_lib, lmrl, lockstep, plots, results
+from experiments import aggregate as aggregate_lib, lmrl, lockstep, methods, plots, results
 from experiments.maze import datasets, env, vocab
 from experiments.maze.policies import OptimalPolicy
-from ilql_jax import files, losses, sampler, train
+from ilql_jax import files, losses, recipe, sampler
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes, packing
-from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import OptimConfig
 
-_METHOD = re.compile(r"^(bc|pbc[1-9][0-9]?|ilql|mc)$")
 VALUE_GUIDED = ("ilql", "mc")
 LMRL_LAST_K = {"fo": 1, "po": 40}
 
@@ -132,9 +128,7 @@ class MazeConfig:
             raise ValueError(f"timeout must be 'truncate' or 'terminal', got {self.timeout!r}")
         if self.last_k is not None and self.last_k < 1:
             raise ValueError(f"last_k must be >= 1, got {self.last_k}")
-        bad = [m for m in self.methods if not _METHOD.match(m)]
-        if bad:
-            raise ValueError(f"unknown method(s) {bad}; use bc, pbcNN (1 ≤ NN ≤ 99), ilql or mc")
+        methods.check(self.methods, ("bc", "ilql", "mc"))
         if set(self.methods) & set(VALUE_GUIDED) and "bc" not in self.methods:
             raise ValueError("ilql and mc start from the BC run's checkpoint: add 'bc' to methods")
         if self.rollouts_per_start < 1 or self.n_train < 2 or self.n_heldout < 1:
@@ -210,23 +204,18 @@ def model_config(cfg: MazeConfig, vocab_size: int) -> ilql.ModelConfig:
 
 def train_config(cfg: MazeConfig, method: str, vocab_size: int, seed: int, bc_workdir: str) -> TrainConfig:
     """The loop's config for one method: BC and %BC from scratch; ILQL and MC from the BC run, π_β frozen."""
-    model = model_config(cfg, vocab_size)
-    if method in VALUE_GUIDED:
-        num_steps = cfg.rl_steps
-        optim = OptimConfig(learning_rate=cfg.rl_learning_rate, warmup_steps=cfg.warmup_steps, schedule="cosine",
-                            total_steps=num_steps)
-        tau = cfg.tau if method == "ilql" else 0.5
-        step = train.StepConfig(mode="ilql", model=model, optim=optim, polyak_alpha=cfg.polyak_alpha,
-                                loss=losses.LossConfig(gamma=cfg.gamma, tau=tau, alpha_cql=cfg.alpha_cql))
-        init = f"bc:{bc_workdir}"
-    else:
-        num_steps = cfg.bc_steps
-        optim = OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, schedule="cosine",
-                            total_steps=num_steps)
-        step = train.StepConfig(mode="bc", model=dataclasses.replace(model, frozen_policy=False), optim=optim)
-        init = "scratch"
-    return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.row_len, num_steps=num_steps,
-                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=2, seed=seed, init=init)
+    def optim(learning_rate: float, steps: int) -> OptimConfig:
+        return OptimConfig(learning_rate=learning_rate, warmup_steps=cfg.warmup_steps, schedule="cosine",
+                           total_steps=steps)
+
+    runs = recipe.BCThenILQL(
+        model_config(cfg, vocab_size),
+        losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau if method == "ilql" else 0.5, alpha_cql=cfg.alpha_cql),
+        bc_steps=cfg.bc_steps, ilql_steps=cfg.rl_steps, bc_optim=optim(cfg.learning_rate, cfg.bc_steps),
+        ilql_optim=optim(cfg.rl_learning_rate, cfg.rl_steps), polyak_alpha=cfg.polyak_alpha,
+        loop=dict(batch_size=cfg.batch_size, max_len=cfg.row_len, eval_every=0, eval_batches=2, seed=seed))
+    # %BC trains on its own rows (`top_episodes`), not on a fraction the loop picks.
+    return runs.ilql(bc_workdir) if method in VALUE_GUIDED else runs.bc()
 
 
 # ---------------------------------------------------------------------------
@@ -247,19 +236,11 @@ def prompt(game: env.MazeGame, tok) -> list[int]:
 
 def model_chooser(cfg: MazeConfig, state, tok, key: jax.Array, beta: float, guided: bool):
     """Moves sampled at temperature 1 from π_β (+ β·A when `guided`), as `lockstep.play_lockstep` wants them."""
-    model = model_config(cfg, tok.vocab_size)
     scfg = sampler.SamplerConfig(max_new_tokens=MAX_NEW_TOKENS, mode="sample", prompt_buckets=(_longest_window(cfg, tok),))
-    calls = itertools.count()
-
-    def choose(games):
-        texts = sampler.generate_text(tok, model, state.params, state.target_params, [prompt(g, tok) for g in games],
-                                      jax.random.fold_in(key, next(calls)), sampler_config=scfg,
-                                      beta=beta if guided else 0.0, adv_clip=cfg.adv_clip if guided else None,
-                                      forbidden_ids=sampler.inner_markup_ids(tok))
-        # LMRL-Gym's out_str_process: one trailing newline, whatever was generated.
-        return [t.removesuffix("\n") + "\n" for t in texts]
-
-    return choose
+    choose = lockstep.model_player(tok, model_config(cfg, tok.vocab_size), state, lambda g: prompt(g, tok), key, scfg,
+                                   beta=beta if guided else 0.0, adv_clip=cfg.adv_clip if guided else None)
+    # LMRL-Gym's out_str_process: one trailing newline, whatever was generated.
+    return lambda games: [t.removesuffix("\n") + "\n" for t in choose(games)]
 
 
 def _longest_window(cfg: MazeConfig, tok) -> int:
@@ -354,8 +335,8 @@ def run(cfg: MazeConfig, workdir: str) -> list[dict]:
     heldout_games = [e.game for e in logged[cfg.n_train:]]
     data = {"all": pack(train_games, tok, cfg), "heldout": pack(heldout_games, tok, cfg)}
     for m in cfg.methods:
-        if m.startswith("pbc"):
-            data[m] = pack(top_episodes(train_games, int(m[3:]) / 100), tok, cfg)
+        if methods.top_fraction(m) is not None:
+            data[m] = pack(top_episodes(train_games, methods.top_fraction(m)), tok, cfg)
         elif m == "mc":
             data[m] = pack(None, tok, cfg, mc_chains(train_games, tok, cfg.gamma))
             data["mc_heldout"] = pack(None, tok, cfg, mc_chains(heldout_games, tok, cfg.gamma))
@@ -368,8 +349,8 @@ def run(cfg: MazeConfig, workdir: str) -> list[dict]:
     reference = play(cfg, lambda games: ["" if g.done else optimal(g) for g in games])
     rows = [with_scores({"method": "optimal (moves on the true position)", "seed": None, **reference}, norms),
             with_scores({"method": "data (behaviour mix)", "seed": None, **data_stats}, norms)]
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, data, norms)
+    rows += aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir,
+                                     lambda seed, seed_dir: seed_rows(cfg, seed, seed_dir, tok, data, norms))
     table = aggregate(rows, cfg)
     write_results(workdir, table, rows, cfg, norms, time.perf_counter() - t0)
     return table
@@ -385,20 +366,18 @@ def seed_rows(cfg: MazeConfig, seed: int, workdir: epath.Path, tok, data: dict, 
     rows = []
     label = f"seed {seed} " if cfg.seeds > 1 else ""
     key = jax.random.key(seed)
-    for method in sorted(cfg.methods, key=lambda m: m != "bc"):  # BC first: ILQL and MC start from it
-        tc = train_config(cfg, method, tok.vocab_size, seed, str(workdir / "bc"))
-        start = time.perf_counter()
-        train_rows = data["all" if method in ("bc", "ilql") else method]
-        heldout = data["mc_heldout" if method == "mc" else "heldout"]
-        state = train_and_evaluate(tc, str(workdir / method), train_rows, heldout)
-        trained = time.perf_counter() - start
+    runs = methods.train_methods(
+        sorted(cfg.methods, key=lambda m: m != "bc"),  # BC first: ILQL and MC start from it
+        workdir, lambda m: train_config(cfg, m, tok.vocab_size, seed, str(workdir / "bc")),
+        lambda m: (data["all" if m in ("bc", "ilql") else m], data["mc_heldout" if m == "mc" else "heldout"]))
+    for method, _, tc, state, train_seconds in runs:
         betas = sorted({cfg.beta, *(cfg.betas if method == "ilql" else ())}) if method in VALUE_GUIDED else [0.0]
         for beta in betas:
             start = time.perf_counter()
             stats = play(cfg, model_chooser(cfg, state, tok, key, beta, guided=method in VALUE_GUIDED))
             name = method if beta in (0.0, cfg.beta) else f"{method} β={beta:g}"
             row = with_scores({"method": name, "seed": seed, **stats, "beta": beta, "train_steps": tc.num_steps,
-                               "train_seconds": round(trained, 1),
+                               "train_seconds": round(train_seconds, 1),
                                "eval_seconds": round(time.perf_counter() - start, 1)}, norms)
             if method in VALUE_GUIDED and cfg.diagnose:
                 row.update(first_step_diagnostics(cfg, state, tok, beta))
@@ -421,8 +400,7 @@ def aggregate(rows: list[dict], cfg: MazeConfig) -> list[dict]:
 
 def with_published(row: dict, cfg: MazeConfig) -> dict:
     published = lmrl.PUBLISHED[f"maze_{cfg.variant}"]
-    base = re.sub(r"[0-9]+$", "", row["method"]) if row["method"].startswith("pbc") else row["method"]
-    return {**row, "published": published.get(base)}
+    return {**row, "published": published.get(methods.family(row["method"]))}
 
 
 COLUMNS: tuple[results.Column, ...] = (
@@ -441,8 +419,7 @@ COLUMNS: tuple[results.Column, ...] = (
 
 def write_results(workdir, table: list[dict], rows: list[dict], cfg: MazeConfig, norms: dict,
                   seconds: float) -> None:
-    spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over episodes"
-              if cfg.seeds > 1 else "one seed: ± is the s.e. over episodes")
+    spread = results.spread(cfg.seeds, "episodes")
     theirs, ours = norms["theirs"], norms["ours"]
     footer = (f"Maze `{cfg.variant}` (window of {cfg.window} text(s)); {cfg.n_train} training episodes; "
               f"25 starts × {cfg.rollouts_per_start} sampled episodes per method; β = {cfg.beta:g}, adv_clip = "

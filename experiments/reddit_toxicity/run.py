@@ -27,7 +27,7 @@ from etils import epath
 
 from experiments import aggregate as aggregate_lib, plots, results
 from experiments.reddit_toxicity import data as data_lib, rewards as rewards_lib
-from ilql_jax import diagnostics, files, losses, pretrained, sampler, tokenizers, train
+from ilql_jax import diagnostics, files, losses, pretrained, recipe, sampler, tokenizers
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
 from ilql_jax.data.records import DataError
@@ -227,26 +227,20 @@ def train_configs(cfg: RedditConfig, trunk: gpt2.GPT2Config, seed: int | None = 
     seed `seed` (`cfg.seed` by default). A frozen π_β is read from the BC run in `bc_workdir`, which it needs."""
     if cfg.freeze_policy and bc_workdir is None:
         raise ValueError("freeze_policy: the ILQL run reads π_β from the BC run; pass its bc_workdir")
-    common = dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4,
-                  seed=cfg.seed if seed is None else seed)
-    partial = dict(num_layers_unfrozen=cfg.num_layers_unfrozen, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
-    bc = TrainConfig(init=cfg.model,
-        step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk, **partial),
-                              optim=OptimConfig(learning_rate=cfg.bc_learning_rate,
-                                                warmup_steps=cfg.warmup_steps)),
-        num_steps=cfg.bc_steps, log_every=max(1, cfg.bc_steps // 10), eval_every=max(1, cfg.bc_steps // 3),
-        **common)
-    rl = TrainConfig(
-        step=train.StepConfig(mode="ilql",
-                              model=ilql.ModelConfig(trunk=trunk, target_on_online_trunk=cfg.target_on_online_trunk,
-                                                     frozen_policy=cfg.freeze_policy, **partial),
-                              loss=losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
-                              optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps),
-                              polyak_alpha=cfg.polyak_alpha),
-        num_steps=cfg.ilql_steps, log_every=max(1, cfg.ilql_steps // 10),
-        eval_every=max(1, cfg.ilql_steps // 3), **({"init": f"bc:{bc_workdir}"} if cfg.freeze_policy else {}),
-        **common)
-    return bc, rl
+    model = ilql.ModelConfig(trunk=trunk, target_on_online_trunk=cfg.target_on_online_trunk,
+                             frozen_policy=cfg.freeze_policy, num_layers_unfrozen=cfg.num_layers_unfrozen,
+                             lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
+    runs = recipe.BCThenILQL(
+        model, losses.LossConfig(gamma=cfg.gamma, tau=cfg.tau, alpha_cql=cfg.alpha_cql),
+        bc_steps=cfg.bc_steps, ilql_steps=cfg.ilql_steps,
+        bc_optim=OptimConfig(learning_rate=cfg.bc_learning_rate, warmup_steps=cfg.warmup_steps),
+        ilql_optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps),
+        polyak_alpha=cfg.polyak_alpha, init=cfg.model,
+        cadence=lambda steps: dict(log_every=max(1, steps // 10), eval_every=max(1, steps // 3)),
+        loop=dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_batches=4,
+                  seed=cfg.seed if seed is None else seed))
+    # An unfrozen π_β starts ILQL from the BC run's weights, which `train_and_sweep` passes itself.
+    return runs.bc(), runs.ilql(bc_workdir if cfg.freeze_policy else None)
 
 
 # --- evaluation ----------------------------------------------------------------
@@ -418,14 +412,17 @@ def run(cfg: RedditConfig, workdir: str) -> list[dict]:
     judge = rewards_lib.ToxicityJudge(cache_dir=workdir)
     tok, trunk, arrays, parents, skipped = prepare(cfg, workdir, judge)
     fluency = fluency_scorer(cfg, tok)
-    rows, examples, minutes = [], {}, [(time.perf_counter() - t0) / 60]  # setup, then each seed
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        seed_dir = aggregate_lib.seed_workdir(workdir, seed, cfg.seeds)
-        seed_rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge, fluency)
+    examples, minutes = {}, [(time.perf_counter() - t0) / 60]  # the first seed's generations; setup, then each seed
+
+    def seed_rows(seed: int, seed_dir: epath.Path) -> list[dict]:
+        rows, generations = train_and_sweep(cfg, seed, seed_dir, tok, trunk, arrays, parents, judge, fluency)
         write_generations(seed_dir, parents, generations)
-        rows += seed_rows
-        examples = examples or generations
+        if not examples:
+            examples.update(generations)
         minutes.append((time.perf_counter() - t0) / 60 - sum(minutes))
+        return rows
+
+    rows = aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir, seed_rows)
     table = aggregate_lib.aggregate(rows, ("beta",), METRICS + (("perplexity",) if fluency else ()),
                                     {"mean_reward": "stderr"})
     criteria = main_criteria(table, rows)

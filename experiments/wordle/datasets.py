@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from etils import epath
 
-from experiments.mixtures import Mixture, mixture_weights
+from experiments.mixtures import Mixture, play_mixtures
 from ilql_jax import files
 from ilql_jax.data.episodes import Episode
 
@@ -165,22 +165,9 @@ def generate_games(
 ) -> list[WordleGame]:
     """`n_games` finished games from `mixtures`, deterministic from `seed`."""
     words = list(words)
-    policies = make_policies(words)
-    weights = mixture_weights(mixtures, policies)
-
-    rng = np.random.default_rng(seed)
     word_set = frozenset(words)
-    games = []
-    for _ in range(n_games):
-        mix = mixtures[rng.choice(len(mixtures), p=weights)]
-        answer = words[rng.integers(len(words))]
-        n_opening = rng.integers(mix.switch[0], mix.switch[1] + 1)
-        game = WordleGame(answer, word_set)
-        while not game.done:
-            name = mix.policy(len(game.turns), n_opening)
-            game.step(policies[name](tuple(game.turns), rng), policy=name)
-        games.append(game)
-    return games
+    return play_mixtures(n_games, seed, mixtures, make_policies(words), words,
+                         lambda answer: WordleGame(answer, word_set))
 
 
 def games_to_episodes(games: Iterable[WordleGame]) -> list[Episode]:

@@ -33,6 +33,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from experiments.games import TurnGame
 from ilql_jax.data.episodes import Episode, Segment, agent, env, prompt_tokens
 
 from .words import WORD_LEN, is_word
@@ -133,12 +134,16 @@ def prompt_ids(turns: Sequence[Turn], tokenizer) -> list[int]:
     return prompt_tokens(history_segments(turns), tokenizer)
 
 
-class WordleGame:
+class WordleGame(TurnGame):
     """One game against a hidden `answer`; `words` are the allowed guesses.
 
     `step(guess)` plays a guess and returns its `Turn`; `turns`, `done`,
     `won`, `total_return` and `episode()` describe the game so far.
     """
+
+    over = staticmethod(game_over)
+    finished = "game for {answer!r} is over; no more guesses"
+    utterance = "a guess"
 
     def __init__(self, answer: str, words: Iterable[str]):
         self.words = words if isinstance(words, (set, frozenset)) else frozenset(words)
@@ -148,27 +153,13 @@ class WordleGame:
         self.turns: list[Turn] = []
 
     @property
-    def done(self) -> bool:
-        return game_over(self.turns)
-
-    @property
-    def won(self) -> bool:
-        return any(t.won for t in self.turns)
-
-    @property
     def total_return(self) -> float:
         return float(sum(t.reward for t in self.turns))
 
-    def step(self, guess: str, policy: str = "") -> Turn:
-        """Play `guess`: −1 unless it wins (0); no feedback if it is not a listed word."""
-        if self.done:
-            raise ValueError(f"game for {self.answer!r} is over; no more guesses")
-        if not isinstance(guess, str):
-            raise ValueError(f"a guess must be a str, got {type(guess).__name__}")
+    def _play(self, guess: str, policy: str) -> Turn:
+        """−1 unless `guess` wins (0); no feedback if it is not a listed word."""
         fb = feedback(guess, self.answer) if guess in self.words else None
-        turn = Turn(guess, fb, 0.0 if fb == WIN else -1.0, policy)
-        self.turns.append(turn)
-        return turn
+        return Turn(guess, fb, 0.0 if fb == WIN else -1.0, policy)
 
     def episode(self) -> Episode:
         """The game so far as an `Episode` (terminal once the game is over)."""

@@ -36,13 +36,12 @@ import jax
 import numpy as np
 from etils import epath
 
-from experiments import aggregate as aggregate_lib, lmrl, lockstep, plots, results
+from experiments import aggregate as aggregate_lib, lmrl, lockstep, methods, plots, results
 from experiments.wordle import datasets, env, words as words_lib
 from experiments.wordle.policies import ExpertPolicy
-from ilql_jax import losses, sampler, tokenizers, train
+from ilql_jax import losses, recipe, sampler, tokenizers
 from ilql_jax.config import TrainConfig
 from ilql_jax.data import episodes
-from ilql_jax.loop import train_and_evaluate
 from ilql_jax.models import gpt2, ilql
 from ilql_jax.state import OptimConfig
 
@@ -178,28 +177,21 @@ def train_config(cfg: WordleConfig, method: str, bc_workdir: str | None = None, 
     """The loop's config for one method at training seed `seed` (`cfg.seed` by default); `bc_workdir` is the BC
     run that `rl_from_bc` starts from."""
     model = model_config(cfg)
-    init = "scratch"
-    if method in VALUE_GUIDED:
-        tau = 0.5 if method == "ssrl" else cfg.tau
-        num_steps, fraction = cfg.rl_steps, None
-        step = train.StepConfig(mode="ilql", model=model, optim=optim_config(cfg, num_steps, cfg.rl_learning_rate),
-                                loss=losses.LossConfig(gamma=0.99, tau=tau, alpha_cql=cfg.alpha_cql),
-                                polyak_alpha=cfg.polyak_alpha)
-        if cfg.rl_from_bc:
-            if bc_workdir is None:
-                raise ValueError(f"rl_from_bc: {method} needs the BC run's workdir")
-            init = f"bc:{bc_workdir}"
-    else:
-        num_steps = cfg.bc_steps
-        step = train.StepConfig(mode="bc", model=model, optim=optim_config(cfg, num_steps))
-        fraction = None if method == "bc" else int(method[3:]) / 100
-    return TrainConfig(step=step, batch_size=cfg.batch_size, max_len=cfg.max_len, num_steps=num_steps,
-                       log_every=max(1, num_steps // 10), eval_every=0, eval_batches=4,
-                       seed=cfg.seed if seed is None else seed, bc_top_fraction=fraction, init=init)
+    runs = recipe.BCThenILQL(
+        model, losses.LossConfig(gamma=0.99, tau=0.5 if method == "ssrl" else cfg.tau, alpha_cql=cfg.alpha_cql),
+        bc_steps=cfg.bc_steps, ilql_steps=cfg.rl_steps, bc_optim=optim_config(cfg, cfg.bc_steps),
+        ilql_optim=optim_config(cfg, cfg.rl_steps, cfg.rl_learning_rate), polyak_alpha=cfg.polyak_alpha,
+        bc_model=model, loop=dict(batch_size=cfg.batch_size, max_len=cfg.max_len, eval_every=0, eval_batches=4,
+                                  seed=cfg.seed if seed is None else seed))
+    if method not in VALUE_GUIDED:
+        return runs.bc(methods.top_fraction(method))
+    if cfg.rl_from_bc and bc_workdir is None:
+        raise ValueError(f"rl_from_bc: {method} needs the BC run's workdir")
+    return runs.ilql(bc_workdir if cfg.rl_from_bc else None)
 
 
-def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str, float]:
-    """Plays `n_games` in lockstep; `policy_guesses(list of turn lists) -> list of guesses`, one per game.
+def play(choose, words: list[str], n_games: int, seed: int) -> dict[str, float]:
+    """Plays `n_games` in lockstep; `choose(games) -> guesses`, one per game (`lockstep.play_lockstep`).
 
     Answers come from `seed` as in `datasets.evaluate_policy`, so every method
     and the expert meet the same games. Every call gets all games (finished
@@ -208,26 +200,18 @@ def play(policy_guesses, words: list[str], n_games: int, seed: int) -> dict[str,
     answers = np.random.default_rng(seed).integers(len(words), size=n_games)
     word_set = frozenset(words)
     games = [env.WordleGame(words[a], word_set) for a in answers]
-    lockstep.play_lockstep(games, lambda batch: policy_guesses([g.turns for g in batch]), env.MAX_GUESSES)
+    lockstep.play_lockstep(games, choose, env.MAX_GUESSES)
     return datasets.game_stats(games)
 
 
 def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
     """Greedy guesses from a trained model: π_β for BC, π_β + β·A for the value-guided methods."""
-    model = model_config(cfg)
     value_guided = method in VALUE_GUIDED
     scfg = sampler.SamplerConfig(max_new_tokens=6, mode="greedy", prompt_buckets=(cfg.max_len - 6,))
-    key = jax.random.key(seed)
-
-    def guesses(histories):
-        prompts = [env.prompt_ids(turns, tok) if not env.game_over(turns) else [tok.a_id] for turns in histories]
-        # A guess goes back into the history, which cannot hold markup: the decoder never emits it.
-        return sampler.generate_text(tok, model, state.params, state.target_params, prompts, key,
-                                     sampler_config=scfg, beta=cfg.beta if value_guided else 0.0,
-                                     adv_clip=cfg.adv_clip if value_guided else None,
-                                     forbidden_ids=sampler.inner_markup_ids(tok))
-
-    return guesses
+    return lockstep.model_player(tok, model_config(cfg), state,
+                                 lambda g: env.prompt_ids(g.turns, tok) if not g.done else [tok.a_id],
+                                 jax.random.key(seed), scfg, beta=cfg.beta if value_guided else 0.0,
+                                 adv_clip=cfg.adv_clip if value_guided else None)
 
 
 def beta0_name(method: str) -> str:
@@ -267,9 +251,8 @@ def run(cfg: WordleConfig, workdir: str) -> list[dict]:
     rows = [{"method": "expert (upper reference)", "seed": None, **datasets.evaluate_policy(
         expert, words, cfg.n_eval_games, seed=cfg.seed + 1)}]
     rows.append({"method": "data (behaviour mix)", "seed": None, **data_stats})
-    for seed in aggregate_lib.training_seeds(cfg.seed, cfg.seeds):
-        rows += seed_rows(cfg, seed, aggregate_lib.seed_workdir(workdir, seed, cfg.seeds), tok, words,
-                          train_arrays, heldout_arrays, returns)
+    rows += aggregate_lib.over_seeds(cfg.seed, cfg.seeds, workdir, lambda seed, seed_dir: seed_rows(
+        cfg, seed, seed_dir, tok, words, train_arrays, heldout_arrays, returns))
     metrics = METRICS
     if cfg.data == "lmrl":
         norms = lmrl_normalisations(data_stats["mean_return"], rows[0]["mean_return"])
@@ -293,14 +276,15 @@ def seed_rows(cfg: WordleConfig, seed: int, workdir: epath.Path, tok, words: lis
               returns: np.ndarray) -> list[dict]:
     """Trains every method at one training seed and plays the evaluation games (the same for every seed)."""
     rows = []
-    for method in (m for m in METHODS if m in cfg.methods):  # BC first: rl_from_bc reads its checkpoint
-        tc = train_config(cfg, method, bc_workdir=str(workdir / "bc"), seed=seed)
+    runs = methods.train_methods(
+        [m for m in METHODS if m in cfg.methods],  # BC first: rl_from_bc reads its checkpoint
+        workdir, lambda m: train_config(cfg, m, bc_workdir=str(workdir / "bc"), seed=seed),
+        lambda m: (train_arrays, heldout_arrays), returns)
+    for method, _, tc, state, seconds in runs:
         start = time.perf_counter()
-        state = train_and_evaluate(tc, str(workdir / method), train_arrays, heldout_arrays,
-                                   returns=returns if tc.bc_top_fraction is not None else None)
         stats = play(model_guesser(cfg, method, state, tok, seed), words, cfg.n_eval_games, cfg.seed + 1)
         rows.append({"method": method, "seed": seed, **stats, "train_steps": tc.num_steps,
-                     "seconds": round(time.perf_counter() - start, 1)})
+                     "seconds": round(seconds + time.perf_counter() - start, 1)})
         print_row(rows[-1], cfg.seeds)
         if method in VALUE_GUIDED:
             # The same checkpoint at β = 0 is its π_β alone: what the values add is the gap to this row.
@@ -327,12 +311,11 @@ def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[d
                   seconds: float) -> None:
     words = cfg.vocab or f"{cfg.n_words}"
     n_methods = sum(r["method"] in METHODS for r in table)
-    spread = (f"trained methods: mean ± s.e. across {cfg.seeds} seeds; references: ± s.e. over games"
-              if cfg.seeds > 1 else "one seed: ± is the s.e. over games")
+    spread = results.spread(cfg.seeds, "games")
     columns, scored = COLUMNS, ""
     if cfg.data == "lmrl":
         published = lmrl.PUBLISHED["wordle"]
-        base = lambda m: "pbc" if m.startswith("pbc") else m
+        base = methods.family
         columns = COLUMNS[:1] + (
             ("LMRL-Gym score ± s.e.", lambda r: aggregate_lib.mean_se(r, "score_theirs", ".1f")),
             ("score, our average and max", lambda r: f"{r['score_ours']:.1f}"),

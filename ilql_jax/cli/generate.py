@@ -53,6 +53,19 @@ def _prompt_fields(history: tuple) -> dict:
     return {"turns": _turns(history)}
 
 
+def _generation(tok, histories, row: tuple[int, int], out, i: int) -> tuple[dict, int]:
+    """The fields every output record starts with (prompt, line, sample, text, num_tokens) for row `i` of a
+    decode's `out` that answers `row` (prompt index, sample index), and the reply's length in tokens. Only the
+    final stop id is cut (as generate_text does): markup emitted mid-reply stays visible."""
+    p, k = row
+    length = int(out.lengths[i])
+    ids = [int(t) for t in out.tokens[i, :length]]
+    ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
+    line, history = histories[p]
+    return {**_prompt_fields(history), **({"line": line} if line is not None else {}), "sample": k,
+            "text": tok.decode(ids), "num_tokens": length}, length
+
+
 def _batches(rows: list[list[int]], batch_size: int, pad_id: int):
     """Left-padded `(tokens, mask, n_real)` batches of exactly `batch_size` rows."""
     for start in range(0, len(rows), batch_size):
@@ -174,17 +187,9 @@ def generate(opts: GenerateOptions) -> list[dict]:
                                      sampler_config=scfg, forbidden_ids=forbidden)
                 out = jax.device_get(out)
                 for i in range(n_real):
-                    p, k = rows[start + i]
-                    length = int(out.lengths[i])
-                    ids = [int(t) for t in out.tokens[i, :length]]
-                    # Only the final stop id is cut (as generate_text does): markup emitted mid-reply stays visible.
-                    ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
-                    line, history = histories[p]
+                    fields, length = _generation(tok, histories, rows[start + i], out, i)
                     at_beta.append({
-                        **_prompt_fields(history),
-                        **({"line": line} if line is not None else {}),
-                        "sample": k, "text": tok.decode(ids), "num_tokens": length,
-                        "logp": float(np.sum(out.logp[i, :length])),
+                        **fields, "logp": float(np.sum(out.logp[i, :length])),
                         "logp_beta": float(np.sum(out.logp_beta[i, :length])),
                         "kl": float(out.kl[i]), "beta": beta, "mode": opts.mode,
                     })
@@ -245,14 +250,8 @@ def _rerank(opts: GenerateOptions, run, histories, prompt_ids: list[list[int]], 
             stop_ids=(tok.end_a_id,), end_a_id=tok.end_a_id, pad_id=tok.pad_id, sampler_config=scfg,
             forbidden_ids=forbidden))
         for i in range(n_real):
-            p, k = rows[start + i]
-            length = int(out.lengths[i])
-            ids = [int(t) for t in out.tokens[i, :length]]
-            ids = ids[:-1] if ids and ids[-1] == tok.end_a_id else ids
-            line, history = histories[p]
             results.append({
-                **_prompt_fields(history), **({"line": line} if line is not None else {}),
-                "sample": k, "text": tok.decode(ids), "num_tokens": length, "q": float(out.q[i]),
+                **_generation(tok, histories, rows[start + i], out, i)[0], "q": float(out.q[i]),
                 "logp_beta": float(out.logp_beta[i]), "score": float(out.score[i]), "n": opts.n, "mode": "rerank",
             })
     return results

@@ -31,11 +31,12 @@ import os
 
 import numpy as np
 
-from ilql_jax import files, hub, tokenizers
+from ilql_jax import files, hub, recipe, tokenizers
 from ilql_jax.cli import workdir as workdir_lib
 from ilql_jax.cli.options import (PRETRAINED_LEARNING_RATES, SCRATCH_LEARNING_RATES, TrainOptions, is_hub_shaped,
                                   learning_rates)
 from ilql_jax.config import ConfigError, TrainConfig, config_to_dict
+from ilql_jax.configs import CheckpointConfig, LossConfig, ModelConfig, OptimConfig
 from ilql_jax.data import records as records_lib
 from ilql_jax.data.episodes import episodes_to_arrays
 
@@ -59,14 +60,6 @@ _LENGTH_FIELDS = ("bc_steps", "ilql_steps")
 _BC_FIELDS = ("bc_learning_rate",)
 _ILQL_FIELDS = ("learning_rate", "tau", "gamma", "alpha_cql", "polyak_alpha")
 _ADVANTAGE_ROWS = 256  # episodes the advantage diagnostic reads
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stage_fields() -> tuple[str, ...]:
@@ -228,35 +221,23 @@ def _tokenizer_and_trunk(opts: TrainOptions, train_records: list, eval_records: 
 
 
 def train_configs(opts: TrainOptions, trunk, n_eval: int, end_a_id: int | None = None) -> tuple[TrainConfig, TrainConfig]:
-    """Loop configs of the BC run and of the ILQL run that starts from it (per-utterance ILQL with
-    `opts.per_utterance`, which needs the tokenizer's `</a>` id `end_a_id`)."""
-    from ilql_jax import losses, train
-    from ilql_jax.checkpoint import CheckpointConfig
-    from ilql_jax.models import ilql
-    from ilql_jax.state import OptimConfig
-
-    def run(steps: int) -> dict:
-        return dict(batch_size=opts.batch_size, max_len=opts.max_len, num_steps=steps,
-                    log_every=min(opts.log_every, steps), eval_every=max(1, steps // 4),
-                    eval_batches=max(1, min(8, n_eval // opts.batch_size)), seed=opts.seed,
-                    progress=opts.progress, mesh=opts.mesh,
-                    checkpoint=CheckpointConfig(every_steps=opts.checkpoint_every))
-
+    """Loop configs of the BC run and of the ILQL run that starts from it (`recipe.BCThenILQL`; per-utterance
+    ILQL with `opts.per_utterance`, which needs the tokenizer's `</a>` id `end_a_id`)."""
     rates = learning_rates(opts)  # the options', or the model's defaults (pretrained: small, with warm-up)
-    partial = dict(num_layers_unfrozen=opts.num_layers_unfrozen, lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha)
-    bc = TrainConfig(step=train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=trunk, **partial),
-                                           optim=OptimConfig(learning_rate=rates["bc"][0],
-                                                             warmup_steps=rates["bc"][1])),
-                     init="scratch" if opts.model == "scratch" else opts.model, **run(opts.bc_steps))
-    rl = TrainConfig(
-        step=train.StepConfig(mode="ilql_utt" if opts.per_utterance else "ilql",
-                              end_a_id=end_a_id if opts.per_utterance else None,
-                              model=ilql.ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy, **partial),
-                              loss=losses.LossConfig(gamma=opts.gamma, tau=opts.tau, alpha_cql=opts.alpha_cql),
-                              optim=OptimConfig(learning_rate=rates["ilql"][0], warmup_steps=rates["ilql"][1]),
-                              polyak_alpha=opts.polyak_alpha),
-        init="bc:" + os.path.abspath(os.path.join(opts.workdir, "bc")), **run(opts.ilql_steps))
-    return bc, rl
+    model = ModelConfig(trunk=trunk, frozen_policy=opts.freeze_policy, num_layers_unfrozen=opts.num_layers_unfrozen,
+                        lora_rank=opts.lora_rank, lora_alpha=opts.lora_alpha)
+    runs = recipe.BCThenILQL(
+        model, LossConfig(gamma=opts.gamma, tau=opts.tau, alpha_cql=opts.alpha_cql),
+        bc_steps=opts.bc_steps, ilql_steps=opts.ilql_steps,
+        bc_optim=OptimConfig(learning_rate=rates["bc"][0], warmup_steps=rates["bc"][1]),
+        ilql_optim=OptimConfig(learning_rate=rates["ilql"][0], warmup_steps=rates["ilql"][1]),
+        polyak_alpha=opts.polyak_alpha, mode="ilql_utt" if opts.per_utterance else "ilql",
+        end_a_id=end_a_id if opts.per_utterance else None, init="scratch" if opts.model == "scratch" else opts.model,
+        cadence=lambda steps: dict(log_every=min(opts.log_every, steps), eval_every=max(1, steps // 4)),
+        loop=dict(batch_size=opts.batch_size, max_len=opts.max_len, eval_batches=max(1, min(8, n_eval // opts.batch_size)),
+                  seed=opts.seed, progress=opts.progress, mesh=opts.mesh,
+                  checkpoint=CheckpointConfig(every_steps=opts.checkpoint_every)))
+    return runs.bc(), runs.ilql(os.path.abspath(os.path.join(opts.workdir, "bc")))
 
 
 def _advantage_report(opts: TrainOptions, rl_cfg: TrainConfig, state, arrays: dict) -> dict:
@@ -303,7 +284,8 @@ def train(opts: TrainOptions):
     """Runs `ilql-jax train`; returns the final ILQL state."""
     _check_hub(opts.model)
     records = records_lib.load_records(opts.data)  # every line checked before anything else happens
-    data_sha256 = _sha256(opts.data)
+    with open(opts.data, "rb") as f:
+        data_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     with workdir_lib.claim(opts.workdir):
         return _train(opts, records, data_sha256)
 

@@ -208,15 +208,6 @@ class Utterance(NamedTuple):
     reward: float
 
 
-def _token_id(tokenizer, name: str) -> int:
-    if not hasattr(tokenizer, name):
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no attribute {name!r}")
-    value = getattr(tokenizer, name)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"tokenizer.{name} must be an int token id, got {value!r}")
-    return int(value)
-
-
 def _encode(tokenizer, text: str, reserved: Mapping[int, str], kind: str) -> list[int]:
     """Content ids of one segment; a reserved id (markup, a chat template's special token) inside content would
     break alignment."""
@@ -334,7 +325,7 @@ def episode_to_arrays(
     for seg in episode.segments:
         if seg.is_agent:  # re-check: frozen dataclasses can still be bypassed
             _check_reward(seg.reward, seg.text)
-    pad_id = _token_id(tokenizer, "pad_id")
+    pad_id = layout_lib.token_id(tokenizer, "pad_id")
 
     full_tokens, utterances = _layout(episode.segments, episode.terminal, tokenizer)
     n_kept = min(len(full_tokens), max_len)  # L

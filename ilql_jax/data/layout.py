@@ -36,7 +36,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Layout", "chat_layout", "layout_of", "markup_layout", "render_chat"]
+__all__ = ["Layout", "chat_layout", "layout_of", "markup_layout", "render_chat", "token_id"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Layout:
 
 def markup_layout(tokenizer: Any) -> Layout:
     """ILQL's markup layout from a tokenizer's markup ids (`s_id`, `end_s_id`, `a_id`, `end_a_id`, `eod_id`)."""
-    s, end_s, a, end_a, eod = (_token_id(tokenizer, n) for n in ("s_id", "end_s_id", "a_id", "end_a_id", "eod_id"))
+    s, end_s, a, end_a, eod = (token_id(tokenizer, n) for n in ("s_id", "end_s_id", "a_id", "end_a_id", "eod_id"))
     return Layout(kind="markup", env_first=(s,), agent_first=(a,), env_open=(), env_close=(end_s,), agent_open=(),
                   stop_id=end_a, agent_after=(), terminal=(eod,),
                   reserved=((s, "<s>"), (end_s, "</s>"), (a, "<a>"), (end_a, "</a>"), (eod, "</eod>")))
@@ -86,7 +86,8 @@ def layout_of(tokenizer: Any) -> Layout:
     return layout if isinstance(layout, Layout) else markup_layout(tokenizer)
 
 
-def _token_id(tokenizer: Any, name: str) -> int:
+def token_id(tokenizer: Any, name: str) -> int:
+    """`tokenizer.<name>` as an int id; ValueError naming it when missing or not an integer."""
     import numbers
 
     import numpy as np
