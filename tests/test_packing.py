@@ -1,5 +1,5 @@
 """Packed rows: turns with their own context windows, several to a row (data/packing.py), and the trunks'
-segment-aware attention that makes each block compute what it computes alone (gpt2.attention_layout)."""
+segment-aware attention that makes each block compute what it computes alone (trunk_lib.attention_layout)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ from ilql_jax import tokenizers
 from ilql_jax.data import packing
 from ilql_jax.data.episodes import agent, env
 from ilql_jax.models import gpt2, llama
+from ilql_jax.models import trunk as trunk_lib
 
 TOK = tokenizers.symbol_tokenizer(["o1", "o2", "o3", "u", "d"], separator=" ")
 S, ES, EA, EOD, PAD = TOK.s_id, TOK.end_s_id, TOK.end_a_id, TOK.eod_id, TOK.pad_id
@@ -89,7 +90,7 @@ def test_errors_name_the_chain_and_turn():
 
 def test_layout_of_zero_one_masks_is_the_plain_causal_one():
     mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]], jnp.int32)
-    causal, positions = gpt2.attention_layout(mask)
+    causal, positions = trunk_lib.attention_layout(mask)
     plain = jnp.tril(jnp.ones((5, 5), bool))[None] & mask.astype(bool)[:, None, :]
     np.testing.assert_array_equal(causal, plain)
     np.testing.assert_array_equal(positions, jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0))
