@@ -5,7 +5,7 @@
 
 Prints one JSON object per line, one per shape. The step timed is a jitted
 `jax.value_and_grad` (w.r.t. all parameters) of the mean next-token
-cross-entropy of `gpt2.forward`'s logits: batch 8 × 128 tokens, float32,
+cross-entropy of `trunk.forward`'s logits: batch 8 × 128 tokens, float32,
 dropout 0; after a compile call and a warm-up step, each step waited on with
 `block_until_ready`; the best of `--steps` timed steps is reported (median too).
 
@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from ilql_jax.models import gpt2  # noqa: E402
+from ilql_jax.models import trunk as trunk_lib  # noqa: E402
 
 BATCH, SEQ_LEN = 8, 128
 SHAPES = ("tiny", "gpt2-small")
@@ -49,7 +49,7 @@ def next_token_loss(params, config, tokens):
     slicing logits[:, :-1]), which saves a slice of the logits and a pad of
     their gradient; the value is the same.
     """
-    _, logits = gpt2.forward(params, config, tokens)
+    _, logits = trunk_lib.forward(params, config, tokens)
     t = tokens.shape[1]
     targets = jnp.roll(tokens, -1, axis=1)
     weights = (jnp.arange(t) < t - 1).astype(jnp.float32)
@@ -60,7 +60,7 @@ def next_token_loss(params, config, tokens):
 
 def bench_shape(shape: str, steps: int, meter: common.PeakMeter) -> dict:
     config = common.gpt2_shape(shape)
-    params = gpt2.init(config, jax.random.key(0))
+    params = trunk_lib.init(config, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (BATCH, SEQ_LEN), 0, config.vocab_size, jnp.int32)
     step = jax.jit(jax.value_and_grad(next_token_loss), static_argnums=1)
     loss, _ = jax.block_until_ready(step(params, config, tokens))  # compile
@@ -93,7 +93,7 @@ def bench_shape(shape: str, steps: int, meter: common.PeakMeter) -> dict:
         "seq_len": SEQ_LEN,
         "dtype": config.dtype,
         "dropout": 0.0,
-        "n_params": gpt2.num_params(params),
+        "n_params": trunk_lib.num_params(params),
         "n_matmul_params": flops["n_matmul_params"],
         "model_tflops_per_step": step_flops / 1e12,
         "loss": float(loss),

@@ -364,7 +364,7 @@ def load_policy_from_checkpoint(workdir: str | epath.PathLike, abstract_policy: 
 
     Args:
       workdir: the earlier run's directory.
-      abstract_policy: the target, e.g. `gpt2.abstract_params(trunk_config)`
+      abstract_policy: the target, e.g. `trunk.abstract_params(trunk_config)`
         (see `abstract_like` for shardings).
       step: the checkpoint step; None means the newest.
     """

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import ilql
 from ilql_jax.models import trunk as trunk_lib
 
 __all__ = ["AdvantageScale", "BetaSuggestion", "advantage_scale", "advantage_slope", "distinct_n", "perplexity",

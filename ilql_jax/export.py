@@ -40,7 +40,8 @@ import safetensors.numpy
 from flax import nnx
 
 from ilql_jax import files
-from ilql_jax.models import gpt2, heads, hf_import, ilql, llama
+from ilql_jax.models import heads, hf_import, ilql
+from ilql_jax.models import trunk as trunk_lib
 
 __all__ = ["VALUES_FILE", "VALUES_MANIFEST", "export_run", "load_values"]
 
@@ -49,7 +50,7 @@ VALUES_MANIFEST = "values.json"
 FORMAT = "ilql_jax.values/1"
 
 
-def _trunk_tensors(prefix: str, params: gpt2.Params, trunk: gpt2.GPT2Config | llama.LlamaConfig) -> dict[str, np.ndarray]:
+def _trunk_tensors(prefix: str, params: trunk_lib.Params, trunk: trunk_lib.TrunkConfig) -> dict[str, np.ndarray]:
     return {f"{prefix}.{k}": v for k, v in hf_import.params_to_hf(params, trunk).items()}
 
 
@@ -114,11 +115,11 @@ def export_run(directory: str | os.PathLike, tokenizer, model_config: ilql.Model
     trunk = model_config.trunk
     params, target_params = ilql.materialize(model_config, params, target_params)
     tensors = value_tensors(model_config, params, target_params)
+    config_key, tokenizer_class = hf_import.export_names(trunk)
     manifest = {
         "format": FORMAT,
         "step": int(step),
-        # "gpt2_config" as before for GPT-2 trunks, so their manifests stay as they were.
-        ("gpt2_config" if isinstance(trunk, gpt2.GPT2Config) else "hf_config"): hf_import.config_to_hf(trunk),
+        config_key: hf_import.config_to_hf(trunk),
         "model": {k: v for k, v in dataclasses.asdict(model_config).items() if k != "trunk" and k not in _TRAINING_ONLY},
         "padded_vocab_size": trunk.padded_vocab_size,
         "advantage": "A(h_t, a) = min(Q̄1, Q̄2)(h_t, a) − V(h_t): Q̄ from the target heads on target.trunk's "
@@ -130,7 +131,6 @@ def export_run(directory: str | os.PathLike, tokenizer, model_config: ilql.Model
     }
     policy = ilql.policy_params(model_config, params)
     hf_import.export_hf(policy, trunk, directory)
-    tokenizer_class = "GPT2TokenizerFast" if isinstance(trunk, gpt2.GPT2Config) else "PreTrainedTokenizerFast"
     for name, text in _tokenizer_files(tokenizer, trunk.n_positions, tokenizer_class).items():
         files.atomic_write_text(os.path.join(directory, name), text)
     files.atomic_write_bytes(os.path.join(directory, VALUES_FILE),
@@ -151,7 +151,7 @@ def _heads_from(tensors: dict[str, np.ndarray], prefix: str, like: nnx.State, so
     return nnx.from_flat_state(flat)
 
 
-def _trunk_from(tensors: dict[str, np.ndarray], prefix: str, trunk, source: str) -> gpt2.Params:
+def _trunk_from(tensors: dict[str, np.ndarray], prefix: str, trunk, source: str) -> trunk_lib.Params:
     sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     return hf_import.params_from_hf(sub, trunk, source=f"{source} ({prefix})")
 

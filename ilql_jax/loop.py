@@ -92,7 +92,7 @@ from ilql_jax.config import TrainConfig, config_from_dict, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
 from ilql_jax.data.episodes import ARRAY_DTYPES
 from ilql_jax.logging import MetricWriter
-from ilql_jax.models import gpt2, hf_import, llama
+from ilql_jax.models import hf_import
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import ILQLState, has_frozen
@@ -242,7 +242,7 @@ def _evaluations(config: TrainConfig, step: int, state: ILQLState, eval_data: Ar
     return logs
 
 
-def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, shardings: Any = None) -> gpt2.Params | None:
+def init_weights(init: str, trunk: trunk_lib.TrunkConfig, shardings: Any = None) -> trunk_lib.Params | None:
     """The trunk weights that `TrainConfig.init` names (None for "scratch": random).
 
     "bc:DIR" reads π_β from the newest checkpoint of the run in DIR (a BC run,
@@ -267,25 +267,17 @@ def init_weights(init: str, trunk: gpt2.GPT2Config | llama.LlamaConfig, sharding
             return _partial_policy(init[3:], step, extra, trunk, shardings)
         return checkpoint.load_policy_from_checkpoint(init[3:], checkpoint.abstract_like(
             trunk_lib.abstract_params(trunk), shardings), step)
-    overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat)
-    if isinstance(trunk, llama.LlamaConfig):
-        overrides["vocab_size"] = trunk.vocab_size
-        loaded = pretrained.read_trunk_config(init, **overrides)  # a Hugging Face directory, a .gguf, a known name
-        if not isinstance(loaded, llama.LlamaConfig):
-            raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a LlamaConfig")
-        for field in dataclasses.fields(loaded):
-            if getattr(loaded, field.name) != getattr(trunk, field.name):
-                raise ValueError(f"init={init!r} has {field.name}={getattr(loaded, field.name)}, but step.model.trunk "
-                                 f"has {field.name}={getattr(trunk, field.name)}")
-        return pretrained.load_trunk(init, shardings=shardings, **overrides)[1]
-    _, loaded = hf_import.read_config(init, **overrides)
-    if not isinstance(loaded, gpt2.GPT2Config):
-        raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a GPT2Config")
-    for name in ("n_positions", "n_embd", "n_layer", "n_head", "padded_vocab_size", "layer_norm_epsilon"):
+    overrides = dict(dtype=trunk.dtype, param_dtype=trunk.param_dtype, dropout=trunk.dropout, remat=trunk.remat,
+                     **hf_import.import_overrides(trunk))
+    loaded = pretrained.read_trunk_config(init, **overrides)  # a Hugging Face directory, a .gguf, a known name
+    if type(loaded) is not type(trunk):
+        raise ValueError(f"init={init!r} is a {type(loaded).__name__} checkpoint, but step.model.trunk is a "
+                         f"{type(trunk).__name__}")
+    for name in hf_import.matching_fields(trunk):
         if getattr(loaded, name) != getattr(trunk, name):
             raise ValueError(f"init={init!r} has {name}={getattr(loaded, name)}, but step.model.trunk has "
                              f"{name}={getattr(trunk, name)}")
-    return hf_import.load_hf_gpt2(init, shardings=shardings, **overrides)[1]
+    return pretrained.load_trunk(init, shardings=shardings, **overrides)[1]
 
 
 def _read_run_config(workdir: str) -> TrainConfig:
@@ -299,8 +291,8 @@ def _shapes(tree: Any) -> list:
     return [(jax.tree_util.keystr(p), tuple(x.shape), str(x.dtype)) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def _partial_policy(workdir: str, step: int, extra: Mapping[str, Any], trunk: gpt2.GPT2Config | llama.LlamaConfig,
-                    shardings: Any) -> gpt2.Params:
+def _partial_policy(workdir: str, step: int, extra: Mapping[str, Any], trunk: trunk_lib.TrunkConfig,
+                    shardings: Any) -> trunk_lib.Params:
     """π_β, whole and plain, of a run in `workdir` that trained part of its trunks: its frozen part rebuilt
     from that run's own base weights (`init_weights` of its config's init, its seed) and checked against
     the hash checkpoint `step` recorded, plus the trained part read from that checkpoint, adapters merged."""
@@ -327,7 +319,7 @@ def _partial_policy(workdir: str, step: int, extra: Mapping[str, Any], trunk: gp
 
 
 def _frozen_part(step_config: train.StepConfig, config: TrainConfig, shardings: Any,
-                 trunk: gpt2.Params | None, policy: gpt2.Params | None) -> Any:
+                 trunk: trunk_lib.Params | None, policy: trunk_lib.Params | None) -> Any:
     """The frozen part of a fresh state (`params["frozen"]`), alone, from the weights a fresh state starts
     from (`_fresh_state`'s): what a partially trained run's resume rebuilds. `shardings` None: one device."""
     key = jax.random.key(config.seed)
@@ -363,7 +355,7 @@ def restore_state(config: TrainConfig, workdir: str, step: int | None = None) ->
 
 
 def _fresh_state(config: TrainConfig, shardings: Any, init: Callable[..., ILQLState],
-                 trunk: gpt2.Params | None, policy: gpt2.Params | None) -> ILQLState:
+                 trunk: trunk_lib.Params | None, policy: trunk_lib.Params | None) -> ILQLState:
     """A new state built on the mesh in its shardings, from given weights, from `config.init`'s, or random.
 
     Weights are placed shard by shard first (given ones copied onto the mesh
@@ -500,8 +492,8 @@ def train_and_evaluate(
     *,
     returns: np.ndarray | None = None,
     state: ILQLState | None = None,
-    trunk: gpt2.Params | None = None,
-    policy: gpt2.Params | None = None,
+    trunk: trunk_lib.Params | None = None,
+    policy: trunk_lib.Params | None = None,
     on_step_end: Callable[[int, ILQLState], None] | None = None,
     on_eval: Callable[[int, ILQLState], Mapping[str, float] | None] | None = None,
 ) -> ILQLState:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from ilql_jax.configs import BC_NORMALISERS, LossConfig  # noqa: F401  (the config's home)
+from ilql_jax.models.layers import mask_padded_vocab
 
 Array = chex.Array
 
@@ -280,22 +281,16 @@ def _field(batch: Any, name: str) -> Array:
 # ---------------------------------------------------------------------------
 
 
-def _valid_vocab(x: Array, vocab_size: Optional[int]) -> Optional[Array]:
-    """Boolean ``[V_pad]`` of the real vocabulary entries, or None when nothing is padded."""
-    padded = x.shape[-1]
-    if vocab_size is None or vocab_size == padded:
-        return None
-    if not 0 < vocab_size < padded:
+def _masked_f32(x: Array, vocab_size: Optional[int]) -> Array:
+    """``x`` in float32 with its padded vocabulary tail -inf (``None``: nothing is padded)."""
+    if vocab_size is None:
+        return x.astype(jnp.float32)
+    if not 0 < vocab_size <= x.shape[-1]:
         raise ValueError(
-            f"vocab_size={vocab_size} must be in (0, {padded}] (last axis of the "
+            f"vocab_size={vocab_size} must be in (0, {x.shape[-1]}] (last axis of the "
             "Q / logits tensor)."
         )
-    return jnp.arange(padded) < vocab_size
-
-
-def _masked_f32(x: Array, valid: Optional[Array]) -> Array:
-    x = x.astype(jnp.float32)
-    return x if valid is None else jnp.where(valid, x, -jnp.inf)
+    return mask_padded_vocab(x.astype(jnp.float32), vocab_size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -323,8 +318,7 @@ def _logsumexp_and_gather_fwd(x_t, a_t, vocab_size):
     chex.assert_equal_shape_prefix([x_t, a_t], a_t.ndim)
     chex.assert_rank(x_t, a_t.ndim + 1)
     chex.assert_type(a_t, int)
-    valid = _valid_vocab(x_t, vocab_size)
-    lse = jax.nn.logsumexp(_masked_f32(x_t, valid), axis=-1)
+    lse = jax.nn.logsumexp(_masked_f32(x_t, vocab_size), axis=-1)
     x_a = jnp.take_along_axis(x_t, a_t[..., None], axis=-1)[..., 0].astype(jnp.float32)
     return (lse, x_a), (x_t, a_t, lse)
 
@@ -332,8 +326,7 @@ def _logsumexp_and_gather_fwd(x_t, a_t, vocab_size):
 def _logsumexp_and_gather_bwd(vocab_size, residuals, cotangents):
     x_t, a_t, lse = residuals
     g_lse, g_a = cotangents
-    valid = _valid_vocab(x_t, vocab_size)
-    probs = jnp.exp(_masked_f32(x_t, valid) - lse[..., None])
+    probs = jnp.exp(_masked_f32(x_t, vocab_size) - lse[..., None])
     onehot = jnp.arange(x_t.shape[-1]) == a_t[..., None]
     dx = g_lse[..., None] * probs + jnp.where(onehot, g_a[..., None], 0.0)
     return dx.astype(x_t.dtype), None

@@ -181,7 +181,7 @@ def tokenizer_and_trunk(source: str, *, layout: str = "auto", saved_tokenizer: s
     checked (names, types, shapes) here, before anything trains. ValueError (one line) for any problem.
     """
     from ilql_jax import tokenizers
-    from ilql_jax.models import gguf_import, gpt2, hf_import, llama
+    from ilql_jax.models import gguf_import, hf_import
 
     if layout not in ("auto", "chat", "markup"):
         raise ValueError(f"layout must be 'auto', 'chat' or 'markup', got {layout!r}")
@@ -210,11 +210,4 @@ def tokenizer_and_trunk(source: str, *, layout: str = "auto", saved_tokenizer: s
             if layout == "chat" and chat is None:
                 raise ValueError(f"layout 'chat': {directory} has no chat template (tokenizer_config.json)")
             tok = chat or tokenizers.gpt2_tokenizer(None if source == "gpt2" else directory)
-    if isinstance(trunk, llama.LlamaConfig):
-        trunk = dataclasses.replace(trunk, vocab_size=hf_import.import_vocab_size(trunk, tok.vocab_size))
-    if tok.vocab_size > trunk.padded_vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} ids, the model's embedding "
-                         f"{trunk.padded_vocab_size}")
-    if isinstance(trunk, gpt2.GPT2Config):
-        trunk = dataclasses.replace(trunk, vocab_size=tok.vocab_size)
-    return tok, trunk
+    return tok, hf_import.for_tokenizer(trunk, tok.vocab_size)

@@ -48,7 +48,7 @@ import numpy as np
 
 from ilql_jax import utterance
 from ilql_jax.data import episodes
-from ilql_jax.models import gpt2, heads, ilql
+from ilql_jax.models import heads, ilql
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
 
@@ -192,7 +192,7 @@ def inner_markup_ids(tokenizer) -> list[int]:
     return [tokenizer.s_id, tokenizer.end_s_id, tokenizer.a_id, tokenizer.eod_id]
 
 
-def token_mask(trunk: gpt2.GPT2Config, *, allowed_ids: Sequence[int] | None = None,
+def token_mask(trunk: trunk_lib.TrunkConfig, *, allowed_ids: Sequence[int] | None = None,
                forbidden_ids: Sequence[int] | None = None, stop_ids: Sequence[int] = ()) -> np.ndarray:
     """The [V_pad] bool mask of ids decoding may emit: `allowed_ids` (all when None) plus the stop
     ids, minus `forbidden_ids`. A traced argument: changing it never recompiles."""
@@ -222,7 +222,7 @@ class DecodeState:
     """
 
     step: Array        # [] int32, tokens generated so far
-    caches: dict       # trunk name ("value", "policy", "target"; "bottom": shared blocks) -> gpt2.KVCache
+    caches: dict       # trunk name ("value", "policy", "target"; "bottom": shared blocks) -> trunk.KVCache
     h_policy: Array    # [N, D] π_β trunk hidden; its LM head gives π_β's logits at the next step
     h_value: Array     # [N, D] value trunk hidden (V; Q̄ too when target_on_online_trunk)
     h_target: Array    # [N, D] target trunk hidden (Q̄)
@@ -289,8 +289,8 @@ def advantage(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.
     if "value" not in online:  # π_β alone (a BC state): no advantage to add
         return jnp.zeros((h_value.shape[0], model_config.trunk.padded_vocab_size), jnp.float32)
     cfg = model_config.trunk
-    q1 = heads.q_rows(target["q1"], cfg, h_target)
-    q2 = heads.q_rows(target["q2"], cfg, h_target)
+    q1 = heads.q_t(target["q1"], cfg, h_target)
+    q2 = heads.q_t(target["q2"], cfg, h_target)
     v = heads.v_t(online["value"]["v"], cfg, h_value[:, None])[:, 0]
     return jnp.minimum(q1, q2) - v[:, None]
 
@@ -361,7 +361,7 @@ def inverse_cdf(logits: Array, u: Array) -> tuple[Array, Array]:
 # --- the decoding loop --------------------------------------------------------
 
 
-def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, gpt2.Params]:
+def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, trunk_lib.Params]:
     """The trunks that decoding runs: the value trunk, and π_β's and the target's unless shared.
 
     A BC state (online params holding only "policy") decodes π_β alone.
@@ -376,7 +376,7 @@ def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, gpt2.Pa
     return trunks
 
 
-def _policy_trunk(model_config: ilql.ModelConfig, online) -> gpt2.Params:
+def _policy_trunk(model_config: ilql.ModelConfig, online) -> trunk_lib.Params:
     """π_β's trunk, whose tied LM head gives π_β's logits."""
     return online["policy"] if "value" not in online else ilql.policy_params(model_config, online)
 
@@ -572,7 +572,7 @@ def _sample_jit(model_config, sampler_config, online, target, prompt_tokens, pro
     return finish(sampler_config, state)
 
 
-def bucket_length(sampler_config: SamplerConfig, trunk: gpt2.GPT2Config, length: int) -> int:
+def bucket_length(sampler_config: SamplerConfig, trunk: trunk_lib.TrunkConfig, length: int) -> int:
     """The padded prompt length: the first bucket ≥ `length` that leaves room for M new tokens."""
     room = trunk.n_positions - sampler_config.max_new_tokens
     if length > room:

@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ilql_jax.configs import AXES, MeshConfig, Rules  # noqa: F401  (the config's home)
-from ilql_jax.models import gpt2
+from ilql_jax.models import layers
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -192,9 +192,9 @@ def _put(x: Any, sharding: NamedSharding, donate: bool) -> jax.Array:
 
 def activation_layout(mesh: jax.sharding.Mesh):
     """A context for tracing a program on `mesh`: the trunks' activations stay split by rows
-    over ("data", "fsdp"), as the batch is (`gpt2.shard_batch`); their other axes are left to XLA."""
+    over ("data", "fsdp"), as the batch is (`layers.shard_batch`); their other axes are left to XLA."""
 
     def layout(ndim: int) -> NamedSharding:
         return NamedSharding(mesh, P(BATCH_AXES, *(P.UNCONSTRAINED,) * (ndim - 1)))
 
-    return gpt2.batch_layout(layout)
+    return layers.batch_layout(layout)

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ilql_jax import losses, sharding, utterance
 from ilql_jax.configs import MODES, StepConfig  # noqa: F401  (the config's home)
-from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import ilql
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import ILQLState, create_state, learning_rate_schedule, make_optimizer, polyak_update
@@ -35,8 +35,8 @@ Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "action_mask", "rewards", "next_idx", "dones")
 
 
-def init_state(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None = None,
-               policy: gpt2.Params | None = None) -> ILQLState:
+def init_state(config: StepConfig, key: jax.Array, trunk: trunk_lib.Params | None = None,
+               policy: trunk_lib.Params | None = None) -> ILQLState:
     """A fresh state: random or given trunk weights, optimizer state, RNG.
 
     Under partial training (`ModelConfig.num_layers_unfrozen`, `lora_rank`)
@@ -61,8 +61,8 @@ def same_weights(a: Any, b: Any) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_state_jit(config: StepConfig, key: jax.Array, trunk: gpt2.Params | None,
-                    policy: gpt2.Params | None) -> ILQLState:
+def _init_state_jit(config: StepConfig, key: jax.Array, trunk: trunk_lib.Params | None,
+                    policy: trunk_lib.Params | None) -> ILQLState:
     k_params, k_rng = jax.random.split(key)
     if config.mode == "bc":
         start = policy if policy is not None else trunk
@@ -168,7 +168,7 @@ def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch
 
 def _bc_partial_hidden(config: StepConfig, params: Any, batch: Batch, dropout_key: jax.Array | None) -> jax.Array:
     """π_β's final hidden states in BC mode under partial training: the frozen bottom (no dropout, no
-    gradient), then π_β's top (`ilql.partial_hiddens`' bottom/top split)."""
+    gradient), then π_β's top (`ilql.hiddens`' bottom/top split)."""
     cfg, spec = config.model.trunk, partial_lib.lora_spec(config.model)
     policy = partial_lib.combine(params[partial_lib.FROZEN], params["policy"])
     b = partial_lib.bottom_layers(config.model)

@@ -60,7 +60,8 @@ def random_hf_llama(directory, config, *, seed=0, tokenizer_texts=None):
     import tokenizers as hf_tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from ilql_jax.models import hf_import, llama
+    from ilql_jax.models import hf_import
+    from ilql_jax.models import trunk as trunk_lib
 
     os.makedirs(directory, exist_ok=True)
     if tokenizer_texts is not None:
@@ -71,7 +72,7 @@ def random_hf_llama(directory, config, *, seed=0, tokenizer_texts=None):
             vocab_size=config.vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
         tok.save(os.path.join(directory, "tokenizer.json"))
         config = dataclasses.replace(config, vocab_size=tok.get_vocab_size())
-    params = llama.init(config, jax.random.key(seed))
+    params = trunk_lib.init(config, jax.random.key(seed))
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     params = jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

@@ -44,7 +44,7 @@ def test_bfloat16_heads_return_float32_accumulated_values(head):
             out = heads.q_t(params, CONFIG, hidden)[..., :CONFIG.vocab_size]
         else:  # the target Q̄ at the taken actions only
             a_t = jax.random.randint(jax.random.key(2), hidden.shape[:2], 0, CONFIG.vocab_size)
-            out = heads.q_at(params, CONFIG, hidden, a_t)[..., None]
+            out = heads.q_t(params, CONFIG, hidden, a_t)[..., None]
             reference = np.take_along_axis(reference, np.asarray(a_t)[..., None], axis=-1)
     assert out.dtype == jnp.float32
     assert 8 < np.abs(reference).mean() < 12  # the |Q| ≈ 10 regime the bfloat16 step would spoil

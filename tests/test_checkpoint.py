@@ -15,6 +15,7 @@ from flax import nnx
 from ilql_jax import checkpoint, tokenizers, train
 from ilql_jax.data import batches, episodes
 from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import OptimConfig
 from tests import _checkpoint_worker as worker
 
@@ -205,7 +206,7 @@ def test_params_export_and_bc_policy_into_ilql(tmp_path):
     bc_state = worker.synthetic_state(train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=TRUNK)), seed=5)
     with checkpoint.Checkpointer(tmp_path / "bc") as ckpt:
         ckpt.save(10, bc_state, {})
-    abstract_policy = gpt2.abstract_params(TRUNK)
+    abstract_policy = trunk_lib.abstract_params(TRUNK)
     policy = checkpoint.load_policy_from_checkpoint(tmp_path / "bc", abstract_policy)
     assert bitwise_equal(policy, bc_state.params["policy"])
 
@@ -242,7 +243,7 @@ def test_relative_paths_work(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "bc" / "checkpoints" / "3").is_dir()
     restored, extra = checkpoint.restore("runs/bc", jax.eval_shape(lambda: bc_state))
     assert bitwise_equal(restored, bc_state) and extra == {"data": {"step": 3}}
-    policy = checkpoint.load_policy_from_checkpoint("runs/bc", gpt2.abstract_params(TRUNK))
+    policy = checkpoint.load_policy_from_checkpoint("runs/bc", trunk_lib.abstract_params(TRUNK))
     assert bitwise_equal(policy, bc_state.params["policy"])
     checkpoint.export_params("runs/export", policy)
-    assert bitwise_equal(checkpoint.load_params("runs/export", gpt2.abstract_params(TRUNK)), policy)
+    assert bitwise_equal(checkpoint.load_params("runs/export", trunk_lib.abstract_params(TRUNK)), policy)

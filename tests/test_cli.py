@@ -58,9 +58,9 @@ def leaf_flags(cls, prefix=""):
 
 
 def policy_logits(state, trunk, ids):
-    from ilql_jax.models import gpt2
+    from ilql_jax.models import trunk as trunk_lib
     tokens = np.asarray([ids], np.int32)
-    _, logits = gpt2.forward(state.params["policy"], trunk, tokens, np.ones_like(tokens))
+    _, logits = trunk_lib.forward(state.params["policy"], trunk, tokens, np.ones_like(tokens))
     return np.asarray(logits)[0, :, :trunk.vocab_size]
 
 

@@ -60,14 +60,14 @@ def test_wordle_on_lmrl_gyms_data_is_scored_as_they_score_it(tmp_path):
 
 def test_wordle_frozen_policy_on_the_habit_mix(tmp_path):
     from ilql_jax import checkpoint
-    from ilql_jax.models import gpt2
+    from ilql_jax.models import trunk as trunk_lib
     from experiments.wordle.run import PRESETS, trunk_config
     assert wordle_main(["--preset", "smoke", "--workdir", str(tmp_path), "--mixture", "habit",
                         "--freeze_policy", "true", "--methods", '["bc", "ilql"]']) == 0
     games = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
     assert any("habit" in g["policies"] for g in games)
     # ILQL's π_β is the BC checkpoint, bit for bit, after the value steps.
-    abstract = gpt2.abstract_params(trunk_config(PRESETS["smoke"]))
+    abstract = trunk_lib.abstract_params(trunk_config(PRESETS["smoke"]))
     bc_policy = checkpoint.load_policy_from_checkpoint(tmp_path / "bc", abstract)
     policy = checkpoint.load_policy_from_checkpoint(tmp_path / "ilql", abstract)
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), policy, bc_policy)))

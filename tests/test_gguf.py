@@ -142,11 +142,11 @@ import json, sys
 import numpy as np
 from flax import nnx
 from ilql_jax import sharding
-from ilql_jax.models import gguf_import, llama
+from ilql_jax.models import gguf_import, trunk
 path = sys.argv[1]
 config, host = gguf_import.load_gguf(path)
 mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4))
-shardings = sharding.state_shardings(llama.abstract_params(config), mesh,
+shardings = sharding.state_shardings(trunk.abstract_params(config), mesh,
                                      sharding.logical_rules(sharding.MeshConfig(data=1, fsdp=4, fsdp_params=True)))
 _, placed = gguf_import.load_gguf(path, shardings=shardings)
 host, placed = dict(nnx.to_flat_state(host)), dict(nnx.to_flat_state(placed))

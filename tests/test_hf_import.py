@@ -10,6 +10,7 @@ import safetensors.numpy
 from flax import nnx
 
 from ilql_jax.models import gpt2, hf_import
+from ilql_jax.models import trunk as trunk_lib
 from tests.hf_fixtures import random_hf_gpt2
 
 
@@ -43,7 +44,7 @@ def test_import_export_reimport_is_identical(checkpoint, tmp_path):
 
 def test_export_of_random_params_loads_back(tmp_path):
     config = gpt2.GPT2Config.tiny(vocab_size=100)
-    params = gpt2.init(config, jax.random.key(0))
+    params = trunk_lib.init(config, jax.random.key(0))
     hf_import.export_hf_gpt2(params, config, str(tmp_path))
     config2, params2 = hf_import.load_hf_gpt2(str(tmp_path / "model.safetensors"), dropout=0.0)
     assert config2.n_embd == 64 and config2.vocab_size == 100

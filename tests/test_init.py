@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ilql_jax.models import gpt2, heads, ilql
+from ilql_jax.models import trunk as trunk_lib
 
 CFG = gpt2.GPT2Config.tiny(n_embd=96, n_head=4, n_layer=3, vocab_size=300)
 
@@ -54,7 +55,7 @@ def test_unknown_head_init_is_refused():
 
 
 def test_trunk_follows_hugging_face_gpt2_init():
-    params = gpt2.init(CFG, jax.random.key(0))
+    params = trunk_lib.init(CFG, jax.random.key(0))
     wte = np.asarray(params["wte"]["embedding"].value)
     assert abs(wte[:CFG.vocab_size].std() - 0.02) < 0.001
     np.testing.assert_array_equal(wte[CFG.vocab_size:], 0)  # padded rows

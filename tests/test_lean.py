@@ -2,7 +2,7 @@
 
 `train.loss_fn` packs the action states (`losses.pack_actions`), runs the
 vocabulary-sized heads only there and reads the target Q̄ at the taken action
-only (`heads.q_at`); `train.reference_loss_fn` runs every head at every
+only (`heads.q_t` with the actions); `train.reference_loss_fn` runs every head at every
 position (`ilql.apply`, the objective read by `losses.every_position`). Here they are compared on a batch
 with ragged action counts: two-turn Wordle games (next(t) skips the feedback),
 episodes cut by max_len mid-utterance, a non-terminal episode and a short one.
@@ -21,6 +21,7 @@ from ilql_jax.config import TrainConfig
 from ilql_jax.loop import train_and_evaluate
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, heads, ilql
+from ilql_jax.models import trunk as trunk_lib
 
 TOK = tokenizers.wordle_tokenizer()
 MAX_LEN = 24
@@ -112,7 +113,7 @@ def test_gathered_target_q_equals_full_vocabulary_gather():
     full = heads.q_t(params, cfg, hidden)
     assert full.shape[-1] == cfg.padded_vocab_size > cfg.vocab_size
     want = jnp.take_along_axis(full, a[..., None], axis=-1)[..., 0]
-    got = jax.jit(heads.q_at, static_argnums=1)(params, cfg, hidden, a)
+    got = jax.jit(heads.q_t, static_argnums=1)(params, cfg, hidden, a)
     assert got.dtype == jnp.float32 and float(jnp.abs(want).max()) > 0.5
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
@@ -127,7 +128,7 @@ def test_vocab_major_q_head_equals_the_stored_head(dtype):
     want = heads.q_t(params, cfg, hidden[:, None])[:, 0]
     vocab_major = heads.vocab_major(params, cfg)
     assert vocab_major.out_t.dtype == jnp.dtype(dtype)  # cast once, not at every step
-    got = jax.jit(heads.q_rows, static_argnums=1)(vocab_major, cfg, hidden)
+    got = jax.jit(heads.q_t, static_argnums=1)(vocab_major, cfg, hidden)
     assert got.dtype == jnp.float32 and got.shape == (5, cfg.padded_vocab_size)
     np.testing.assert_array_equal(np.isneginf(got), np.arange(cfg.padded_vocab_size)[None].repeat(5, 0) >= cfg.vocab_size)
     finite = np.isfinite(np.asarray(want))
@@ -219,7 +220,7 @@ def test_packed_step_with_dropout_draws_the_same_masks():
 
 def test_packed_bc_step_gives_the_full_loss_and_gradients():
     cfg = train.StepConfig(mode="bc", model=ilql.ModelConfig(trunk=TRUNK), action_capacity=16)
-    params = {"policy": _random(jax.eval_shape(lambda: gpt2.init(TRUNK, jax.random.key(0))), 4)}
+    params = {"policy": _random(jax.eval_shape(lambda: trunk_lib.init(TRUNK, jax.random.key(0))), 4)}
     batch = _batch()
     ref = _loss_and_grads(train.reference_loss_fn, cfg, params, {}, batch, None)
     _assert_same(ref, _loss_and_grads(train.loss_fn, cfg, params, {}, batch, None), "bc")

@@ -90,7 +90,7 @@ def test_sharded_placement_reads_the_same_weights():
     directory = str(FIXTURES / "llama_gqa_rope3")
     config, host = hf_import.load_hf(directory, vocab_size=166)
     mesh = sharding.make_mesh(sharding.MeshConfig())
-    shardings = sharding.state_shardings(llama.abstract_params(config), mesh,
+    shardings = sharding.state_shardings(trunk.abstract_params(config), mesh,
                                          sharding.logical_rules(sharding.MeshConfig(fsdp_params=True)))
     _, placed = hf_import.load_hf(directory, shardings=shardings, vocab_size=166)
     a, b = _flat(host), _flat(placed)
@@ -160,16 +160,16 @@ def test_bad_checkpoints_are_named(tmp_path):
 
 def test_left_padding_and_remat_do_not_change_results():
     config = llama.LlamaConfig.tiny(vocab_size=90)
-    params = llama.init(config, jax.random.key(0))
+    params = trunk.init(config, jax.random.key(0))
     tokens = jnp.asarray([[5, 6, 7, 8]])
-    forward = jax.jit(llama.forward, static_argnums=1)
+    forward = jax.jit(trunk.forward, static_argnums=1)
     _, alone = forward(params, config, tokens)
     _, padded = forward(params, config, jnp.asarray([[0, 0, 5, 6, 7, 8]]), jnp.asarray([[0, 0, 1, 1, 1, 1]]))
     np.testing.assert_allclose(padded[:, 2:], alone, atol=1e-5)
     assert np.all(np.isneginf(np.asarray(alone[..., 90:])))  # padded vocabulary
 
     def loss(p, cfg):
-        return llama.forward(p, cfg, tokens)[1][..., :90].mean()
+        return trunk.forward(p, cfg, tokens)[1][..., :90].mean()
 
     import dataclasses
     grad = jax.jit(jax.grad(loss), static_argnums=1)
@@ -275,7 +275,7 @@ def test_export_loads_in_transformers_flax_llama_with_the_same_logits(tmp_path):
     from transformers import FlaxLlamaForCausalLM
 
     config = llama.LlamaConfig.tiny(vocab_size=150, n_positions=64)
-    params = llama.init(config, jax.random.key(3))
+    params = trunk.init(config, jax.random.key(3))
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(4), len(leaves))
     params = jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
@@ -283,7 +283,7 @@ def test_export_loads_in_transformers_flax_llama_with_the_same_logits(tmp_path):
     hf_model = FlaxLlamaForCausalLM.from_pretrained(str(tmp_path))
     tokens = np.asarray([[3, 17, 5, 99, 42, 7, 8, 120]], np.int32)
     theirs = np.asarray(hf_model(tokens).logits)
-    _, ours = llama.forward(params, config, jnp.asarray(tokens))
+    _, ours = trunk.forward(params, config, jnp.asarray(tokens))
     assert _max_err(ours, theirs, np.ones(tokens.shape)) < 1e-4
 
 
@@ -311,11 +311,11 @@ def test_a_llama_run_config_round_trips_through_json_and_flags():
 
 def test_bfloat16_compute_keeps_hidden_states_and_logits_float32():
     config = llama.LlamaConfig.tiny(vocab_size=90)
-    params = llama.init(config, jax.random.key(0))
+    params = trunk.init(config, jax.random.key(0))
     tokens = jnp.asarray([[5, 6, 7, 8, 9]])
-    hidden, logits = llama.forward(params, config, tokens)
+    hidden, logits = trunk.forward(params, config, tokens)
     import dataclasses
-    hidden16, logits16 = llama.forward(params, dataclasses.replace(config, dtype="bfloat16"), tokens)
+    hidden16, logits16 = trunk.forward(params, dataclasses.replace(config, dtype="bfloat16"), tokens)
     assert hidden16.dtype == logits16.dtype == jnp.float32
     np.testing.assert_allclose(logits16[..., :90], logits[..., :90], atol=0.05)
     assert float(jnp.max(jnp.abs(logits16[..., :90] - logits[..., :90]))) > 0  # the compute dtype took effect

@@ -1,5 +1,5 @@
 """Packed rows: turns with their own context windows, several to a row (data/packing.py), and the trunks'
-segment-aware attention that makes each block compute what it computes alone (gpt2.attention_layout)."""
+segment-aware attention that makes each block compute what it computes alone (trunk_lib.attention_layout)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ from ilql_jax import tokenizers
 from ilql_jax.data import packing
 from ilql_jax.data.episodes import agent, env
 from ilql_jax.models import gpt2, llama
+from ilql_jax.models import trunk as trunk_lib
 
 TOK = tokenizers.symbol_tokenizer(["o1", "o2", "o3", "u", "d"], separator=" ")
 S, ES, EA, EOD, PAD = TOK.s_id, TOK.end_s_id, TOK.end_a_id, TOK.eod_id, TOK.pad_id
@@ -89,7 +90,7 @@ def test_errors_name_the_chain_and_turn():
 
 def test_layout_of_zero_one_masks_is_the_plain_causal_one():
     mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]], jnp.int32)
-    causal, positions = gpt2.attention_layout(mask)
+    causal, positions = trunk_lib.attention_layout(mask)
     plain = jnp.tril(jnp.ones((5, 5), bool))[None] & mask.astype(bool)[:, None, :]
     np.testing.assert_array_equal(causal, plain)
     np.testing.assert_array_equal(positions, jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0))
@@ -97,19 +98,18 @@ def test_layout_of_zero_one_masks_is_the_plain_causal_one():
 
 @pytest.mark.parametrize("trunk", ["gpt2", "llama"])
 def test_each_packed_block_computes_what_it_computes_alone(trunk):
-    module = gpt2 if trunk == "gpt2" else llama
     config = gpt2.GPT2Config.tiny(vocab_size=50) if trunk == "gpt2" else llama.LlamaConfig.tiny(vocab_size=50)
-    params = module.init(config, jax.random.key(0))
+    params = trunk_lib.init(config, jax.random.key(0))
     blocks = [[5, 6, 7], [8, 9, 10, 11], [12, 13]]
     tokens = np.array([sum(blocks, []) + [0, 0]], np.int32)
     segments = np.array([[1] * 3 + [2] * 4 + [3] * 2 + [0, 0]], np.int32)
-    packed, packed_logits = module.forward(params, config, jnp.asarray(tokens), jnp.asarray(segments))
+    packed, packed_logits = trunk_lib.forward(params, config, jnp.asarray(tokens), jnp.asarray(segments))
     start = 0
     for block in blocks:
-        alone, alone_logits = module.forward(params, config, jnp.asarray([block], jnp.int32))
+        alone, alone_logits = trunk_lib.forward(params, config, jnp.asarray([block], jnp.int32))
         np.testing.assert_allclose(packed[0, start:start + len(block)], alone[0], atol=1e-5)
         np.testing.assert_allclose(packed_logits[0, start:start + len(block)], alone_logits[0], atol=1e-4)
         start += len(block)
     # Without the segment ids, the later blocks see the earlier ones.
-    joined, _ = module.forward(params, config, jnp.asarray(tokens), jnp.asarray((segments > 0).astype(np.int32)))
+    joined, _ = trunk_lib.forward(params, config, jnp.asarray(tokens), jnp.asarray((segments > 0).astype(np.int32)))
     assert not np.allclose(joined[0, 3:7], packed[0, 3:7], atol=1e-3)

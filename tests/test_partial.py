@@ -225,7 +225,7 @@ def test_exported_merged_trunks_give_the_adapted_trunks_outputs(arch, tmp_path):
     tokens, mask = BATCH["tokens"], BATCH["attention_mask"]
     real = cfg.model.trunk.vocab_size
     adapted = ilql.apply(cfg.model, params, target, tokens, mask)  # W x + (α/r)·(x A) B, unmerged
-    h_value, h_target, _ = ilql.partial_hiddens(cfg.model, params, target, tokens, mask)
+    h_value, h_target, _ = ilql.hiddens(cfg.model, params, target, tokens, mask)
     _, base_logits = trunk_lib.forward(params["frozen"], cfg.model.trunk, tokens, mask)  # LoRA: frozen = the base
     assert _max_diff(adapted.pi_logits_t[..., :real], base_logits[..., :real]) > 0.05  # the adapters matter
 

@@ -19,6 +19,7 @@ import scipy.stats
 from ilql_jax import sampler, tokenizers
 from ilql_jax.data import episodes
 from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import trunk as trunk_lib
 
 TOK = tokenizers.wordle_tokenizer()
 CFG = gpt2.GPT2Config.tiny(vocab_size=TOK.vocab_size, n_layer=1, n_embd=32, n_positions=64)
@@ -456,7 +457,7 @@ def test_bc_state_decodes_pi_beta_alone():
                          jax.random.key(0), beta=16.0, stop_ids=(-5,), pad_id=0, sampler_config=scfg)
     tokens = np.asarray(prompt)
     for t in range(4):
-        _, logits = gpt2.forward(state.params["policy"], trunk, jnp.asarray(tokens))
+        _, logits = trunk_lib.forward(state.params["policy"], trunk, jnp.asarray(tokens))
         masked = np.asarray(logits[:, -1, :35]).copy()
         masked[:, 0] = -np.inf  # pad is never chosen
         np.testing.assert_array_equal(np.asarray(out.tokens[:, t]), masked.argmax(-1))

@@ -48,7 +48,8 @@ from ilql_jax import tokenizers
 from ilql_jax.checkpoint import restore
 from ilql_jax.config import TrainConfig, config_from_dict
 from ilql_jax.data import episodes
-from ilql_jax.models import gpt2, ilql
+from ilql_jax.models import ilql, layers
+from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.train import abstract_state
 
 GROUPS = ("k=1", "k=2", "k=3-5", "k=6-20", "k>20", "inconsistent", "repeat", "invalid")
@@ -158,8 +159,8 @@ def letter_advantages(model_config: ilql.ModelConfig, state, history: Sequence[T
     o = ilql.apply(model_config, state.params, state.target_params, x, jnp.ones_like(x))
     pi = o.pi_logits_t
     if pi is None:  # a frozen π_β is not run by `apply`
-        _, pi = gpt2.forward(ilql.policy_params(model_config, state.params), model_config.trunk, x, jnp.ones_like(x))
-    logp = np.asarray(jax.nn.log_softmax(gpt2.mask_padded_vocab(pi[0], tokenizer.vocab_size)))
+        _, pi = trunk_lib.forward(ilql.policy_params(model_config, state.params), model_config.trunk, x, jnp.ones_like(x))
+    logp = np.asarray(jax.nn.log_softmax(layers.mask_padded_vocab(pi[0], tokenizer.vocab_size)))
     q_bar = np.minimum(np.asarray(o.target_q1_t[0]), np.asarray(o.target_q2_t[0]))
     v = np.asarray(o.v_t[0])
     rows = []

@@ -8,7 +8,7 @@ the next one, so their turns cannot share one causal sequence. Here each turn is
 its own *block* of tokens, ``prompt_tokens(context) + action + </a>``, and many
 blocks are packed into one row: the attention mask holds a segment id per block
 (1, 2, ... along the row; 0 on padding) and the trunks attend within a block only,
-positions restarting at each block (`models.gpt2.attention_layout`). Every block
+positions restarting at each block (`models.trunk.attention_layout`). Every block
 therefore computes exactly what its context computes alone at decode time.
 
 The arrays mean what `episodes.episode_to_arrays`' do, with these links:

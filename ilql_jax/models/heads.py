@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ilql_jax.configs import HEAD_INITS  # noqa: F401  (the config's home)
-from ilql_jax.models import gpt2
+from ilql_jax.models import layers
 from ilql_jax.models.trunk import TrunkConfig
 
 
@@ -91,49 +91,13 @@ def v_t(params: nnx.State, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
     return nnx.merge(_graphdef(config, 1), params)(hidden.astype(config.dtype))[..., 0]
 
 
-def q_t(params: nnx.State, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
-    """Q(h_t, ·): [B, T, D] hidden → [B, T, V_pad] float32, padded entries -inf."""
-    chex.assert_rank(hidden, 3)
-    q = nnx.merge(_graphdef(config, config.padded_vocab_size), params)(hidden.astype(config.dtype))
-    return gpt2.mask_padded_vocab(q, config.vocab_size)
-
-
-def q_t_unmasked(params: nnx.State, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
-    """Q(h_t, ·) like `q_t`, with the padded vocabulary tail left as computed (finite), for a consumer
-    that masks it inside a fused reduction (`losses.logsumexp_and_gather`) rather than in a
-    vocabulary-sized copy."""
-    chex.assert_rank(hidden, 3)
-    return nnx.merge(_graphdef(config, config.padded_vocab_size), params)(hidden.astype(config.dtype))
-
-
-def q_at(params: nnx.State, config: TrunkConfig, hidden: jax.Array, a_t: jax.Array) -> jax.Array:
-    """Q(h_t)[a_t]: [B, K, D] hidden, [B, K] actions in [0, vocab_size) → [B, K] float32.
-
-    Equals `q_t(...)` gathered at `a_t` without its other V_pad − 1 outputs: the
-    first layer runs as usual, then only the output layer's columns a_t (one
-    2d-long dot per position instead of a 2d × V_pad matmul), so no [B, K, V]
-    tensor exists. For the target Q̄, which the loss reads at the taken action only.
-    """
-    chex.assert_rank([hidden, a_t], [3, 2])
-    chex.assert_equal_shape_prefix([hidden, a_t], 2)
-    head = nnx.merge(_graphdef(config, config.padded_vocab_size), params)
-    z = jax.nn.relu(head.fc(hidden.astype(config.dtype)))
-    dtype = jnp.dtype(config.dtype)
-    # Gathered along the kernel's vocabulary axis as it lies ([2d, V_pad]): no transposed copy of the kernel.
-    # Cast after the gather, so a compute dtype below param_dtype never copies the whole kernel.
-    w_a = jnp.take(head.out.kernel[...], a_t, axis=1).astype(dtype)   # [2d, B, K]
-    b_a = jnp.take(head.out.bias[...], a_t).astype(jnp.float32)        # [B, K]
-    # Accumulated and biased in float32, as `MLPHead.__call__`: Q̄ is never rounded to the compute dtype.
-    return jnp.einsum("bkh,hbk->bk", z.astype(dtype), w_a, preferred_element_type=jnp.float32) + b_a
-
-
 @chex.dataclass(frozen=True)
 class VocabMajorQ:
     """A Q head plus its output kernel vocabulary-major, [V_pad, 2d], for a decode step.
 
-    The same function as `head` (`vocab_major`). A step of N ≈ 32 rows is a skinny matmul that
-    streams the whole d·V-sized output kernel from memory once; read along its rows (each output's 2d
-    weights contiguous) it runs 1.3–1.5× faster on XLA:CPU than along the stored [2d, V_pad] layout,
+    The same function as `head` (`vocab_major`; `q_t` reads either). A step of N ≈ 32 rows is a skinny
+    matmul that streams the whole d·V-sized output kernel from memory once; read along its rows (each output's
+    2d weights contiguous) it runs 1.3–1.5× faster on XLA:CPU than along the stored [2d, V_pad] layout,
     whose column panels stride across the vocabulary (docs/lean_step.md).
     """
 
@@ -147,16 +111,37 @@ def vocab_major(params: nnx.State, config: TrunkConfig) -> VocabMajorQ:
     return VocabMajorQ(head=params, out_t=params["out"]["kernel"][...].T.astype(config.dtype))
 
 
-def q_rows(params: nnx.State | VocabMajorQ, config: TrunkConfig, hidden: jax.Array) -> jax.Array:
-    """Q(h, ·) at single positions: [N, D] hidden → [N, V_pad] float32, padded entries -inf.
+def q_t(params: nnx.State | VocabMajorQ, config: TrunkConfig, hidden: jax.Array, a_t: jax.Array | None = None, *,
+        mask_padded: bool = True) -> jax.Array:
+    """Q(h_t, ·): [..., D] hidden → [..., V_pad] float32, padded entries -inf (left as computed, finite,
+    without `mask_padded`, for a consumer that masks them inside a fused reduction:
+    `losses.logsumexp_and_gather`).
 
-    Equals `q_t` on `hidden[:, None]` for a head as stored or as `VocabMajorQ`, with the same dtypes:
-    the hidden layer in the compute dtype, the output accumulated and biased in float32.
+    One function read in three layouts, all with `MLPHead`'s dtypes (the hidden layer in the compute
+    dtype, the output accumulated and biased in float32):
+
+    - a head as stored;
+    - a `VocabMajorQ` (a decode step's rows: its output kernel read vocabulary-major, docs/lean_step.md);
+    - with actions `a_t` [B, K] in [0, vocab_size), hidden [B, K, D]: Q(h_t)[a_t] alone, [B, K]. The
+      first layer runs as usual, then only the output layer's columns a_t (one 2d-long dot per position
+      instead of a 2d × V_pad matmul), so no [B, K, V] tensor exists. For the target Q̄, which the loss
+      reads at the taken action only.
     """
-    chex.assert_rank(hidden, 2)
-    if not isinstance(params, VocabMajorQ):
-        return q_t(params, config, hidden[:, None])[:, 0]
-    head = nnx.merge(_graphdef(config, config.padded_vocab_size), params.head)
-    z = jax.nn.relu(head.fc(hidden.astype(config.dtype)))
-    q = jnp.einsum("ni,oi->no", z, params.out_t, preferred_element_type=jnp.float32)
-    return gpt2.mask_padded_vocab(q + head.out.bias[...].astype(jnp.float32), config.vocab_size)
+    vocab_major = isinstance(params, VocabMajorQ)
+    head = nnx.merge(_graphdef(config, config.padded_vocab_size), params.head if vocab_major else params)
+    if a_t is None and not vocab_major:
+        q = head(hidden.astype(config.dtype))
+    else:
+        z = jax.nn.relu(head.fc(hidden.astype(config.dtype)))
+        if a_t is not None:
+            chex.assert_rank([hidden, a_t], [3, 2])
+            chex.assert_equal_shape_prefix([hidden, a_t], 2)
+            dtype = jnp.dtype(config.dtype)
+            # Gathered along the kernel's vocabulary axis as it lies ([2d, V_pad]): no transposed copy of the
+            # kernel. Cast after the gather, so a compute dtype below param_dtype never copies the whole kernel.
+            w_a = jnp.take(head.out.kernel[...], a_t, axis=1).astype(dtype)   # [2d, B, K]
+            b_a = jnp.take(head.out.bias[...], a_t).astype(jnp.float32)        # [B, K]
+            return jnp.einsum("bkh,hbk->bk", z.astype(dtype), w_a, preferred_element_type=jnp.float32) + b_a
+        q = jnp.einsum("...i,oi->...o", z, params.out_t, preferred_element_type=jnp.float32)
+        q = q + head.out.bias[...].astype(jnp.float32)
+    return layers.mask_padded_vocab(q, config.vocab_size) if mask_padded else q

@@ -233,6 +233,41 @@ def _new_row_fill(config) -> bool:
     return isinstance(config, llama.LlamaConfig)
 
 
+_GPT2_SHAPE = ("n_positions", "n_embd", "n_layer", "n_head", "padded_vocab_size", "layer_norm_epsilon")
+
+
+def import_overrides(config) -> dict[str, Any]:
+    """What a checkpoint imported to start a trunk shaped as `config` takes from `config` beyond its numerics:
+    a Llama checkpoint's vocabulary grows to config's (new rows: the mean row); GPT-2's stays its own (ids up to
+    the padded size read zero rows)."""
+    return {"vocab_size": config.vocab_size} if _new_row_fill(config) else {}
+
+
+def matching_fields(config) -> tuple[str, ...]:
+    """The fields a checkpoint's config (read with `import_overrides`) must share with `config` to start it."""
+    return tuple(f.name for f in dataclasses.fields(config)) if _new_row_fill(config) else _GPT2_SHAPE
+
+
+def for_tokenizer(config, tokenizer_vocab_size: int):
+    """`config` with the vocabulary a tokenizer of `tokenizer_vocab_size` ids (markup included) needs: a Llama
+    trunk's grows to every id of either (`import_vocab_size`: new embedding rows); GPT-2's is the tokenizer's,
+    within the embedding's padding. ValueError when the tokenizer has more ids than the embedding."""
+    if _new_row_fill(config):
+        config = dataclasses.replace(config, vocab_size=import_vocab_size(config, tokenizer_vocab_size))
+    if tokenizer_vocab_size > config.padded_vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer_vocab_size} ids, the model's embedding "
+                         f"{config.padded_vocab_size}")
+    return config if _new_row_fill(config) else dataclasses.replace(config, vocab_size=tokenizer_vocab_size)
+
+
+def export_names(config) -> tuple[str, str]:
+    """(the values manifest's key for the trunk's `config.json`, the tokenizer class `transformers` loads): GPT-2's
+    as earlier releases wrote them."""
+    if isinstance(config, gpt2.GPT2Config):
+        return "gpt2_config", "GPT2TokenizerFast"
+    return "hf_config", "PreTrainedTokenizerFast"
+
+
 # --- files ---------------------------------------------------------------------
 
 

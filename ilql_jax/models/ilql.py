@@ -2,14 +2,14 @@
 
 Online parameters::
 
-    {"value":  {"trunk": GPT-2, "v": V head, "q1": Q head, "q2": Q head},
-     "policy": GPT-2}                      # π_β; absent when shared_policy
+    {"value":  {"trunk": trunk, "v": V head, "q1": Q head, "q2": Q head},
+     "policy": trunk}                      # π_β; absent when shared_policy
 
 Target parameters (a Polyak copy, no target V)::
 
-    {"trunk": GPT-2, "q1": Q head, "q2": Q head}   # "trunk" absent when target_on_online_trunk
+    {"trunk": trunk, "q1": Q head, "q2": Q head}   # "trunk" absent when target_on_online_trunk
 
-All trunks start from one GPT-2 parameter tree (random or imported); π_β may
+All trunks start from one trunk parameter tree (random or imported); π_β may
 start from its own (a BC checkpoint).
 
 Partial training (`num_layers_unfrozen`, LoRA; models/partial.py): every
@@ -19,7 +19,8 @@ once as ``online["frozen"]``, which neither the optimizer nor the target
 update touches. The forwards run the shared frozen bottom once and each
 trunk's top from its output; `materialize` gives whole plain trunks back.
 
-Two forwards: `apply` evaluates every head at every position (the direct
+The trunks' hidden states come from one place (`hiddens`), read two ways:
+`apply` evaluates every head at every position (the direct
 computation, kept as the reference and for diagnostics), `apply_packed` only
 where the losses read them (the train step's; see docs/lean_step.md). Dropout in the target trunk is off: the
 reference leaves it on, but a noisy target only adds variance to Q̄.
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from ilql_jax import losses
-from ilql_jax.models import gpt2, heads, partial as partial_lib, trunk as trunk_lib
+from ilql_jax.models import heads, partial as partial_lib, trunk as trunk_lib
 from ilql_jax.configs import ModelConfig  # noqa: F401  (the config's home)
 
 Params = dict[str, Any]
@@ -52,8 +53,8 @@ class Outputs:
     pi_logits_t: jax.Array | None  # [B, T, V_pad], π_β; None when frozen
 
 
-def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
-         policy: gpt2.Params | None = None) -> tuple[Params, Params]:
+def init(config: ModelConfig, key: jax.Array, trunk: trunk_lib.Params | None = None,
+         policy: trunk_lib.Params | None = None) -> tuple[Params, Params]:
     """Online and target parameters.
 
     Args:
@@ -87,33 +88,52 @@ def init(config: ModelConfig, key: jax.Array, trunk: gpt2.Params | None = None,
     return online, target
 
 
-def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
-          dropout_key: jax.Array | None = None) -> Outputs:
-    """Runs the value trunk and heads, the target networks and π_β on a batch."""
+def hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
+            dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """(value, target, π_β) final hidden states [B, T, D], no LM head run. π_β's is the value trunk's when
+    shared, None when frozen; the target's (no gradient, no dropout) is the value trunk's when
+    `target_on_online_trunk`. Under partial training the frozen bottom runs once (no dropout, no
+    gradient), then each trunk's top from its output."""
     cfg = config.trunk
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     if partial_lib.FROZEN in online:
-        return _apply_partial(config, online, target, tokens, attention_mask, k_value, k_policy)
-    hidden, lm_logits = trunk_lib.forward(online["value"]["trunk"], cfg, tokens, attention_mask, dropout_key=k_value)
-    value = online["value"]
-    if config.target_on_online_trunk:
-        target_hidden = hidden
+        spec, frozen, b = partial_lib.lora_spec(config), online[partial_lib.FROZEN], partial_lib.bottom_layers(config)
+        whole = lambda delta: partial_lib.combine(frozen, delta)
+        # Blocks below b read frozen weights only: any trunk's whole parameters serve.
+        x = jax.lax.stop_gradient(trunk_lib.residual_stream(whole(online["value"]["trunk"]), cfg, tokens,
+                                                            attention_mask, stop=b, lora=spec))
+        blocks = dict(lora=spec, start=b, residual=x)
     else:
-        target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask)
-    target_hidden = jax.lax.stop_gradient(target_hidden)
+        whole, blocks = (lambda params: params), {}
+
+    def run(delta, key):
+        return trunk_lib.forward(whole(delta), cfg, tokens, attention_mask, dropout_key=key, with_logits=False,
+                                 **blocks)[0]
+
+    h_value = run(online["value"]["trunk"], k_value)
+    h_target = h_value if config.target_on_online_trunk else run(target["trunk"], None)
     if config.frozen_policy:
-        pi_logits = None
+        h_policy = None
     elif config.shared_policy:
-        pi_logits = lm_logits
+        h_policy = h_value
     else:
-        _, pi_logits = trunk_lib.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy)
+        h_policy = run(online["policy"], k_policy)
+    return h_value, jax.lax.stop_gradient(h_target), h_policy
+
+
+def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
+          dropout_key: jax.Array | None = None) -> Outputs:
+    """Runs the value trunk and heads, the target networks and π_β on a batch: every head at every position."""
+    cfg = config.trunk
+    value = online["value"]
+    hidden, target_hidden, h_policy = hiddens(config, online, target, tokens, attention_mask, dropout_key)
     return Outputs(
         q1_t=heads.q_t(value["q1"], cfg, hidden),
         q2_t=heads.q_t(value["q2"], cfg, hidden),
         target_q1_t=jax.lax.stop_gradient(heads.q_t(target["q1"], cfg, target_hidden)),
         target_q2_t=jax.lax.stop_gradient(heads.q_t(target["q2"], cfg, target_hidden)),
         v_t=heads.v_t(value["v"], cfg, hidden),
-        pi_logits_t=pi_logits,
+        pi_logits_t=None if h_policy is None else trunk_lib.lm_logits(lm_head_params(config, online), cfg, h_policy),
     )
 
 
@@ -141,47 +161,25 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
     """The ILQL networks evaluated only where `losses.ilql_loss` reads them.
 
     The trunks run on every position (each state's hidden depends on the whole
-    prefix); no trunk computes LM logits over [B, T]. Then, at the packed action
+    prefix; `hiddens`, as `apply`'s); no trunk computes LM logits over [B, T]. Then, at the packed action
     states `packed.idx`: the online Q heads (whole vocabulary: CQL needs it), V,
     π_β's LM head (BC), and the target Q heads' first layer and the output
-    columns of a_t only (`heads.q_at`); V at the next states `packed.next_k`.
-    Same values as `apply` at those positions (same dropout draws too: the
-    trunks' forwards are the same calls).
+    columns of a_t only (`heads.q_t` with actions); V at the next states `packed.next_k`.
+    Same values as `apply` at those positions (same dropout draws too).
     """
     cfg = config.trunk
-    k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     value = online["value"]
-    if partial_lib.FROZEN in online:
-        hidden, target_hidden, h_policy = partial_hiddens(config, online, target, tokens, attention_mask, k_value,
-                                                          k_policy)
-    else:
-        hidden, _ = trunk_lib.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=k_value,
-                                      with_logits=False)
-        if config.target_on_online_trunk:
-            target_hidden = hidden
-        else:
-            target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
+    hidden, target_hidden, h_policy = hiddens(config, online, target, tokens, attention_mask, dropout_key)
     h_k = losses.gather_packed(hidden, packed.idx)
     h_next = jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))
-    target_h_k = jax.lax.stop_gradient(losses.gather_packed(target_hidden, packed.idx))
-    target_q_a = jnp.minimum(heads.q_at(target["q1"], cfg, target_h_k, packed.a_k),
-                             heads.q_at(target["q2"], cfg, target_h_k, packed.a_k))
-    if config.frozen_policy:
-        pi_logits_k = None
-    elif partial_lib.FROZEN in online:
-        pi_logits_k = trunk_lib.lm_logits(lm_head_params(config, online), cfg,
-                                          losses.gather_packed(h_policy, packed.idx), mask_padded=False)
-    else:
-        if config.shared_policy:
-            h_policy = hidden
-        else:
-            h_policy, _ = trunk_lib.forward(online["policy"], cfg, tokens, attention_mask, dropout_key=k_policy,
-                                            with_logits=False)
-        pi_logits_k = trunk_lib.lm_logits(policy_params(config, online), cfg,
-                                          losses.gather_packed(h_policy, packed.idx), mask_padded=False)
+    target_h_k = losses.gather_packed(target_hidden, packed.idx)
+    target_q_a = jnp.minimum(heads.q_t(target["q1"], cfg, target_h_k, packed.a_k),
+                             heads.q_t(target["q2"], cfg, target_h_k, packed.a_k))
+    pi_logits_k = None if h_policy is None else trunk_lib.lm_logits(
+            lm_head_params(config, online), cfg, losses.gather_packed(h_policy, packed.idx), mask_padded=False)
     return PackedOutputs(
-        q1_k=heads.q_t_unmasked(value["q1"], cfg, h_k),
-        q2_k=heads.q_t_unmasked(value["q2"], cfg, h_k),
+        q1_k=heads.q_t(value["q1"], cfg, h_k, mask_padded=False),
+        q2_k=heads.q_t(value["q2"], cfg, h_k, mask_padded=False),
         target_q_a=jax.lax.stop_gradient(target_q_a),
         v_k=heads.v_t(value["v"], cfg, h_k),
         v_next_k=heads.v_t(value["v"], cfg, h_next),
@@ -189,68 +187,21 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
     )
 
 
-def policy_params(config: ModelConfig, online: Params) -> gpt2.Params:
+def policy_params(config: ModelConfig, online: Params) -> trunk_lib.Params:
     """π_β's trunk parameters (the value trunk's when shared); its trained part under partial training."""
     return online["value"]["trunk"] if config.shared_policy else online["policy"]
 
 
-def lm_head_params(config: ModelConfig, online: Params) -> gpt2.Params:
-    """Parameters of the plain trunk graph from which `trunk.lm_logits` gives π_β's logits, under partial
-    training: with LoRA the frozen trunk (its LM head is frozen), else the frozen part and π_β's top."""
-    frozen = online[partial_lib.FROZEN]
+def lm_head_params(config: ModelConfig, online: Params) -> trunk_lib.Params:
+    """Parameters of the plain trunk graph from which `trunk.lm_logits` gives π_β's logits: π_β's own, or
+    under partial training with LoRA the frozen trunk (its LM head is frozen), else the frozen part and
+    π_β's top. A BC state (online holding π_β alone) works too."""
+    delta = online["policy"] if "value" not in online else policy_params(config, online)
+    if partial_lib.FROZEN not in online:
+        return delta
     if partial_lib.lora_spec(config) is not None:
-        return frozen
-    delta = online["policy"] if "value" not in online else policy_params(config, online)  # a BC state: π_β alone
-    return partial_lib.combine(frozen, delta)
-
-
-def partial_hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Array,
-                    attention_mask: jax.Array, k_value: jax.Array | None = None, k_policy: jax.Array | None = None,
-                    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """(value, target, π_β) final hidden states [B, T, D] under partial training: the frozen bottom once
-    (no dropout, no gradient), then each trunk's top from its output. π_β's is the value trunk's when
-    shared, None when frozen; the target's is the value trunk's when `target_on_online_trunk`."""
-    cfg, spec = config.trunk, partial_lib.lora_spec(config)
-    frozen = online[partial_lib.FROZEN]
-    b = partial_lib.bottom_layers(config)
-    value_trunk = partial_lib.combine(frozen, online["value"]["trunk"])
-    # Blocks below b read frozen weights only: any trunk's whole parameters serve.
-    x = jax.lax.stop_gradient(trunk_lib.residual_stream(value_trunk, cfg, tokens, attention_mask, stop=b, lora=spec))
-
-    def top(params, key):
-        return trunk_lib.forward(params, cfg, tokens, attention_mask, dropout_key=key, with_logits=False, lora=spec,
-                                 start=b, residual=x)[0]
-
-    h_value = top(value_trunk, k_value)
-    if config.target_on_online_trunk:
-        h_target = h_value
-    else:
-        h_target = top(partial_lib.combine(frozen, target["trunk"]), None)
-    if config.frozen_policy:
-        h_policy = None
-    elif config.shared_policy:
-        h_policy = h_value
-    else:
-        h_policy = top(partial_lib.combine(frozen, online["policy"]), k_policy)
-    return h_value, jax.lax.stop_gradient(h_target), h_policy
-
-
-def _apply_partial(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
-                   k_value: jax.Array | None, k_policy: jax.Array | None) -> Outputs:
-    """`apply` under partial training (`partial_hiddens`)."""
-    cfg = config.trunk
-    value = online["value"]
-    hidden, target_hidden, h_policy = partial_hiddens(config, online, target, tokens, attention_mask, k_value,
-                                                      k_policy)
-    pi_logits = None if h_policy is None else trunk_lib.lm_logits(lm_head_params(config, online), cfg, h_policy)
-    return Outputs(
-        q1_t=heads.q_t(value["q1"], cfg, hidden),
-        q2_t=heads.q_t(value["q2"], cfg, hidden),
-        target_q1_t=jax.lax.stop_gradient(heads.q_t(target["q1"], cfg, target_hidden)),
-        target_q2_t=jax.lax.stop_gradient(heads.q_t(target["q2"], cfg, target_hidden)),
-        v_t=heads.v_t(value["v"], cfg, hidden),
-        pi_logits_t=pi_logits,
-    )
+        return online[partial_lib.FROZEN]
+    return partial_lib.combine(online[partial_lib.FROZEN], delta)
 
 
 def materialize(config: ModelConfig, online: Params, target: Params) -> tuple[Params, Params]:
