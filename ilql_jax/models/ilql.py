@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ilql_jax import losses
+from ilql_jax import losses, roles
 from ilql_jax.models import gpt2, heads, partial as partial_lib, trunk as trunk_lib
 from ilql_jax.configs import ModelConfig  # noqa: F401  (the config's home)
 
@@ -200,7 +200,7 @@ def lm_head_params(config: ModelConfig, online: Params) -> gpt2.Params:
     frozen = online[partial_lib.FROZEN]
     if partial_lib.lora_spec(config) is not None:
         return frozen
-    delta = online["policy"] if "value" not in online else policy_params(config, online)  # a BC state: π_β alone
+    delta = roles.policy(online) if roles.is_bc(online) else policy_params(config, online)
     return partial_lib.combine(frozen, delta)
 
 
@@ -263,12 +263,12 @@ def materialize(config: ModelConfig, online: Params, target: Params) -> tuple[Pa
     frozen = online[partial_lib.FROZEN]
     whole = lambda delta: partial_lib.plain(config, frozen, delta)
     out = {k: v for k, v in online.items() if k != partial_lib.FROZEN}
-    if "value" in out:
+    if not roles.is_bc(out):
         out["value"] = {**out["value"], "trunk": whole(out["value"]["trunk"])}
-    if "policy" in out:
+    if roles.has_policy(out):
         out["policy"] = whole(out["policy"])
     target = dict(target)
-    if "trunk" in target:
+    if roles.has_target_trunk(target):
         target["trunk"] = whole(target["trunk"])
     return out, target
 
