@@ -24,18 +24,26 @@ __all__ = ["Batch", "DTYPES"]
 
 
 class Batch(NamedTuple):
-    """One batch of rows, each field ``[B, T]`` in the dtype `DTYPES` gives it.
+    """One batch of rows; every field is ``[B, T]``, in its `DTYPES` dtype.
 
-    Position ``t`` of a row is state ``t``; its hidden state predicts ``x_{t+1}``,
-    which is the action taken there.
+    Position ``t`` of a row is state ``t``: its hidden state predicts ``x_{t+1}``, the action taken there.
+
+    Fields:
+      tokens: x_t, padded with the tokenizer's pad id.
+      attention_mask: 1 on tokens, 0 on padding; packed rows hold each block's id 1, 2, ... instead.
+      action_mask: m_t = 1 iff x_{t+1} is an agent token (``</a>`` included).
+      rewards: r_t, the utterance's reward at the state that emits its ``</a>``, 0 elsewhere.
+      next_idx: next(t), t + 1 inside an utterance; after ``</a>``, the state that emits the next agent
+        utterance (the environment's reply is skipped); t itself where m_t = 0 (masked).
+      dones: 1 at the final state of a terminal episode; the loss reads ``done_next(t) = dones[next(t)]``.
     """
 
-    tokens: Array          # int32 x_t, padded with the tokenizer's pad id.
-    attention_mask: Array  # int32 1 on tokens, 0 on padding; packed rows hold the block id 1, 2, ... instead.
-    action_mask: Array     # float32 m_t = 1 iff x_{t+1} is an agent token (including `</a>`).
-    rewards: Array         # float32 r_t: the utterance's reward at the state that emits its `</a>`, else 0.
-    next_idx: Array        # int32 next(t): the state after t (t itself where m_t = 0, masked anyway).
-    dones: Array           # float32 1 at the final state of a terminal episode; the loss reads dones[next(t)].
+    tokens: Array
+    attention_mask: Array
+    action_mask: Array
+    rewards: Array
+    next_idx: Array
+    dones: Array
 
     @classmethod
     def of(cls, batch: Batch | Mapping[str, Any]) -> Batch:
