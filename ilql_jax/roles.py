@@ -48,13 +48,13 @@ def has_q_heads(params: Params) -> bool:
     return Q1 in params
 
 
+def has_policy(online: Params) -> bool:
+    return POLICY in online
+
+
 def policy(online: Params) -> Any:
     """π_β's own trunk (a BC state's, or ILQL's when not shared)."""
     return online[POLICY]
-
-
-def has_policy(online: Params) -> bool:
-    return POLICY in online
 
 
 def policy_path(online: Params) -> tuple[str, ...]:
@@ -81,4 +81,5 @@ def frozen(online: Params) -> Any:
 
 
 def has_frozen(online: Params) -> bool:
+    """Whether `online` comes from partial training (`ModelConfig.num_layers_unfrozen`, `lora_rank`)."""
     return FROZEN in online
