@@ -40,6 +40,7 @@ Q̄(s, u) + w · log π_β(u | s)).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import chex
 import jax
@@ -92,8 +93,8 @@ class UtteranceTransitions:
     done_next: Array
 
 
-def transitions(batch: Batch, end_a_id: int) -> UtteranceTransitions:
-    """The utterance transitions of a token-array batch.
+def transitions(batch: Batch | Mapping[str, Array], end_a_id: int) -> UtteranceTransitions:
+    """The utterance transitions of a token-array batch (a `Batch` or a mapping of its fields).
 
     A close is an action state whose action is `</a>` (``m_t = 1``, ``tokens[t + 1] = end_a_id``). An
     utterance starts at an action state whose predecessor is not one (the environment spoke in between,
@@ -101,6 +102,7 @@ def transitions(batch: Batch, end_a_id: int) -> UtteranceTransitions:
     An utterance cut by `max_len` before its `</a>` has no close, so no transition; its start state
     is still the previous close's next state, whose V is bootstrapped from.
     """
+    batch = Batch.of(batch)
     tokens, m_t, r_t, next_idx, dones = batch.tokens, batch.action_mask, batch.rewards, batch.next_idx, batch.dones
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, m_t, r_t, next_idx, dones])
