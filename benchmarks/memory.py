@@ -211,9 +211,9 @@ def _step_config(case: Case, n_layer: int | None = None):
 def _train_inputs(case: Case, n_layer: int):
     """(step config, mesh, state shardings, abstract sharded state, abstract sharded batch) of a train case."""
     import jax
-    import jax.numpy as jnp
 
     from ilql_jax import sharding, train
+    from ilql_jax.data.batch import DTYPES, Batch
 
     cfg = _step_config(case, n_layer)
     mesh, rules = _mesh(case)
@@ -221,9 +221,7 @@ def _train_inputs(case: Case, n_layer: int):
     shardings = sharding.state_shardings(abstract, mesh, rules)
     rows = case.batch_per_device * case.devices
     batch_sharding = sharding.batch_sharding(mesh)
-    ints = ("tokens", "attention_mask", "next_idx")
-    batch = {k: jax.ShapeDtypeStruct((rows, case.seq_len), jnp.int32 if k in ints else jnp.float32,
-                                     sharding=batch_sharding) for k in train.BATCH_KEYS}
+    batch = Batch(*(jax.ShapeDtypeStruct((rows, case.seq_len), dtype, sharding=batch_sharding) for dtype in DTYPES))
     return cfg, mesh, shardings, _abstract(abstract, shardings), batch
 
 

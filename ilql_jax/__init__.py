@@ -27,6 +27,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "episode_return": ("ilql_jax.data.episodes", "the undiscounted sum of an episode's agent rewards"),
     "episodes_to_arrays": ("ilql_jax.data.episodes",
                            "episodes -> [N, max_len] tokens, masks, r_t, next(t), dones for training"),
+    "Batch": ("ilql_jax.data.batch", "those arrays typed, a pytree: the fields a train step reads (`Batch.of`)"),
     "prompt_tokens": ("ilql_jax.data.episodes",
                       "a history of segments as the token ids that prompt the agent's next utterance"),
     "fit_reward_norm": ("ilql_jax.data.rewards",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.checkpoint import (CheckpointConfig, export_params, load_params, load_policy_from_checkpoint,
                                      restore)
     from ilql_jax.config import TrainConfig, config_from_dict, parse_config
+    from ilql_jax.data.batch import Batch
     from ilql_jax.data.episodes import (Episode, Segment, agent, env, episode_return, episodes_to_arrays,
                                         prompt_tokens)
     from ilql_jax.data.rewards import RewardNorm, fit_reward_norm

@@ -49,6 +49,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ilql_jax import roles
 from ilql_jax.configs import CheckpointConfig  # noqa: F401  (the config's home)
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.state import has_frozen, with_frozen, without_frozen
@@ -171,7 +172,7 @@ class Checkpointer:
             extra = dict(extra or {})
             if "sha256" not in extra.get("frozen", {}):
                 extra["frozen"] = {**extra.get("frozen", {}),
-                                   "sha256": partial_lib.fingerprint(state.params[partial_lib.FROZEN])}
+                                   "sha256": partial_lib.fingerprint(roles.frozen(state.params))}
             state = without_frozen(state)
         saved = self._manager.save(int(step), args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(dict(extra or {}))))
@@ -358,9 +359,8 @@ def load_policy_from_checkpoint(workdir: str | epath.PathLike, abstract_policy: 
                                 step: int | None = None) -> PyTree:
     """π_β's GPT-2 parameters from a train-state checkpoint, to start another run's π_β.
 
-    Reads only those parameters: `params["policy"]` (a BC run, or an ILQL run
-    with a separate π_β), else `params["value"]["trunk"]` (ILQL with a shared
-    π_β). Use as `train.init_state(config, key, policy=...)`.
+    Reads only those parameters (`roles.policy_path`: π_β's own trunk, else
+    the value trunk it shares). Use as `train.init_state(config, key, policy=...)`.
 
     Args:
       workdir: the earlier run's directory.
@@ -375,7 +375,7 @@ def load_policy_from_checkpoint(workdir: str | epath.PathLike, abstract_policy: 
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}")
         saved_params = manager.item_metadata(step)["state"].tree["params"]
-        path = ("policy",) if "policy" in saved_params else ("value", "trunk")
+        path = roles.policy_path(saved_params)
         target: PyTree = abstract_like(abstract_policy)
         for key in reversed(path):
             target = {key: target}

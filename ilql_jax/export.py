@@ -39,7 +39,7 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from ilql_jax import files
+from ilql_jax import files, roles
 from ilql_jax.models import heads, hf_import, ilql
 from ilql_jax.models import trunk as trunk_lib
 
@@ -67,14 +67,14 @@ def value_tensors(model_config: ilql.ModelConfig, params: ilql.Params, target_pa
     """The value and target networks as flat, named float32 tensors (see the module docstring)."""
     params, target_params = ilql.materialize(model_config, params, target_params)
     trunk = model_config.trunk
-    value = params["value"]
-    out = _trunk_tensors("value.trunk", value["trunk"], trunk)
-    for name in ("v", "q1", "q2"):
+    value = roles.value(params)
+    out = _trunk_tensors("value.trunk", roles.value_trunk(params), trunk)
+    for name in (roles.V, roles.Q1, roles.Q2):
         out.update(_head_tensors(f"value.{name}", value[name]))
-    for name in ("q1", "q2"):
-        out.update(_head_tensors(f"target.{name}", target_params[name]))
-    if "trunk" in target_params:
-        out.update(_trunk_tensors("target.trunk", target_params["trunk"], trunk))
+    for name, head in zip((roles.Q1, roles.Q2), roles.q_heads(target_params)):
+        out.update(_head_tensors(f"target.{name}", head))
+    if roles.has_target_trunk(target_params):
+        out.update(_trunk_tensors("target.trunk", roles.target_trunk(target_params), trunk))
     return out
 
 
@@ -179,12 +179,12 @@ def load_values(directory: str | os.PathLike, **trunk_overrides: Any
     # Shapes and dtypes only: nothing is initialised.
     like_v = jax.eval_shape(lambda: heads.init_v_head(trunk, jax.random.key(0)))
     like_q = jax.eval_shape(lambda: heads.init_q_head(trunk, jax.random.key(0)))
-    value = {"trunk": _trunk_from(tensors, "value.trunk", trunk, path),
-             "v": _heads_from(tensors, "value.v", like_v, path),
-             "q1": _heads_from(tensors, "value.q1", like_q, path),
-             "q2": _heads_from(tensors, "value.q2", like_q, path)}
-    target = {"q1": _heads_from(tensors, "target.q1", like_q, path),
-              "q2": _heads_from(tensors, "target.q2", like_q, path)}
+    value = {roles.TRUNK: _trunk_from(tensors, "value.trunk", trunk, path),
+             roles.V: _heads_from(tensors, "value.v", like_v, path),
+             roles.Q1: _heads_from(tensors, "value.q1", like_q, path),
+             roles.Q2: _heads_from(tensors, "value.q2", like_q, path)}
+    target = {roles.Q1: _heads_from(tensors, "target.q1", like_q, path),
+              roles.Q2: _heads_from(tensors, "target.q2", like_q, path)}
     if not model_config.target_on_online_trunk:
-        target["trunk"] = _trunk_from(tensors, "target.trunk", trunk, path)
-    return model_config, {"value": value}, target
+        target[roles.TRUNK] = _trunk_from(tensors, "target.trunk", trunk, path)
+    return model_config, {roles.VALUE: value}, target

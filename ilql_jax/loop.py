@@ -87,10 +87,10 @@ import tqdm
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ilql_jax import checkpoint, files, pretrained, sharding, train
+from ilql_jax import checkpoint, files, pretrained, roles, sharding, train
 from ilql_jax.config import TrainConfig, config_from_dict, config_to_dict
 from ilql_jax.data.batches import BatchIterator, top_fraction_indices
-from ilql_jax.data.episodes import ARRAY_DTYPES
+from ilql_jax.data.batch import DTYPES, Batch
 from ilql_jax.logging import MetricWriter
 from ilql_jax.models import hf_import
 from ilql_jax.models import partial as partial_lib
@@ -100,8 +100,7 @@ from ilql_jax.state import ILQLState, has_frozen
 __all__ = ["Preempted", "check_arrays", "evaluate", "init_weights", "restore_state", "select_train_rows",
            "train_and_evaluate"]
 
-Arrays = Mapping[str, np.ndarray]
-_INT_KEYS = ("tokens", "attention_mask", "next_idx")
+Arrays = Mapping[str, np.ndarray] | Batch
 
 
 class Preempted(Exception):
@@ -120,29 +119,31 @@ class Preempted(Exception):
 
 
 def check_arrays(data: Arrays, config: TrainConfig, name: str = "train_data", *,
-                 min_examples: int | None = None) -> dict[str, np.ndarray]:
-    """The `BATCH_KEYS` arrays of `data` in their canonical dtypes, or a ValueError naming the problem.
+                 min_examples: int | None = None) -> Batch:
+    """The `Batch` of `data`'s arrays in their canonical dtypes, or a ValueError naming the problem.
 
     Checks: every key present, each `[N, max_len]` with one N > 0, N >= batch_size
     (or `min_examples`; batches are never padded), integer ids where ids are
     expected, token ids below the trunk's vocab_size and `next_idx` inside the
     row. Other keys are ignored.
     """
+    if isinstance(data, Batch):
+        data = data._asdict()
     if not isinstance(data, Mapping):
         raise ValueError(f"{name} must be a mapping of name -> array (episodes_to_arrays' output), "
                          f"got {type(data).__name__}")
     out = {}
-    for key in train.BATCH_KEYS:
+    for key, dtype in DTYPES._asdict().items():
         if key not in data:
-            raise ValueError(f"{name} is missing key {key!r}; needs {', '.join(train.BATCH_KEYS)}")
+            raise ValueError(f"{name} is missing key {key!r}; needs {', '.join(Batch._fields)}")
         array = np.asarray(data[key])
         if array.ndim != 2 or array.shape[1] != config.max_len:
             raise ValueError(f"{name}[{key!r}] has shape {array.shape}; expected [N, max_len={config.max_len}]")
-        if key in _INT_KEYS and not np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"{name}[{key!r}] must hold integers, got dtype {array.dtype}")
         if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
             raise ValueError(f"{name}[{key!r}] must be numeric, got dtype {array.dtype}")
-        out[key] = array.astype(ARRAY_DTYPES[key], copy=False)
+        out[key] = array.astype(dtype, copy=False)
     sizes = {key: a.shape[0] for key, a in out.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"{name} arrays disagree on the number of examples: {sizes}")
@@ -158,10 +159,10 @@ def check_arrays(data: Arrays, config: TrainConfig, name: str = "train_data", *,
                          f"outside the trunk's vocab_size={vocab_size} (tokenizer and model disagree?)")
     if out["next_idx"].min() < 0 or out["next_idx"].max() >= config.max_len:
         raise ValueError(f"{name}['next_idx'] points outside [0, max_len={config.max_len})")
-    return out
+    return Batch(**out)
 
 
-def select_train_rows(config: TrainConfig, train_data: Arrays, returns: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def select_train_rows(config: TrainConfig, train_data: Arrays, returns: np.ndarray | None = None) -> Batch:
     """The rows the loop trains on: all of them, or for %BC the top `bc_top_fraction` by `returns`."""
     if config.bc_top_fraction is None:
         if returns is not None:
@@ -172,10 +173,10 @@ def select_train_rows(config: TrainConfig, train_data: Arrays, returns: np.ndarr
     # Check the full set first, so its errors name the data rather than the selection.
     data = check_arrays(train_data, config, min_examples=1)
     returns = np.asarray(returns, np.float64)
-    if returns.shape != (len(data["tokens"]),):
-        raise ValueError(f"returns has shape {returns.shape}; expected ({len(data['tokens'])},), one per row")
+    if returns.shape != (len(data.tokens),):
+        raise ValueError(f"returns has shape {returns.shape}; expected ({len(data.tokens)},), one per row")
     keep = top_fraction_indices(returns, config.bc_top_fraction)
-    return check_arrays({k: a[keep] for k, a in data.items()}, config,
+    return check_arrays(Batch(*(a[keep] for a in data)), config,
                         f"train_data (top {config.bc_top_fraction:g} by return)")
 
 
@@ -192,7 +193,7 @@ def _programs(step_config: train.StepConfig, mesh: jax.sharding.Mesh, rules: sha
     return abstract, shardings, init, train_step, eval_step
 
 
-def _place_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> Mapping[str, Any]:
+def _place_batch(batch: Batch, mesh: jax.sharding.Mesh) -> Batch:
     """This process's rows as one global batch. With one process, the jitted steps' own
     in_shardings place the numpy rows, faster than `sharding.place_batch` would."""
     return batch if jax.process_count() == 1 else sharding.place_batch(batch, mesh)
@@ -302,7 +303,7 @@ def _partial_policy(workdir: str, step: int, extra: Mapping[str, Any], trunk: tr
         raise ValueError(f"init='bc:{workdir}': that run's trunk ({type(model.trunk).__name__}, {model.trunk.n_layer} "
                          f"layers, width {model.trunk.n_embd}) has other parameter shapes than step.model.trunk")
     base = init_weights(run.init, model.trunk, shardings)
-    build = lambda key, base: train.init_state(run.step, key, base).params[partial_lib.FROZEN]
+    build = lambda key, base: roles.frozen(train.init_state(run.step, key, base).params)
     if shardings is None:
         frozen = jax.jit(build)(jax.random.key(run.seed), base)
         delta_shardings = None
@@ -312,7 +313,7 @@ def _partial_policy(workdir: str, step: int, extra: Mapping[str, Any], trunk: tr
         delta_shardings = partial_lib.delta_shardings(model, shardings)
     checkpoint.check_frozen(frozen, extra, f"init='bc:{workdir}' (step {step})")
     abstract = jax.eval_shape(lambda: train.init_state(run.step, jax.random.key(0)).params)
-    delta = abstract["policy"] if "policy" in abstract else abstract["value"]["trunk"]
+    delta = roles.policy_trunk(abstract)
     delta = checkpoint.load_policy_from_checkpoint(workdir, checkpoint.abstract_like(delta, delta_shardings), step)
     merge = lambda frozen, delta: partial_lib.plain(model, frozen, delta)
     return (jax.jit(merge) if shardings is None else jax.jit(merge, out_shardings=shardings))(frozen, delta)
@@ -328,7 +329,7 @@ def _frozen_part(step_config: train.StepConfig, config: TrainConfig, shardings: 
     if shardings is None:
         if trunk is None and policy is None:
             trunk = init_weights(config.init, config.step.model.trunk)
-        build = lambda key, trunk, policy: train.init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN]
+        build = lambda key, trunk, policy: roles.frozen(train.init_state(step_config, key, trunk, policy).params)
         return jax.jit(build)(key, trunk, policy)
     trunk_shardings = train.trunk_shardings(shardings)
     if trunk is None and policy is None:
@@ -503,8 +504,8 @@ def train_and_evaluate(
       config: the run.
       workdir: receives `config.json`, `metrics.jsonl`, `tb/` and
         `checkpoints/` (created if needed); a run resumes from its newest checkpoint.
-      train_data, eval_data: `[N, max_len]` arrays keyed by `train.BATCH_KEYS`,
-        as `episodes_to_arrays` makes them (every process passes all of them).
+      train_data, eval_data: `[N, max_len]` arrays keyed by the `Batch` fields,
+        as `episodes_to_arrays` makes them, or a `Batch` (every process passes all of them).
       returns: for %BC only: the return of each train_data row.
       state: a state to continue instead of resuming or initialising; training
         runs from `state.step` to `num_steps`, on the same batches a straight
@@ -542,9 +543,9 @@ def train_and_evaluate(
                          f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); make it a multiple")
     # The vocabulary-sized heads run at this many action states per row: fitted to all the data when
     # unset (config.json keeps "none": the fit is a function of the data), so every batch fits; checked when set.
-    masks = {"train_data": train_data["action_mask"]}
+    masks = {"train_data": train_data.action_mask}
     if eval_data is not None:
-        masks["eval_data"] = eval_data["action_mask"]
+        masks["eval_data"] = eval_data.action_mask
     fitted = dataclasses.replace(config, step=train.with_action_capacity(config.step, masks))
     workdir = epath.Path(workdir)
     # Saves never replace a newer checkpoint, so a run that does not resume needs a workdir without later ones.
@@ -578,7 +579,7 @@ def train_and_evaluate(
     if partial_run:
         given = ("state" if given_state else "trunk/policy weights" if trunk is not None or policy is not None
                  else None)
-        frozen_info = {"sha256": partial_lib.fingerprint(state.params[partial_lib.FROZEN]),
+        frozen_info = {"sha256": partial_lib.fingerprint(roles.frozen(state.params)),
                        "reference": _frozen_reference(config, given)}
     if restored:
         _say(f"resumed from checkpoint step {start} in {workdir}")
@@ -610,7 +611,7 @@ def train_and_evaluate(
         for step in range(start + 1, config.num_steps + 1):
             host_batch = next(batches)
             # Host numpy, no device sync; this process's rows scaled to the global batch (packed rows hold segment ids).
-            window_tokens += int((host_batch["attention_mask"] > 0).sum()) * jax.process_count()
+            window_tokens += int((host_batch.attention_mask > 0).sum()) * jax.process_count()
             state, metrics = train_step(state, _place_batch(host_batch, mesh))
             window.append((step, metrics))  # stays on device until the next log or save
             progress.dispatched(metrics)

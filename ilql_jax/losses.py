@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from ilql_jax.configs import BC_NORMALISERS, LossConfig  # noqa: F401  (the config's home)
+from ilql_jax.data.batch import Batch
 from ilql_jax.models.layers import mask_padded_vocab
 
 Array = chex.Array
@@ -198,24 +199,19 @@ def gather_packed(x_t: Array, idx: Array) -> Array:
     return jnp.take_along_axis(x_t, index, axis=1)
 
 
-def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
+def pack_actions(batch: Batch | Mapping[str, Array], capacity: Optional[int] = None) -> PackedActions:
     """Packs the action states of a ``[B, T]`` batch into ``K = min(capacity, T)`` slots per row.
 
     Args:
-        batch: mapping (or object) of ``[B, T]`` arrays: ``tokens`` (int),
-            ``attention_mask``, ``action_mask``, ``rewards``, ``next_idx`` (int) and
-            ``dones`` (per position; ``done_next(t) = dones[next_idx[t]]``).
+        batch: a ``[B, T]`` `Batch` (or a mapping of its fields).
         capacity: slots per row; ``None`` means T (always enough).
 
     Returns:
         ``PackedActions``. Positions are kept in order (a stable sort of each
         row's mask), so slot k of row b is the k-th action of row b.
     """
-    tokens = _field(batch, "tokens")
-    m_t = _field(batch, "action_mask")
-    r_t = _field(batch, "rewards")
-    next_idx = _field(batch, "next_idx")
-    dones = _field(batch, "dones")
+    batch = Batch.of(batch)
+    tokens, m_t, r_t, next_idx, dones = batch.tokens, batch.action_mask, batch.rewards, batch.next_idx, batch.dones
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, m_t, r_t, next_idx, dones])
     t = tokens.shape[1]
@@ -237,11 +233,11 @@ def pack_actions(batch: Any, capacity: Optional[int] = None) -> PackedActions:
         next_k=next_k,
         done_next_k=jnp.take_along_axis(dones, next_k, axis=1).astype(jnp.float32),
         overflow=jnp.any(count > k),
-        n_non_pad=non_pad_targets(_field(batch, "attention_mask")),
+        n_non_pad=non_pad_targets(batch.attention_mask),
     )
 
 
-def every_position(batch: Any) -> PackedActions:
+def every_position(batch: Batch | Mapping[str, Array]) -> PackedActions:
     """The slots of ``pack_actions`` with K = T and slot k = position k, so that
     ``[B, T]``-shaped outputs (every head at every position, ``models/ilql.apply``)
     are the losses' slot tensors as they are.
@@ -249,9 +245,8 @@ def every_position(batch: Any) -> PackedActions:
     Args:
         batch: as for ``pack_actions``.
     """
-    tokens = _field(batch, "tokens")
-    m_t = _field(batch, "action_mask")
-    next_idx = _field(batch, "next_idx")
+    batch = Batch.of(batch)
+    tokens, m_t, next_idx = batch.tokens, batch.action_mask, batch.next_idx
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, m_t, next_idx])
     b, t = tokens.shape
@@ -259,21 +254,12 @@ def every_position(batch: Any) -> PackedActions:
         idx=jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
         m_k=m_t.astype(jnp.float32),
         a_k=_safe_actions(next_actions(tokens), m_t),
-        r_k=_field(batch, "rewards").astype(jnp.float32),
+        r_k=batch.rewards.astype(jnp.float32),
         next_k=next_idx,
-        done_next_k=gather_next(_field(batch, "dones"), next_idx).astype(jnp.float32),
+        done_next_k=gather_next(batch.dones, next_idx).astype(jnp.float32),
         overflow=jnp.zeros((), bool),
-        n_non_pad=non_pad_targets(_field(batch, "attention_mask")),
+        n_non_pad=non_pad_targets(batch.attention_mask),
     )
-
-
-def _field(batch: Any, name: str) -> Array:
-    """Reads a batch field from a mapping or an attribute container."""
-    if isinstance(batch, Mapping):
-        if name not in batch:
-            raise KeyError(f"batch has no field {name!r}; has {sorted(batch)}.")
-        return batch[name]
-    return getattr(batch, name)
 
 
 # ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ilql_jax import utterance
+from ilql_jax import roles, utterance
 from ilql_jax.data import episodes
 from ilql_jax.models import heads, ilql
 from ilql_jax.models import partial as partial_lib
@@ -286,12 +286,11 @@ def advantage(model_config: ilql.ModelConfig, online: ilql.Params, target: ilql.
 
     The Q̄ heads in `target` may be stored or `heads.VocabMajorQ` (`decoding_target`).
     """
-    if "value" not in online:  # π_β alone (a BC state): no advantage to add
+    if roles.is_bc(online):  # π_β alone: no advantage to add
         return jnp.zeros((h_value.shape[0], model_config.trunk.padded_vocab_size), jnp.float32)
     cfg = model_config.trunk
-    q1 = heads.q_t(target["q1"], cfg, h_target)
-    q2 = heads.q_t(target["q2"], cfg, h_target)
-    v = heads.v_t(online["value"]["v"], cfg, h_value[:, None])[:, 0]
+    q1, q2 = (heads.q_t(q, cfg, h_target) for q in roles.q_heads(target))
+    v = heads.v_t(roles.v_head(online), cfg, h_value[:, None])[:, 0]
     return jnp.minimum(q1, q2) - v[:, None]
 
 
@@ -364,21 +363,21 @@ def inverse_cdf(logits: Array, u: Array) -> tuple[Array, Array]:
 def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, trunk_lib.Params]:
     """The trunks that decoding runs: the value trunk, and π_β's and the target's unless shared.
 
-    A BC state (online params holding only "policy") decodes π_β alone.
+    A BC state decodes π_β alone.
     """
-    if "value" not in online:
-        return {"policy": online["policy"]}
-    trunks = {"value": online["value"]["trunk"]}
+    if roles.is_bc(online):
+        return {"policy": roles.policy(online)}
+    trunks = {"value": roles.value_trunk(online)}
     if not model_config.shared_policy:
         trunks["policy"] = ilql.policy_params(model_config, online)
     if not model_config.target_on_online_trunk:
-        trunks["target"] = target["trunk"]
+        trunks["target"] = roles.target_trunk(target)
     return trunks
 
 
 def _policy_trunk(model_config: ilql.ModelConfig, online) -> trunk_lib.Params:
     """π_β's trunk, whose tied LM head gives π_β's logits."""
-    return online["policy"] if "value" not in online else ilql.policy_params(model_config, online)
+    return roles.policy(online) if roles.is_bc(online) else ilql.policy_params(model_config, online)
 
 
 def _heads_inputs(model_config: ilql.ModelConfig, hiddens: dict) -> tuple[Array, Array, Array]:
@@ -400,7 +399,7 @@ def _heads_inputs(model_config: ilql.ModelConfig, hiddens: dict) -> tuple[Array,
 def shared_layers(model_config: ilql.ModelConfig, online) -> int:
     """How many bottom blocks decoding runs once for every trunk: a partially trained state's frozen
     bottom (`partial.bottom_layers`), when it has several trunks; else 0."""
-    if partial_lib.FROZEN not in online or "value" not in online:
+    if not roles.has_frozen(online) or roles.is_bc(online):
         return 0
     return partial_lib.bottom_layers(model_config)
 
@@ -540,10 +539,10 @@ def finish(sampler_config: SamplerConfig, state: DecodeState) -> SampleResult:
 def decoding_target(model_config: ilql.ModelConfig, target: ilql.Params) -> ilql.Params:
     """The target params with the Q̄ heads as `heads.VocabMajorQ` (one transposed copy of each output
     kernel), the layout a decode step reads fastest; `step_state` takes either."""
-    if not target or "q1" not in target:  # a BC state: no Q̄ heads
+    if not target or not roles.has_q_heads(target):  # a BC state: no Q̄ heads
         return target
-    cfg = model_config.trunk
-    return {**target, "q1": heads.vocab_major(target["q1"], cfg), "q2": heads.vocab_major(target["q2"], cfg)}
+    q1, q2 = (heads.vocab_major(q, model_config.trunk) for q in roles.q_heads(target))
+    return {**target, roles.Q1: q1, roles.Q2: q2}
 
 
 _TRACES = 0

@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ilql_jax.configs import AXES, MeshConfig, Rules  # noqa: F401  (the config's home)
+from ilql_jax.data.batch import Batch
 from ilql_jax.models import layers
 
 BATCH_AXES = ("data", "fsdp")
@@ -137,8 +138,9 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def place_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """This process's rows → one global batch array per key, sharded by `batch_sharding`.
+def place_batch(batch: Batch | Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> Batch | dict[str, jax.Array]:
+    """This process's rows → one global batch array per field (a `Batch`, or a dict for a mapping), sharded
+    by `batch_sharding`.
 
     Single-process: `batch` is the whole batch. Multi-process: each process
     passes its own contiguous block of rows, process i holding rows
@@ -149,13 +151,13 @@ def place_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
     local = mesh.local_mesh.shape
     shards = local["data"] * local["fsdp"]  # distinct row blocks on this process's devices
     out = {}
-    for key, value in batch.items():
+    for key, value in (batch._asdict() if isinstance(batch, Batch) else batch).items():
         value = np.asarray(value)
         if value.ndim == 0 or value.shape[0] % shards:
             raise ValueError(f"place_batch: {key!r} has shape {value.shape}; its leading (batch) axis must be "
                              f"divisible by the {shards} batch shards on this process (data × fsdp devices)")
         out[key] = jax.make_array_from_process_local_data(sharding, value)
-    return out
+    return Batch(**out) if isinstance(batch, Batch) else out
 
 
 def shard_state(state: Any, shardings: Any, *, donate: bool = False) -> Any:

@@ -11,7 +11,7 @@ import optax
 
 from ilql_jax.configs import OptimConfig  # noqa: F401  (the config's home)
 
-from ilql_jax.models.partial import FROZEN
+from ilql_jax.roles import FROZEN
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:

@@ -24,15 +24,13 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ilql_jax import losses, sharding, utterance
+from ilql_jax import losses, roles, sharding, utterance
 from ilql_jax.configs import MODES, StepConfig  # noqa: F401  (the config's home)
+from ilql_jax.data.batch import Batch
 from ilql_jax.models import ilql
 from ilql_jax.models import partial as partial_lib
 from ilql_jax.models import trunk as trunk_lib
 from ilql_jax.state import ILQLState, create_state, learning_rate_schedule, make_optimizer, polyak_update
-
-Batch = Mapping[str, jax.Array]
-BATCH_KEYS = ("tokens", "attention_mask", "action_mask", "rewards", "next_idx", "dones")
 
 
 def init_state(config: StepConfig, key: jax.Array, trunk: trunk_lib.Params | None = None,
@@ -67,10 +65,10 @@ def _init_state_jit(config: StepConfig, key: jax.Array, trunk: trunk_lib.Params 
     if config.mode == "bc":
         start = policy if policy is not None else trunk
         start = trunk_lib.init(config.model.trunk, k_params) if start is None else start
-        params = {"policy": start}
+        params = {roles.POLICY: start}
         if partial_lib.is_partial(config.model):
-            frozen, params["policy"] = partial_lib.split(config.model, start, jax.random.fold_in(k_params, 1))
-            params[partial_lib.FROZEN] = frozen
+            frozen, params[roles.POLICY] = partial_lib.split(config.model, start, jax.random.fold_in(k_params, 1))
+            params[roles.FROZEN] = frozen
         target = {}
     elif config.mode == "ilql_utt":
         params, target = utterance.init(config.model, k_params, trunk, policy)
@@ -83,9 +81,9 @@ def trained_params(config: StepConfig, params: Any) -> Any:
     """The online parameters the optimizer moves: all but a frozen π_β and the frozen part of partial
     training (no gradient, no Adam moments)."""
     if config.mode != "bc" and config.model.frozen_policy:
-        params = {k: v for k, v in params.items() if k != "policy"}
-    if partial_lib.FROZEN in params:
-        params = {k: v for k, v in params.items() if k != partial_lib.FROZEN}
+        params = {k: v for k, v in params.items() if k != roles.POLICY}
+    if roles.has_frozen(params):
+        params = {k: v for k, v in params.items() if k != roles.FROZEN}
     return params
 
 
@@ -112,7 +110,7 @@ def with_action_capacity(config: StepConfig, action_masks: Mapping[str, np.ndarr
     return dataclasses.replace(config, action_capacity=min(max(-(-most // multiple) * multiple, multiple), length))
 
 
-def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
+def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch | Mapping[str, jax.Array],
             dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The scalar loss of one batch and its metrics (docs/algorithm.md §3), computed where the losses read.
 
@@ -121,45 +119,47 @@ def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
     target Q̄ only at the taken action (`ilql.apply_packed`). Same values and
     gradients as `reference_loss_fn`, which computes every head at every position.
     """
+    batch = Batch.of(batch)
     if config.mode == "ilql_utt":
         return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
     packed = losses.pack_actions(batch, config.action_capacity)
-    if config.mode == "bc" and partial_lib.FROZEN in params:
+    if config.mode == "bc" and roles.has_frozen(params):
         hidden = _bc_partial_hidden(config, params, batch, dropout_key)
         logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                        losses.gather_packed(hidden, packed.idx), mask_padded=False)
         return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
-        hidden, _ = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
+        hidden, _ = trunk_lib.forward(roles.policy(params), trunk, batch.tokens, batch.attention_mask,
                                       dropout_key=dropout_key, with_logits=False)
-        logits_k = trunk_lib.lm_logits(params["policy"], trunk, losses.gather_packed(hidden, packed.idx),
+        logits_k = trunk_lib.lm_logits(roles.policy(params), trunk, losses.gather_packed(hidden, packed.idx),
                                        mask_padded=False)
         return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
-    out = ilql.apply_packed(config.model, params, target_params, batch["tokens"], batch["attention_mask"], packed,
+    out = ilql.apply_packed(config.model, params, target_params, batch.tokens, batch.attention_mask, packed,
                             dropout_key)
     return losses.ilql_loss(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
                             packed, config.loss_config)
 
 
-def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch,
+def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch | Mapping[str, jax.Array],
                       dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
     (`ilql.apply`), then the same objective read at every position (`losses.every_position`). The
     yardstick for `loss_fn`'s exactness and memory. Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
+    batch = Batch.of(batch)
     if config.mode == "ilql_utt":
         return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
     every = losses.every_position(batch)
-    if config.mode == "bc" and partial_lib.FROZEN in params:
+    if config.mode == "bc" and roles.has_frozen(params):
         logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
                                      _bc_partial_hidden(config, params, batch, dropout_key))
         return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
     if config.mode == "bc":
-        _, logits = trunk_lib.forward(params["policy"], trunk, batch["tokens"], batch["attention_mask"],
+        _, logits = trunk_lib.forward(roles.policy(params), trunk, batch.tokens, batch.attention_mask,
                                       dropout_key=dropout_key)
         return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
-    out = ilql.apply(config.model, params, target_params, batch["tokens"], batch["attention_mask"], dropout_key)
+    out = ilql.apply(config.model, params, target_params, batch.tokens, batch.attention_mask, dropout_key)
     target_q_a = jnp.minimum(losses.gather_actions(out.target_q1_t, every.a_k),
                              losses.gather_actions(out.target_q2_t, every.a_k))
     return losses.ilql_loss(out.q1_t, out.q2_t, target_q_a, out.v_t, losses.gather_next(out.v_t, every.next_k),
@@ -170,11 +170,11 @@ def _bc_partial_hidden(config: StepConfig, params: Any, batch: Batch, dropout_ke
     """π_β's final hidden states in BC mode under partial training: the frozen bottom (no dropout, no
     gradient), then π_β's top (`ilql.hiddens`' bottom/top split)."""
     cfg, spec = config.model.trunk, partial_lib.lora_spec(config.model)
-    policy = partial_lib.combine(params[partial_lib.FROZEN], params["policy"])
+    policy = partial_lib.combine(roles.frozen(params), roles.policy(params))
     b = partial_lib.bottom_layers(config.model)
-    x = jax.lax.stop_gradient(trunk_lib.residual_stream(policy, cfg, batch["tokens"], batch["attention_mask"],
+    x = jax.lax.stop_gradient(trunk_lib.residual_stream(policy, cfg, batch.tokens, batch.attention_mask,
                                                         stop=b, lora=spec))
-    return trunk_lib.forward(policy, cfg, batch["tokens"], batch["attention_mask"], dropout_key=dropout_key,
+    return trunk_lib.forward(policy, cfg, batch.tokens, batch.attention_mask, dropout_key=dropout_key,
                              with_logits=False, lora=spec, start=b, residual=x)[0]
 
 
@@ -257,8 +257,8 @@ def make_frozen_init(step_config: StepConfig, shardings: Any) -> Callable[..., A
     would build, alone, in its shardings: the same program less what it does not need (partial training's
     resume rebuilds the frozen weights this way)."""
     return jax.jit(lambda key, trunk=None, policy=None:
-                   init_state(step_config, key, trunk, policy).params[partial_lib.FROZEN],
-                   out_shardings=shardings.params[partial_lib.FROZEN])
+                   roles.frozen(init_state(step_config, key, trunk, policy).params),
+                   out_shardings=roles.frozen(shardings.params))
 
 
 def init_sharded_state(step_config: StepConfig, key: jax.Array, shardings: Any,
@@ -277,14 +277,14 @@ def trunk_shardings(shardings: ILQLState) -> Any:
     training, the frozen part's and a trunk's trained part's together, less any LoRA adapters: the layout
     of the weights a run starts from."""
     params = shardings.params
-    trunk = params["value"]["trunk"] if "value" in params else params["policy"]
-    if partial_lib.FROZEN in params:
-        return partial_lib.plain_layout(partial_lib.combine(params[partial_lib.FROZEN], trunk))
+    trunk = roles.policy(params) if roles.is_bc(params) else roles.value_trunk(params)
+    if roles.has_frozen(params):
+        return partial_lib.plain_layout(partial_lib.combine(roles.frozen(params), trunk))
     return trunk
 
 
 def make_sharded_train_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
-                            state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]],
+                            state_shardings: Any) -> Callable[[ILQLState, Batch],
                                                               tuple[ILQLState, dict[str, jax.Array]]]:
     """`(state, batch) -> (state, metrics)`, jitted with the state donated.
 
@@ -304,7 +304,7 @@ def make_sharded_train_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
 
 
 def make_sharded_eval_step(step_config: StepConfig, mesh: jax.sharding.Mesh,
-                           state_shardings: Any) -> Callable[[ILQLState, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+                           state_shardings: Any) -> Callable[[ILQLState, Batch], dict[str, jax.Array]]:
     """`(state, batch) -> metrics` (`make_eval_step`) on the mesh; metrics replicated."""
 
     def step(state, batch):

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from ilql_jax import losses
+from ilql_jax import losses, roles
+from ilql_jax.data.batch import Batch
 from ilql_jax.models import heads, ilql
 from ilql_jax.models import trunk as trunk_lib
 
@@ -93,8 +93,8 @@ class UtteranceTransitions:
     done_next: Array
 
 
-def transitions(batch: Mapping[str, Array], end_a_id: int) -> UtteranceTransitions:
-    """The utterance transitions of a token-array batch (`episodes_to_arrays`' keys).
+def transitions(batch: Batch | Mapping[str, Array], end_a_id: int) -> UtteranceTransitions:
+    """The utterance transitions of a token-array batch (a `Batch` or a mapping of its fields).
 
     A close is an action state whose action is `</a>` (``m_t = 1``, ``tokens[t + 1] = end_a_id``). An
     utterance starts at an action state whose predecessor is not one (the environment spoke in between,
@@ -102,11 +102,8 @@ def transitions(batch: Mapping[str, Array], end_a_id: int) -> UtteranceTransitio
     An utterance cut by `max_len` before its `</a>` has no close, so no transition; its start state
     is still the previous close's next state, whose V is bootstrapped from.
     """
-    tokens = batch["tokens"]
-    m_t = batch["action_mask"]
-    r_t = batch["rewards"]
-    next_idx = batch["next_idx"]
-    dones = batch["dones"]
+    batch = Batch.of(batch)
+    tokens, m_t, r_t, next_idx, dones = batch.tokens, batch.action_mask, batch.rewards, batch.next_idx, batch.dones
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, m_t, r_t, next_idx, dones])
     t = tokens.shape[1]
@@ -174,14 +171,14 @@ def init(config: ilql.ModelConfig, key: jax.Array, trunk: trunk_lib.Params | Non
     q1 = heads.init_v_head(cfg, k_q1, config.head_init)
     q2 = heads.init_v_head(cfg, k_q2, config.head_init)
     copy = lambda tree: jax.tree.map(jnp.array, tree)  # distinct buffers, so donation never aliases
-    online = {**online, "value": {**online["value"], "q1": q1, "q2": q2}}
-    return online, {**target, "q1": copy(q1), "q2": copy(q2)}
+    online = {**online, roles.VALUE: {**roles.value(online), roles.Q1: q1, roles.Q2: q2}}
+    return online, {**target, roles.Q1: copy(q1), roles.Q2: copy(q2)}
 
 
 def is_per_utterance(online: Params) -> bool:
     """Whether `online` holds scalar Q heads (a per-utterance state) rather than vocabulary-wide ones."""
     try:
-        kernel = online["value"]["q1"]["out"]["kernel"]
+        kernel = roles.q_heads(roles.value(online))[0]["out"]["kernel"]
     except (KeyError, TypeError):  # a BC state (π_β alone), or not a parameter tree
         return False
     return kernel.shape[-1] == 1
@@ -210,21 +207,22 @@ def apply(config: ilql.ModelConfig, online: Params, target: Params, tokens: jax.
     first). Dropout in the target trunk is off, as at the token level.
     """
     cfg = config.trunk
-    value = online["value"]
-    hidden, _ = trunk_lib.forward(value["trunk"], cfg, tokens, attention_mask, dropout_key=dropout_key,
+    hidden, _ = trunk_lib.forward(roles.value_trunk(online), cfg, tokens, attention_mask, dropout_key=dropout_key,
                                   with_logits=False)
     if config.target_on_online_trunk:
         target_hidden = hidden
     else:
-        target_hidden, _ = trunk_lib.forward(target["trunk"], cfg, tokens, attention_mask, with_logits=False)
+        target_hidden, _ = trunk_lib.forward(roles.target_trunk(target), cfg, tokens, attention_mask,
+                                             with_logits=False)
     target_hidden = jax.lax.stop_gradient(target_hidden)
-    target_q_t = jnp.minimum(_scalar_head(target["q1"], cfg, target_hidden),
-                             _scalar_head(target["q2"], cfg, target_hidden))
+    target_q1, target_q2 = roles.q_heads(target)
+    target_q_t = jnp.minimum(_scalar_head(target_q1, cfg, target_hidden), _scalar_head(target_q2, cfg, target_hidden))
+    q1, q2 = roles.q_heads(roles.value(online))
     return UtteranceOutputs(
-        q1_t=_scalar_head(value["q1"], cfg, hidden),
-        q2_t=_scalar_head(value["q2"], cfg, hidden),
+        q1_t=_scalar_head(q1, cfg, hidden),
+        q2_t=_scalar_head(q2, cfg, hidden),
         target_q_t=jax.lax.stop_gradient(target_q_t),
-        v_t=_scalar_head(value["v"], cfg, hidden),
+        v_t=_scalar_head(roles.v_head(online), cfg, hidden),
     )
 
 
@@ -237,10 +235,11 @@ def q_at(config: ilql.ModelConfig, online: Params, target: Params, tokens: jax.A
     """
     chex.assert_rank([tokens, end_idx], [2, 1])
     cfg = config.trunk
-    params = online["value"]["trunk"] if config.target_on_online_trunk else target["trunk"]
+    params = roles.value_trunk(online) if config.target_on_online_trunk else roles.target_trunk(target)
     hidden, _ = trunk_lib.forward(params, cfg, tokens, attention_mask, with_logits=False)
     h_end = jnp.take_along_axis(hidden, end_idx[:, None, None].astype(jnp.int32), axis=1)  # [N, 1, D]
-    q = jnp.minimum(_scalar_head(target["q1"], cfg, h_end), _scalar_head(target["q2"], cfg, h_end))
+    q1, q2 = roles.q_heads(target)
+    q = jnp.minimum(_scalar_head(q1, cfg, h_end), _scalar_head(q2, cfg, h_end))
     return q[:, 0]
 
 
@@ -249,7 +248,7 @@ def q_at(config: ilql.ModelConfig, online: Params, target: Params, tokens: jax.A
 # ---------------------------------------------------------------------------
 
 
-def loss_fn(step_config, params: Params, target_params: Params, batch: Any,
+def loss_fn(step_config, params: Params, target_params: Params, batch: Batch,
             dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L = L_Q + L_V + L_BC of one batch, and its metrics (`train.StepConfig` mode "ilql_utt").
 
@@ -259,7 +258,7 @@ def loss_fn(step_config, params: Params, target_params: Params, batch: Any,
     model = step_config.model
     cfg = model.trunk
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    out = apply(model, params, target_params, batch["tokens"], batch["attention_mask"], k_value)
+    out = apply(model, params, target_params, batch.tokens, batch.attention_mask, k_value)
     tr = transitions(batch, step_config.end_a_id)
     l_value, info = utterance_loss(out.q1_t, out.q2_t, out.target_q_t, out.v_t, tr, step_config.loss_config)
     packed = losses.pack_actions(batch, step_config.action_capacity)
@@ -268,7 +267,7 @@ def loss_fn(step_config, params: Params, target_params: Params, batch: Any,
         bc_info = {"bc_loss": l_bc, "bc_nll": l_bc, "n_actions": jnp.sum(packed.m_k)}
     else:
         policy = ilql.policy_params(model, params)
-        h_policy, _ = trunk_lib.forward(policy, cfg, batch["tokens"], batch["attention_mask"],
+        h_policy, _ = trunk_lib.forward(policy, cfg, batch.tokens, batch.attention_mask,
                                         dropout_key=k_policy, with_logits=False)
         logits_k = trunk_lib.lm_logits(policy, cfg, losses.gather_packed(h_policy, packed.idx), mask_padded=False)
         l_bc, bc_info = losses.bc_only_loss(logits_k, packed, cfg.vocab_size, step_config.loss.bc_normaliser)

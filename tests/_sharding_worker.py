@@ -207,9 +207,9 @@ def layout8(out: str) -> None:
     import json
 
     import jax
-    import jax.numpy as jnp
 
     from ilql_jax import sharding, train
+    from ilql_jax.data.batch import DTYPES, Batch
     from ilql_jax.models import gpt2, ilql
 
     cfg = train.StepConfig(model=ilql.ModelConfig(trunk=gpt2.GPT2Config.tiny(vocab_size=1000)))
@@ -219,8 +219,7 @@ def layout8(out: str) -> None:
     shardings = sharding.state_shardings(abstract, mesh, sharding.logical_rules(mesh_cfg))
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     rows = sharding.batch_sharding(mesh)
-    batch = {k: jax.ShapeDtypeStruct((16, 64), jnp.int32 if k in ("tokens", "attention_mask", "next_idx")
-                                     else jnp.float32, sharding=rows) for k in train.BATCH_KEYS}
+    batch = Batch(*(jax.ShapeDtypeStruct((16, 64), dtype, sharding=rows) for dtype in DTYPES))
     temp = {}
     for name, layout in (("rows", sharding.activation_layout), ("free", lambda mesh: contextlib.nullcontext())):
         sharding.activation_layout, original = layout, sharding.activation_layout

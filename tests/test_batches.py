@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from ilql_jax.data.batch import DTYPES, Batch
 from ilql_jax.data.batches import (
     BatchIterator,
     batches,
@@ -179,3 +180,14 @@ def test_top_fraction_validation(bad):
 def test_top_fraction_empty():
     with pytest.raises(ValueError, match="no episodes"):
         top_fraction([], 0.5)
+
+
+def test_a_batch_iterates_as_batches_of_the_rows_its_dict_gives():
+    arrays = {name: (np.arange(N * T).reshape(N, T) % 5).astype(dtype) for name, dtype in DTYPES._asdict().items()}
+    as_dict, as_batch = (BatchIterator(a, 4, seed=2).batch_at(9) for a in (arrays, Batch(**arrays)))
+    assert isinstance(as_dict, dict) and isinstance(as_batch, Batch)
+    assert_same([as_dict], [as_batch._asdict()])
+    assert Batch.of(as_batch) is as_batch
+    assert all(a is as_dict[name] for name, a in zip(Batch._fields, Batch.of({**as_dict, "other": 0})))
+    with pytest.raises(KeyError, match="no field 'dones'"):
+        Batch.of({k: v for k, v in arrays.items() if k != "dones"})

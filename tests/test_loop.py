@@ -11,6 +11,7 @@ import pytest
 from ilql_jax import tokenizers, train
 from ilql_jax.config import TrainConfig, config_from_dict
 from ilql_jax.data import episodes
+from ilql_jax.data.batch import DTYPES, Batch
 from ilql_jax.logging import MetricWriter
 from ilql_jax.loop import check_arrays, init_weights, select_train_rows, train_and_evaluate
 from ilql_jax.models import gpt2, hf_import, ilql
@@ -115,7 +116,7 @@ def test_percent_bc_trains_only_on_the_top_fraction(tmp_path):
     config = _config("bc", bc_top_fraction=0.5)
     rows = select_train_rows(config, _data(), returns)
     top = {WORDS[i] for i in (1, 3, 4, 5)}  # the four highest returns
-    chosen = {TOK.decode(row[1:6]) for row in rows["tokens"]}
+    chosen = {TOK.decode(row[1:6]) for row in rows.tokens}
     assert chosen == top
 
     state = train_and_evaluate(config, str(tmp_path), _data(), returns=returns)
@@ -198,8 +199,8 @@ def test_bad_eval_data_is_named(tmp_path):
 def test_check_arrays_casts_to_canonical_dtypes_and_drops_other_keys():
     data = {k: v.astype(np.int64) if v.dtype == np.int32 else v for k, v in _data().items()}
     out = check_arrays({**data, "example_id": np.arange(8)}, _config("ilql"))
-    assert set(out) == set(train.BATCH_KEYS)
-    assert {k: v.dtype for k, v in out.items()} == dict(episodes.ARRAY_DTYPES)
+    assert isinstance(out, Batch)
+    assert {k: v.dtype for k, v in out._asdict().items()} == DTYPES._asdict()
 
 
 def test_metric_writer_writes_only_when_enabled(tmp_path):

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ilql_jax.data.batch import Batch
 from ilql_jax.data.episodes import Episode, episode_return
 
 __all__ = [
@@ -56,7 +57,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 
     Args:
       arrays: name -> array with a shared leading dimension N (e.g. the
-        ``[N, T]`` output of ``episodes_to_arrays``).
+        ``[N, T]`` output of ``episodes_to_arrays``), or a `Batch` of them
+        (then the batches are `Batch`es too).
       batch_size: the global batch size B; needs ``N >= B``.
       seed: a non-negative int.
       start_step: the global step of the first batch yielded (for resuming).
@@ -66,7 +68,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 
     def __init__(
         self,
-        arrays: Mapping[str, np.ndarray],
+        arrays: Mapping[str, np.ndarray] | Batch,
         batch_size: int,
         seed: int,
         start_step: int = 0,
@@ -74,6 +76,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         process_index: int = 0,
         process_count: int = 1,
     ):
+        self._as_batch = isinstance(arrays, Batch)
+        arrays = arrays._asdict() if self._as_batch else arrays
         if not isinstance(arrays, Mapping) or not arrays:
             raise ValueError("arrays must be a non-empty mapping of name -> array")
         self._arrays = {name: np.asarray(a) for name, a in arrays.items()}
@@ -120,15 +124,16 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         start = i * self.batch_size + self.process_index * self.local_batch_size
         return self._permutation(epoch)[start : start + self.local_batch_size]
 
-    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    def batch_at(self, step: int) -> dict[str, np.ndarray] | Batch:
         """This process's batch at global ``step`` (pure in ``(seed, step)``)."""
         idx = self.indices_at(step)
-        return {name: a[idx] for name, a in self._arrays.items()}
+        rows = {name: a[idx] for name, a in self._arrays.items()}
+        return Batch(**rows) if self._as_batch else rows
 
     def __iter__(self) -> BatchIterator:
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> dict[str, np.ndarray] | Batch:
         batch = self.batch_at(self.step)
         self.step += 1
         return batch

@@ -42,6 +42,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from ilql_jax.data import layout as layout_lib
+from ilql_jax.data.batch import DTYPES, Batch
 
 __all__ = [
     "ARRAY_DTYPES",
@@ -58,15 +59,8 @@ __all__ = [
     "prompt_tokens",
 ]
 
-# Keys and dtypes of the arrays built by ``episode_to_arrays`` (one row each).
-ARRAY_DTYPES: Mapping[str, np.dtype] = {
-    "tokens": np.dtype(np.int32),
-    "attention_mask": np.dtype(np.int32),
-    "action_mask": np.dtype(np.float32),
-    "rewards": np.dtype(np.float32),
-    "next_idx": np.dtype(np.int32),
-    "dones": np.dtype(np.float32),
-}
+# Keys and dtypes of the arrays built by ``episode_to_arrays``: the fields of `batch.Batch`.
+ARRAY_DTYPES: Mapping[str, np.dtype] = DTYPES._asdict()
 
 
 class TokenizerLike(Protocol):
@@ -293,19 +287,11 @@ def episode_to_arrays(
 ) -> dict[str, np.ndarray]:
     """Token-level MDP arrays of one episode, each of length ``max_len`` (docs/algorithm.md §1).
 
-    Returns (see ``ARRAY_DTYPES``):
-      tokens          int32   x_t, padded with ``tokenizer.pad_id``.
-      attention_mask  int32   1 on the L kept tokens, 0 on padding.
-      action_mask     float32 m_t = 1 iff x_{t+1} is an agent token (including
-                              ``</a>``) and t + 1 < L.
-      rewards         float32 r_t: the utterance reward at the state that emits
-                              its ``</a>``, 0 elsewhere.
-      next_idx        int32   next(t): t + 1 inside an utterance; for the
-                              ``</a>`` transition, the state that emits the next
-                              agent utterance, else the final kept position
-                              L - 1. ``t`` itself where m_t = 0 (masked anyway).
-      dones           float32 1 only at position L - 1 of a terminal episode
-                              that was not cut.
+    Returns the fields of `batch.Batch` by name, for the L kept tokens:
+    ``attention_mask`` is 1 on them; ``action_mask`` also needs t + 1 < L;
+    ``next_idx`` of the ``</a>`` transition is the state that emits the next
+    agent utterance, else L - 1; ``dones`` is 1 only at position L - 1 of a
+    terminal episode that was not cut.
 
     Truncation: the first ``max_len`` tokens are kept (L = min(len, max_len)).
     A cut episode is not terminal (no done anywhere); a transition whose next
@@ -363,14 +349,8 @@ def episode_to_arrays(
     if episode.terminal and not truncated:
         dones[last] = 1.0
 
-    return {
-        "tokens": tokens,
-        "attention_mask": attention_mask,
-        "action_mask": action_mask,
-        "rewards": rewards,
-        "next_idx": next_idx,
-        "dones": dones,
-    }
+    return Batch(tokens=tokens, attention_mask=attention_mask, action_mask=action_mask, rewards=rewards,
+                 next_idx=next_idx, dones=dones)._asdict()
 
 
 def episodes_to_arrays(

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ilql_jax.data.batch import Batch
 from ilql_jax.data.episodes import ARRAY_DTYPES, Segment, TokenizerLike, _check_reward, _encode, prompt_tokens
 
 __all__ = ["Chain", "Step", "chain_return", "chains_to_arrays", "step_tokens"]
@@ -129,8 +130,8 @@ class _Row:
             self.pending = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"tokens": self.tokens, "attention_mask": self.segments, "action_mask": self.action_mask,
-                "rewards": self.rewards, "next_idx": self.next_idx, "dones": self.dones}
+        return Batch(tokens=self.tokens, attention_mask=self.segments, action_mask=self.action_mask,
+                     rewards=self.rewards, next_idx=self.next_idx, dones=self.dones)._asdict()
 
 
 def chains_to_arrays(chains: Iterable[Chain], tokenizer: TokenizerLike, max_len: int) -> dict[str, np.ndarray]:

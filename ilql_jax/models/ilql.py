@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ilql_jax import losses
+from ilql_jax import losses, roles
 from ilql_jax.models import heads, partial as partial_lib, trunk as trunk_lib
 from ilql_jax.configs import ModelConfig  # noqa: F401  (the config's home)
 
@@ -100,7 +100,7 @@ def hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Arr
         spec, frozen, b = partial_lib.lora_spec(config), online[partial_lib.FROZEN], partial_lib.bottom_layers(config)
         whole = lambda delta: partial_lib.combine(frozen, delta)
         # Blocks below b read frozen weights only: any trunk's whole parameters serve.
-        x = jax.lax.stop_gradient(trunk_lib.residual_stream(whole(online["value"]["trunk"]), cfg, tokens,
+        x = jax.lax.stop_gradient(trunk_lib.residual_stream(whole(roles.value_trunk(online)), cfg, tokens,
                                                             attention_mask, stop=b, lora=spec))
         blocks = dict(lora=spec, start=b, residual=x)
     else:
@@ -110,14 +110,14 @@ def hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Arr
         return trunk_lib.forward(whole(delta), cfg, tokens, attention_mask, dropout_key=key, with_logits=False,
                                  **blocks)[0]
 
-    h_value = run(online["value"]["trunk"], k_value)
+    h_value = run(roles.value_trunk(online), k_value)
     h_target = h_value if config.target_on_online_trunk else run(target["trunk"], None)
     if config.frozen_policy:
         h_policy = None
     elif config.shared_policy:
         h_policy = h_value
     else:
-        h_policy = run(online["policy"], k_policy)
+        h_policy = run(roles.policy(online), k_policy)
     return h_value, jax.lax.stop_gradient(h_target), h_policy
 
 
@@ -125,7 +125,7 @@ def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array
           dropout_key: jax.Array | None = None) -> Outputs:
     """Runs the value trunk and heads, the target networks and π_β on a batch: every head at every position."""
     cfg = config.trunk
-    value = online["value"]
+    value = roles.value(online)
     hidden, target_hidden, h_policy = hiddens(config, online, target, tokens, attention_mask, dropout_key)
     return Outputs(
         q1_t=heads.q_t(value["q1"], cfg, hidden),
@@ -168,7 +168,7 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
     Same values as `apply` at those positions (same dropout draws too).
     """
     cfg = config.trunk
-    value = online["value"]
+    value = roles.value(online)
     hidden, target_hidden, h_policy = hiddens(config, online, target, tokens, attention_mask, dropout_key)
     h_k = losses.gather_packed(hidden, packed.idx)
     h_next = jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))
@@ -189,14 +189,14 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
 
 def policy_params(config: ModelConfig, online: Params) -> trunk_lib.Params:
     """π_β's trunk parameters (the value trunk's when shared); its trained part under partial training."""
-    return online["value"]["trunk"] if config.shared_policy else online["policy"]
+    return roles.value_trunk(online) if config.shared_policy else roles.policy(online)
 
 
 def lm_head_params(config: ModelConfig, online: Params) -> trunk_lib.Params:
     """Parameters of the plain trunk graph from which `trunk.lm_logits` gives π_β's logits: π_β's own, or
     under partial training with LoRA the frozen trunk (its LM head is frozen), else the frozen part and
     π_β's top. A BC state (online holding π_β alone) works too."""
-    delta = online["policy"] if "value" not in online else policy_params(config, online)
+    delta = roles.policy(online) if roles.is_bc(online) else policy_params(config, online)
     if partial_lib.FROZEN not in online:
         return delta
     if partial_lib.lora_spec(config) is not None:
@@ -214,19 +214,19 @@ def materialize(config: ModelConfig, online: Params, target: Params) -> tuple[Pa
     frozen = online[partial_lib.FROZEN]
     whole = lambda delta: partial_lib.plain(config, frozen, delta)
     out = {k: v for k, v in online.items() if k != partial_lib.FROZEN}
-    if "value" in out:
+    if not roles.is_bc(out):
         out["value"] = {**out["value"], "trunk": whole(out["value"]["trunk"])}
-    if "policy" in out:
+    if roles.has_policy(out):
         out["policy"] = whole(out["policy"])
     target = dict(target)
-    if "trunk" in target:
+    if roles.has_target_trunk(target):
         target["trunk"] = whole(target["trunk"])
     return out, target
 
 
 def target_tracked(config: ModelConfig, online: Params) -> Params:
     """The online parameters that the target tracks, in the target's tree layout."""
-    tracked = {"q1": online["value"]["q1"], "q2": online["value"]["q2"]}
+    tracked = {"q1": roles.value(online)["q1"], "q2": roles.value(online)["q2"]}
     if not config.target_on_online_trunk:
-        tracked["trunk"] = online["value"]["trunk"]
+        tracked["trunk"] = roles.value_trunk(online)
     return tracked

@@ -42,8 +42,7 @@ from flax import nnx
 
 from ilql_jax.models import lora as lora_lib
 from ilql_jax.models import trunk as trunk_lib
-
-FROZEN = "frozen"
+from ilql_jax.roles import FROZEN  # noqa: F401  (the roles' home)
 
 
 def is_partial(config: Any) -> bool:
