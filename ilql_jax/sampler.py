@@ -375,11 +375,6 @@ def _trunks(model_config: ilql.ModelConfig, online, target) -> dict[str, trunk_l
     return trunks
 
 
-def _policy_trunk(model_config: ilql.ModelConfig, online) -> trunk_lib.Params:
-    """π_β's trunk, whose tied LM head gives π_β's logits."""
-    return roles.policy(online) if roles.is_bc(online) else ilql.policy_params(model_config, online)
-
-
 def _heads_inputs(model_config: ilql.ModelConfig, hiddens: dict) -> tuple[Array, Array, Array]:
     """(π_β hidden, value hidden, target hidden) from each trunk's last hidden state.
 
@@ -479,7 +474,7 @@ def step_state(model_config: ilql.ModelConfig, sampler_config: SamplerConfig, on
     cfg, sc = model_config.trunk, sampler_config
     ids = jnp.arange(cfg.padded_vocab_size)
     valid = (ids < cfg.vocab_size) & (ids != knobs.pad_id) & knobs.allowed
-    pi_logits = trunk_lib.lm_logits(_policy_trunk(model_config, online), cfg, state.h_policy)
+    pi_logits = trunk_lib.lm_logits(ilql.policy_params(model_config, online), cfg, state.h_policy)
     adv = advantage(model_config, online, target, state.h_value, state.h_target)
     logits = perturb_logits(pi_logits, adv, valid, beta=knobs.beta, temperature=knobs.temperature,
                             adv_clip=knobs.adv_clip, order=sc.order, top_k=sc.top_k, top_p=sc.top_p)

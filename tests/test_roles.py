@@ -25,6 +25,8 @@ def test_an_ilql_state_has_its_value_network_and_its_pi_beta(model):
     assert roles.has_policy(online) != shared
     assert roles.policy_path(online) == (("value", "trunk") if shared else ("policy",))
     assert roles.policy_trunk(online) is (roles.value_trunk(online) if shared else roles.policy(online))
+    assert ilql.policy_params(ilql.ModelConfig(trunk=gpt2.GPT2Config.tiny(), **model), online) is \
+        roles.policy_trunk(online)
     assert roles.has_target_trunk(target) != model.get("target_on_online_trunk", False)
     assert roles.has_frozen(online) == ("num_layers_unfrozen" in model)
 
@@ -33,4 +35,7 @@ def test_a_bc_state_holds_pi_beta_alone():
     online, target = _params("bc")
     assert roles.is_bc(online) and roles.policy_path(online) == ("policy",)
     assert roles.policy_trunk(online) is roles.policy(online)
+    for shared in (False, True):  # π_β is a BC state's own trunk, whatever the ILQL model would share
+        model = ilql.ModelConfig(trunk=gpt2.GPT2Config.tiny(), shared_policy=shared)
+        assert ilql.policy_params(model, online) is roles.policy(online)
     assert not target and not roles.has_q_heads(target)

@@ -155,9 +155,9 @@ class RedditConfig:
 PRESETS = {
     "default": RedditConfig(),
     # A pretrained model (`--model smollm2-135m-instruct` picks this preset): the top 2 blocks of each trunk
-    # train (docs/partial_training.md), small rates with warm-up, and sizes that fit the 2-core CPU's budget.
-    # max_len 88 holds 99.5% of the corpus's episodes under the chat template; BC 100 steps and 192 parents per β
-    # keep one seed within 30 minutes on the 2-core CPU (docs/results/smollm2.md).
+    # train (docs/partial_training.md), small rates with warm-up. max_len 88 holds 99.8% of the corpus's
+    # episodes under the chat template; BC 100 steps and 192 parents per β keep one seed within 30 minutes on
+    # the 2-core CPU (docs/results/smollm2.md).
     "pretrained": RedditConfig(model="smollm2-135m-instruct", num_layers_unfrozen=2, max_len=88, batch_size=16,
                                bc_steps=100, ilql_steps=400, bc_learning_rate=2e-4, learning_rate=1e-3,
                                warmup_steps=15, freeze_policy=True, polyak_alpha=0.2, betas=(0.0, 2.0, 8.0, 16.0),

@@ -188,20 +188,21 @@ def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: ja
 
 
 def policy_params(config: ModelConfig, online: Params) -> trunk_lib.Params:
-    """π_β's trunk parameters (the value trunk's when shared); its trained part under partial training."""
-    return roles.value_trunk(online) if config.shared_policy else roles.policy(online)
+    """π_β's trunk parameters (the value trunk's when shared; a BC state's own); its trained part under
+    partial training."""
+    return roles.value_trunk(online) if config.shared_policy and not roles.is_bc(online) else roles.policy(online)
 
 
 def lm_head_params(config: ModelConfig, online: Params) -> trunk_lib.Params:
     """Parameters of the plain trunk graph from which `trunk.lm_logits` gives π_β's logits: π_β's own, or
     under partial training with LoRA the frozen trunk (its LM head is frozen), else the frozen part and
     π_β's top. A BC state (online holding π_β alone) works too."""
-    delta = roles.policy(online) if roles.is_bc(online) else policy_params(config, online)
-    if partial_lib.FROZEN not in online:
+    delta = policy_params(config, online)
+    if not roles.has_frozen(online):
         return delta
     if partial_lib.lora_spec(config) is not None:
-        return online[partial_lib.FROZEN]
-    return partial_lib.combine(online[partial_lib.FROZEN], delta)
+        return roles.frozen(online)
+    return partial_lib.combine(roles.frozen(online), delta)
 
 
 def materialize(config: ModelConfig, online: Params, target: Params) -> tuple[Params, Params]:
