@@ -21,8 +21,31 @@ __all__ = ["CheckpointConfig", "GPT2Config", "LlamaConfig", "LossConfig", "MeshC
 # The embedding is padded to a multiple of this, so the vocabulary axis divides mesh axes.
 VOCAB_MULTIPLE = 128
 
+
+class _Trunk:
+    """What `GPT2Config` and `LlamaConfig` share beyond their field names: the padded vocabulary and the checks
+    of the fields both have."""
+
+    def _check(self, positive: tuple[str, ...]) -> None:
+        """ValueError naming the field unless the `positive` fields are >= 1, dropout in [0, 1) and the dtypes
+        known."""
+        name = type(self).__name__
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {self.dropout}")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{name}: unknown {field} {getattr(self, field)!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(_Trunk):
     """Shape and numerics of a GPT-2 trunk.
 
     Attributes:
@@ -57,18 +80,7 @@ class GPT2Config:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPT2Config: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPT2Config: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"GPT2Config: unknown {name} {getattr(self, name)!r}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        self._check(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
 
     @property
     def head_dim(self) -> int:
@@ -90,7 +102,7 @@ HF_MODEL_TYPES = ("llama", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(_Trunk):
     """Shape and numerics of a Llama-architecture trunk (read from a Hugging Face `config.json` by
     `hf_import.read_config`; field names as `GPT2Config`'s where the meaning is the same).
 
@@ -151,10 +163,8 @@ class LlamaConfig:
     arch: str = "llama"
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
-                     "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LlamaConfig: {name} must be >= 1, got {getattr(self, name)}")
+        self._check(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
+                     "intermediate_size"))
         if self.n_head % self.n_kv_head:
             raise ValueError(f"LlamaConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.head_dim % 2:
@@ -165,19 +175,10 @@ class LlamaConfig:
             raise ValueError("LlamaConfig: rope_factor and rope_theta must be > 0")
         if self.rope_type == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
             raise ValueError("LlamaConfig: llama3 RoPE scaling needs rope_low_freq_factor < rope_high_freq_factor")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LlamaConfig: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"LlamaConfig: unknown {name} {getattr(self, name)!r}")
         if self.hf_model_type not in HF_MODEL_TYPES:
             raise ValueError(f"LlamaConfig: hf_model_type must be one of {HF_MODEL_TYPES}, got {self.hf_model_type!r}")
         if self.arch != "llama":
             raise ValueError(f"LlamaConfig: arch must be 'llama', got {self.arch!r}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
     @classmethod
     def tiny(cls, **overrides) -> "LlamaConfig":
