@@ -171,7 +171,7 @@ def check_bf16_drift(name: str, cfg, args) -> dict:
         def f(params, target, tokens, attention_mask):
             out = ilql.apply(model, params, target, tokens, attention_mask)
             a_t = losses.next_actions(tokens)
-            q = jnp.minimum(losses.gather_actions(out.target_q1_t, a_t), losses.gather_actions(out.target_q2_t, a_t))
+            q = losses.gather_actions(out.target_q_t, a_t)
             return q.astype(jnp.float32) - out.v_t.astype(jnp.float32)
         return jax.jit(f)(state.params, state.target_params, jnp.asarray(batch["tokens"]),
                           jnp.asarray(batch["attention_mask"]))

@@ -81,7 +81,7 @@ def advantages(model: ilql.ModelConfig, state, arrays: dict) -> np.ndarray:
     def adv_t(params, target, batch):
         out = ilql.apply(model, params, target, batch["tokens"], batch["attention_mask"])
         a_t = losses.next_actions(batch["tokens"])
-        q = jnp.minimum(losses.gather_actions(out.target_q1_t, a_t), losses.gather_actions(out.target_q2_t, a_t))
+        q = losses.gather_actions(out.target_q_t, a_t)
         return q - out.v_t
 
     adv = np.asarray(adv_t(state.params, state.target_params, arrays), np.float64)

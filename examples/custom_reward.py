@@ -27,9 +27,8 @@ import os
 
 import jax
 
-from ilql_jax import (Episode, GPT2Config, LossConfig, ModelConfig, OptimConfig, SamplerConfig, StepConfig,
-                      TrainConfig, agent, env, episodes_to_arrays, generate_text, train_bpe_tokenizer,
-                      train_and_evaluate)
+from ilql_jax import (BCThenILQL, Episode, GPT2Config, LossConfig, ModelConfig, OptimConfig, SamplerConfig, agent,
+                      env, episodes_to_arrays, generate_text, train_bpe_tokenizer, train_and_evaluate)
 
 
 def train_ilql(records, workdir, *, steps=300, batch_size=32, max_len=64, width=64, layers=2,
@@ -42,16 +41,14 @@ def train_ilql(records, workdir, *, steps=300, batch_size=32, max_len=64, width=
     arrays = episodes_to_arrays(episodes, tokenizer, max_len)  # tokens, masks, r_t, next(t), dones
     model = ModelConfig(trunk=GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=max_len, n_embd=width,
                                          n_layer=layers, n_head=4, dropout=0.0))
-    run = dict(batch_size=batch_size, max_len=max_len, num_steps=steps, log_every=max(1, steps // 10))
-    # 1. π_β: behaviour cloning on every record.
-    bc = TrainConfig(step=StepConfig(mode="bc", model=model, optim=OptimConfig(learning_rate=1e-3)), **run)
-    train_and_evaluate(bc, os.path.join(workdir, "bc"), arrays)
-    # 2. ILQL: every trunk starts from π_β; Q and V learn the rewards. A faster target (polyak_alpha) than
-    #    the paper's 0.005 carries the end-of-reply reward back through the reply's tokens in a short run.
-    ilql = TrainConfig(step=StepConfig(model=model, loss=LossConfig(tau=0.7, alpha_cql=0.1),
-                                       optim=OptimConfig(learning_rate=3e-4), polyak_alpha=0.05),
-                       init="bc:" + os.path.join(workdir, "bc"), **run)
-    state = train_and_evaluate(ilql, os.path.join(workdir, "ilql"), arrays)
+    # 1. π_β: behaviour cloning on every record. 2. ILQL: every trunk starts from π_β; Q and V learn the
+    #    rewards. A faster target (polyak_alpha) than the paper's 0.005 carries the end-of-reply reward back
+    #    through the reply's tokens in a short run.
+    runs = BCThenILQL(model, LossConfig(tau=0.7, alpha_cql=0.1), bc_steps=steps, ilql_steps=steps,
+                      bc_optim=OptimConfig(learning_rate=1e-3), ilql_optim=OptimConfig(learning_rate=3e-4),
+                      polyak_alpha=0.05, loop=dict(batch_size=batch_size, max_len=max_len))
+    train_and_evaluate(runs.bc(), os.path.join(workdir, "bc"), arrays)
+    state = train_and_evaluate(runs.ilql(os.path.join(workdir, "bc")), os.path.join(workdir, "ilql"), arrays)
     # 3. Sample with π_β's logits + β·(Q − V); β is traced, so the sweep compiles once.
     prompts = list(dict.fromkeys(prompt for prompt, _, _ in records))[:n_prompts]
     histories = [[env(prompt)] for prompt in prompts]

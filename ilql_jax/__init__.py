@@ -58,6 +58,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "parse_config": ("ilql_jax.config", "dotted command-line flags (--step.loss.tau 0.6) -> a config"),
     "config_from_dict": ("ilql_jax.config", "a config from a dict, e.g. a run's config.json"),
     # --- Training.
+    "BCThenILQL": ("ilql_jax.recipe", "the BC run and the ILQL run that starts from it, as two TrainConfigs"),
     "train_and_evaluate": ("ilql_jax.loop",
                            "the training loop: logs, evaluates, checkpoints, resumes; returns the final state"),
     "Preempted": ("ilql_jax.loop", "raised after SIGTERM/SIGINT once a checkpoint is saved; rerun to resume"),
@@ -130,6 +131,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from ilql_jax.models.llama import LlamaConfig
     from ilql_jax.models.ilql import ModelConfig
     from ilql_jax.pretrained import resolve_model
+    from ilql_jax.recipe import BCThenILQL
     from ilql_jax.reranking import RerankResult, rerank, rerank_text
     from ilql_jax.sampler import SampleResult, SamplerConfig, generate_text, sample
     from ilql_jax.sharding import MeshConfig

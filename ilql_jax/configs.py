@@ -1,6 +1,6 @@
 """The run's configuration dataclasses, on the ground floor: they import the standard library only.
 
-Every frozen dataclass a `TrainConfig` nests lives here, so that `ilql_jax.config`
+Every frozen dataclass a `TrainConfig` nests lives here, and the sampler's, so that `ilql_jax.config`
 (dotted flags, `config.json`) and the `ilql-jax` command's `--help` load no JAX,
 Flax, Optax or Orbax. Each is re-exported from the module that uses it
 (`models.gpt2.GPT2Config`, `train.StepConfig`, `sharding.MeshConfig`, ...),
@@ -13,7 +13,7 @@ import dataclasses
 from typing import Optional
 
 __all__ = ["CheckpointConfig", "GPT2Config", "LlamaConfig", "LossConfig", "MeshConfig", "ModelConfig",
-           "OptimConfig", "StepConfig"]
+           "OptimConfig", "SamplerConfig", "StepConfig"]
 
 
 # --- trunks (models/gpt2.py, models/llama.py) ------------------------------------------------
@@ -21,8 +21,31 @@ __all__ = ["CheckpointConfig", "GPT2Config", "LlamaConfig", "LossConfig", "MeshC
 # The embedding is padded to a multiple of this, so the vocabulary axis divides mesh axes.
 VOCAB_MULTIPLE = 128
 
+
+class _Trunk:
+    """What `GPT2Config` and `LlamaConfig` share beyond their field names: the padded vocabulary and the checks
+    of the fields both have."""
+
+    def _check(self, positive: tuple[str, ...]) -> None:
+        """ValueError naming the field unless the `positive` fields are >= 1, dropout in [0, 1) and the dtypes
+        known."""
+        name = type(self).__name__
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1), got {self.dropout}")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{name}: unknown {field} {getattr(self, field)!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(_Trunk):
     """Shape and numerics of a GPT-2 trunk.
 
     Attributes:
@@ -57,18 +80,7 @@ class GPT2Config:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPT2Config: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPT2Config: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"GPT2Config: unknown {name} {getattr(self, name)!r}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        self._check(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
 
     @property
     def head_dim(self) -> int:
@@ -90,7 +102,7 @@ HF_MODEL_TYPES = ("llama", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(_Trunk):
     """Shape and numerics of a Llama-architecture trunk (read from a Hugging Face `config.json` by
     `hf_import.read_config`; field names as `GPT2Config`'s where the meaning is the same).
 
@@ -151,10 +163,8 @@ class LlamaConfig:
     arch: str = "llama"
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
-                     "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LlamaConfig: {name} must be >= 1, got {getattr(self, name)}")
+        self._check(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
+                     "intermediate_size"))
         if self.n_head % self.n_kv_head:
             raise ValueError(f"LlamaConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.head_dim % 2:
@@ -165,19 +175,10 @@ class LlamaConfig:
             raise ValueError("LlamaConfig: rope_factor and rope_theta must be > 0")
         if self.rope_type == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
             raise ValueError("LlamaConfig: llama3 RoPE scaling needs rope_low_freq_factor < rope_high_freq_factor")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LlamaConfig: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"LlamaConfig: unknown {name} {getattr(self, name)!r}")
         if self.hf_model_type not in HF_MODEL_TYPES:
             raise ValueError(f"LlamaConfig: hf_model_type must be one of {HF_MODEL_TYPES}, got {self.hf_model_type!r}")
         if self.arch != "llama":
             raise ValueError(f"LlamaConfig: arch must be 'llama', got {self.arch!r}")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
     @classmethod
     def tiny(cls, **overrides) -> "LlamaConfig":
@@ -488,3 +489,71 @@ class CheckpointConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CheckpointConfig.{name} must be an int >= 1, got {value!r}")
+
+
+# --- decoding (sampler.py) ----------------------------------------------------------------------
+
+DECODE_MODES = ("sample", "greedy", "beam", "best_of_n")
+# Where temperature, filtering and the advantage go (docs/algorithm.md §5):
+#   "spec":             filter(l / T) + β·A          (the spec's order, default)
+#   "adv_first":        filter((l + β·A) / T)
+#   "temperature_last": (filter(l) + β·A) / T
+ORDERS = ("spec", "adv_first", "temperature_last")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Static decoding settings (changing any of them recompiles).
+
+    β, temperature and adv_clip are not here: they are traced arguments of
+    `sample`, so sweeping them reuses one compilation.
+
+    Attributes:
+      max_new_tokens: generation length limit M (the stop token included).
+      mode: "sample", "greedy" (argmax of l'), "beam" (beam search on the
+        log-probabilities of softmax(l'); the best beam per prompt) or
+        "best_of_n" (n samples per prompt; the one with the largest Σ_t A).
+      num_beams: beam width for "beam".
+      n: samples per prompt for "best_of_n".
+      top_k: keep the k largest logits (0 = off).
+      top_p: keep the smallest set of tokens with cumulative probability ≥ p
+        (1.0 = off). Applied after top_k.
+      order: where temperature, filtering and β·A go; one of `ORDERS`.
+      prompt_buckets: prompt lengths are left-padded up to the next bucket, so
+        compilation happens once per (batch size, bucket, max_new_tokens).
+      debug: also return the perturbed logits l' of every step ([B, M, V_pad]).
+      vocab_major_q: decode with a transposed copy of the Q̄ heads' output kernels
+        (`heads.vocab_major`), made once per call: 2 · 2d · V_pad more values in
+        memory, and on a 2-core CPU a GPT-2-small step about 10% faster at batch 32
+        (docs/lean_step.md). False reads the kernels as stored.
+    """
+
+    max_new_tokens: int = 32
+    mode: str = "sample"
+    num_beams: int = 4
+    n: int = 4
+    top_k: int = 0
+    top_p: float = 1.0
+    order: str = "spec"
+    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
+    debug: bool = False
+    vocab_major_q: bool = True
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplerConfig: max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.mode not in DECODE_MODES:
+            raise ValueError(f"SamplerConfig: mode must be one of {DECODE_MODES}, got {self.mode!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"SamplerConfig: order must be one of {ORDERS}, got {self.order!r}")
+        if self.num_beams < 1 or self.n < 1 or self.top_k < 0:
+            raise ValueError(f"SamplerConfig: need num_beams >= 1, n >= 1, top_k >= 0; got "
+                             f"{self.num_beams}, {self.n}, {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplerConfig: top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
+
+    @property
+    def width(self) -> int:
+        """Decoding rows per prompt."""
+        return {"beam": self.num_beams, "best_of_n": self.n}.get(self.mode, 1)

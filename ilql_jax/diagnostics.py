@@ -45,7 +45,7 @@ def _fit(model_config: ilql.ModelConfig, online, target, tokens, attention_mask,
         _, pi_logits = trunk_lib.forward(ilql.policy_params(model_config, online), cfg, tokens, attention_mask)
     v = cfg.vocab_size
     log_pi = jax.nn.log_softmax(pi_logits[..., :v].astype(jnp.float32), axis=-1)
-    adv = (jnp.minimum(out.target_q1_t, out.target_q2_t) - out.v_t[..., None])[..., :v].astype(jnp.float32)
+    adv = (out.target_q_t - out.v_t[..., None])[..., :v].astype(jnp.float32)
     x, ids = jax.lax.top_k(log_pi, top_k)
     y = jnp.take_along_axis(adv, ids, axis=-1)
     x, y = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)

@@ -153,7 +153,7 @@ def _safe_actions(a_t: Array, m_t: Array) -> Array:
 # states only (m_t = 1), and the target Q̄ at one entry per action. The train
 # step packs each row's action positions into K static slots (`pack_actions`),
 # so the model runs the Q heads and π_β's LM head on [B, K] positions instead
-# of [B, T] (see `models/ilql.apply_packed`), and the losses take those
+# of [B, T] (see `models/ilql.apply` with the slots), and the losses take those
 # packed tensors. K is a static capacity per row: shapes stay static (one
 # compilation), rows keep their batch index (so a batch sharded over rows stays
 # sharded the same way), and a row with fewer actions fills its tail slots with

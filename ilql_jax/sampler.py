@@ -35,7 +35,6 @@ Entry points: `sample` (arrays in, `SampleResult` out) and `generate_text`
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import numbers
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ilql_jax import roles, utterance
+from ilql_jax.configs import DECODE_MODES as MODES, ORDERS, SamplerConfig  # noqa: F401  (the config's home)
 from ilql_jax.data import episodes
 from ilql_jax.models import heads, ilql
 from ilql_jax.models import partial as partial_lib
@@ -54,12 +54,6 @@ from ilql_jax.models import trunk as trunk_lib
 
 Array = jax.Array
 
-MODES = ("sample", "greedy", "beam", "best_of_n")
-# Where temperature, filtering and the advantage go (docs/algorithm.md §5):
-#   "spec":             filter(l / T) + β·A          (the spec's order, default)
-#   "adv_first":        filter((l + β·A) / T)
-#   "temperature_last": (filter(l) + β·A) / T
-ORDERS = ("spec", "adv_first", "temperature_last")
 # Stop ids are padded to this many slots (with -1, which no token equals), so
 # changing the stop set does not change shapes, hence does not recompile.
 MAX_STOP_IDS = 8
@@ -94,64 +88,6 @@ __all__ = [
     "decode_texts",
     "trace_count",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    """Static decoding settings (changing any of them recompiles).
-
-    β, temperature and adv_clip are not here: they are traced arguments of
-    `sample`, so sweeping them reuses one compilation.
-
-    Attributes:
-      max_new_tokens: generation length limit M (the stop token included).
-      mode: "sample", "greedy" (argmax of l'), "beam" (beam search on the
-        log-probabilities of softmax(l'); the best beam per prompt) or
-        "best_of_n" (n samples per prompt; the one with the largest Σ_t A).
-      num_beams: beam width for "beam".
-      n: samples per prompt for "best_of_n".
-      top_k: keep the k largest logits (0 = off).
-      top_p: keep the smallest set of tokens with cumulative probability ≥ p
-        (1.0 = off). Applied after top_k.
-      order: where temperature, filtering and β·A go; one of `ORDERS`.
-      prompt_buckets: prompt lengths are left-padded up to the next bucket, so
-        compilation happens once per (batch size, bucket, max_new_tokens).
-      debug: also return the perturbed logits l' of every step ([B, M, V_pad]).
-      vocab_major_q: decode with a transposed copy of the Q̄ heads' output kernels
-        (`heads.vocab_major`), made once per call: 2 · 2d · V_pad more values in
-        memory, and on a 2-core CPU a GPT-2-small step about 10% faster at batch 32
-        (docs/lean_step.md). False reads the kernels as stored.
-    """
-
-    max_new_tokens: int = 32
-    mode: str = "sample"
-    num_beams: int = 4
-    n: int = 4
-    top_k: int = 0
-    top_p: float = 1.0
-    order: str = "spec"
-    prompt_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
-    debug: bool = False
-    vocab_major_q: bool = True
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplerConfig: max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.mode not in MODES:
-            raise ValueError(f"SamplerConfig: mode must be one of {MODES}, got {self.mode!r}")
-        if self.order not in ORDERS:
-            raise ValueError(f"SamplerConfig: order must be one of {ORDERS}, got {self.order!r}")
-        if self.num_beams < 1 or self.n < 1 or self.top_k < 0:
-            raise ValueError(f"SamplerConfig: need num_beams >= 1, n >= 1, top_k >= 0; got "
-                             f"{self.num_beams}, {self.n}, {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SamplerConfig: top_p must be in (0, 1], got {self.top_p}")
-        object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
-
-    @property
-    def width(self) -> int:
-        """Decoding rows per prompt."""
-        return {"beam": self.num_beams, "best_of_n": self.n}.get(self.mode, 1)
 
 
 @chex.dataclass(frozen=True)

@@ -111,71 +111,43 @@ def with_action_capacity(config: StepConfig, action_masks: Mapping[str, np.ndarr
 
 
 def loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch | Mapping[str, jax.Array],
-            dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+            dropout_key: jax.Array | None, *, every_position: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The scalar loss of one batch and its metrics (docs/algorithm.md §3), computed where the losses read.
 
     The action states are packed into `config.action_capacity` slots per row
     (`losses.pack_actions`); the vocabulary-sized heads run only there, and the
-    target Q̄ only at the taken action (`ilql.apply_packed`). Same values and
-    gradients as `reference_loss_fn`, which computes every head at every position.
+    target Q̄ only at the taken action (`ilql.apply` with the slots). With
+    `every_position` (`reference_loss_fn`), every head runs over the whole
+    vocabulary at every position and the same objective reads them there
+    (`losses.every_position`): same values and gradients, the yardstick for the
+    packed path's exactness and memory. Mode "ilql_utt" has one way only (`utterance.loss_fn`).
     """
     batch = Batch.of(batch)
     if config.mode == "ilql_utt":
         return utterance.loss_fn(config, params, target_params, batch, dropout_key)
     trunk = config.model.trunk
-    packed = losses.pack_actions(batch, config.action_capacity)
-    if config.mode == "bc" and roles.has_frozen(params):
-        hidden = _bc_partial_hidden(config, params, batch, dropout_key)
-        logits_k = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
-                                       losses.gather_packed(hidden, packed.idx), mask_padded=False)
-        return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
-    if config.mode == "bc":
-        hidden, _ = trunk_lib.forward(roles.policy(params), trunk, batch.tokens, batch.attention_mask,
-                                      dropout_key=dropout_key, with_logits=False)
-        logits_k = trunk_lib.lm_logits(roles.policy(params), trunk, losses.gather_packed(hidden, packed.idx),
-                                       mask_padded=False)
-        return losses.bc_only_loss(logits_k, packed, trunk.vocab_size, config.loss.bc_normaliser)
-    out = ilql.apply_packed(config.model, params, target_params, batch.tokens, batch.attention_mask, packed,
-                            dropout_key)
-    return losses.ilql_loss(out.q1_k, out.q2_k, out.target_q_a, out.v_k, out.v_next_k, out.pi_logits_k,
-                            packed, config.loss_config)
+    packed = None if every_position else losses.pack_actions(batch, config.action_capacity)
+    slots = losses.every_position(batch) if every_position else packed
+    if config.mode == "bc":  # π_β's NLL alone; its LM head runs at the slots only
+        hidden = ilql.trunk_runner(config.model, params, batch.tokens, batch.attention_mask)(roles.policy(params),
+                                                                                              dropout_key)
+        hidden = hidden if every_position else losses.gather_packed(hidden, packed.idx)
+        logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk, hidden,
+                                     mask_padded=every_position)
+        return losses.bc_only_loss(logits, slots, trunk.vocab_size, config.loss.bc_normaliser)
+    out = ilql.apply(config.model, params, target_params, batch.tokens, batch.attention_mask, packed, dropout_key)
+    if every_position:
+        target_q_a, v_next = losses.gather_actions(out.target_q_t, slots.a_k), losses.gather_next(out.v_t, slots.next_k)
+    else:
+        target_q_a, v_next = out.target_q_t, out.v_next_t
+    return losses.ilql_loss(out.q1_t, out.q2_t, target_q_a, out.v_t, v_next, out.pi_logits_t, slots,
+                            config.loss_config)
 
 
 def reference_loss_fn(config: StepConfig, params: Any, target_params: Any, batch: Batch | Mapping[str, jax.Array],
                       dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`loss_fn` computed the direct way: every head over the whole vocabulary at every position
-    (`ilql.apply`), then the same objective read at every position (`losses.every_position`). The
-    yardstick for `loss_fn`'s exactness and memory. Mode "ilql_utt" has one way only (`utterance.loss_fn`)."""
-    batch = Batch.of(batch)
-    if config.mode == "ilql_utt":
-        return utterance.loss_fn(config, params, target_params, batch, dropout_key)
-    trunk = config.model.trunk
-    every = losses.every_position(batch)
-    if config.mode == "bc" and roles.has_frozen(params):
-        logits = trunk_lib.lm_logits(ilql.lm_head_params(config.model, params), trunk,
-                                     _bc_partial_hidden(config, params, batch, dropout_key))
-        return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
-    if config.mode == "bc":
-        _, logits = trunk_lib.forward(roles.policy(params), trunk, batch.tokens, batch.attention_mask,
-                                      dropout_key=dropout_key)
-        return losses.bc_only_loss(logits, every, trunk.vocab_size, config.loss.bc_normaliser)
-    out = ilql.apply(config.model, params, target_params, batch.tokens, batch.attention_mask, dropout_key)
-    target_q_a = jnp.minimum(losses.gather_actions(out.target_q1_t, every.a_k),
-                             losses.gather_actions(out.target_q2_t, every.a_k))
-    return losses.ilql_loss(out.q1_t, out.q2_t, target_q_a, out.v_t, losses.gather_next(out.v_t, every.next_k),
-                            out.pi_logits_t, every, config.loss_config)
-
-
-def _bc_partial_hidden(config: StepConfig, params: Any, batch: Batch, dropout_key: jax.Array | None) -> jax.Array:
-    """π_β's final hidden states in BC mode under partial training: the frozen bottom (no dropout, no
-    gradient), then π_β's top (`ilql.hiddens`' bottom/top split)."""
-    cfg, spec = config.model.trunk, partial_lib.lora_spec(config.model)
-    policy = partial_lib.combine(roles.frozen(params), roles.policy(params))
-    b = partial_lib.bottom_layers(config.model)
-    x = jax.lax.stop_gradient(trunk_lib.residual_stream(policy, cfg, batch.tokens, batch.attention_mask,
-                                                        stop=b, lora=spec))
-    return trunk_lib.forward(policy, cfg, batch.tokens, batch.attention_mask, dropout_key=dropout_key,
-                             with_logits=False, lora=spec, start=b, residual=x)[0]
+    """`loss_fn` computed the direct way: every head over the whole vocabulary at every position."""
+    return loss_fn(config, params, target_params, batch, dropout_key, every_position=True)
 
 
 def _after(tree: Any, scalar: jax.Array) -> Any:

@@ -191,38 +191,40 @@ def _scalar_head(params, cfg: trunk_lib.TrunkConfig, hidden: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class UtteranceOutputs:
-    """The value networks at every position (the loss reads them at the utterances' states and ends)."""
+    """The value networks at every position (the loss reads them at the utterances' states and ends), and
+    π_β's logits at the slots."""
 
     q1_t: jax.Array          # [B, T] online Q1 head on h_t
     q2_t: jax.Array
     target_q_t: jax.Array    # [B, T] min(Q̄1, Q̄2) on the target trunk's h̄_t, no gradient
     v_t: jax.Array           # [B, T] online V
+    pi_logits_k: jax.Array | None  # [B, K, V_pad] π_β at the slots; None when frozen
 
 
 def apply(config: ilql.ModelConfig, online: Params, target: Params, tokens: jax.Array,
-          attention_mask: jax.Array, dropout_key: jax.Array | None = None) -> UtteranceOutputs:
-    """The value trunk with V and the scalar Q heads, and the target trunk with the target Q heads.
+          attention_mask: jax.Array, packed: losses.PackedActions | None = None,
+          dropout_key: jax.Array | None = None) -> UtteranceOutputs:
+    """The value trunk with V and the scalar Q heads, the target trunk with the target Q heads, and π_β's
+    LM head, on the token level's trunk runs (`ilql.hiddens`: the same trunks, dropout draws and frozen target).
 
-    The heads are one 2d-wide MLP per position, so they run at every position (cheaper than gathering
-    first). Dropout in the target trunk is off, as at the token level.
+    The scalar heads are one 2d-wide MLP per position, so they run at every position (cheaper than gathering
+    first). π_β's LM head runs at the action states `packed.idx`, its padded vocabulary tail left as computed
+    for the loss's fused logsumexp (as `ilql.apply`); without `packed`, at every position, the tail -inf.
     """
     cfg = config.trunk
-    hidden, _ = trunk_lib.forward(roles.value_trunk(online), cfg, tokens, attention_mask, dropout_key=dropout_key,
-                                  with_logits=False)
-    if config.target_on_online_trunk:
-        target_hidden = hidden
-    else:
-        target_hidden, _ = trunk_lib.forward(roles.target_trunk(target), cfg, tokens, attention_mask,
-                                             with_logits=False)
-    target_hidden = jax.lax.stop_gradient(target_hidden)
+    hidden, target_hidden, h_policy = ilql.hiddens(config, online, target, tokens, attention_mask, dropout_key)
     target_q1, target_q2 = roles.q_heads(target)
     target_q_t = jnp.minimum(_scalar_head(target_q1, cfg, target_hidden), _scalar_head(target_q2, cfg, target_hidden))
     q1, q2 = roles.q_heads(roles.value(online))
+    if h_policy is not None and packed is not None:
+        h_policy = losses.gather_packed(h_policy, packed.idx)
     return UtteranceOutputs(
         q1_t=_scalar_head(q1, cfg, hidden),
         q2_t=_scalar_head(q2, cfg, hidden),
         target_q_t=jax.lax.stop_gradient(target_q_t),
         v_t=_scalar_head(roles.v_head(online), cfg, hidden),
+        pi_logits_k=None if h_policy is None else trunk_lib.lm_logits(ilql.lm_head_params(config, online), cfg,
+                                                                      h_policy, mask_padded=packed is None),
     )
 
 
@@ -255,22 +257,16 @@ def loss_fn(step_config, params: Params, target_params: Params, batch: Batch,
     L_BC runs π_β's LM head only at the agent tokens, packed as in the BC baseline
     (`losses.pack_actions`, `step_config.action_capacity`); with a frozen π_β it is 0.
     """
-    model = step_config.model
-    cfg = model.trunk
-    k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    out = apply(model, params, target_params, batch.tokens, batch.attention_mask, k_value)
+    packed = losses.pack_actions(batch, step_config.action_capacity)
+    out = apply(step_config.model, params, target_params, batch.tokens, batch.attention_mask, packed, dropout_key)
     tr = transitions(batch, step_config.end_a_id)
     l_value, info = utterance_loss(out.q1_t, out.q2_t, out.target_q_t, out.v_t, tr, step_config.loss_config)
-    packed = losses.pack_actions(batch, step_config.action_capacity)
-    if model.frozen_policy:
+    if out.pi_logits_k is None:
         l_bc = jnp.zeros((), jnp.float32)
         bc_info = {"bc_loss": l_bc, "bc_nll": l_bc, "n_actions": jnp.sum(packed.m_k)}
     else:
-        policy = ilql.policy_params(model, params)
-        h_policy, _ = trunk_lib.forward(policy, cfg, batch.tokens, batch.attention_mask,
-                                        dropout_key=k_policy, with_logits=False)
-        logits_k = trunk_lib.lm_logits(policy, cfg, losses.gather_packed(h_policy, packed.idx), mask_padded=False)
-        l_bc, bc_info = losses.bc_only_loss(logits_k, packed, cfg.vocab_size, step_config.loss.bc_normaliser)
+        l_bc, bc_info = losses.bc_only_loss(out.pi_logits_k, packed, step_config.model.trunk.vocab_size,
+                                            step_config.loss.bc_normaliser)
         bc_info = {k: v for k, v in bc_info.items() if k != "loss"}
     loss = l_value + l_bc
     metrics = {"loss": loss, **info, **bc_info}

@@ -44,7 +44,7 @@ def test_slope_of_random_heads_matches_a_numpy_fit():
     k = diagnostics.advantage_slope(MODEL, online, target, tokens, mask, positions, top_k=30)
     out = ilql.apply(MODEL, online, target, tokens, mask)
     log_pi = np.asarray(jax.nn.log_softmax(out.pi_logits_t[..., :CFG.vocab_size], -1))
-    adv = np.asarray(jnp.minimum(out.target_q1_t, out.target_q2_t) - out.v_t[..., None])[..., :CFG.vocab_size]
+    adv = np.asarray(out.target_q_t - out.v_t[..., None])[..., :CFG.vocab_size]
     expected = []
     for b in range(2):
         for t in range(8):
@@ -66,7 +66,7 @@ def test_sigma_is_zero_when_a_is_a_multiple_of_log_pi_beta_and_matches_numpy_oth
     scale = diagnostics.advantage_scale(MODEL, online, target, tokens, mask, positions, top_k=30)
     out = ilql.apply(MODEL, online, target, tokens, mask)
     log_pi = np.asarray(jax.nn.log_softmax(out.pi_logits_t[..., :CFG.vocab_size], -1), np.float64)
-    adv = np.asarray(jnp.minimum(out.target_q1_t, out.target_q2_t) - out.v_t[..., None], np.float64)
+    adv = np.asarray(out.target_q_t - out.v_t[..., None], np.float64)
     expected = []
     for b in range(2):
         for t in range(8):

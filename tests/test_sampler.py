@@ -70,7 +70,7 @@ def nets():
 def _reference_terms(model_config, online, target, tokens, mask):
     """π_β logits and A = min(Q̄1, Q̄2) − V at every position, by full forwards (the training path)."""
     out = ilql.apply(model_config, online, target, tokens, mask)
-    return out.pi_logits_t, jnp.minimum(out.target_q1_t, out.target_q2_t) - out.v_t[..., None]
+    return out.pi_logits_t, out.target_q_t - out.v_t[..., None]
 
 
 def _reference(model_config, nets, generated):

@@ -72,7 +72,7 @@ def test_q_bar_is_read_where_each_guess_emits_its_end_token(state_and_config):
             prefix = prompt_ids(turns[:i], TOK) + TOK.encode(turns[i].guess)  # the last state emits </a>
             x = jnp.asarray([prefix])
             o = ilql.apply(model, state.params, state.target_params, x, jnp.ones_like(x))
-            want = min(float(o.target_q1_t[0, -1, TOK.end_a_id]), float(o.target_q2_t[0, -1, TOK.end_a_id]))
+            want = float(o.target_q_t[0, -1, TOK.end_a_id])
             np.testing.assert_allclose(q[i], want, rtol=1e-5, atol=1e-5)
 
 
@@ -95,7 +95,7 @@ def test_letter_advantages_are_what_the_sampler_adds(state_and_config):
         x = jnp.asarray([prompt + TOK.encode("slate")[:i]])  # the last state emits the i-th action
         o = ilql.apply(model, state.params, state.target_params, x, jnp.ones_like(x))
         a = (TOK.encode("slate") + [TOK.end_a_id])[i]
-        q_bar = min(float(o.target_q1_t[0, -1, a]), float(o.target_q2_t[0, -1, a]))
+        q_bar = float(o.target_q_t[0, -1, a])
         np.testing.assert_allclose([r["q_bar"], r["v"], r["a"]], [q_bar, float(o.v_t[0, -1]), q_bar - float(o.v_t[0, -1])],
                                    rtol=1e-5, atol=1e-5)
         logp = jax.nn.log_softmax(o.pi_logits_t[0, -1, :TOK.vocab_size])

@@ -99,7 +99,7 @@ def log_pi_beta(model: ilql.ModelConfig, params, tokens, mask, end) -> np.ndarra
 def summed_advantage(model: ilql.ModelConfig, params, target, tokens, mask, end) -> tuple[np.ndarray, float]:
     """(Σ_t A(h_t, a_t) over each row's utterance and `</a>`, V(<a>)) of a token-level run."""
     out = ilql.apply(model, params, target, jnp.asarray(tokens), jnp.asarray(mask))
-    q = jnp.minimum(out.target_q1_t, out.target_q2_t)[:, :-1]
+    q = out.target_q_t[:, :-1]
     q_a = jnp.take_along_axis(q, jnp.asarray(tokens[:, 1:, None]), axis=-1)[..., 0]
     adv = q_a - out.v_t[:, :-1]
     steps = np.arange(tokens.shape[1] - 1)[None, :] < end[:, None]

@@ -285,7 +285,7 @@ def first_step_diagnostics(cfg: MazeConfig, state, tok, beta: float) -> dict[str
     rows = np.arange(len(starts))
     moves = [tok.encode(a)[0] for a in env.ACTIONS]
     v = np.asarray(out.v_t)[rows, last]
-    q = np.asarray(jnp.minimum(out.target_q1_t, out.target_q2_t))[rows, last][:, moves]
+    q = np.asarray(out.target_q_t)[rows, last][:, moves]
     log_pi = np.asarray(jax.nn.log_softmax(pi_logits[..., :tok.vocab_size], axis=-1))[rows, last][:, moves]
     adv = q - v[:, None]
     dist = env.distances_to_goal()

@@ -103,7 +103,7 @@ def end_of_guess_q(model_config: ilql.ModelConfig, state, games: Sequence[Sequen
     @jax.jit
     def q_bar_end(tokens, mask):
         o = ilql.apply(model_config, state.params, state.target_params, tokens, mask)
-        return jnp.minimum(o.target_q1_t[..., end], o.target_q2_t[..., end])
+        return o.target_q_t[..., end]
 
     out = []
     for start in range(0, len(game_episodes), batch_size):
@@ -161,7 +161,7 @@ def letter_advantages(model_config: ilql.ModelConfig, state, history: Sequence[T
     if pi is None:  # a frozen π_β is not run by `apply`
         _, pi = trunk_lib.forward(ilql.policy_params(model_config, state.params), model_config.trunk, x, jnp.ones_like(x))
     logp = np.asarray(jax.nn.log_softmax(layers.mask_padded_vocab(pi[0], tokenizer.vocab_size)))
-    q_bar = np.minimum(np.asarray(o.target_q1_t[0]), np.asarray(o.target_q2_t[0]))
+    q_bar = np.asarray(o.target_q_t[0])
     v = np.asarray(o.v_t[0])
     rows = []
     for i, a in enumerate(actions):

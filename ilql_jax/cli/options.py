@@ -14,17 +14,16 @@ import os
 import re
 
 from ilql_jax.pretrained import MODELS as PRETRAINED_MODELS
-from ilql_jax.configs import MeshConfig
+from ilql_jax.configs import DECODE_MODES, MeshConfig
 
-__all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "GENERATE_MODES", "LAYOUTS", "MODEL_NAMES", "MODES",
+__all__ = ["ExportOptions", "GenerateOptions", "SweepOptions", "TrainOptions", "GENERATE_MODES", "LAYOUTS", "MODEL_NAMES",
            "TOO_LONG", "is_hub_shaped", "learning_rates", "parse_betas"]
 
 # The --model values that are names rather than paths or hub ids (--help, the check and the error message all
 # read this tuple): the two GPT-2 starts and the pretrained models known by name (`ilql_jax.pretrained`).
 MODEL_NAMES = ("scratch", "gpt2", *PRETRAINED_MODELS)
 
-MODES = ("sample", "greedy", "beam", "best_of_n")  # = ilql_jax.sampler.MODES (not imported: --help stays light)
-GENERATE_MODES = MODES + ("rerank",)  # rerank: ilql_jax.reranking, for a --per_utterance workdir
+GENERATE_MODES = DECODE_MODES + ("rerank",)  # rerank: ilql_jax.reranking, for a --per_utterance workdir
 TOO_LONG = ("error", "skip")
 REWARD_NORMS = ("none", "scale", "zscore")  # = ilql_jax.data.rewards.REWARD_NORMS
 LAYOUTS = ("auto", "markup", "chat")

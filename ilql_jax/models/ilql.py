@@ -19,17 +19,17 @@ once as ``online["frozen"]``, which neither the optimizer nor the target
 update touches. The forwards run the shared frozen bottom once and each
 trunk's top from its output; `materialize` gives whole plain trunks back.
 
-The trunks' hidden states come from one place (`hiddens`), read two ways:
-`apply` evaluates every head at every position (the direct
-computation, kept as the reference and for diagnostics), `apply_packed` only
-where the losses read them (the train step's; see docs/lean_step.md). Dropout in the target trunk is off: the
-reference leaves it on, but a noisy target only adds variance to Q̄.
+The trunks' hidden states come from one place (`hiddens`), and `apply` reads the
+heads on them at every position (the direct computation, kept as the reference
+and for diagnostics) or only where the losses read them (the train step's; see
+docs/lean_step.md). Dropout in the target trunk is off: the reference leaves it
+on, but a noisy target only adds variance to Q̄.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,14 +43,15 @@ Params = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Outputs:
-    """What one forward pass of the ILQL networks gives the losses."""
+    """The ILQL networks read at K slots per row: every position (K = T, slot k is position k), or the
+    action states `losses.pack_actions` packed (where the train step's losses read)."""
 
-    q1_t: jax.Array          # [B, T, V_pad], online
+    q1_t: jax.Array                # [B, K, V_pad], online
     q2_t: jax.Array
-    target_q1_t: jax.Array   # [B, T, V_pad], no gradient
-    target_q2_t: jax.Array
-    v_t: jax.Array           # [B, T], online
-    pi_logits_t: jax.Array | None  # [B, T, V_pad], π_β; None when frozen
+    target_q_t: jax.Array          # min(Q̄1, Q̄2), no gradient: [B, T, V_pad]; packed, at a_k alone: [B, K]
+    v_t: jax.Array                 # [B, K] V(h_t), online
+    pi_logits_t: jax.Array | None  # [B, K, V_pad], π_β; None when frozen
+    v_next_t: jax.Array | None     # packed: [B, K] V(h_next(t)), online, no gradient; else None (v_t at next(t))
 
 
 def init(config: ModelConfig, key: jax.Array, trunk: trunk_lib.Params | None = None,
@@ -88,28 +89,32 @@ def init(config: ModelConfig, key: jax.Array, trunk: trunk_lib.Params | None = N
     return online, target
 
 
+def trunk_runner(config: ModelConfig, online: Params, tokens: jax.Array,
+                 attention_mask: jax.Array) -> Callable[[trunk_lib.Params, jax.Array | None], jax.Array]:
+    """`run(trunk, dropout_key)`: a trunk's final hidden states [B, T, D] on this batch, no LM head run. Under
+    partial training `trunk` is a trunk's trained part: the frozen bottom runs here once (no dropout, no
+    gradient), and each run continues from its output."""
+    cfg = config.trunk
+    if partial_lib.FROZEN not in online:
+        return lambda trunk, key: trunk_lib.forward(trunk, cfg, tokens, attention_mask, dropout_key=key,
+                                                    with_logits=False)[0]
+    spec, frozen, b = partial_lib.lora_spec(config), online[partial_lib.FROZEN], partial_lib.bottom_layers(config)
+    whole = lambda delta: partial_lib.combine(frozen, delta)
+    # Blocks below b read frozen weights only: any trunk's whole parameters serve.
+    any_trunk = roles.policy(online) if roles.is_bc(online) else roles.value_trunk(online)
+    x = jax.lax.stop_gradient(trunk_lib.residual_stream(whole(any_trunk), cfg, tokens, attention_mask, stop=b,
+                                                        lora=spec))
+    return lambda delta, key: trunk_lib.forward(whole(delta), cfg, tokens, attention_mask, dropout_key=key,
+                                                with_logits=False, lora=spec, start=b, residual=x)[0]
+
+
 def hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
             dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """(value, target, π_β) final hidden states [B, T, D], no LM head run. π_β's is the value trunk's when
+    """(value, target, π_β) final hidden states [B, T, D] (`trunk_runner`). π_β's is the value trunk's when
     shared, None when frozen; the target's (no gradient, no dropout) is the value trunk's when
-    `target_on_online_trunk`. Under partial training the frozen bottom runs once (no dropout, no
-    gradient), then each trunk's top from its output."""
-    cfg = config.trunk
+    `target_on_online_trunk`."""
     k_value, k_policy = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    if partial_lib.FROZEN in online:
-        spec, frozen, b = partial_lib.lora_spec(config), online[partial_lib.FROZEN], partial_lib.bottom_layers(config)
-        whole = lambda delta: partial_lib.combine(frozen, delta)
-        # Blocks below b read frozen weights only: any trunk's whole parameters serve.
-        x = jax.lax.stop_gradient(trunk_lib.residual_stream(whole(roles.value_trunk(online)), cfg, tokens,
-                                                            attention_mask, stop=b, lora=spec))
-        blocks = dict(lora=spec, start=b, residual=x)
-    else:
-        whole, blocks = (lambda params: params), {}
-
-    def run(delta, key):
-        return trunk_lib.forward(whole(delta), cfg, tokens, attention_mask, dropout_key=key, with_logits=False,
-                                 **blocks)[0]
-
+    run = trunk_runner(config, online, tokens, attention_mask)
     h_value = run(roles.value_trunk(online), k_value)
     h_target = h_value if config.target_on_online_trunk else run(target["trunk"], None)
     if config.frozen_policy:
@@ -122,68 +127,36 @@ def hiddens(config: ModelConfig, online: Params, target: Params, tokens: jax.Arr
 
 
 def apply(config: ModelConfig, online: Params, target: Params, tokens: jax.Array, attention_mask: jax.Array,
-          dropout_key: jax.Array | None = None) -> Outputs:
-    """Runs the value trunk and heads, the target networks and π_β on a batch: every head at every position."""
-    cfg = config.trunk
+          packed: losses.PackedActions | None = None, dropout_key: jax.Array | None = None) -> Outputs:
+    """The value trunk and heads, the target networks and π_β on a batch, read at the slots of `Outputs`.
+
+    The trunks run on every position (each state's hidden depends on the whole prefix; `hiddens`); no
+    trunk computes LM logits over [B, T]. Then the heads run at the slots:
+
+    - `packed` None: every head over the whole vocabulary at every position, padded vocabulary entries
+      -inf. The direct computation: the reference loss and the diagnostics read it.
+    - `packed`: only at the action states `packed.idx` (the train step's; see docs/lean_step.md): the
+      online Q heads (whole vocabulary: CQL needs it), V, π_β's LM head (BC), their padded vocabulary tail
+      left as computed for the loss's fused logsumexp; the target Q heads' first layer and the output
+      columns of a_t only (`heads.q_t` with actions); V at the next states `packed.next_k`. Same values
+      as every position at those slots (same dropout draws too).
+    """
+    cfg, every = config.trunk, packed is None
     value = roles.value(online)
     hidden, target_hidden, h_policy = hiddens(config, online, target, tokens, attention_mask, dropout_key)
+    at = (lambda h: h) if every else (lambda h: losses.gather_packed(h, packed.idx))
+    a_k, h_k, target_h_k = None if every else packed.a_k, at(hidden), at(target_hidden)
+    target_q = jnp.minimum(heads.q_t(target["q1"], cfg, target_h_k, a_k),
+                           heads.q_t(target["q2"], cfg, target_h_k, a_k))
     return Outputs(
-        q1_t=heads.q_t(value["q1"], cfg, hidden),
-        q2_t=heads.q_t(value["q2"], cfg, hidden),
-        target_q1_t=jax.lax.stop_gradient(heads.q_t(target["q1"], cfg, target_hidden)),
-        target_q2_t=jax.lax.stop_gradient(heads.q_t(target["q2"], cfg, target_hidden)),
-        v_t=heads.v_t(value["v"], cfg, hidden),
-        pi_logits_t=None if h_policy is None else trunk_lib.lm_logits(lm_head_params(config, online), cfg, h_policy),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class PackedOutputs:
-    """What the lean forward gives `losses.ilql_loss`: values at K packed action slots per row.
-
-    Vocabulary-sized outputs exist only at the slots and only where a loss reads
-    the whole vocabulary (CQL on the online Q heads, BC on π_β); their padded
-    vocabulary tail is left as computed and masked inside the loss's fused
-    logsumexp. The target Q̄ is read at the taken action alone.
-    """
-
-    q1_k: jax.Array               # [B, K, V_pad], online
-    q2_k: jax.Array
-    target_q_a: jax.Array         # [B, K] min(Q̄1, Q̄2)(h_t)[a_t], no gradient
-    v_k: jax.Array                # [B, K] V(h_t), online
-    v_next_k: jax.Array           # [B, K] V(h_next(t)), online, no gradient
-    pi_logits_k: jax.Array | None  # [B, K, V_pad], π_β; None when frozen
-
-
-def apply_packed(config: ModelConfig, online: Params, target: Params, tokens: jax.Array,
-                 attention_mask: jax.Array, packed: losses.PackedActions,
-                 dropout_key: jax.Array | None = None) -> PackedOutputs:
-    """The ILQL networks evaluated only where `losses.ilql_loss` reads them.
-
-    The trunks run on every position (each state's hidden depends on the whole
-    prefix; `hiddens`, as `apply`'s); no trunk computes LM logits over [B, T]. Then, at the packed action
-    states `packed.idx`: the online Q heads (whole vocabulary: CQL needs it), V,
-    π_β's LM head (BC), and the target Q heads' first layer and the output
-    columns of a_t only (`heads.q_t` with actions); V at the next states `packed.next_k`.
-    Same values as `apply` at those positions (same dropout draws too).
-    """
-    cfg = config.trunk
-    value = roles.value(online)
-    hidden, target_hidden, h_policy = hiddens(config, online, target, tokens, attention_mask, dropout_key)
-    h_k = losses.gather_packed(hidden, packed.idx)
-    h_next = jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))
-    target_h_k = losses.gather_packed(target_hidden, packed.idx)
-    target_q_a = jnp.minimum(heads.q_t(target["q1"], cfg, target_h_k, packed.a_k),
-                             heads.q_t(target["q2"], cfg, target_h_k, packed.a_k))
-    pi_logits_k = None if h_policy is None else trunk_lib.lm_logits(
-            lm_head_params(config, online), cfg, losses.gather_packed(h_policy, packed.idx), mask_padded=False)
-    return PackedOutputs(
-        q1_k=heads.q_t(value["q1"], cfg, h_k, mask_padded=False),
-        q2_k=heads.q_t(value["q2"], cfg, h_k, mask_padded=False),
-        target_q_a=jax.lax.stop_gradient(target_q_a),
-        v_k=heads.v_t(value["v"], cfg, h_k),
-        v_next_k=heads.v_t(value["v"], cfg, h_next),
-        pi_logits_k=pi_logits_k,
+        q1_t=heads.q_t(value["q1"], cfg, h_k, mask_padded=every),
+        q2_t=heads.q_t(value["q2"], cfg, h_k, mask_padded=every),
+        target_q_t=jax.lax.stop_gradient(target_q),
+        v_t=heads.v_t(value["v"], cfg, h_k),
+        pi_logits_t=None if h_policy is None else trunk_lib.lm_logits(lm_head_params(config, online), cfg,
+                                                                      at(h_policy), mask_padded=every),
+        v_next_t=None if every else heads.v_t(value["v"], cfg,
+                                              jax.lax.stop_gradient(losses.gather_packed(hidden, packed.next_k))),
     )
 
 
