@@ -21,7 +21,11 @@ Fields:
 - `model_tflops_per_step`: the FLOPs the math needs (`honest_step_flops`), not
   what any implementation does; `mfu` = that ÷ best step time ÷ `peak_gflops`,
   the best float32 2048³ matmul rate measured in the same process
-  (`common.PeakMeter`). `full_path_tflops_per_step`: what computing every head
+  (`common.PeakMeter`). `matmul_roof_s`: the step's matmuls alone, each timed at
+  its own shape in the same process (`step_matmuls`, `matmul_roof`);
+  `matmul_roof_mfu` = the FLOPs ÷ that time ÷ `peak_gflops`, the highest MFU
+  a step made of nothing but those matmuls reaches on this machine, and
+  `fraction_of_matmul_roof` = `matmul_roof_s` ÷ best step time. `full_path_tflops_per_step`: what computing every head
   at every position over the whole vocabulary costs (the reference path).
 - `peak_memory_bytes`: peak RSS of the process that ran this shape (CPU; the
   heap trimmed once after setup, `common.trim_heap`) or the device's peak allocation; `peer_peak_memory_bytes` (their process's peak
@@ -169,6 +173,86 @@ def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> 
     return flops
 
 
+def step_matmuls(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> list[tuple[tuple[int, ...], int]] | None:
+    """The matmuls `honest_step_flops` counts, as (shape, count): shape (m, k, n) is an [m, k] × [k, n]
+    product, (b, m, k, n) a batch of b of them (attention, per query head); 2·b·m·k·n FLOPs each.
+
+    A dense layer's forward at N rows is (N, d_in, d_out), its backward the input gradient (N, d_out, d_in)
+    and the weight gradient (d_in, N, d_out); attention's are the scores (B·H, T, h, T) and the weighted
+    sum (B·H, T, T, h), each with two backward products of the same size. So the FLOPs sum to
+    `honest_step_flops(...)["total"]` (a test checks it). None with LoRA (its adapters are not listed).
+    """
+    from ilql_jax.models import partial
+
+    if partial.lora_spec(model) is not None:
+        return None
+    cfg = model.trunk
+    d, v, b, t = cfg.n_embd, cfg.vocab_size, *batch["tokens"].shape
+    n = b * t
+    m = np.asarray(batch["action_mask"]) > 0
+    a = int(m.sum())
+    states = sum(len(set(np.flatnonzero(row)) | set(np.asarray(nxt)[row].tolist()))
+                 for row, nxt in zip(m, np.asarray(batch["next_idx"])))
+    out: list[tuple[tuple[int, ...], int]] = []
+
+    def dense(rows: int, d_in: int, d_out: int, count: int, backward: bool) -> None:
+        out.append(((rows, d_in, d_out), count))
+        if backward:
+            out.extend([((rows, d_out, d_in), count), ((d_in, rows, d_out), count)])
+
+    def blocks(layers: int, count: int, backward: bool) -> None:
+        for d_in, d_out in _projections(cfg).values():
+            dense(n, d_in, d_out, layers * count, backward)
+        bh, h = b * cfg.n_head, cfg.head_dim
+        out.append(((bh, t, h, t), layers * count * (3 if backward else 1)))
+        out.append(((bh, t, t, h), layers * count * (3 if backward else 1)))
+
+    bottom = partial.bottom_layers(model) if partial.is_partial(model) else 0
+    top = cfg.n_layer - bottom
+    if bottom:
+        blocks(bottom, 1, backward=False)
+    blocks(top, 1, backward=True)  # value trunk
+    if not model.target_on_online_trunk:
+        blocks(top, 1, backward=False)
+    if not (model.shared_policy or model.frozen_policy):
+        blocks(top, 1, backward=True)
+    dense(a, d, 2 * d, 2, backward=True)  # Q1, Q2
+    dense(a, 2 * d, v, 2, backward=True)
+    dense(states, d, 2 * d, 1, backward=False)  # V: forward at every read state, backward at the actions
+    dense(states, 2 * d, 1, 1, backward=False)
+    out.extend([((a, 2 * d, d), 1), ((d, a, 2 * d), 1), ((a, 1, 2 * d), 1), ((2 * d, a, 1), 1)])
+    dense(a, d, 2 * d, 2, backward=False)  # target Q̄1, Q̄2: the first layer, then one output column
+    dense(a, 2 * d, 1, 2, backward=False)
+    if not model.frozen_policy:
+        dense(a, d, v, 1, backward=True)  # π_β's LM head
+    return out
+
+
+def matmul_roof(model: ilql.ModelConfig, batch: dict[str, np.ndarray], repeats: int = 3) -> dict | None:
+    """The step's matmuls alone, each timed at its own shape (`step_matmuls`; float32, jitted, best of
+    `repeats`): `matmul_roof_s` = Σ count × time, what a step doing nothing but its matmuls at this
+    machine's rate for those shapes would take. XLA picks each product's operand layouts here, as it
+    does (with transposes) inside the step, so this is the step's roof on this CPU, not a bound proven
+    for every layout."""
+    import jax.numpy as jnp
+
+    matmuls = step_matmuls(model, batch)
+    if matmuls is None:
+        return None
+    best: dict[tuple[int, ...], float] = {}
+    for shape, _ in matmuls:
+        if shape in best:
+            continue
+        *lead, k, n = shape
+        x = jax.random.normal(jax.random.key(0), (*lead, k), jnp.float32)
+        w = jax.random.normal(jax.random.key(1), (*lead[:-1], k, n), jnp.float32)
+        f = jax.jit(jnp.matmul)
+        best[shape] = common.time_fn(lambda: f(x, w), steps=repeats, warmup=1)["best_s"]
+        del x, w
+    roof_s = sum(count * best[shape] for shape, count in matmuls)
+    return {"matmul_roof_s": roof_s, "matmul_roof_shapes": len(best)}
+
+
 def _projections(cfg) -> dict[str, tuple[int, int]]:
     """(d_in, d_out) of each matmul of a block, by the block-relative names `LORA_PROJECTIONS` uses."""
     from ilql_jax.models import llama
@@ -250,7 +334,11 @@ def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training
     activation = _temp_bytes(_grad_program(config, abstract_state, batch, train.loss_fn))
     flops = honest_step_flops(config.model, batch)
     achieved = flops["total"] / t["best_s"] / 1e9
-    return {
+    roof = matmul_roof(config.model, batch) or {}
+    if roof:
+        roof["matmul_roof_mfu"] = flops["total"] / roof["matmul_roof_s"] / 1e9 / meter.gflops
+        roof["fraction_of_matmul_roof"] = roof["matmul_roof_s"] / t["best_s"]
+    return {**roof,
         "bench": "train_step", "shape": shape, "training": training, "tokens_per_s": tokens / t["best_s"],
         "tokens_per_s_median": tokens / t["median_s"], "step_ms": 1e3 * t["best_s"],
         "mfu": achieved / meter.gflops, "achieved_gflops": achieved, "peak_gflops": meter.gflops,

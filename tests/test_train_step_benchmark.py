@@ -1,0 +1,36 @@
+"""benchmarks/train_step.py's matmul roof lists exactly the matmuls its honest FLOP count counts."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from benchmarks import common, train_step
+from ilql_jax.models import gpt2, ilql, llama
+
+
+def _flops(matmuls) -> int:
+    return sum(2 * int(np.prod(shape)) * count for shape, count in matmuls)
+
+
+@pytest.mark.parametrize("trunk", [gpt2.GPT2Config.tiny(dropout=0.0), llama.LlamaConfig.tiny()], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("fields", [{}, {"num_layers_unfrozen": 1}, {"frozen_policy": True}, {"shared_policy": True}],
+                         ids=["full", "top1", "frozen_policy", "shared_policy"])
+def test_step_matmuls_sum_to_the_honest_count(trunk, fields):
+    batch = common.reddit_like_arrays(trunk.vocab_size, 4, 32)
+    model = ilql.ModelConfig(trunk=trunk, **fields)
+    matmuls = train_step.step_matmuls(model, batch)
+    assert _flops(matmuls) == train_step.honest_step_flops(model, batch)["total"]
+    # The heads' shapes read the real vocabulary, not the padded one.
+    assert any(shape[-1] == trunk.vocab_size for shape, _ in matmuls)
+
+
+def test_roof_times_every_shape_and_skips_lora():
+    trunk = gpt2.GPT2Config.tiny(dropout=0.0)
+    batch = common.reddit_like_arrays(trunk.vocab_size, 2, 16)
+    model = ilql.ModelConfig(trunk=trunk)
+    roof = train_step.matmul_roof(model, batch, repeats=1)
+    assert roof["matmul_roof_s"] > 0
+    assert roof["matmul_roof_shapes"] == len({shape for shape, _ in train_step.step_matmuls(model, batch)})
+    lora = dataclasses.replace(model, lora_rank=2)
+    assert train_step.step_matmuls(lora, batch) is None and train_step.matmul_roof(lora, batch) is None
