@@ -18,7 +18,7 @@ warm-up call, then `--runs` timed calls under `torch.inference_mode()`, torch at
 
 One JSON line per batch size, `"bench": "transformers_generate"`: `batch`, `prompt_len`, `new_tokens`,
 `tokens_per_s_best` (B·M over the best call), `tokens_per_s` (over the median call), `call_s_best`,
-`timed_runs`, `peak_rss_bytes` (this process's peak so far), `threads`, `torch_version`,
+`timed_runs`, `peak_rss_bytes` (this process's peak so far, `peak_rss_bytes`), `threads`, `torch_version`,
 `transformers_version`, `model_type`, `n_params`.
 """
 
@@ -34,6 +34,22 @@ import time
 
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]  # run as a file: benchmarks/'s own modules (sampler.py, memory.py) must not shadow torch's
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory: /proc's VmHWM (Linux), else ru_maxrss.
+
+    ru_maxrss is not enough here: Linux carries the high-water mark of the address space an exec replaces
+    into it, so a child of a large parent reports at least the parent's RSS at fork time. VmHWM is the
+    peak of this address space alone."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _eos_id(config) -> int | None:
@@ -97,7 +113,7 @@ def main(argv=None) -> None:
             "bench": "transformers_generate", "model_type": hf["model_type"], "batch": b, "prompt_len": p,
             "new_tokens": m, "tokens_per_s_best": b * m / min(walls), "tokens_per_s": b * m / statistics.median(walls),
             "call_s_best": min(walls), "timed_runs": args.runs,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "threads": args.threads,
+            "peak_rss_bytes": peak_rss_bytes(), "threads": args.threads,
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "n_params": n_params}), flush=True)
 
