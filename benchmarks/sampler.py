@@ -1,12 +1,13 @@
 """Decoding throughput of the value-guided sampler (docs/algorithm.md §5), beside the official sampler and
 transformers' own `generate`, against this machine's memory-bandwidth and compute bounds.
 
-    python -m benchmarks.sampler [--shapes tiny,6x256,gpt2-small,smollm2-135m] [--runs N] [--rounds R]
+    python -m benchmarks.sampler [--shapes tiny,6x256,gpt2-small] [--runs N] [--rounds R]
                                  [--peer DIR [--peer-harness DIR]] [--torch-python PATH [--torch-threads N]]
                                  [--guidance SHAPES] [--eager]
 
-One JSON object per shape: batch 32 × 64 new tokens after 16-token prompts of
-random ids (the stop ids cannot occur, so every row decodes all 64), all three
+One JSON object per shape (by default tiny, 6x256 and gpt2-small): batch 32 ×
+64 new tokens after 16-token prompts of random ids (the stop ids cannot occur,
+so every row decodes all 64), all three
 trunks (π_β, value, target) and the Q̄/V heads, random weights, mode "sample",
 β = 8, T = 1, float32. Shapes: "tiny" (GPT-2, 2 layers, 64 wide, 256 ids),
 "6x256" (6 layers, 256 wide, GPT-2's 50257 ids), "gpt2-small", "tiny-llama"
