@@ -223,6 +223,9 @@ def test_config_errors():
     with pytest.raises(ValueError, match="method"):
         run.MazeConfig(methods=("bc", "ppo"))
     assert run.MazeConfig(variant="po").window == 40 and run.MazeConfig().window == 1
+    # The values need 4000 steps fully observed (docs/results/maze.md); partially observed keeps 1500 for time.
+    assert (run.MazeConfig().value_steps, run.MazeConfig(variant="po").value_steps) == (4000, 1500)
+    assert run.MazeConfig(variant="po", rl_steps=7).value_steps == 7
 
 
 @pytest.mark.slow
