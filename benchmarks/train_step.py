@@ -43,6 +43,11 @@ Fields:
   AdamW's temporaries included).
 - `other_cpu_load`: the share of the CPU that other processes took while our
   steps were timed; above ~0.2 every time here is contended.
+- one worker with `--parts` (`python -m benchmarks.train_step --worker SHAPE --parts`):
+  `forward_s` and `value_and_grad_s`, the loss's forward and its
+  value-and-gradient alone (each compiled on its own, best of `--steps`), and
+  `backward_s` and `update_s` (the step less the value-and-gradient: AdamW,
+  the Polyak update, the metrics), where the step's time goes.
 
 Partial training (docs/partial_training.md): `--unfrozen K` adds, per shape, a
 row with only the top K blocks of every trunk trained (`num_layers_unfrozen`),
@@ -289,12 +294,30 @@ def _grad_program(config: train.StepConfig, state, batch, loss_fn):
     return jax.jit(f).lower(trained, frozen, state.target_params, batch).compile()
 
 
+def step_parts(config: train.StepConfig, state, batch, steps: int) -> dict[str, float]:
+    """Where a step's time goes, coarsely: the loss's forward alone, its value-and-gradient, and (from the caller)
+    the whole step, each a separately compiled program timed best of `steps`. The differences are the backward
+    pass and the update (AdamW over the trained parameters, the Polyak update of the target, the metrics)."""
+    trained = train.trained_params(config, state.params)
+    frozen = {k: v for k, v in state.params.items() if k not in trained}
+
+    def forward(trained, frozen, target, batch):
+        return train.loss_fn(config, {**frozen, **trained}, target, batch, None)[0]
+
+    args = (trained, frozen, state.target_params, batch)
+    fwd = jax.jit(forward).lower(*args).compile()
+    grad = jax.jit(jax.value_and_grad(forward)).lower(*args).compile()
+    return {"forward_s": common.time_fn(lambda: fwd(*args), steps=steps)["best_s"],
+            "value_and_grad_s": common.time_fn(lambda: grad(*args), steps=steps)["best_s"]}
+
+
 def _temp_bytes(compiled) -> int | None:
     analysis = compiled.memory_analysis()
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
-def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training: str = "full") -> dict:
+def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training: str = "full",
+           parts: bool = False) -> dict:
     """One shape in this process: `mode` "time" (compile, run, time, memory) or "reference-memory"
     (only compile the reference path's value-and-gradient and report its temporary bytes)."""
     malloc_tuned = tune_malloc and common.tune_malloc()  # before the first JAX computation
@@ -335,6 +358,10 @@ def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training
     flops = honest_step_flops(config.model, batch)
     achieved = flops["total"] / t["best_s"] / 1e9
     roof = matmul_roof(config.model, batch) or {}
+    if parts:
+        roof.update(step_parts(config, holder["state"], batch, steps))
+        roof["backward_s"] = roof["value_and_grad_s"] - roof["forward_s"]
+        roof["update_s"] = t["best_s"] - roof["value_and_grad_s"]
     if roof:
         roof["matmul_roof_mfu"] = flops["total"] / roof["matmul_roof_s"] / 1e9 / meter.gflops
         roof["fraction_of_matmul_roof"] = roof["matmul_roof_s"] / t["best_s"]
@@ -452,6 +479,8 @@ def main(argv=None) -> None:
     parser.add_argument("--unfrozen", type=int, metavar="K",
                         help="also time the step with only the top K blocks trained (num_layers_unfrozen=K)")
     parser.add_argument("--lora", type=int, metavar="R", help="also time the step with LoRA adapters of rank R")
+    parser.add_argument("--parts", action="store_true", help="with --worker: also time the loss's forward and its "
+                        "value-and-gradient alone (forward_s, value_and_grad_s, backward_s, update_s)")
     parser.add_argument("--training", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="time", choices=("time", "reference-memory", "full-vocab-memory"),
@@ -459,7 +488,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc,
-                           args.training))
+                           args.training, args.parts))
         return
     shapes = common.parse_shapes(parser, args.shapes, SHAPES)
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None

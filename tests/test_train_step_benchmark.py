@@ -34,3 +34,11 @@ def test_roof_times_every_shape_and_skips_lora():
     assert roof["matmul_roof_shapes"] == len({shape for shape, _ in train_step.step_matmuls(model, batch)})
     lora = dataclasses.replace(model, lora_rank=2)
     assert train_step.step_matmuls(lora, batch) is None and train_step.matmul_roof(lora, batch) is None
+
+
+def test_worker_reports_the_roof_and_the_parts_of_a_step():
+    rec = train_step.worker("tiny", steps=1, mode="time", tune_malloc=False, parts=True)
+    assert rec["matmul_roof_s"] > 0 and 0 < rec["matmul_roof_mfu"] and rec["fraction_of_matmul_roof"] > 0
+    assert 0 < rec["forward_s"] and 0 < rec["value_and_grad_s"]
+    assert rec["backward_s"] == rec["value_and_grad_s"] - rec["forward_s"]
+    assert rec["update_s"] == pytest.approx(1e-3 * rec["step_ms"] - rec["value_and_grad_s"])
