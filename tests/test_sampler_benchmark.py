@@ -88,23 +88,18 @@ def test_transformers_args_describe_the_same_model():
 
 def test_bench_shape_merges_guidance_and_transformers_rows(monkeypatch):
     """Two rounds of fake worker and transformers lines: the best round counts, the ratios are of the bests."""
-    worker_rounds = iter([
-        {"bench": "sampler", "tokens_per_s": 100.0, "tokens_per_s_median": 90.0, "peak_memory_bytes": 5,
-         "decode_bytes_per_step": 1e6, "decode_gflop_per_step": 1.0, "device": "cpu",
-         "guidance": [{"batch": 1, "guided_tokens_per_s": 10.0, "policy_only_tokens_per_s": 30.0,
-                       "guided_decode_bytes_per_step": 3, "policy_only_decode_bytes_per_step": 1,
-                       "guided_decode_gflop_per_token": 0.3, "policy_only_decode_gflop_per_token": 0.1},
-                      {"batch": 32, "guided_tokens_per_s": 100.0, "policy_only_tokens_per_s": 250.0,
-                       "guided_decode_bytes_per_step": 3, "policy_only_decode_bytes_per_step": 1,
-                       "guided_decode_gflop_per_token": 0.3, "policy_only_decode_gflop_per_token": 0.1}]},
-        {"bench": "sampler", "tokens_per_s": 120.0, "tokens_per_s_median": 110.0, "peak_memory_bytes": 7,
-         "decode_bytes_per_step": 1e6, "decode_gflop_per_step": 1.0, "device": "cpu",
-         "guidance": [{"batch": 1, "guided_tokens_per_s": 12.0, "policy_only_tokens_per_s": 24.0,
-                       "guided_decode_bytes_per_step": 3, "policy_only_decode_bytes_per_step": 1,
-                       "guided_decode_gflop_per_token": 0.3, "policy_only_decode_gflop_per_token": 0.1},
-                      {"batch": 32, "guided_tokens_per_s": 120.0, "policy_only_tokens_per_s": 240.0,
-                       "guided_decode_bytes_per_step": 3, "policy_only_decode_bytes_per_step": 1,
-                       "guided_decode_gflop_per_token": 0.3, "policy_only_decode_gflop_per_token": 0.1}]}])
+    def guidance(batch, guided, policy_only):
+        return {"batch": batch, "guided_tokens_per_s": guided, "policy_only_tokens_per_s": policy_only,
+                "guided_decode_bytes_per_step": 3, "policy_only_decode_bytes_per_step": 1,
+                "guided_decode_gflop_per_token": 0.3, "policy_only_decode_gflop_per_token": 0.1}
+
+    def worker_round(rate, median, peak, b1, b32):
+        return {"bench": "sampler", "tokens_per_s": rate, "tokens_per_s_median": median, "peak_memory_bytes": peak,
+                "decode_bytes_per_step": 1e6, "decode_gflop_per_step": 1.0, "device": "cpu",
+                "guidance": [guidance(1, *b1), guidance(32, *b32)]}
+
+    worker_rounds = iter([worker_round(100.0, 90.0, 5, (10.0, 30.0), (100.0, 250.0)),
+                          worker_round(120.0, 110.0, 7, (12.0, 24.0), (120.0, 240.0))])
     torch_rate = iter([{32: 60.0, 1: 20.0}, {32: 80.0, 1: 16.0}])
     calls = []
 
