@@ -118,6 +118,15 @@ def synthetic_batch(cfg: gpt2.GPT2Config) -> dict[str, np.ndarray]:
     return common.reddit_like_arrays(cfg.vocab_size, BATCH, SEQ_LEN)
 
 
+def _counts(batch: dict[str, np.ndarray]) -> tuple[int, int, int]:
+    """N positions, A action states, and S distinct states whose V a loss reads (the action states and their
+    next states), the counts both FLOP accountings below use."""
+    m = np.asarray(batch["action_mask"]) > 0
+    states = sum(len(set(np.flatnonzero(row)) | set(np.asarray(nxt)[row].tolist()))
+                 for row, nxt in zip(m, np.asarray(batch["next_idx"])))
+    return int(np.asarray(batch["tokens"]).size), int(m.sum()), states
+
+
 def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> dict[str, int]:
     """Matmul FLOPs one ILQL step needs on `batch` (docs/algorithm.md §2-3), whatever computes it.
 
@@ -151,11 +160,7 @@ def honest_step_flops(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> 
 
     cfg = model.trunk
     L, d, v, t = cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch["tokens"].shape[1]
-    m = np.asarray(batch["action_mask"]) > 0
-    n = int(np.asarray(batch["tokens"]).size)
-    a = int(m.sum())
-    states = sum(len(set(np.flatnonzero(row)) | set(np.asarray(nxt)[row].tolist()))
-                 for row, nxt in zip(m, np.asarray(batch["next_idx"])))
+    n, a, states = _counts(batch)
     projections = _projections(cfg)
     block_fwd = (2 * sum(i * o for i, o in projections.values()) + 4 * t * cfg.n_head * cfg.head_dim) * n
     bottom = partial.bottom_layers(model) if partial.is_partial(model) else 0
@@ -193,11 +198,7 @@ def step_matmuls(model: ilql.ModelConfig, batch: dict[str, np.ndarray]) -> list[
         return None
     cfg = model.trunk
     d, v, b, t = cfg.n_embd, cfg.vocab_size, *batch["tokens"].shape
-    n = b * t
-    m = np.asarray(batch["action_mask"]) > 0
-    a = int(m.sum())
-    states = sum(len(set(np.flatnonzero(row)) | set(np.asarray(nxt)[row].tolist()))
-                 for row, nxt in zip(m, np.asarray(batch["next_idx"])))
+    n, a, states = _counts(batch)
     out: list[tuple[tuple[int, ...], int]] = []
 
     def dense(rows: int, d_in: int, d_out: int, count: int, backward: bool) -> None:
@@ -299,14 +300,10 @@ def step_parts(config: train.StepConfig, state, batch, steps: int) -> dict[str, 
     the whole step, each a separately compiled program timed best of `steps`. The differences are the backward
     pass and the update (AdamW over the trained parameters, the Polyak update of the target, the metrics)."""
     trained = train.trained_params(config, state.params)
-    frozen = {k: v for k, v in state.params.items() if k not in trained}
-
-    def forward(trained, frozen, target, batch):
-        return train.loss_fn(config, {**frozen, **trained}, target, batch, None)[0]
-
-    args = (trained, frozen, state.target_params, batch)
-    fwd = jax.jit(forward).lower(*args).compile()
-    grad = jax.jit(jax.value_and_grad(forward)).lower(*args).compile()
+    args = (trained, {k: v for k, v in state.params.items() if k not in trained}, state.target_params, batch)
+    fwd = jax.jit(lambda p, frozen, target, batch: train.loss_fn(config, {**frozen, **p}, target, batch, None)[0]
+                  ).lower(*args).compile()
+    grad = _grad_program(config, state, batch, train.loss_fn)
     return {"forward_s": common.time_fn(lambda: fwd(*args), steps=steps)["best_s"],
             "value_and_grad_s": common.time_fn(lambda: grad(*args), steps=steps)["best_s"]}
 
