@@ -60,6 +60,9 @@ Fields:
   were timed; above ~0.2 every figure here is contended.
 - with `--eager`: `eager_tokens_per_s` and `speedup`, the same decoding as a
   Python loop of jitted steps (the dispatch the while loop saves).
+- one worker with `--profile` (`python -m benchmarks.sampler --worker SHAPE --profile`):
+  one more value-guided call traced op by op (`benchmarks/op_profile.py`):
+  `op_s`, `op_share` (matmul, data movement, reduction, elementwise), `top_ops`.
 - with `--torch-python PATH` (an interpreter with the `bench` extra: torch and
   transformers): `transformers_tokens_per_s` (best call over rounds),
   `transformers_tokens_per_s_median`, `transformers_tokens_per_s_rounds`,
@@ -93,6 +96,7 @@ each decoder's step needs, as above), and with `--torch-python`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -105,7 +109,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import accelerator, common  # noqa: E402
+from benchmarks import accelerator, common, op_profile  # noqa: E402
 from ilql_jax import roles, sampler  # noqa: E402
 from ilql_jax.models import gpt2, hf_import, ilql, llama  # noqa: E402
 from ilql_jax.models import trunk as trunk_lib  # noqa: E402
@@ -195,14 +199,15 @@ def _decoder(model_config, sampler_config, online, target, tokens, key, knobs):
     """`sampler.sample`'s jitted function, compiled for these arguments: a call decodes them once."""
     args = (online, target, tokens, jnp.ones_like(tokens), key, knobs)
     compiled = sampler._sample_jit.lower(model_config, sampler_config, *args).compile()
-    return lambda: compiled(*args)
+    return functools.partial(compiled, *args)  # `.func` is the compiled program (its text for `--profile`)
 
 
 def worker(name: str, runs: int, eager: bool, guidance_batches: tuple[int, ...] = (), *, batch: int = BATCH,
-           new_tokens: int = NEW_TOKENS) -> dict:
+           new_tokens: int = NEW_TOKENS, profile: bool = False) -> dict:
     """One shape in this process: compile, one warm-up call, `runs` timed calls of each decoder (the value-guided
     one at `batch`; with `eager`, a Python loop of jitted steps; at each of `guidance_batches`, the guided one and
-    π_β alone), alternating their order call by call."""
+    π_β alone), alternating their order call by call; with `profile`, one more value-guided call traced op by op
+    (`benchmarks/op_profile.py`)."""
     model_config = ilql.ModelConfig(trunk=SHAPES[name]())
     cfg = model_config.trunk
     sampler_config = sampler.SamplerConfig(max_new_tokens=new_tokens, mode="sample", prompt_buckets=(PROMPT_LEN,))
@@ -267,6 +272,8 @@ def worker(name: str, runs: int, eager: bool, guidance_batches: tuple[int, ...] 
         "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
         "n_params": sum(x.size for x in jax.tree.leaves((online, target))), "device": common.device_info(),
     }
+    if profile:
+        rec.update(op_profile.profile(fns["loop"], fns["loop"].func.as_text()))
     if eager:
         rec["eager_tokens_per_s"] = n_tokens / min(walls["eager"])
         rec["speedup"] = min(walls["eager"]) / best
@@ -439,12 +446,14 @@ def main(argv=None) -> None:
                         help="shapes (of --shapes) whose worker also times π_β alone, at batch 1 and 32 "
                              "(comma-separated; '' for none)")
     parser.add_argument("--eager", action="store_true", help="also time a Python loop of jitted steps")
+    parser.add_argument("--profile", action="store_true", help="with --worker: also trace one value-guided call "
+                        "and report where its time goes by XLA op (op_s, op_share, top_ops; benchmarks/op_profile.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-guidance", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         common.emit(worker(args.worker, args.runs or DEFAULT_RUNS[args.worker], args.eager,
-                           GUIDANCE_BATCHES if args.worker_guidance else ()))
+                           GUIDANCE_BATCHES if args.worker_guidance else (), profile=args.profile))
         return
     shapes = common.parse_shapes(parser, args.shapes, SHAPES)
     guidance = set(common.parse_shapes(parser, args.guidance, SHAPES))

@@ -48,6 +48,9 @@ Fields:
   value-and-gradient alone (each compiled on its own, best of `--steps`), and
   `backward_s` and `update_s` (the step less the value-and-gradient: AdamW,
   the Polyak update, the metrics), where the step's time goes.
+- one worker with `--profile`: one more step traced op by op (`benchmarks/op_profile.py`): `op_s`, the
+  summed time of XLA's thunks, `op_share`, its split into matmul, data movement, reduction and elementwise
+  work, and `top_ops`, the slowest instructions of the compiled step.
 
 Partial training (docs/partial_training.md): `--unfrozen K` adds, per shape, a
 row with only the top K blocks of every trunk trained (`num_layers_unfrozen`),
@@ -75,7 +78,7 @@ if os.environ.get("ILQL_JAX_REFERENCE_SRC"):  # a reference-memory worker: ilql_
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, op_profile  # noqa: E402
 from ilql_jax import train  # noqa: E402
 from ilql_jax.models import gpt2, ilql  # noqa: E402
 
@@ -314,7 +317,7 @@ def _temp_bytes(compiled) -> int | None:
 
 
 def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training: str = "full",
-           parts: bool = False) -> dict:
+           parts: bool = False, profile: bool = False) -> dict:
     """One shape in this process: `mode` "time" (compile, run, time, memory) or "reference-memory"
     (only compile the reference path's value-and-gradient and report its temporary bytes)."""
     malloc_tuned = tune_malloc and common.tune_malloc()  # before the first JAX computation
@@ -359,6 +362,8 @@ def worker(shape: str, steps: int, mode: str, tune_malloc: bool = True, training
         roof.update(step_parts(config, holder["state"], batch, steps))
         roof["backward_s"] = roof["value_and_grad_s"] - roof["forward_s"]
         roof["update_s"] = t["best_s"] - roof["value_and_grad_s"]
+    if profile:
+        roof.update(op_profile.profile(run, compiled.as_text()))
     if roof:
         roof["matmul_roof_mfu"] = flops["total"] / roof["matmul_roof_s"] / 1e9 / meter.gflops
         roof["fraction_of_matmul_roof"] = roof["matmul_roof_s"] / t["best_s"]
@@ -478,6 +483,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lora", type=int, metavar="R", help="also time the step with LoRA adapters of rank R")
     parser.add_argument("--parts", action="store_true", help="with --worker: also time the loss's forward and its "
                         "value-and-gradient alone (forward_s, value_and_grad_s, backward_s, update_s)")
+    parser.add_argument("--profile", action="store_true", help="with --worker: also trace one step and report "
+                        "where its time goes by XLA op (op_s, op_share, top_ops; benchmarks/op_profile.py)")
     parser.add_argument("--training", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="time", choices=("time", "reference-memory", "full-vocab-memory"),
@@ -485,7 +492,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc,
-                           args.training, args.parts))
+                           args.training, args.parts, args.profile))
         return
     shapes = common.parse_shapes(parser, args.shapes, SHAPES)
     peer = common.Peer(args.peer, args.peer_harness) if args.peer else None
