@@ -19,6 +19,7 @@ shares are of the summed time.
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import tempfile
 import time
@@ -52,17 +53,15 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
     """Each instruction of a compiled module's text (`compiled.as_text()`) → its kind (see the module doc)."""
     comps = _computations(hlo_text)
 
-    def opcodes(names: list[str]) -> set[str]:
-        out: set[str] = set()
-        for name in names:
-            for _, op, calls in comps.get(name, []):
-                out |= {op} | opcodes(calls)
-        return out
+    @functools.cache
+    def opcodes(computation: str) -> frozenset[str]:
+        """Every opcode in a computation and the computations it calls."""
+        return frozenset().union(*({op}.union(*map(opcodes, calls)) for _, op, calls in comps.get(computation, [])))
 
     kinds = {}
     for instructions in comps.values():
         for name, op, calls in instructions:
-            inner = {op} | opcodes(calls) - {"fusion"}
+            inner = {op}.union(*map(opcodes, calls)) - {"fusion"}
             if inner & _MATMUL_OPS or (op == "custom-call" and "matmul" in name):
                 kinds[name] = "matmul"
             elif inner <= _LAYOUT_OPS:

@@ -1,6 +1,8 @@
 """benchmarks/op_profile.py: XLA:CPU's per-thunk trace read back, each instruction's kind and pass from the
 compiled text, and the train step benchmark's `--profile` fields."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -27,6 +29,22 @@ def test_kinds_and_passes_read_off_the_compiled_text():
     assert op_profile.pass_of("transpose(jvp(...i,io->...o))/dot_general") == "backward"
     assert op_profile.pass_of("jvp(...i,io->...o)/dot_general") == "forward"
     assert op_profile.pass_of("mul") == "rest"
+
+
+def _entry_kinds(fn, *args) -> list[str]:
+    """The kinds of the instructions a compiled program runs (its entry computation's)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    kinds = op_profile.op_kinds(text)
+    entry = text[text.index("ENTRY"):]
+    return [kinds[name] for name in re.findall(r"^\s+(?:ROOT )?%?([\w.\-]+) = ", entry, re.M)]
+
+
+def test_a_fusion_of_layout_ops_alone_is_data_movement():
+    x = jnp.ones((64, 32))
+    # The program's one fusion: a transposed copy, concatenated (its parameter is data movement too).
+    assert set(_entry_kinds(lambda x: jnp.concatenate([x.T, x.T]), x)) == {"data movement"}
+    # With arithmetic inside, the same fusion is elementwise.
+    assert "elementwise" in _entry_kinds(lambda x: jnp.concatenate([x.T * 2, x.T]), x)
 
 
 def test_a_traced_call_is_split_by_kind_and_pass():
