@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import collections
 import functools
+import glob
 import re
 import tempfile
 import time
 from typing import Any, Callable
 
 import jax
+from jax.profiler import ProfileData
 
 KINDS = ("matmul", "data movement", "reduction", "elementwise")
 PASSES = ("forward", "backward", "rest")
@@ -88,10 +90,6 @@ def op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
 
 def thunk_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
     """From a trace written by `jax.profiler.trace(trace_dir)`: nanoseconds and calls per HLO instruction."""
-    import glob
-
-    from jax.profiler import ProfileData
-
     ns, calls = collections.Counter(), collections.Counter()
     for path in glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True):
         for plane in ProfileData.from_file(path).planes:

@@ -451,6 +451,8 @@ def main(argv=None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-guidance", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile and not args.worker:
+        parser.error("--profile traces one worker: add --worker SHAPE")
     if args.worker:
         common.emit(worker(args.worker, args.runs or DEFAULT_RUNS[args.worker], args.eager,
                            GUIDANCE_BATCHES if args.worker_guidance else (), profile=args.profile))

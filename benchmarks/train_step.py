@@ -490,6 +490,8 @@ def main(argv=None) -> None:
     parser.add_argument("--mode", default="time", choices=("time", "reference-memory", "full-vocab-memory"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile and not args.worker:
+        parser.error("--profile traces one worker: add --worker SHAPE")
     if args.worker:
         common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc,
                            args.training, args.parts, args.profile))

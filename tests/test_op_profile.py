@@ -1,5 +1,6 @@
 """benchmarks/op_profile.py: XLA:CPU's per-thunk trace read back, each instruction's kind and pass from the
-compiled text, and the train step benchmark's `--profile` fields."""
+compiled text, and the `--profile` fields of the train step and sampler benchmarks (one line when `--worker`
+is missing)."""
 
 import re
 
@@ -73,3 +74,12 @@ def test_sampler_worker_reports_its_profile():
     rec = bench.worker("tiny-llama", 1, False, batch=2, new_tokens=3, profile=True)
     assert rec["op_s"] > 0 and rec["op_share"]["matmul"] > 0
     assert rec["op_share_by_pass"]["rest"] == pytest.approx(1.0)  # decoding has no gradient
+
+
+@pytest.mark.parametrize("module", [train_step, "sampler"])
+def test_profile_needs_a_worker(module, capsys):
+    if module == "sampler":
+        from benchmarks import sampler as module
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--profile"])
+    assert exit_.value.code == 2 and "--profile traces one worker" in capsys.readouterr().err
