@@ -270,7 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls_or_instance: Any, prefix:
     """
     is_cls = isinstance(cls_or_instance, type)
     cls = cls_or_instance if is_cls else type(cls_or_instance)
-    docs = _field_docs(cls)
+    # A field is documented on the class that declares it (the trunks' shared fields on `configs._Trunk`).
+    docs = {name: doc for klass in reversed(cls.__mro__) for name, doc in _field_docs(klass).items()}
     for name, tp in _fields(cls).items():
         path = prefix + name
         default = _default(cls, name) if is_cls else getattr(cls_or_instance, name)

@@ -10,7 +10,7 @@ where its meaning is documented at length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Self
 
 __all__ = ["CheckpointConfig", "GPT2Config", "LlamaConfig", "LossConfig", "MeshConfig", "ModelConfig",
            "OptimConfig", "SamplerConfig", "StepConfig"]
@@ -22,15 +22,49 @@ __all__ = ["CheckpointConfig", "GPT2Config", "LlamaConfig", "LossConfig", "MeshC
 VOCAB_MULTIPLE = 128
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _Trunk:
-    """What `GPT2Config` and `LlamaConfig` share beyond their field names: the padded vocabulary and the checks
-    of the fields both have."""
+    """What `GPT2Config` and `LlamaConfig` share: the fields both have (documented here, with GPT-2 small's
+    defaults; a subclass gives its own as class keywords), their checks, the padded vocabulary and `tiny`.
+    Fields are keyword-only: the base's come first, so positions would not follow a subclass's declaration.
+
+    Attributes:
+        vocab_size: real vocabulary size (50257 for GPT-2 BPE, 35 for Wordle; a Llama checkpoint's plus any ids
+            added for ILQL's markup). The embedding is padded to a multiple of 128; padded logits are -inf.
+        n_positions: longest sequence accepted (GPT-2's position embedding; Llama's max_position_embeddings).
+        n_embd: model width d (Hugging Face's hidden_size).
+        n_layer: number of transformer blocks.
+        n_head: attention (for Llama: query) heads; for GPT-2 it must divide `n_embd`.
+        dropout: only active when `forward` gets a dropout key. GPT-2: one rate for embedding, attention-weight
+            and residual dropout (Hugging Face's embd/attn/resid_pdrop, 0.1 in GPT-2); Llama: attention-weight
+            dropout (Hugging Face's attention_dropout, 0 in every Llama).
+        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators. Logits, softmax, normalisation
+            statistics (and Llama's RoPE) stay float32 either way.
+        param_dtype: storage dtype of the parameters.
+        remat: rematerialise each block in the backward pass (less activation memory, about one more forward).
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.1
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+    def __init_subclass__(cls, **defaults):
+        """`class LlamaConfig(_Trunk, n_layer=22, ...)`: the subclass's own defaults of fields declared here."""
+        super().__init_subclass__()
+        for name, value in defaults.items():
+            cls.__annotations__[name] = _Trunk.__annotations__[name]
+            setattr(cls, name, value)
 
     def _check(self, positive: tuple[str, ...]) -> None:
-        """ValueError naming the field unless the `positive` fields are >= 1, dropout in [0, 1) and the dtypes
-        known."""
+        """ValueError naming the field unless shape and `positive` fields are >= 1, dropout in [0, 1), dtypes known."""
         name = type(self).__name__
-        for field in positive:
+        for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", *positive):
             if getattr(self, field) < 1:
                 raise ValueError(f"{name}: {field} must be >= 1, got {getattr(self, field)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -43,44 +77,27 @@ class _Trunk:
     def padded_vocab_size(self) -> int:
         return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
+    @classmethod
+    def tiny(cls, **overrides) -> Self:
+        """A 2-layer, 64-wide shape for tests and smoke runs (4 heads, 256 ids, 128 positions, no dropout)."""
+        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, dropout=0.0),
+                      **overrides})
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class GPT2Config(_Trunk):
-    """Shape and numerics of a GPT-2 trunk.
+    """Shape and numerics of a GPT-2 trunk (the fields it shares with `LlamaConfig` are `_Trunk`'s).
 
     Attributes:
-        vocab_size: real vocabulary size (50257 for GPT-2 BPE, 35 for Wordle).
-            The embedding is padded to a multiple of 128; padded logits are -inf.
-        n_positions: longest sequence the position embedding covers.
-        n_embd: model width d.
-        n_layer: number of transformer blocks.
-        n_head: attention heads; must divide `n_embd`.
-        dropout: one rate for embedding, attention-weight and residual dropout
-            (Hugging Face's embd/attn/resid_pdrop, 0.1 in GPT-2); only active when
-            `forward` gets a dropout key.
         layer_norm_epsilon: as in GPT-2.
-        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators.
-            Logits, softmax and layer-norm statistics stay float32 either way.
-        param_dtype: storage dtype of the parameters.
-        remat: rematerialise each block in the backward pass (saves activation
-            memory at roughly one extra forward).
     """
 
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    dropout: float = 0.1
     layer_norm_epsilon: float = 1e-5
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: bool = False
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        self._check(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
+        self._check(())
 
     @property
     def head_dim(self) -> int:
@@ -91,28 +108,17 @@ class GPT2Config(_Trunk):
         """The 124M GPT-2 shape."""
         return cls(**overrides)
 
-    @classmethod
-    def tiny(cls, **overrides) -> "GPT2Config":
-        """A 2-layer, 64-wide shape for tests and smoke runs."""
-        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, dropout=0.0), **overrides})
-
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_MODEL_TYPES = ("llama", "qwen2")
 
 
-@dataclasses.dataclass(frozen=True)
-class LlamaConfig(_Trunk):
-    """Shape and numerics of a Llama-architecture trunk (read from a Hugging Face `config.json` by
-    `hf_import.read_config`; field names as `GPT2Config`'s where the meaning is the same).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlamaConfig(_Trunk, vocab_size=32000, n_positions=2048, n_embd=2048, n_layer=22, n_head=32, dropout=0.0):
+    """Shape and numerics of a Llama-architecture trunk, read from a Hugging Face `config.json` by
+    `hf_import.read_config` (defaults: TinyLlama-1.1B's shape; the fields shared with `GPT2Config` are `_Trunk`'s).
 
     Attributes:
-        vocab_size: real vocabulary size (the checkpoint's, plus any ids added for ILQL's markup).
-            The embedding is padded to a multiple of 128; padded logits are -inf.
-        n_positions: longest sequence accepted (Hugging Face's max_position_embeddings).
-        n_embd: model width d (hidden_size).
-        n_layer: number of transformer blocks.
-        n_head: query heads.
         n_kv_head: key/value heads (grouped-query attention); must divide n_head.
         head_dim: width of one head (hidden_size // n_head unless the checkpoint says otherwise).
         intermediate_size: SwiGLU hidden width.
@@ -127,21 +133,10 @@ class LlamaConfig(_Trunk):
         tie_word_embeddings: the LM head is the embedding (else its own `lm_head`).
         qkv_bias: q, k and v projections have biases (Qwen2; Llama's attention_bias).
         o_bias: the output projection has a bias (Llama's attention_bias; not Qwen2).
-        dropout: attention-weight dropout (Hugging Face's attention_dropout, 0 in every Llama);
-            only active when `forward` gets a dropout key.
-        dtype: compute dtype: "float32" on CPU, "bfloat16" on accelerators.
-            Logits, softmax, RoPE and RMSNorm statistics stay float32 either way.
-        param_dtype: storage dtype of the parameters.
-        remat: rematerialise each block in the backward pass.
         hf_model_type: the Hugging Face model_type written on export ("llama" or "qwen2").
         arch: always "llama": tells this config from a GPT2Config in a saved config.json.
     """
 
-    vocab_size: int = 32000
-    n_positions: int = 2048
-    n_embd: int = 2048
-    n_layer: int = 22
-    n_head: int = 32
     n_kv_head: int = 4
     head_dim: int = 64
     intermediate_size: int = 5632
@@ -155,16 +150,11 @@ class LlamaConfig(_Trunk):
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
     o_bias: bool = False
-    dropout: float = 0.0
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: bool = False
     hf_model_type: str = "llama"
     arch: str = "llama"
 
     def __post_init__(self):
-        self._check(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim",
-                     "intermediate_size"))
+        self._check(("n_kv_head", "head_dim", "intermediate_size"))
         if self.n_head % self.n_kv_head:
             raise ValueError(f"LlamaConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.head_dim % 2:
@@ -183,8 +173,7 @@ class LlamaConfig(_Trunk):
     @classmethod
     def tiny(cls, **overrides) -> "LlamaConfig":
         """A 2-layer, 64-wide shape for tests and smoke runs: GQA (4 query heads, 2 KV heads), untied head."""
-        return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
-                             head_dim=16, intermediate_size=128, rope_theta=10000.0), **overrides})
+        return super().tiny(**{**dict(n_kv_head=2, head_dim=16, intermediate_size=128), **overrides})
 
     @classmethod
     def llama_3_2_1b(cls, **overrides) -> "LlamaConfig":
