@@ -90,4 +90,4 @@ def test_type_checking_imports_match_the_exports():
     tree = ast.parse((REPO / "ilql_jax" / "__init__.py").read_text())
     block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
     imported = {a.name: node.module for node in block.body for a in node.names}
-    assert imported == {name: module for name, (module, _) in ilql_jax._EXPORTS.items()}
+    assert imported == {name: module for module, names in ilql_jax._EXPORTS.items() for name in names}
