@@ -10,7 +10,7 @@ where its meaning is documented at length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Self
+from typing import Optional
 
 __all__ = ["CheckpointConfig", "GPT2Config", "LlamaConfig", "LossConfig", "MeshConfig", "ModelConfig",
            "OptimConfig", "SamplerConfig", "StepConfig"]
@@ -78,7 +78,7 @@ class _Trunk:
         return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
     @classmethod
-    def tiny(cls, **overrides) -> Self:
+    def tiny(cls, **overrides) -> "_Trunk":
         """A 2-layer, 64-wide shape for tests and smoke runs (4 heads, 256 ids, 128 positions, no dropout)."""
         return cls(**{**dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4, dropout=0.0),
                       **overrides})
@@ -123,9 +123,9 @@ class LlamaConfig(_Trunk, vocab_size=32000, n_positions=2048, n_embd=2048, n_lay
         head_dim: width of one head (hidden_size // n_head unless the checkpoint says otherwise).
         intermediate_size: SwiGLU hidden width.
         rms_norm_eps: ε of RMSNorm.
-        rope_theta: RoPE base θ.
         rope_type: "default", "linear" (every frequency / rope_factor) or "llama3" (Llama 3.1's
-            wavelength-dependent rescaling, with the four fields below).
+            wavelength-dependent rescaling, with the four fields after rope_theta).
+        rope_theta: RoPE base θ.
         rope_factor: the scaling factor (rope_scaling["factor"]).
         rope_low_freq_factor: Llama 3 scaling's low_freq_factor.
         rope_high_freq_factor: Llama 3 scaling's high_freq_factor.
@@ -141,8 +141,8 @@ class LlamaConfig(_Trunk, vocab_size=32000, n_positions=2048, n_embd=2048, n_lay
     head_dim: int = 64
     intermediate_size: int = 5632
     rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
     rope_type: str = "default"
+    rope_theta: float = 10000.0
     rope_factor: float = 1.0
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
@@ -322,23 +322,23 @@ class OptimConfig:
 
     Attributes:
       learning_rate: peak learning rate.
-      weight_decay: AdamW decoupled weight decay (0 in every published config).
-      b1, b2, eps: Adam moments.
       warmup_steps: linear warm-up from 0 (optimizer steps).
       schedule: "constant" or "cosine" (cosine decays to 0 at `total_steps`).
       total_steps: optimizer steps, needed by "cosine".
+      weight_decay: AdamW decoupled weight decay (0 in every published config).
+      b1, b2, eps: Adam moments.
       clip_norm: global gradient-norm clip; None for none.
       grad_accum: micro-batches per optimizer step (`optax.MultiSteps`).
     """
 
     learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    total_steps: int | None = None
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    total_steps: int | None = None
     clip_norm: float | None = None
     grad_accum: int = 1
 

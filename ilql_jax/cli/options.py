@@ -101,6 +101,9 @@ class TrainOptions:
         Qwen2) or a local Hugging Face directory of a GPT-2, Llama or Qwen2 (config.json, safetensors,
         tokenizer.json; e.g. one `ilql-jax export` wrote), or its hub id (org/name; needs network, checked
         first).
+      n_layer: transformer blocks (model scratch only).
+      n_embd: model width (model scratch only).
+      n_head: attention heads (model scratch only; must divide n_embd).
       layout: how episodes become tokens: "auto" (the model's chat template when it has one, else ILQL's markup),
         "markup" (<s> </s> <a> </a> </eod>, added to a pretrained vocabulary as new ids) or "chat" (env turns as
         user messages, agent turns as assistant messages; docs/pretrained.md).
@@ -109,13 +112,13 @@ class TrainOptions:
         "e2e4 e7e5"; generations are joined by spaces), "chars" (one id per non-space character; joined
         without spaces), or a directory holding a saved tokenizer (e.g. `symbol_tokenizer([...]).save(dir)`).
       bpe_vocab_size: vocabulary of the fitted BPE (tokenizer bpe only; ≥ 262).
-      n_layer: transformer blocks (model scratch only).
-      n_embd: model width (model scratch only).
-      n_head: attention heads (model scratch only; must divide n_embd).
       max_len: tokens per episode, markup included; longer records follow too_long. For model scratch it is
         also the model's context: at generation the prompt plus the reply must fit in it (`generate` reports the
         room left).
       too_long: "error" (stop, naming the first record longer than max_len) or "skip" (drop and count them).
+      reward_norm: "none" (rewards as given), "scale" (r / std) or "zscore" ((r − mean) / std), fitted on the
+        training records (ilql_jax.data.rewards; the fitted map goes into options.json). Scaling rewards by 1/s
+        scales A by 1/s: generate with β·s to steer as much.
       eval_fraction: share of the records held out for the evaluation loss (0: none); chosen by seed.
       batch_size: episodes per step.
       bc_steps: steps of behaviour cloning (π_β alone).
@@ -130,9 +133,6 @@ class TrainOptions:
       gamma: per-token discount γ.
       alpha_cql: weight of the CQL term.
       polyak_alpha: target-network update rate (0.005 published, for far more steps).
-      reward_norm: "none" (rewards as given), "scale" (r / std) or "zscore" ((r − mean) / std), fitted on the
-        training records (ilql_jax.data.rewards; the fitted map goes into options.json). Scaling rewards by 1/s
-        scales A by 1/s: generate with β·s to steer as much.
       freeze_policy: keep π_β at the BC result during ILQL (only the values train), so β = 0 decodes exactly BC.
       num_layers_unfrozen: train only the top k blocks of every trunk (π_β, the value trunk, its target) in both
         runs; the embeddings and the blocks below stay frozen, are stored once and run once per step (-1: all
@@ -158,14 +158,15 @@ class TrainOptions:
     data: str
     workdir: str
     model: str = "scratch"
-    layout: str = "auto"
-    tokenizer: str = "bpe"
-    bpe_vocab_size: int = 2048
     n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
+    layout: str = "auto"
+    tokenizer: str = "bpe"
+    bpe_vocab_size: int = 2048
     max_len: int = 128
     too_long: str = "error"
+    reward_norm: str = "none"
     eval_fraction: float = 0.0
     batch_size: int = 32
     bc_steps: int = 500
@@ -177,7 +178,6 @@ class TrainOptions:
     gamma: float = 0.99
     alpha_cql: float = 0.1
     polyak_alpha: float = 0.05
-    reward_norm: str = "none"
     freeze_policy: bool = False
     num_layers_unfrozen: int = -1
     lora_rank: int = 0
