@@ -105,3 +105,12 @@ def test_the_repository_stands_alone():
     citing = [name for name in tracked if (REPO / name).suffix in {".py", ".md", ".toml", ".ipynb", ""}
               and (REPO / name).is_file() and outside.search((REPO / name).read_text(errors="replace"))]
     assert not citing, f"these files cite documents outside the repository: {citing}"
+
+
+def test_the_readme_code_map_names_modules_that_exist():
+    readme = (REPO / "README.md").read_text()
+    code_map = readme.split("## How it fits together", 1)[1].split("```")[1]
+    named = set(re.findall(r"\b([a-z_]+(?:/[a-z_]+)*\.py)\b", code_map))
+    assert len(named) >= 10, named
+    missing = sorted(name for name in named if not (REPO / "ilql_jax" / name).is_file())
+    assert not missing, f"the README's code map names modules that do not exist: {missing}"
