@@ -492,6 +492,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.profile and not args.worker:
         parser.error("--profile traces one worker: add --worker SHAPE")
+    if args.parts and not args.worker:
+        parser.error("--parts times one worker's passes: add --worker SHAPE")
     if args.worker:
         common.emit(worker(args.worker, args.steps or DEFAULT_STEPS[args.worker], args.mode, not args.no_tune_malloc,
                            args.training, args.parts, args.profile))

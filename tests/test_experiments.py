@@ -54,6 +54,7 @@ def test_wordle_on_lmrl_gyms_data_is_scored_as_they_score_it(tmp_path):
         lmrl.score(rows["bc"]["mean_return"], lmrl.THEIRS["wordle"]))
     table = (tmp_path / "results.md").read_text()
     assert "LMRL-Gym score" in table and "| 79.9 |" in table  # BC's published score beside ours
+    assert "moves sampled at temperature 1" in table  # their eval scripts sample; ours decode greedily
     train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
     assert {p for g in train for p in g["policies"]} == {"smart_or_random"}
 
@@ -136,6 +137,15 @@ def test_main_criteria_hold_for_the_mean_and_each_seed_against_its_own_policy():
     rows[3]["distinct_2"] = 0.10  # the mean distinct-2 falls to 0.225 < 0.32
     assert not main_criteria(aggregate.aggregate(rows, ("beta",), ("toxic_rate", "distinct_2")), rows)["mean_holds"]
     assert main_criteria(table[:1], rows[:1]) is None  # no β = 8 in the sweep
+
+
+def test_wordle_decodes_as_lmrl_gym_on_their_data_and_greedily_on_ours():
+    from experiments.wordle.run import WordleConfig, decode_mode
+    assert decode_mode(WordleConfig()) == "greedy"
+    assert decode_mode(WordleConfig(data="lmrl")) == "sample"
+    assert decode_mode(WordleConfig(data="lmrl", decode="greedy")) == "greedy"
+    with pytest.raises(ValueError, match="unknown decode 'beam'"):
+        WordleConfig(decode="beam")
 
 
 def test_wordle_rl_from_bc_needs_bc():

@@ -83,3 +83,9 @@ def test_profile_needs_a_worker(module, capsys):
     with pytest.raises(SystemExit) as exit_:
         module.main(["--profile"])
     assert exit_.value.code == 2 and "--profile traces one worker" in capsys.readouterr().err
+
+
+def test_parts_needs_a_worker(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train_step.main(["--parts"])
+    assert exit_.value.code == 2 and "--parts times one worker" in capsys.readouterr().err

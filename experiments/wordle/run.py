@@ -2,14 +2,15 @@
 
 In execution order: word list → mixed-quality games (saved) → token arrays →
 for each method, train through `train_and_evaluate` and play the evaluation
-games greedily → `results.json`, `results.md` and a bar plot in the workdir.
+games (greedily; sampled at temperature 1 with `--data lmrl`, as LMRL-Gym's
+eval scripts do) → `results.json`, `results.md` and a bar plot in the workdir.
 
 Methods (all on the same data):
   bc      π_β alone on every game;
   pbcNN   %BC: π_β on the top NN% of games by return;
   ssrl    single-step RL: ILQL with τ = 0.5 (values of π_β), decoded with β;
   ilql    ILQL with τ = 0.7, decoded with β.
-Value-guided methods decode greedily on π_β + β·A with A clipped at `adv_clip`
+Value-guided methods decode on π_β + β·A with A clipped at `adv_clip`
 (16 and 0 in the paper: only bad actions are pushed down). Each is also played
 at β = 0 (row "ilql at β = 0"): its π_β alone, so the table separates what the
 values add from what π_β's own training does.
@@ -93,6 +94,9 @@ class WordleConfig:
       head_init: how the V and Q heads start, "pytorch" or "flax" (`ilql.ModelConfig.head_init`).
       warmup_steps, cosine: learning-rate warm-up, then cosine decay to 0 (else constant).
       beta, adv_clip: inference β and the advantage's upper clip.
+      decode: "greedy" or "sample" (temperature 1, no filtering: LMRL-Gym's Wordle eval scripts sample, and
+        their data player picks a random consistent word, which greedy decoding of its clone cannot reproduce);
+        None: "sample" with `--data lmrl`, "greedy" otherwise.
       methods: which of `METHODS` to run.
     """
 
@@ -128,6 +132,7 @@ class WordleConfig:
     cosine: bool = True
     beta: float = 16.0
     adv_clip: float = 0.0
+    decode: str | None = None
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self):
@@ -139,6 +144,8 @@ class WordleConfig:
             raise ValueError(f"unknown data {self.data!r}; choose from ['lmrl', 'ours']")
         if self.data == "lmrl" and self.mixture != "default":
             raise ValueError("--data lmrl brings LMRL-Gym's own player: leave --mixture at its default")
+        if self.decode not in (None, "greedy", "sample"):
+            raise ValueError(f"unknown decode {self.decode!r}; choose from ['greedy', 'sample']")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
@@ -154,6 +161,11 @@ PRESETS = {
     "smoke": WordleConfig(n_words=60, n_train_games=256, n_heldout_games=32, n_eval_games=64, n_layer=1,
                           n_embd=32, batch_size=16, bc_steps=10, rl_steps=10, warmup_steps=2),
 }
+
+
+def decode_mode(cfg: WordleConfig) -> str:
+    """How the evaluation games are decoded: `cfg.decode`, or LMRL-Gym's sampling for their data."""
+    return cfg.decode or ("sample" if cfg.data == "lmrl" else "greedy")
 
 
 def trunk_config(cfg: WordleConfig) -> gpt2.GPT2Config:
@@ -205,9 +217,9 @@ def play(choose, words: list[str], n_games: int, seed: int) -> dict[str, float]:
 
 
 def model_guesser(cfg: WordleConfig, method: str, state, tok, seed: int):
-    """Greedy guesses from a trained model: π_β for BC, π_β + β·A for the value-guided methods."""
+    """Guesses from a trained model (`decode_mode`): π_β for BC, π_β + β·A for the value-guided methods."""
     value_guided = method in VALUE_GUIDED
-    scfg = sampler.SamplerConfig(max_new_tokens=6, mode="greedy", prompt_buckets=(cfg.max_len - 6,))
+    scfg = sampler.SamplerConfig(max_new_tokens=6, mode=decode_mode(cfg), prompt_buckets=(cfg.max_len - 6,))
     return lockstep.model_player(tok, model_config(cfg), state,
                                  lambda g: env.prompt_ids(g.turns, tok) if not g.done else [tok.a_id],
                                  jax.random.key(seed), scfg, beta=cfg.beta if value_guided else 0.0,
@@ -313,6 +325,7 @@ def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[d
     n_methods = sum(r["method"] in METHODS for r in table)
     spread = results.spread(cfg.seeds, "games")
     columns, scored = COLUMNS, ""
+    sampled = ", moves sampled at temperature 1" if decode_mode(cfg) == "sample" else ""
     if cfg.data == "lmrl":
         published = lmrl.PUBLISHED["wordle"]
         base = methods.family
@@ -326,6 +339,6 @@ def write_results(workdir: str | epath.PathLike, table: list[dict], rows: list[d
                   f"(theirs); ours: the data's and the expert's mean returns.")
     results.write_table(workdir, table, columns,
                         f"{n_methods} methods, {cfg.n_train_games} training games over {words} words, "
-                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}; {spread}; {seconds / 60:.1f} min in all."
+                        f"β = {cfg.beta}, adv_clip = {cfg.adv_clip}{sampled}; {spread}; {seconds / 60:.1f} min in all."
                         + scored, seed_rows=rows)
     plots.bar_plot_returns(epath.Path(workdir) / "results.png", table, "Wordle")
