@@ -242,3 +242,16 @@ def test_dialogue_smoke(tmp_path):
     for name in ("results.png", "data/train.jsonl", "data/heldout.jsonl", "tokenizer/tokenizer.json",
                  "ilql/metrics.jsonl", "pbc20/config.json", "ilql_utt/metrics.jsonl"):
         assert (tmp_path / name).exists(), name
+
+
+def test_diagnose_reads_one_seed_of_several(tmp_path, capsys):
+    # A seed's directory holds its runs; the data and tokenizer the seeds share sit in the run directory above it.
+    from experiments.dialogue import diagnose
+    assert dialogue_main(["--preset", "smoke", "--workdir", str(tmp_path), "--seeds", "2",
+                          "--methods", '["ilql", "ilql_utt"]']) == 0
+    assert not (tmp_path / "seed1" / "tokenizer").exists() and (tmp_path / "tokenizer").exists()
+    capsys.readouterr()
+    assert diagnose.main([str(tmp_path / "seed1"), "--min_count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| opener | n | G | log π_β | Q̄_utt | ΣA |")
+    assert "token-level V(<a>)" in out and "per-utterance V(<a>)" in out

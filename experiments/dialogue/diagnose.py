@@ -23,9 +23,9 @@ differences; the token-level sampler where β·ΣA differences exceed log π_β'
     python -m experiments.dialogue.diagnose WORKDIR [--catalogue CSV] [--min_count 20]
 
 reads `WORKDIR/data/train.jsonl`, `WORKDIR/tokenizer/` and the newest
-checkpoints of `WORKDIR/ilql` and `WORKDIR/ilql_utt` (either may be missing;
-with several seeds pass the seed's directory, e.g. `WORKDIR/seed0`, and
-`--data` for the shared dialogues).
+checkpoints of `WORKDIR/ilql` and `WORKDIR/ilql_utt` (either may be missing).
+With several seeds pass one seed's directory, e.g. `WORKDIR/seed1`: the data
+and the tokenizer the seeds share are read from the directory above it.
 """
 
 from __future__ import annotations
@@ -106,10 +106,16 @@ def summed_advantage(model: ilql.ModelConfig, params, target, tokens, mask, end)
     return np.asarray(jnp.sum(jnp.where(steps, adv, 0.0), axis=1)), float(out.v_t[0, 0])
 
 
+def shared(workdir: str, name: str) -> str:
+    """`workdir/name`, or the run directory's above it when `workdir` is one seed's of several (`seed<k>/`)."""
+    path = os.path.join(workdir, name)
+    return path if os.path.exists(path) else os.path.join(os.path.dirname(os.path.abspath(workdir)), name)
+
+
 def diagnose(workdir: str, catalogue_path: str, data: str | None, min_count: int) -> str:
     catalogue = catalogue_lib.load_catalogue(catalogue_path)
-    games = datasets.load_dialogues(data or os.path.join(workdir, "data", "train.jsonl"), catalogue)
-    tok = tokenizers.load_tokenizer(os.path.join(workdir, "tokenizer"))
+    games = datasets.load_dialogues(data or shared(workdir, os.path.join("data", "train.jsonl")), catalogue)
+    tok = tokenizers.load_tokenizer(shared(workdir, "tokenizer"))
     rows = opener_returns(games, min_count)
     openers = [u for u, _, _ in rows]
     tokens, mask, end = _sequences(tok, openers)
@@ -157,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir")
     parser.add_argument("--catalogue", default=catalogue_lib.SMALL_PATH)
-    parser.add_argument("--data", default=None, help="the dialogues (default: WORKDIR/data/train.jsonl)")
+    parser.add_argument("--data", default=None, help="the dialogues (default: WORKDIR/data/train.jsonl, or the run's above a seed's directory)")
     parser.add_argument("--min_count", type=int, default=20)
     args = parser.parse_args(argv)
     print(diagnose(args.workdir, args.catalogue, args.data, args.min_count))

@@ -62,7 +62,9 @@ class DialogueConfig:
       data_mix: the scripted questioners' mixture, a key of `datasets.MIXTURES`: "habit" (a habitual checklist
         is the most frequent speaker) or "expert" (the expert's choice is the most frequent one).
       reward: the training reward, one of `env.REWARDS` (standard, yn, conservative).
-      n_train, n_heldout, n_eval: dialogues in the data set, for the held-out loss, and played per method.
+      n_train: dialogues in the data set.
+      n_heldout: dialogues for the held-out loss.
+      n_eval: dialogues played per method (fixed targets).
       seed: the data and evaluation-targets seed, and the first training seed.
       seeds: training seeds seed, seed + 1, …: each trains every method on the same dialogues; the table is
         their mean ± the standard error across seeds.

@@ -66,7 +66,8 @@ class MazeConfig:
       timeout: how the value methods read an episode that ran out of steps: "truncate" (its last,
         refused action bootstraps like a move into a wall) or "terminal" (LMRL-Gym's; see
         `datasets.episode_chain`).
-      n_train, n_heldout: episodes in the data set and for the held-out loss.
+      n_train: episodes in the data set.
+      n_heldout: episodes for the held-out loss.
       rollouts_per_start: evaluation episodes from each of the 25 starts (32 in LMRL-Gym's eval scripts).
       seed: the data and evaluation seed, and the first training seed.
       seeds: training seeds seed, seed + 1, …: each trains every method on the same data; the
