@@ -100,8 +100,9 @@ def test_the_repository_stands_alone():
     listing = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
     if listing.returncode:
         pytest.skip("not a git checkout: the tracked files are unknown")
-    tracked = [name for name in listing.stdout.split() if name != "tests/test_public_api.py"]
-    outside = re.compile(r"ILQL_SPEC|DESIGN\.md|\.\./shared/")
+    tracked = listing.stdout.split()
+    # Spelled in pieces so that this file does not cite them itself.
+    outside = re.compile("|".join(["ILQL" + "_SPEC", "DESIGN" + r"\.md", r"\.\./" + "shared/"]))
     citing = [name for name in tracked if (REPO / name).suffix in {".py", ".md", ".toml", ".ipynb", ""}
               and (REPO / name).is_file() and outside.search((REPO / name).read_text(errors="replace"))]
     assert not citing, f"these files cite documents outside the repository: {citing}"
